@@ -1,0 +1,1 @@
+"""Neuron importance (PLND), detection over corpora, and NeuronSets."""

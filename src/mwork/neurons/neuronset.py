@@ -1,0 +1,277 @@
+"""NeuronSet: a set of neurons per layer and kind, with the facts needed to trust and reuse it.
+
+Stored as one safetensors file (a boolean mask per kind, plus optional per-neuron tensors such
+as document counts) with its metadata both inside the file header and in a JSON file beside
+it (``x.safetensors`` + ``x.json``), so a researcher can read either.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from mwork.models.adapters import KINDS, get_adapter
+
+FORMAT_VERSION = 1
+
+
+def _resolve(path: str | Path) -> Path:
+    """Accept ``x``, ``x.safetensors`` or ``x.json``; return the ``.safetensors`` path."""
+    p = Path(path)
+    if p.suffix == ".json":
+        p = p.with_suffix(".safetensors")
+    elif p.suffix != ".safetensors":
+        p = p.with_name(p.name + ".safetensors")
+    return p
+
+
+class NeuronSet:
+    """Neurons per kind (``ffn``, ``q``, ``k``, ``v``) as boolean masks of shape (layers, neurons).
+
+    ``meta`` holds ``fingerprint`` (the model's shape, see ``Adapter.fingerprint``) and whatever
+    explains how the set was made (model id, language, rule, corpus, document count ...).
+    ``extra`` holds optional per-neuron tensors (e.g. ``doc_count.ffn``: in how many documents
+    each neuron was important).
+    """
+
+    def __init__(
+        self,
+        masks: Mapping[str, torch.Tensor],
+        meta: Mapping[str, Any] | None = None,
+        extra: Mapping[str, torch.Tensor] | None = None,
+    ):
+        unknown = set(masks) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown neuron kinds {sorted(unknown)}; kinds are {KINDS}")
+        self.masks: dict[str, torch.Tensor] = {k: masks[k].to(torch.bool).cpu() for k in KINDS if k in masks}
+        layer_counts = {m.shape[0] for m in self.masks.values()}
+        if len(layer_counts) > 1:
+            raise ValueError(f"masks disagree on the number of layers: {sorted(layer_counts)}")
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.extra: dict[str, torch.Tensor] = dict(extra or {})
+
+    # ---- construction -----------------------------------------------------------------
+    @classmethod
+    def empty_for(cls, model: torch.nn.Module, meta: Mapping[str, Any] | None = None) -> "NeuronSet":
+        """An empty set shaped for ``model`` (every kind, every layer)."""
+        adapter = get_adapter(model)
+        masks = {k: torch.zeros(adapter.num_layers, n, dtype=torch.bool) for k, n in adapter.neuron_counts().items()}
+        return cls(masks, {"fingerprint": adapter.fingerprint(), **dict(meta or {})})
+
+    @classmethod
+    def from_indices(
+        cls,
+        model: torch.nn.Module,
+        indices: Mapping[str, Mapping[int, Iterable[int]]],
+        meta: Mapping[str, Any] | None = None,
+    ) -> "NeuronSet":
+        """Build from ``{kind: {layer: [neuron, ...]}}`` for ``model``."""
+        ns = cls.empty_for(model, meta)
+        for kind, per_layer in indices.items():
+            if kind not in ns.masks:
+                raise ValueError(f"unknown neuron kind {kind!r}; kinds are {KINDS}")
+            for layer, idx in per_layer.items():
+                ns.masks[kind][layer, torch.as_tensor(list(idx), dtype=torch.long)] = True
+        return ns
+
+    # ---- queries ----------------------------------------------------------------------
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.masks)
+
+    @property
+    def num_layers(self) -> int:
+        return next(iter(self.masks.values())).shape[0] if self.masks else 0
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        return self.meta.get("fingerprint")
+
+    def indices(self, kind: str, layer: int) -> torch.Tensor:
+        """Sorted neuron indices of ``kind`` in ``layer`` (LongTensor)."""
+        if kind not in self.masks:
+            return torch.zeros(0, dtype=torch.long)
+        return self.masks[kind][layer].nonzero().flatten()
+
+    def count(self, kind: str | None = None, layer: int | None = None) -> int:
+        """Number of neurons, optionally of one kind and/or one layer."""
+        kinds = [kind] if kind is not None else self.kinds
+        total = 0
+        for k in kinds:
+            if k not in self.masks:
+                continue
+            m = self.masks[k]
+            total += int(m[layer].sum() if layer is not None else m.sum())
+        return total
+
+    def counts(self) -> dict[str, list[int]]:
+        """Per kind, the count in each layer."""
+        return {k: m.sum(dim=1).tolist() for k, m in self.masks.items()}
+
+    def total_neurons(self) -> int:
+        """All neurons of these kinds in the model the set was made for."""
+        fp = self.fingerprint
+        if fp:
+            per_layer = fp["neurons_per_layer"]
+            return fp["num_layers"] * sum(per_layer[k] for k in KINDS)
+        return sum(m.numel() for m in self.masks.values())
+
+    def fraction(self) -> float:
+        """Share of all the model's neurons (FFN + Q + K + V, every layer) in this set."""
+        return self.count() / max(self.total_neurons(), 1)
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={int(m.sum())}" for k, m in self.masks.items())
+        lang = self.meta.get("language")
+        return f"NeuronSet({'lang=' + lang + ', ' if lang else ''}{parts}, fraction={self.fraction():.4%})"
+
+    # ---- algebra ----------------------------------------------------------------------
+    def _check_same_shape(self, other: "NeuronSet") -> None:
+        if self.fingerprint and other.fingerprint and self.fingerprint != other.fingerprint:
+            raise ValueError("NeuronSets were made for models of different shapes; they cannot be combined")
+        for k in set(self.masks) & set(other.masks):
+            if self.masks[k].shape != other.masks[k].shape:
+                raise ValueError(f"NeuronSets differ in shape for kind {k!r}")
+
+    def _combine(self, other: "NeuronSet", op: str) -> "NeuronSet":
+        self._check_same_shape(other)
+        masks = {}
+        for k in dict.fromkeys([*self.masks, *other.masks]):
+            a, b = self.masks.get(k), other.masks.get(k)
+            if a is None:
+                a = torch.zeros_like(b)
+            if b is None:
+                b = torch.zeros_like(a)
+            masks[k] = {"and": a & b, "or": a | b, "sub": a & ~b}[op]
+        meta = {"fingerprint": self.fingerprint or other.fingerprint}
+        return NeuronSet(masks, meta)
+
+    def __and__(self, other: "NeuronSet") -> "NeuronSet":
+        return self._combine(other, "and")
+
+    def __or__(self, other: "NeuronSet") -> "NeuronSet":
+        return self._combine(other, "or")
+
+    def __sub__(self, other: "NeuronSet") -> "NeuronSet":
+        return self._combine(other, "sub")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NeuronSet) or set(self.masks) != set(other.masks):
+            return False
+        return all(torch.equal(self.masks[k], other.masks[k]) for k in self.masks)
+
+    def jaccard(self, other: "NeuronSet") -> float:
+        """|A ∩ B| / |A ∪ B| (1.0 for two empty sets)."""
+        union = (self | other).count()
+        return (self & other).count() / union if union else 1.0
+
+    def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "NeuronSet":
+        """The subset in the given layers and kinds (others emptied, shapes kept)."""
+        keep_layers = None if layers is None else torch.as_tensor(sorted(set(layers)), dtype=torch.long)
+        keep_kinds = set(self.kinds if kinds is None else kinds)
+        masks = {}
+        for k, m in self.masks.items():
+            new = torch.zeros_like(m)
+            if k in keep_kinds:
+                if keep_layers is None:
+                    new = m.clone()
+                else:
+                    new[keep_layers] = m[keep_layers]
+            masks[k] = new
+        meta = dict(self.meta, restricted={"layers": None if layers is None else keep_layers.tolist(),
+                                            "kinds": sorted(keep_kinds)})
+        return NeuronSet(masks, meta)
+
+    def random_like(self, seed: int, exclude: "NeuronSet | None" = None) -> "NeuronSet":
+        """Random neurons with exactly the same count per layer and kind (a baseline).
+
+        ``exclude``: neurons never drawn (e.g. the set itself), where enough others remain."""
+        gen = torch.Generator().manual_seed(seed)
+        masks = {}
+        for k, m in self.masks.items():
+            new = torch.zeros_like(m)
+            for layer in range(m.shape[0]):
+                n = int(m[layer].sum())
+                if n == 0:
+                    continue
+                pool = torch.arange(m.shape[1])
+                if exclude is not None and k in exclude.masks:
+                    allowed = pool[~exclude.masks[k][layer]]
+                    pool = allowed if len(allowed) >= n else pool
+                pick = pool[torch.randperm(len(pool), generator=gen)[:n]]
+                new[layer, pick] = True
+            masks[k] = new
+        meta = {"fingerprint": self.fingerprint, "random_like": self.meta.get("name") or self.meta.get("language"),
+                "seed": seed, "rule": "random, same count per layer and kind"}
+        return NeuronSet(masks, meta)
+
+    # ---- model compatibility ------------------------------------------------------------
+    def check_compatible(self, model: torch.nn.Module) -> None:
+        """Raise a clear error if ``model`` is not shaped like the model this set was made for."""
+        fp = get_adapter(model).fingerprint()
+        mine = self.fingerprint
+        if mine is None:
+            for k, m in self.masks.items():
+                expected = (fp["num_layers"], fp["neurons_per_layer"][k])
+                if tuple(m.shape) != expected:
+                    raise ValueError(f"NeuronSet kind {k!r} has shape {tuple(m.shape)}, model needs {expected}")
+            return
+        keys = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "neurons_per_layer")
+        diff = {key: (mine.get(key), fp.get(key)) for key in keys if mine.get(key) != fp.get(key)}
+        if diff:
+            details = "; ".join(f"{key}: set {a} vs model {b}" for key, (a, b) in diff.items())
+            made_for = self.meta.get("model_id", "another model")
+            raise ValueError(f"this NeuronSet was made for {made_for} and does not fit this model ({details})")
+
+    # ---- files --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (.safetensors) and its ``.json`` metadata; returns the safetensors path."""
+        st = _resolve(path)
+        st.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, format_version=FORMAT_VERSION, counts=self.counts(), count=self.count(),
+                    fraction=self.fraction())
+        tensors = {f"mask.{k}": m.to(torch.uint8).contiguous() for k, m in self.masks.items()}
+        tensors.update({f"extra.{k}": v.contiguous() for k, v in self.extra.items()})
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        save_file(tensors, str(st), metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
+        st.with_suffix(".json").write_text(text + "\n")
+        return st
+
+    @classmethod
+    def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> "NeuronSet":
+        """Read a NeuronSet; with ``model``, also check that it fits that model."""
+        st = _resolve(path)
+        if not st.exists():
+            raise FileNotFoundError(f"no NeuronSet at {st} (expected a .safetensors file written by mwork)")
+        from safetensors import safe_open
+
+        with safe_open(str(st), framework="pt") as f:
+            header = f.metadata() or {}
+        if "mwork" not in header:
+            raise ValueError(f"{st} is a safetensors file but not a NeuronSet written by mwork")
+        meta = json.loads(header["mwork"])
+        tensors = load_file(str(st))
+        masks = {k[len("mask."):]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
+        extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        for key in ("counts", "count", "fraction", "format_version"):
+            meta.pop(key, None)
+        ns = cls(masks, meta, extra)
+        if model is not None:
+            ns.check_compatible(model)
+        return ns
+
+
+def as_neuron_set(neurons: "NeuronSet | str | Path", model: torch.nn.Module | None = None) -> NeuronSet:
+    """Accept a NeuronSet or a path to one (checked against ``model`` when given)."""
+    if isinstance(neurons, NeuronSet):
+        if model is not None:
+            neurons.check_compatible(model)
+        return neurons
+    return NeuronSet.load(neurons, model)
