@@ -1,0 +1,21 @@
+"""``mwork report DIR``: render a results folder into one self-contained HTML page."""
+
+from __future__ import annotations
+
+import argparse
+
+from mwork.report.html import render_report
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = render_report(args.dir, out=args.out, title=args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="render a results folder (lens, detect, experiment, enhance) into index.html")
+    p.add_argument("dir", help="results folder written by mwork commands")
+    p.add_argument("--out", help="HTML file to write (default: DIR/index.html)")
+    p.add_argument("--title", help="page title")
+    p.set_defaults(func=_run)
