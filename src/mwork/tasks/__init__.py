@@ -1,0 +1,1 @@
+"""Evaluation tasks: perplexity, MGSM, XQuAD, X-CSQA, XLSum (loaders, prompts, scoring)."""

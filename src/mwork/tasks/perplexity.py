@@ -1,0 +1,318 @@
+"""Perplexity of a causal LM on any texts, and held-out per-language texts from XQuAD.
+
+Rules, so that numbers are comparable across models, batch sizes and runs:
+
+* Each text is tokenized with the tokenizer's own special tokens (``add_special_tokens=True``),
+  as the model expects: Gemma/Llama get a BOS, GPT-2 gets none. The leading special tokens
+  (the *prefix*) are context only, never scored; every other token is scored exactly once.
+  Without a prefix the first token has no context and is not scored.
+* Long texts are split into windows of at most ``max_length`` tokens, each starting with the
+  prefix. The scored tokens are cut into consecutive chunks: the first window holds the first
+  ``max_length - len(prefix)`` body tokens; every later chunk holds ``stride`` new tokens
+  (default ``max_length - len(prefix) - 1``) and is scored in one pass over the prefix plus the
+  ``max_length - len(prefix)`` body tokens that end with it, so every scored token sees at least
+  ``max_length - len(prefix) - stride`` tokens of its own text. A smaller stride means more
+  context per token and more compute.
+* Padding never counts: windows are right-padded, and the scored positions only attend to
+  earlier real tokens (causal attention; positions are the same as without padding). The result is the token-weighted mean NLL over all scored tokens (nats),
+  ``ppl = exp(nll)``.
+* Texts with no scored token (empty, or a single token without a prefix) are reported in
+  ``empty_texts``, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from mwork.models.adapters import get_adapter
+
+HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
+XQUAD_PARAGRAPHS_PER_ARTICLE = 5
+_LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
+
+
+# ---- texts ------------------------------------------------------------------------------------
+
+
+def load_texts(path: str | Path, field: str = "text") -> list[str]:
+    """Texts from a file: ``.jsonl`` (one JSON object per line, ``field``; or a JSON string per
+    line), a SQuAD-format ``.json`` (every paragraph's context) or plain text (one per line).
+
+    Blank lines of a plain-text file are kept as empty texts (perplexity reports them); only
+    the file's final newline is not a text."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no text file at {p}")
+    if p.suffix == ".json":
+        return xquad_texts(p, articles=None)
+    raw = p.read_text(encoding="utf-8")
+    lines = raw.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    lines = [line.rstrip("\r") for line in lines]
+    if p.suffix != ".jsonl":
+        return lines
+    texts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            texts.append("")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p}:{n}: not valid JSON ({err.msg})") from None
+        if isinstance(obj, str):
+            texts.append(obj)
+        elif isinstance(obj, dict) and isinstance(obj.get(field), str):
+            texts.append(obj[field])
+        else:
+            raise ValueError(f"{p}:{n}: expected a JSON string or an object with a string field {field!r}")
+    return texts
+
+
+def data_dir(path: str | Path | None = None) -> Path | None:
+    """Where local data sets live: ``path``, ``$MWORK_DATA``, or ``../shared/data`` next to the
+    working directory or the source checkout; None if none exists."""
+    candidates = [path, os.environ.get("MWORK_DATA"), Path.cwd().parent / "shared" / "data",
+                  Path(__file__).resolve().parents[3].parent / "shared" / "data"]
+    for c in candidates:
+        if c and Path(c).is_dir():
+            return Path(c)
+    return None
+
+
+def _articles_filter(articles: Iterable[int] | None, n_articles: int) -> list[int]:
+    if articles is None:
+        return list(range(n_articles))
+    chosen = sorted(set(int(a) for a in articles))
+    bad = [a for a in chosen if not 0 <= a < n_articles]
+    if bad:
+        raise ValueError(f"articles {bad} out of range: the file has articles 0..{n_articles - 1}")
+    return chosen
+
+
+def xquad_texts(
+    path_or_lang: str | Path,
+    articles: Iterable[int] | None = HELD_OUT_ARTICLES,
+    data: str | Path | None = None,
+    source: str = "auto",
+) -> list[str]:
+    """The paragraph contexts of the chosen XQuAD articles (default: the held-out 24-47).
+
+    ``path_or_lang``: a SQuAD-format JSON file, or a language code (``zh``) looked up as
+    ``<data>/xquad/xquad.<lang>.json`` (see :func:`data_dir`). ``source``: ``"auto"`` (local
+    file, else the hub), ``"local"`` or ``"hub"`` (``google/xquad`` through ``datasets``;
+    needs network). ``articles=None``: all articles."""
+    if source not in ("auto", "local", "hub"):
+        raise ValueError(f"source must be 'auto', 'local' or 'hub', not {source!r}")
+    p = Path(path_or_lang)
+    if source != "hub" and p.suffix == ".json":
+        if not p.is_file():
+            raise FileNotFoundError(f"no XQuAD/SQuAD JSON file at {p}")
+        return _squad_contexts(p, articles)
+    lang = str(path_or_lang)
+    if source != "hub":
+        root = data_dir(data)
+        local = root / "xquad" / f"xquad.{lang}.json" if root else None
+        if local is not None and local.is_file():
+            return _squad_contexts(local, articles)
+        if source == "local":
+            raise FileNotFoundError(
+                f"no local XQuAD file for {lang!r} (looked for xquad/xquad.{lang}.json under "
+                f"{root or 'no data folder: set MWORK_DATA'}); use source='hub' to download google/xquad"
+            )
+    return _hub_xquad_contexts(lang, articles)
+
+
+def _squad_contexts(path: Path, articles: Iterable[int] | None) -> list[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a SQuAD-format JSON file (data[i]['paragraphs'][j]['context'])") from err
+    return [para["context"] for a in _articles_filter(articles, len(data)) for para in data[a]["paragraphs"]]
+
+
+def _hub_xquad_contexts(lang: str, articles: Iterable[int] | None) -> list[str]:
+    """google/xquad rows are questions in file order; consecutive rows share a context.
+    XQuAD has 48 articles of 5 paragraphs each in every language, which gives the article."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("loading XQuAD from the hub needs the 'datasets' package: pip install datasets") from err
+    rows = datasets.load_dataset("google/xquad", f"xquad.{lang}", split="validation")
+    contexts: list[str] = []
+    for ctx in rows["context"]:
+        if not contexts or contexts[-1] != ctx:
+            contexts.append(ctx)
+    n_articles, rest = divmod(len(contexts), XQUAD_PARAGRAPHS_PER_ARTICLE)
+    if rest:
+        raise ValueError(f"google/xquad {lang}: {len(contexts)} paragraphs, not a multiple of "
+                         f"{XQUAD_PARAGRAPHS_PER_ARTICLE}; cannot tell the articles apart")
+    k = XQUAD_PARAGRAPHS_PER_ARTICLE
+    return [c for a in _articles_filter(articles, n_articles) for c in contexts[a * k:(a + 1) * k]]
+
+
+# ---- windows ----------------------------------------------------------------------------------
+
+
+def _prefix_length(ids: Sequence[int], special: set[int]) -> int:
+    n = 0
+    while n < len(ids) and ids[n] in special:
+        n += 1
+    return n
+
+
+def make_windows(ids: Sequence[int], n_prefix: int, max_length: int, stride: int | None = None) -> list[tuple[list[int], int]]:
+    """Split one tokenized text into ``(input_ids, n_scored)`` windows (module docstring rule):
+    the scored tokens are always the last ``n_scored`` of each window."""
+    prefix, body = list(ids[:n_prefix]), list(ids[n_prefix:])
+    width = max_length - n_prefix  # body tokens per window
+    if width < 2:
+        raise ValueError(f"max_length={max_length} leaves fewer than 2 text tokens per window "
+                         f"after the {n_prefix} special prefix token(s); raise max_length")
+    if stride is None:
+        stride = width - 1
+    if not 1 <= stride <= width - 1:
+        raise ValueError(f"stride must be between 1 and max_length - prefix - 1 = {width - 1}, got {stride}")
+    first = 0 if n_prefix else 1  # without a prefix the first token has no context
+    if len(body) <= first:
+        return []
+    end = min(width, len(body))
+    windows = [(prefix + body[:end], end - first)]
+    while end < len(body):
+        new_end = min(end + stride, len(body))
+        windows.append((prefix + body[max(0, new_end - width):new_end], new_end - end))
+        end = new_end
+    return windows
+
+
+# ---- perplexity -------------------------------------------------------------------------------
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids must go (the token embedding's device, also for multi-device models)."""
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def _window_nll(model: torch.nn.Module, batch: list[tuple[list[int], int]], pad_id: int) -> list[float]:
+    """Summed NLL of the scored tokens of each window (float64), with right padding."""
+    adapter = get_adapter(model)
+    device = _model_device(model)
+    length = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    for r, (ids, _) in enumerate(batch):
+        input_ids[r, :len(ids)] = torch.tensor(ids)
+    captured: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):  # the final norm's input: decode() gives the model's logits
+        captured.append(args[0] if args else next(iter(kwargs.values())))
+
+    handle = adapter.final_norm.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        # right padding needs no padding mask (an all-ones mask, on purpose): causal attention
+        # already hides the padding from every scored position, and no row is fully masked
+        # (fully masked pad rows can turn into NaN that leaks through 0 * NaN, seen in float64)
+        ids = input_ids.to(device)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    hidden = captured[-1]
+    # rows (r, position) whose next token is scored, and that token
+    rows, pos, tgt = [], [], []
+    for r, (ids, n) in enumerate(batch):
+        L = len(ids)
+        rows += [r] * n
+        pos += range(L - n - 1, L - 1)
+        tgt += ids[L - n:]
+    rows_t, pos_t = torch.tensor(rows, device=hidden.device), torch.tensor(pos, device=hidden.device)
+    targets = torch.tensor(tgt, device=hidden.device)
+    vocab = int(getattr(model.config, "vocab_size", 0) or adapter.lm_head.weight.shape[0])
+    chunk = max(1, _LOGIT_BUDGET // max(vocab, 1))
+    token_nll = torch.empty(len(tgt), dtype=torch.float64)
+    for s in range(0, len(tgt), chunk):
+        h = hidden[rows_t[s:s + chunk], pos_t[s:s + chunk]]
+        logits = adapter.decode(h)
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        token_nll[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], reduction="none").double().cpu()
+    sums, s = [], 0
+    for _, n in batch:
+        sums.append(float(token_nll[s:s + n].sum()))
+        s += n
+    return sums
+
+
+def perplexity(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int = 512,
+    stride: int | None = None,
+    per_text: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Token-weighted perplexity of ``model`` on ``texts`` (rules in the module docstring).
+
+    Returns ``ppl``, ``tokens`` (scored tokens), ``nll`` (mean, nats), ``n_texts``,
+    ``n_windows``, ``empty_texts`` (indices of texts with nothing to score) and, with
+    ``per_text``, ``per_text``: ``[{"nll_sum", "tokens"}]`` per text. Deterministic."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not one string")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no texts given")
+    if batch_size < 1 or max_length < 2:
+        raise ValueError(f"batch_size must be >= 1 and max_length >= 2 (got {batch_size}, {max_length})")
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    encoded = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+    windows: list[tuple[list[int], int]] = []
+    owner: list[int] = []
+    for t, ids in enumerate(encoded):
+        for w in make_windows(ids, _prefix_length(ids, special), max_length, stride):
+            windows.append(w)
+            owner.append(t)
+    nll_sum = [0.0] * len(texts)
+    n_tok = [0] * len(texts)
+    for w, t in zip(windows, owner):
+        n_tok[t] += w[1]
+    # longest windows first (little padding); stable, so the order is deterministic
+    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    window_nll = [0.0] * len(windows)
+    was_training = model.training
+    model.eval()
+    try:
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        for b in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
+            for i, v in zip(b, _window_nll(model, [windows[i] for i in b], pad_id)):
+                window_nll[i] = v
+    finally:
+        model.train(was_training)
+    for i, t in enumerate(owner):
+        nll_sum[t] += window_nll[i]
+    tokens = sum(n_tok)
+    if tokens == 0:
+        raise ValueError("none of the texts has a token to score (all empty or too short)")
+    nll = math.fsum(nll_sum) / tokens
+    result: dict[str, Any] = {
+        "ppl": math.exp(nll),
+        "nll": nll,
+        "tokens": tokens,
+        "n_texts": len(texts),
+        "n_windows": len(windows),
+        "empty_texts": [t for t in range(len(texts)) if n_tok[t] == 0],
+        "max_length": max_length,
+        "stride": stride,
+    }
+    if per_text:
+        result["per_text"] = [{"nll_sum": s, "tokens": n} for s, n in zip(nll_sum, n_tok)]
+    return result
