@@ -1,0 +1,230 @@
+"""What every evaluation task shares: the Example record, the Task interface, prompt files,
+few-shot handling, and finding data locally or on the Hugging Face hub.
+
+Data sources (``source`` argument of every ``load``):
+
+* a file or a folder: read locally (each task documents the file names it looks for);
+* ``"hub"``: the task's Hugging Face dataset, through the ``datasets`` package (imported
+  only then; ``pip install datasets``);
+* ``None``: the folder in the environment variable ``MWORK_DATA`` when it is set (the same
+  layout as the project's shared data: ``$MWORK_DATA/mgsm/mgsm_en.tsv`` ...), else the hub.
+
+Prompts are data: ``mwork/data/task_prompts/<task>.json`` holds, per language, the prompt
+template, the few-shot target format, the stop strings and optional few-shot examples. Pass
+``prompts=`` (a path or a dict of the same shape) to ``evaluate`` to use your own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "task_prompts"  # shipped as package data
+DATA_ENV = "MWORK_DATA"
+
+
+@dataclass
+class Example:
+    """One evaluation item.
+
+    ``fields`` fill the prompt template (``question``, ``context``, ``choices``, ``text`` ...);
+    ``target`` is the gold: a number (MGSM), a list of answer strings (XQuAD), the index of
+    the right choice (X-CSQA) or a reference summary (XLSum). ``id`` is stable across runs (and
+    shared by the translations of one item where the data set is parallel)."""
+
+    id: str
+    lang: str
+    fields: dict[str, Any]
+    target: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- prompts -------------------------------------------------------------------------------
+
+
+def load_prompts(task: str, prompts: str | Path | dict | None = None) -> dict[str, Any]:
+    """The prompt file of ``task`` (built in, or ``prompts``: a JSON path or an already loaded dict)."""
+    if isinstance(prompts, dict):
+        data = prompts
+    elif prompts is not None:
+        path = Path(prompts)
+        if not path.is_file():
+            raise FileNotFoundError(f"no prompt file at {path}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        path = PROMPTS_DIR / f"{task}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no built-in prompt file for task {task!r} ({path})")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data.get("languages"), dict):
+        raise ValueError(f"prompt file for {task!r} needs a 'languages' object mapping language codes to templates")
+    return data
+
+
+def prompt_for(task: str, lang: str, prompts: str | Path | dict | None = None) -> dict[str, Any]:
+    """One language's prompt entry, with the file-wide defaults (``shot_separator``) filled in."""
+    data = load_prompts(task, prompts)
+    langs = data["languages"]
+    if lang not in langs:
+        raise ValueError(
+            f"no {task} prompt for language {lang!r}; prompts exist for {', '.join(sorted(langs))}. "
+            f"Add one to a copy of the prompt file and pass prompts=PATH"
+        )
+    entry = {"shot_separator": data.get("shot_separator", "\n\n"), "stop": [], **langs[lang]}
+    if "template" not in entry:
+        raise ValueError(f"{task} prompt for {lang!r} has no 'template'")
+    return entry
+
+
+def prompt_languages(task: str) -> list[str]:
+    return sorted(load_prompts(task)["languages"])
+
+
+# ---- data sources --------------------------------------------------------------------------
+
+
+def resolve_source(source: str | Path | None, task_dir: str, candidates: Sequence[str]) -> Path | None:
+    """The local file to read, or None for the hub (see the module docstring).
+
+    ``candidates`` are file names tried inside a given folder, then inside ``folder/task_dir``."""
+    origin = ""
+    if source is None:
+        env = os.environ.get(DATA_ENV)
+        if not env:
+            return None
+        source, origin = env, f" (from ${DATA_ENV})"
+    if str(source) == "hub":
+        return None
+    path = Path(source)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"data source {path}{origin} is neither a file nor a folder (or pass source='hub')")
+    tried = []
+    for folder in (path, path / task_dir):
+        for name in candidates:
+            tried.append(folder / name)
+            if tried[-1].is_file():
+                return tried[-1]
+    raise FileNotFoundError(f"none of these files exists{origin}: {', '.join(str(t) for t in tried)}")
+
+
+class HubLoadError(ValueError):
+    """The hub could not serve a data set (offline, unknown config or split). A ValueError so
+    that the CLI reports it as one line telling the user to pass a local source."""
+
+
+def load_hub(repo: str, config: str | None, split: str) -> Any:
+    """``datasets.load_dataset(repo, config, split=split)``, with errors that say what to do."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            f"loading {repo} from the Hugging Face hub needs the 'datasets' package: pip install datasets "
+            "(or pass source=<local file or folder>)"
+        ) from err
+    try:
+        return datasets.load_dataset(repo, config, split=split)
+    except Exception as err:  # network, unknown config or split: one clear message
+        raise HubLoadError(
+            f"could not load {repo} (config {config!r}, split {split!r}) from the hub: {err}. "
+            "Pass source=<local file or folder> to read local data instead"
+        ) from err
+
+
+def select(items: list, start: int = 0, limit: int | None = None) -> list:
+    """``items[start:start + limit]`` with argument checks."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    return items[start:] if limit is None else items[start:start + limit]
+
+
+# ---- the task interface --------------------------------------------------------------------
+
+
+class Task(ABC):
+    """An evaluation task: load examples, then ``evaluate`` a model on them.
+
+    ``evaluate`` only calls the model's ``forward`` / ``generate``, so it measures the model
+    under whatever hooks are active (e.g. inside ``mwork.deactivate``)."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]
+    higher_is_better: ClassVar[bool] = True
+    hub_id: ClassVar[str]
+    default_max_new_tokens: ClassVar[int] = 0  # 0: not a generation task
+
+    @abstractmethod
+    def load(self, lang: str, source: str | Path | None = None, *, limit: int | None = None, **kwargs: Any) -> list[Example]:
+        """The evaluation examples of language ``lang``."""
+
+    def load_shots(self, lang: str, source: str | Path | None = None, k: int = 4) -> list[Example]:
+        """A pool of ``k`` few-shot examples. Default: the first ``k`` items of the evaluation
+        data, so evaluate those with ``start=k`` (``evaluate`` refuses overlapping ids)."""
+        return self.load(lang, source, limit=k)
+
+    @abstractmethod
+    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, **kwargs: Any) -> dict[str, Any]:
+        """Score ``model`` on ``examples``: a dict with ``score``, ``n`` and per-example ``records``."""
+
+    def languages(self) -> list[str]:
+        """Languages with a built-in prompt."""
+        return prompt_languages(self.name)
+
+    # helpers for subclasses ------------------------------------------------------------------
+    def _shots(self, lang: str, examples: Sequence[Example], few_shot: int, shots: Sequence[Example] | None,
+               prompt: dict[str, Any]) -> list[Example]:
+        """The few-shot examples: ``shots`` if given, else those in the prompt file; never an
+        evaluation example."""
+        if few_shot < 0:
+            raise ValueError(f"few_shot must be >= 0, got {few_shot}")
+        if few_shot == 0:
+            return []
+        if shots is None:
+            shots = [
+                Example(id=f"prompt-shot-{i}", lang=lang, fields=s.get("fields", {}), target=s.get("target"))
+                for i, s in enumerate(prompt.get("shots", []))
+            ]
+            if not shots:
+                raise ValueError(
+                    f"{self.name} has no built-in few-shot examples for {lang!r}: pass "
+                    f"shots=get_task({self.name!r}).load_shots({lang!r}, source, k={few_shot})"
+                )
+        if len(shots) < few_shot:
+            raise ValueError(f"few_shot={few_shot} but only {len(shots)} few-shot examples are available")
+        chosen = list(shots[:few_shot])
+        overlap = {s.id for s in chosen} & {e.id for e in examples}
+        if overlap:
+            raise ValueError(
+                f"few-shot examples are also evaluation examples ({', '.join(sorted(overlap)[:5])}): "
+                f"load the evaluation set past them (e.g. start={few_shot})"
+            )
+        return chosen
+
+    def _result(self, lang: str, scores: Sequence[float], records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        n = len(scores)
+        return {
+            "task": self.name,
+            "lang": lang,
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "score": sum(scores) / n if n else math.nan,
+            "n": n,
+            **extra,
+            "records": records,
+        }
+
+
+def check_examples(task: str, examples: Sequence[Example]) -> None:
+    if not examples:
+        raise ValueError(f"no {task} examples to evaluate: check the language, source and limit")
