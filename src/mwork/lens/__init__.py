@@ -1,0 +1,19 @@
+"""Layer-wise decoding (logit lens), token language identification, per-layer language shares
+and the understanding / task-solving / generation layer split."""
+
+from mwork.lens.langid import (
+    UNKNOWN, LanguageIdentifier, ScriptWordfreqIdentifier, TokenLabeler,
+)
+from mwork.lens.logit_lens import LensResult, PromptLens, logit_lens
+from mwork.lens.plot import plot_shares
+from mwork.lens.prompts import Prompt, builtin_languages, builtin_prompts, read_prompts
+from mwork.lens.regions import RegionEstimate, estimate_regions
+from mwork.lens.shares import LayerShares, language_shares, read_shares, write_csv, write_json
+
+__all__ = [
+    "UNKNOWN", "LanguageIdentifier", "ScriptWordfreqIdentifier", "TokenLabeler",
+    "LensResult", "PromptLens", "logit_lens", "plot_shares",
+    "Prompt", "builtin_languages", "builtin_prompts", "read_prompts",
+    "RegionEstimate", "estimate_regions",
+    "LayerShares", "language_shares", "read_shares", "write_csv", "write_json",
+]

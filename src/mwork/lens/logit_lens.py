@@ -1,0 +1,382 @@
+"""Layer-wise decoding (logit lens) over prompts and greedily generated tokens.
+
+Lens layer 0 is the input of decoder layer 0 (the embedding output, after any embedding
+scaling or embedding norm the model applies), lens layer i >= 1 is the output of decoder layer
+i - 1. Each is decoded through the adapter's final norm and LM head (the paper's code skipped
+the final norm), so the last lens layer reproduces the model's own logits.
+
+Positions decoded, per prompt: every prompt position (except special tokens such as BOS,
+whose hidden state is the same for every prompt and language) and, while generating greedily,
+the position of each fed-back token, i.e. the position that produced the next generated
+token. Padding is never decoded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mwork.lens.prompts import Prompt
+from mwork.models.adapters import Adapter, get_adapter
+
+
+@dataclass
+class PromptLens:
+    """The lens of one prompt.
+
+    ``token_ids`` is the prompt's tokens followed by the generated ones; ``positions`` are the
+    indices into ``token_ids`` whose hidden states were decoded; ``topk_ids[l, j]`` are the
+    top-k tokens of lens layer ``l`` at ``positions[j]`` (best first), ``topk_logits`` their
+    logits.
+    """
+
+    text: str
+    lang: str
+    token_ids: list[int]
+    n_prompt: int
+    positions: list[int]
+    topk_ids: torch.Tensor  # (num_layers + 1, len(positions), k) int64
+    topk_logits: torch.Tensor  # same shape, float32
+
+    @property
+    def generated_ids(self) -> list[int]:
+        return self.token_ids[self.n_prompt:]
+
+    def segment_mask(self, segment: str) -> torch.Tensor:
+        """Boolean mask over ``positions``: ``all``, ``prompt`` (input is a prompt token) or
+        ``generated`` (input is a generated token fed back)."""
+        pos = torch.tensor(self.positions, dtype=torch.long)
+        if segment == "all":
+            return torch.ones(len(self.positions), dtype=torch.bool)
+        if segment == "prompt":
+            return pos < self.n_prompt
+        if segment == "generated":
+            return pos >= self.n_prompt
+        raise ValueError(f"unknown segment {segment!r}; use all, prompt or generated")
+
+
+@dataclass
+class LensResult:
+    """Top-k decodings of every layer for a list of prompts, plus the settings that made them."""
+
+    model_name: str
+    num_layers: int  # decoder layers; there are num_layers + 1 lens layers
+    top_k: int
+    max_new_tokens: int
+    prompts: list[PromptLens]
+    seconds: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def languages(self) -> list[str]:
+        """Input languages in order of first appearance."""
+        return list(dict.fromkeys(p.lang for p in self.prompts))
+
+    def top_tokens(self, tokenizer, prompt: int, layer: int) -> list[list[str]]:
+        """Decoded strings of the top-k tokens at each position of one prompt and layer."""
+        ids = self.prompts[prompt].topk_ids[layer]
+        return [[tokenizer.decode([int(t)]) for t in row] for row in ids]
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.model_name, "num_layers": self.num_layers, "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens, "seconds": self.seconds, "settings": self.settings,
+            "prompts": [
+                {"text": p.text, "lang": p.lang, "token_ids": p.token_ids, "n_prompt": p.n_prompt,
+                 "positions": p.positions}
+                for p in self.prompts
+            ],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the top-k tensors to a safetensors file (metadata in its header)."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for i, p in enumerate(self.prompts):
+            tensors[f"{i}.topk_ids"] = p.topk_ids.contiguous()
+            tensors[f"{i}.topk_logits"] = p.topk_logits.contiguous()
+        path = Path(path)
+        save_file(tensors, str(path), metadata={"mwork_lens": json.dumps(self.meta())})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LensResult":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["mwork_lens"])
+            prompts = [
+                PromptLens(
+                    text=m["text"], lang=m["lang"], token_ids=m["token_ids"], n_prompt=m["n_prompt"],
+                    positions=m["positions"], topk_ids=f.get_tensor(f"{i}.topk_ids"),
+                    topk_logits=f.get_tensor(f"{i}.topk_logits"),
+                )
+                for i, m in enumerate(meta["prompts"])
+            ]
+        return cls(meta["model"], meta["num_layers"], meta["top_k"], meta["max_new_tokens"], prompts,
+                   meta["seconds"], meta["settings"])
+
+
+class _HiddenCapture:
+    """Hooks that record the lens hidden states of one forward pass: the input of decoder
+    layer 0 (pre-hook) and the output of every decoder layer."""
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self.states: list[torch.Tensor | None] = []
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_HiddenCapture":
+        layers = self.adapter.layers
+        self.states = [None] * (len(layers) + 1)
+
+        def pre_hook(module, args, kwargs):
+            self.states[0] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+        def make_hook(i: int):
+            def hook(module, args, output):
+                self.states[i + 1] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        try:
+            self._handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+            for i, layer in enumerate(layers):
+                self._handles.append(layer.register_forward_hook(make_hook(i)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def take(self) -> list[torch.Tensor]:
+        states, self.states = self.states, [None] * len(self.states)
+        if any(s is None for s in states):
+            raise RuntimeError("a decoder layer did not run; the adapter's layer list does not match the model")
+        return states
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class _ZeroPadding:
+    """Pre-hooks that set the hidden states of padding positions to zero before every decoder
+    layer (``pad`` is a (B, L) bool mask, or None to do nothing).
+
+    Padding is masked as a key, so real tokens never depend on it, except through 0 x NaN:
+    a padding query attends to nothing, and in float64 transformers' eager attention (softmax
+    in float32 of float64-min scores) that row becomes NaN, whose value vectors then poison
+    the real tokens of the next layer. Zeroed padding keeps every value finite."""
+
+    def __init__(self, adapter: Adapter):
+        self.adapter = adapter
+        self.pad: torch.Tensor | None = None
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "_ZeroPadding":
+        def pre_hook(module, args, kwargs):
+            pad = self.pad
+            if pad is None:
+                return None
+            if "hidden_states" in kwargs:
+                kwargs = dict(kwargs, hidden_states=kwargs["hidden_states"].masked_fill(pad[..., None], 0.0))
+            else:
+                args = (args[0].masked_fill(pad[..., None], 0.0), *args[1:])
+            return args, kwargs
+
+        try:
+            for layer in self.adapter.layers:
+                self._handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _step_kwargs(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
+    """The KV-cache argument's name (transformers 5 renamed ``past_key_values`` to ``cache``)
+    and ``logits_to_keep=1`` where supported (the lens computes every layer's logits itself)."""
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    return cache_kw, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
+
+
+def _decode_topk(
+    adapter: Adapter, hidden: torch.Tensor, top_k: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) hidden states -> top-k ids and logits, in chunks so (chunk, vocab) stays small."""
+    ids, vals = [], []
+    for start in range(0, hidden.shape[0], chunk):
+        logits = adapter.decode(hidden[start:start + chunk])
+        v, i = logits.float().topk(top_k, dim=-1)
+        ids.append(i.cpu())
+        vals.append(v.cpu())
+    if not ids:
+        return torch.empty(0, top_k, dtype=torch.long), torch.empty(0, top_k)
+    return torch.cat(ids), torch.cat(vals)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        eos.update([value] if isinstance(value, int) else list(value))
+    return eos
+
+
+@torch.inference_mode()
+def _run_batch(
+    model, adapter: Adapter, sequences: list[list[int]], *, pad_id: int, eos: set[int], special: set[int],
+    top_k: int, max_new_tokens: int, chunk: int, on_step: Callable[[], None] = lambda: None,
+) -> list[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
+    """Greedy generation with a KV cache over one left-padded batch, decoding every layer.
+
+    Returns per sequence: all token ids, decoded positions, top-k ids and logits
+    (layers, positions, k)."""
+    device = next(model.parameters()).device
+    B, L = len(sequences), max(len(s) for s in sequences)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for b, s in enumerate(sequences):
+        ids[b, L - len(s):] = torch.tensor(s)
+        mask[b, L - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    tokens = [list(s) for s in sequences]
+    positions: list[list[int]] = [[] for _ in range(B)]
+    found_ids: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    found_vals: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    special_t = torch.tensor(sorted(special), dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    (cache_kw, keep), cache = _step_kwargs(model), None
+    step_input = ids
+    offsets = [len(s) - L for s in sequences]  # column c of the padded batch is token c + offset
+
+    with _ZeroPadding(adapter) as zero_pad, _HiddenCapture(adapter) as capture:
+        for step in range(max(max_new_tokens, 1)):
+            width = step_input.shape[1]
+            # only the prompt pass holds padding queries (later steps feed one real token per row)
+            zero_pad.pad = ~mask.bool() if step == 0 and not bool(mask.all()) else None
+            extra = {k: v[:, -width:] for k, v in adapter.forward_kwargs(mask).items()}
+            out = model(input_ids=step_input, attention_mask=mask, use_cache=max_new_tokens > 1,
+                        **{cache_kw: cache}, **keep, **extra)
+            cache = out.get(cache_kw)
+            states = capture.take()
+
+            # which (row, column) of this step are real, non-special tokens of live sequences
+            valid = mask[:, -width:].bool() & ~torch.isin(step_input, special_t) & ~finished[:, None]
+            rows, cols = valid.nonzero(as_tuple=True)
+            if rows.numel():
+                hidden = torch.stack([s[rows, cols] for s in states])  # (layers+1, n, D)
+                n_layers = hidden.shape[0]
+                top_ids, top_vals = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
+                top_ids = top_ids.view(n_layers, -1, top_k)
+                top_vals = top_vals.view(n_layers, -1, top_k)
+                first_col = mask.shape[1] - width
+                for j, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
+                    positions[r].append(first_col + c + offsets[r])
+                    found_ids[r].append(top_ids[:, j])
+                    found_vals[r].append(top_vals[:, j])
+            on_step()
+
+            if step >= max_new_tokens:
+                break
+            next_tok = out.logits[:, -1].argmax(-1)
+            for b in range(B):
+                if not finished[b]:
+                    tokens[b].append(int(next_tok[b]))
+            finished |= torch.isin(next_tok, torch.tensor(sorted(eos), dtype=torch.long, device=device))
+            if step + 1 >= max_new_tokens or bool(finished.all()):
+                break
+            step_input = torch.where(finished, torch.full_like(next_tok, pad_id), next_tok)[:, None]
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+
+    results = []
+    for b in range(B):
+        if found_ids[b]:
+            t_ids, t_vals = torch.stack(found_ids[b], dim=1), torch.stack(found_vals[b], dim=1)
+        else:
+            t_ids = torch.empty(adapter.num_layers + 1, 0, top_k, dtype=torch.long)
+            t_vals = torch.empty(adapter.num_layers + 1, 0, top_k)
+        results.append((tokens[b], positions[b], t_ids, t_vals))
+    return results
+
+
+def logit_lens(
+    model,
+    tokenizer,
+    prompts: Sequence[Prompt | str],
+    top_k: int = 10,
+    max_new_tokens: int = 8,
+    batch_size: int = 64,
+    template: str = "{prompt}",
+    include_special: bool = False,
+    decode_chunk: int = 256,
+    progress: bool = True,
+    model_name: str | None = None,
+) -> LensResult:
+    """Decode every layer's hidden state to its top-k tokens, over each prompt and over up to
+    ``max_new_tokens`` greedily generated tokens.
+
+    ``prompts``: :class:`Prompt` objects, or plain strings (language ``"?"``). ``template``
+    wraps each prompt text (``{prompt}`` is replaced). Prompts are batched by length with left
+    padding; position ids come from the adapter, so padding never changes a result.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if "{prompt}" not in template:
+        raise ValueError("template must contain '{prompt}'")
+    prompts = [p if isinstance(p, Prompt) else Prompt(str(p), "?") for p in prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    adapter = get_adapter(model)
+    vocab = adapter.lm_head.weight.shape[0]
+    if top_k > vocab:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {vocab}")
+
+    special = set(getattr(tokenizer, "all_special_ids", []) or []) if not include_special else set()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = _eos_ids(model, tokenizer)
+    encoded = [tokenizer(template.replace("{prompt}", p.text)).input_ids for p in prompts]
+    for p, e in zip(prompts, encoded):
+        if not e:
+            raise ValueError(f"prompt {p.text!r} encodes to no tokens")
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
+
+    start = time.time()
+    out: list[PromptLens | None] = [None] * len(prompts)
+    n_batches = -(-len(prompts) // batch_size)
+    steps = max(max_new_tokens, 1)
+    with tqdm(total=n_batches * steps, desc=f"logit lens ({len(prompts)} prompts)", unit="step",
+              disable=not progress) as bar:
+        for b0 in range(0, len(order), batch_size):
+            idx = order[b0:b0 + batch_size]
+            batch = _run_batch(
+                model, adapter, [encoded[i] for i in idx], pad_id=pad_id, eos=eos, special=special,
+                top_k=top_k, max_new_tokens=max_new_tokens, chunk=decode_chunk, on_step=lambda: bar.update(1),
+            )
+            for i, (tokens, pos, t_ids, t_vals) in zip(idx, batch):
+                out[i] = PromptLens(prompts[i].text, prompts[i].lang, tokens, len(encoded[i]), pos, t_ids, t_vals)
+            bar.update((b0 // batch_size + 1) * steps - bar.n)  # steps skipped when all rows ended
+    settings = {"batch_size": batch_size, "template": template, "include_special": include_special,
+                "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    return LensResult(name, adapter.num_layers, top_k, max_new_tokens, out, time.time() - start, settings)
