@@ -38,6 +38,20 @@ class ChannelSite:
     on_input: bool = False  # True for ffn: the channels are the module's *input* features
 
 
+@dataclass(frozen=True)
+class NeuronSlice:
+    """Parameters owned by neuron channels in one module: channel ``c`` owns feature
+    ``index[c]`` on ``side`` -- ``"out"``: that output feature's weight row and bias element;
+    ``"in"``: that input feature's weight column. ``transposed``: the weight is stored
+    (in, out) (GPT-2 Conv1D) instead of (out, in) (nn.Linear)."""
+
+    module: nn.Module
+    index: torch.Tensor  # LongTensor (n_channels,)
+    side: str  # "out" | "in"
+    role: str  # "gate", "up", "down", "q", "k", "v"
+    transposed: bool = False
+
+
 @dataclass
 class AttentionContext:
     """What one attention call saw, captured by a forward pre-hook on the attention module."""
@@ -54,6 +68,7 @@ class Adapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
     position_encoding: ClassVar[str] = "rope"  # "rope" | "alibi" | "learned"
+    weights_transposed: ClassVar[bool] = False  # projection weights stored (in, out) (GPT-2 Conv1D)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -75,6 +90,12 @@ class Adapter:
     @property
     def lm_head(self) -> nn.Module:
         return self.model.get_output_embeddings()
+
+    @property
+    def body(self) -> nn.Module:
+        """The decoder stack without the LM head: calling it returns the final hidden states
+        (for analyses that never need logits, e.g. neuron importance)."""
+        return self.model.base_model
 
     @property
     def num_layers(self) -> int:
@@ -159,10 +180,31 @@ class Adapter:
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
         raise NotImplementedError
 
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        """The modules whose output feature k feeds FFN neuron k: ``{"gate": ..., "up": ...}``
+        for gated MLPs, ``{"up": ...}`` otherwise."""
+        raise NotImplementedError
+
+    def neuron_slices(self, layer: int, kind: str) -> list[NeuronSlice]:
+        """Which parameters belong to the neurons of ``kind`` (enhancement trains only these):
+        FFN neuron k owns row k of W_gate / W_up (and bias element) and column k of W_down;
+        a Q/K/V neuron owns its row of the projection (and bias element)."""
+        t = self.weights_transposed
+        if kind == "ffn":
+            idx = torch.arange(self.ffn_size)
+            rows = [NeuronSlice(m, idx, "out", role, t) for role, m in self.ffn_in_modules(layer).items()]
+            return rows + [NeuronSlice(self.mlp_down(layer), idx, "in", "down", t)]
+        site = self.channel_site(layer, kind)
+        return [NeuronSlice(site.module, site.index, "out", kind, t)]
+
     # ---- attention score function ----------------------------------------------------
     def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
         """Per-head QK-norm modules (Qwen3, Gemma-3), applied before RoPE; else (None, None)."""
         return None, None
+
+    def qk_norm_eps(self, layer: int) -> float | None:
+        """Epsilon of the RMS-type QK-norm (y = g * x / sqrt(mean(x^2) + eps)); None without one."""
+        return None
 
     def scaling(self, layer: int) -> float:
         return 1.0 / math.sqrt(self.head_dim)
@@ -196,19 +238,24 @@ class Adapter:
         out, _ = apply(x, x, ctx.cos, ctx.sin)
         return out
 
-    def score_bias(self, layer: int, ctx: AttentionContext) -> torch.Tensor | None:
-        """Additive, content-independent score bias of shape (B, H, 1 or L, L) (ALiBi), or None."""
+    def score_bias(self, layer: int, ctx: AttentionContext, heads: slice | None = None) -> torch.Tensor | None:
+        """Additive, content-independent score bias of shape (B, H, 1 or L, L) (ALiBi), or None;
+        ``heads`` keeps only those query heads."""
         return None
 
-    def scores(self, layer: int, q: torch.Tensor, k: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+    def scores(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, ctx: AttentionContext, heads: slice | None = None
+    ) -> torch.Tensor:
         """Pre-mask attention scores from post-norm, post-RoPE q (B, H, L, d) and k (B, Hkv, L, d).
 
         Applies scaling, ALiBi bias and soft-capping, exactly as the model does; masking
         (causal, window, padding) is left to the caller (see :func:`attention_mask`).
+        ``heads``: q holds only these query heads (whole KV groups) and k their KV heads, so
+        callers can work one group at a time.
         """
         k = k.repeat_interleave(self.kv_group_size, dim=1)
         s = torch.matmul(q, k.transpose(-1, -2)) * self.scaling(layer)
-        bias = self.score_bias(layer, ctx)
+        bias = self.score_bias(layer, ctx, heads)
         if bias is not None:
             s = s + bias.to(s.dtype)
         cap = self.softcap(layer)
@@ -278,6 +325,10 @@ class LlamaAdapter(Adapter):
     def mlp_down(self, layer: int) -> nn.Module:
         return self.layers[layer].mlp.down_proj
 
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        mlp = self.layers[layer].mlp
+        return {"gate": mlp.gate_proj, "up": mlp.up_proj}
+
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).o_proj
 
@@ -288,6 +339,13 @@ class LlamaAdapter(Adapter):
     def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
         attn = self.attention(layer)
         return getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+
+    def qk_norm_eps(self, layer: int) -> float | None:
+        norm = self.qk_norms(layer)[0]
+        if norm is None:
+            return None
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))  # Qwen3 | Gemma-3
+        return None if eps is None else float(eps)
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
@@ -333,6 +391,9 @@ class GPTNeoXAdapter(Adapter):
     def mlp_down(self, layer: int) -> nn.Module:
         return self.layers[layer].mlp.dense_4h_to_h
 
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        return {"up": self.layers[layer].mlp.dense_h_to_4h}
+
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).dense
 
@@ -376,6 +437,9 @@ class BloomAdapter(Adapter):
     def mlp_down(self, layer: int) -> nn.Module:
         return self.layers[layer].mlp.dense_4h_to_h
 
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        return {"up": self.layers[layer].mlp.dense_h_to_4h}
+
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).dense
 
@@ -390,9 +454,10 @@ class BloomAdapter(Adapter):
         alibi = kwargs["alibi"] if "alibi" in kwargs else args[2]
         return AttentionContext(hidden_states=hidden, alibi=alibi)
 
-    def score_bias(self, layer: int, ctx: AttentionContext) -> torch.Tensor | None:
+    def score_bias(self, layer: int, ctx: AttentionContext, heads: slice | None = None) -> torch.Tensor | None:
         B = ctx.hidden_states.shape[0]
-        return ctx.alibi.view(B, self.num_heads, 1, -1)
+        bias = ctx.alibi.view(B, self.num_heads, 1, -1)
+        return bias if heads is None else bias[:, heads]
 
     def forward_kwargs(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}  # ALiBi positions come from the attention mask already
@@ -405,6 +470,7 @@ class GPT2Adapter(Adapter):
     model_types = ("gpt2",)
     family = "gpt2"
     position_encoding = "learned"
+    weights_transposed = True
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -431,6 +497,9 @@ class GPT2Adapter(Adapter):
 
     def mlp_down(self, layer: int) -> nn.Module:
         return self.layers[layer].mlp.c_proj
+
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        return {"up": self.layers[layer].mlp.c_fc}
 
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).c_proj

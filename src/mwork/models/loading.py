@@ -85,12 +85,14 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    delta: str | Path | None = None,
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, checked against the adapters.
 
     ``name`` is a built-in alias (``gemma-3-270m``, ``tiny-random-<family>``), a local folder
     saved with ``save_pretrained``, or a Hugging Face hub id. ``dtype`` defaults to float32,
-    ``device`` to CUDA when available.
+    ``device`` to CUDA when available. ``delta``: a folder written by ``mwork enhance``, whose
+    trained neuron slices are merged into the freshly loaded weights.
     """
     torch_dtype = _parse_dtype(dtype)
     dev = _default_device(device)
@@ -121,4 +123,8 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(dev).eval()
     get_adapter(model)  # fail early, with the list of supported families, for unknown models
+    if delta is not None:
+        from mwork.experiments.delta import apply_delta  # lazy: experiments import models
+
+        apply_delta(model, delta)
     return model, tokenizer

@@ -1,0 +1,299 @@
+"""Neuron deltas: trainable changes to only the parameters that belong to a set of neurons.
+
+Enhancement trains, for every selected neuron, only its own slices (the adapter says which:
+``Adapter.neuron_slices``): rows of W_gate / W_up (and their bias elements) and the column of
+W_down for an FFN neuron, the row (and bias element) of W_Q / W_K / W_V for an attention
+neuron. Each slice is a small tensor in the nn.Linear orientation:
+
+* ``side="out"`` (rows): ``weight`` (n, in_features), ``bias`` (n,) when the module has one;
+  a forward hook adds ``x @ weight.T + bias`` to output features ``index``.
+* ``side="in"`` (columns): ``weight`` (out_features, n); a forward hook adds
+  ``x[..., index] @ weight.T`` to the output.
+
+The hooked model computes exactly what the merged weights ``W + ΔW`` compute, while the base
+weights are never touched; the optimiser sees only these small tensors, so its state is the
+size of the selected slices. ``merge_into`` adds the deltas into a freshly loaded model
+(load time), ``save`` / ``NeuronDelta.load`` write and read ``delta.safetensors`` + ``delta.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from mwork.models.adapters import KINDS, get_adapter
+from mwork.neurons.neuronset import NeuronSet, as_neuron_set
+
+FORMAT_VERSION = 1
+DELTA_FILE = "delta.safetensors"
+META_FILE = "delta.json"
+
+
+@dataclass
+class SliceDelta:
+    """The delta of one (layer, kind, role) slice; ``module`` is a name inside the model."""
+
+    layer: int
+    kind: str
+    role: str
+    module: str
+    side: str  # "out" | "in"
+    transposed: bool  # the module stores its weight (in, out) (GPT-2 Conv1D)
+    index: torch.Tensor  # feature indices in the module (LongTensor, n)
+    channels: torch.Tensor  # neuron indices of ``kind`` (LongTensor, n)
+    weight: nn.Parameter
+    bias: nn.Parameter | None = None
+
+    @property
+    def key(self) -> str:
+        return f"layers.{self.layer}.{self.kind}.{self.role}"
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.weight] + ([self.bias] if self.bias is not None else [])
+
+
+def _in_out(module: nn.Module, transposed: bool) -> tuple[int, int]:
+    w = module.weight
+    return (w.shape[0], w.shape[1]) if transposed else (w.shape[1], w.shape[0])
+
+
+def _delta_dtype(weight: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    # float32 at least: a bf16 delta would round small updates away
+    return dtype or torch.promote_types(weight.dtype, torch.float32)
+
+
+class NeuronDelta:
+    """Trainable per-slice deltas for a NeuronSet on one model (see the module docstring)."""
+
+    def __init__(self, slices: list[SliceDelta], meta: dict[str, Any] | None = None):
+        self.slices = slices
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # ---- construction -----------------------------------------------------------------
+    @classmethod
+    def zeros(cls, model: nn.Module, neurons: NeuronSet | str | Path, dtype: torch.dtype | None = None) -> "NeuronDelta":
+        """Zero deltas for every slice owned by ``neurons`` (checked against ``model``)."""
+        ns = as_neuron_set(neurons, model)
+        adapter = get_adapter(model)
+        names = {id(m): n for n, m in model.named_modules()}
+        slices: list[SliceDelta] = []
+        for layer in range(adapter.num_layers):
+            for kind in KINDS:
+                channels = ns.indices(kind, layer)
+                if len(channels) == 0:
+                    continue
+                for sl in adapter.neuron_slices(layer, kind):
+                    w = sl.module.weight
+                    n_in, n_out = _in_out(sl.module, sl.transposed)
+                    index = sl.index[channels].to(torch.long)
+                    dt, dev = _delta_dtype(w, dtype), w.device
+                    if sl.side == "out":
+                        weight = nn.Parameter(torch.zeros(len(index), n_in, dtype=dt, device=dev))
+                        has_bias = getattr(sl.module, "bias", None) is not None
+                        bias = nn.Parameter(torch.zeros(len(index), dtype=dt, device=dev)) if has_bias else None
+                    else:
+                        weight = nn.Parameter(torch.zeros(n_out, len(index), dtype=dt, device=dev))
+                        bias = None
+                    slices.append(SliceDelta(layer, kind, sl.role, names[id(sl.module)], sl.side, sl.transposed,
+                                             index.cpu(), channels.cpu(), weight, bias))
+        if not slices:
+            raise ValueError("the neuron set is empty: nothing to train (pick a set with at least one neuron)")
+        return cls(slices)
+
+    # ---- queries ----------------------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for s in self.slices for p in s.parameters()]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> dict[str, Any]:
+        per_kind: dict[str, int] = {}
+        seen: set[tuple[int, str]] = set()
+        for s in self.slices:  # several slices per (layer, kind): count its neurons once
+            if (s.layer, s.kind) not in seen:
+                seen.add((s.layer, s.kind))
+                per_kind[s.kind] = per_kind.get(s.kind, 0) + len(s.channels)
+        return {"neurons": per_kind, "slices": len(self.slices), "parameters": self.num_parameters()}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Delta values by name (``<key>.weight`` / ``<key>.bias``), detached, on the CPU."""
+        out: dict[str, torch.Tensor] = {}
+        for s in self.slices:
+            out[f"{s.key}.weight"] = s.weight.detach().cpu().contiguous()
+            if s.bias is not None:
+                out[f"{s.key}.bias"] = s.bias.detach().cpu().contiguous()
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for s in self.slices:
+                s.weight.copy_(state[f"{s.key}.weight"])
+                if s.bias is not None:
+                    s.bias.copy_(state[f"{s.key}.bias"])
+
+    def element_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``{parameter name: bool mask}`` of the base-model elements these slices change."""
+        masks: dict[str, torch.Tensor] = {}
+        for s in self.slices:
+            module = model.get_submodule(s.module)
+            m = masks.setdefault(f"{s.module}.weight", torch.zeros(module.weight.shape, dtype=torch.bool))
+            rows_are_out = not s.transposed
+            on_rows = (s.side == "out") == rows_are_out
+            if on_rows:
+                m[s.index, :] = True
+            else:
+                m[:, s.index] = True
+            if s.bias is not None:
+                b = masks.setdefault(f"{s.module}.bias", torch.zeros(module.bias.shape, dtype=torch.bool))
+                b[s.index] = True
+        return masks
+
+    # ---- use --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module) -> Iterator["NeuronDelta"]:
+        """Forward hooks that add the deltas to the selected features (removed on exit)."""
+        groups: dict[str, list[SliceDelta]] = {}
+        for s in self.slices:
+            groups.setdefault(s.module, []).append(s)
+        handles = []
+        try:
+            for name, group in groups.items():
+                handles.append(model.get_submodule(name).register_forward_hook(_make_hook(group)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def merge_into(self, model: nn.Module) -> None:
+        """Add the deltas into ``model``'s weights (a load-time merge; other elements untouched)."""
+        for s in self.slices:
+            module = model.get_submodule(s.module)
+            W = module.weight
+            d = s.weight.to(device=W.device, dtype=W.dtype)
+            idx = s.index.to(W.device)
+            if s.side == "out":
+                if s.transposed:
+                    W.index_add_(1, idx, d.T)
+                else:
+                    W.index_add_(0, idx, d)
+                if s.bias is not None:
+                    module.bias.index_add_(0, idx, s.bias.to(device=W.device, dtype=module.bias.dtype))
+            elif s.transposed:
+                W.index_add_(0, idx, d.T)
+            else:
+                W.index_add_(1, idx, d)
+
+    # ---- files --------------------------------------------------------------------------
+    def slice_table(self) -> list[dict[str, Any]]:
+        return [{"key": s.key, "layer": s.layer, "kind": s.kind, "role": s.role, "module": s.module,
+                 "side": s.side, "transposed": s.transposed, "n": len(s.index),
+                 "shape": list(s.weight.shape), "bias": s.bias is not None} for s in self.slices]
+
+    def save(self, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
+        """Write ``out_dir/delta.safetensors`` (only the slices) and ``out_dir/delta.json``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = self.state_dict()
+        for s in self.slices:
+            tensors[f"{s.key}.index"] = s.index.clone()
+            tensors[f"{s.key}.channels"] = s.channels.clone()  # shared by a neuron's slices: copy
+        meta = dict(self.meta, **(meta or {}))
+        meta.update(format_version=FORMAT_VERSION, slices=self.slice_table())
+        header = {"mwork_delta": json.dumps({"format_version": FORMAT_VERSION, "slices": self.slice_table(),
+                                             "fingerprint": meta.get("fingerprint")}, sort_keys=True)}
+        save_file(tensors, str(out / DELTA_FILE), metadata=header)
+        (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        self.meta = meta
+        return out / DELTA_FILE
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> "NeuronDelta":
+        """Read a delta folder (or its ``delta.safetensors``); with ``model``, check that it fits."""
+        p = Path(path)
+        st = p / DELTA_FILE if p.is_dir() or p.suffix != ".safetensors" else p
+        if not st.is_file():
+            raise FileNotFoundError(f"no delta at {st} (expected a folder written by `mwork enhance`)")
+        with safe_open(str(st), framework="pt") as f:
+            header = json.loads((f.metadata() or {}).get("mwork_delta", "null") or "null")
+            if header is None:
+                raise ValueError(f"{st} is a safetensors file but not an mwork delta")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta_path = st.with_name(META_FILE)
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        slices = []
+        for row in header["slices"]:
+            k = row["key"]
+            bias = tensors.get(f"{k}.bias")
+            slices.append(SliceDelta(row["layer"], row["kind"], row["role"], row["module"], row["side"],
+                                     row["transposed"], tensors[f"{k}.index"], tensors[f"{k}.channels"],
+                                     nn.Parameter(tensors[f"{k}.weight"]),
+                                     nn.Parameter(bias) if bias is not None else None))
+        delta = cls(slices, meta)
+        if model is not None:
+            delta.check_compatible(model, header.get("fingerprint"))
+        return delta
+
+    def check_compatible(self, model: nn.Module, fingerprint: dict[str, Any] | None = None) -> None:
+        """Raise ValueError unless every slice fits a module of ``model`` with the right shape."""
+        fp = get_adapter(model).fingerprint()
+        fingerprint = fingerprint or self.meta.get("fingerprint")
+        made_for = self.meta.get("model_id", "another model")
+        if fingerprint and fingerprint != fp:
+            raise ValueError(f"this delta was trained on {made_for} and does not fit this model "
+                             f"(shape {fingerprint} vs {fp})")
+        for s in self.slices:
+            try:
+                module = model.get_submodule(s.module)
+            except AttributeError:
+                raise ValueError(f"this delta was trained on {made_for}: the model has no module {s.module!r}") from None
+            n_in, n_out = _in_out(module, s.transposed)
+            expected = (len(s.index), n_in) if s.side == "out" else (n_out, len(s.index))
+            width = n_out if s.side == "out" else n_in
+            if tuple(s.weight.shape) != expected or (len(s.index) and int(s.index.max()) >= width):
+                raise ValueError(f"delta slice {s.key} has shape {tuple(s.weight.shape)}; module {s.module} "
+                                 f"needs {expected}: the delta was trained on {made_for}")
+
+
+def _make_hook(group: list[SliceDelta]):
+    """One forward hook per module applying all of its slices, out of place (autograd-safe)."""
+
+    on_device: dict[tuple[int, torch.device], torch.Tensor] = {}  # indices moved once per device
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        out = output
+        for n, s in enumerate(group):
+            idx = on_device.get((n, x.device))
+            if idx is None:
+                idx = on_device[(n, x.device)] = s.index.to(x.device)
+            w = s.weight.to(x.dtype)
+            if s.side == "out":
+                add = x @ w.T
+                if s.bias is not None:
+                    add = add + s.bias.to(x.dtype)
+                out = out.index_add(-1, idx, add.to(out.dtype))
+            else:
+                out = out + (x.index_select(-1, idx) @ w.T).to(out.dtype)
+        return out
+
+    return hook
+
+
+def apply_delta(model: nn.Module, delta: "NeuronDelta | str | Path") -> NeuronDelta:
+    """Merge a trained delta (a folder written by ``mwork enhance``, or a NeuronDelta) into the
+    weights of ``model`` -- meant for a freshly loaded model; returns the delta."""
+    d = delta if isinstance(delta, NeuronDelta) else NeuronDelta.load(delta, model)
+    if isinstance(delta, NeuronDelta):
+        d.check_compatible(model)
+    d.merge_into(model)
+    return d

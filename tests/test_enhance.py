@@ -1,0 +1,233 @@
+"""Enhancement: only the selected neurons' slices train, deltas round-trip, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mwork
+from mwork.cli import main
+from mwork.experiments.delta import NeuronDelta, apply_delta
+from mwork.experiments.enhance import CHECKPOINT_FILE, compare, enhance, lora_for_budget
+from mwork.models.adapters import get_adapter
+from mwork.neurons.neuronset import NeuronSet
+
+# Llama-style (gated MLP, GQA), with q/k/v biases (qwen2), Conv1D (gpt2), fused qkv (bloom, gpt_neox)
+FAMILIES = ["tiny-random-llama", "tiny-random-qwen2", "tiny-random-gemma3", "tiny-random-gpt2",
+            "tiny-random-bloom", "tiny-random-gpt_neox"]
+
+TEXTS = [
+    "Le renard brun saute par-dessus le chien paresseux. Les modèles de langue lisent le français.",
+    "Les modèles de langue lisent le français.",
+    "Bonjour le monde, le renard brun saute.",
+    "El rápido zorro marrón salta sobre el perro perezoso.",
+    "Der schnelle braune Fuchs springt über den faulen Hund.",
+    "Быстрая коричневая лиса прыгает через ленивую собаку.",
+]
+# float64 with right padding gives NaN in transformers' eager sliding-window models (mistral,
+# gemma2, gemma3): those run in float32 here
+DTYPES = {"tiny-random-gemma3": torch.float32}
+FAST = dict(lr=1e-2, batch_size=2, grad_accum=2, warmup_ratio=0.0, progress=False)
+
+
+def _neurons(model: torch.nn.Module) -> NeuronSet:
+    ad = get_adapter(model)
+    counts = ad.neuron_counts()
+    return NeuronSet.from_indices(model, {
+        "ffn": {0: [1, 5], 2: [counts["ffn"] - 1]},
+        "q": {1: [0, counts["q"] - 1]},
+        "k": {0: [3]},
+        "v": {2: [1, counts["v"] - 1]},
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short float64 run per family: (alias, trained base model, tokenizer, result, out dir)."""
+    runs = {}
+    for alias in FAMILIES:
+        model, tok = mwork.load_model(alias, dtype=DTYPES.get(alias, torch.float64), device="cpu")
+        out = tmp_path_factory.mktemp(alias)
+        res = enhance(model, tok, _neurons(model), TEXTS, out, max_steps=2, **FAST)
+        runs[alias] = (model, tok, res, out)
+    return runs
+
+
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_only_selected_slices_change(trained, alias):
+    model, tok, res, out = trained[alias]
+    dtype = DTYPES.get(alias, torch.float64)
+    base, _ = mwork.load_model(alias, dtype=dtype, device="cpu")
+    merged, _ = mwork.load_model(alias, dtype=dtype, device="cpu", delta=out)
+    assert all(torch.isfinite(torch.tensor(res.losses))) and res.losses[-1] != res.losses[0]
+    masks = res.delta.element_masks(base)
+    # the delta holds exactly the selected elements
+    assert sum(int(m.sum()) for m in masks.values()) == res.delta.num_parameters() == res.meta["trainable_parameters"]
+    assert {k.split(".")[-2] for k in masks} >= {"query_key_value", "c_attn", "q_proj"} & {k.split(".")[-2] for k in masks}
+    for (name, p0), (_, p1), (_, p_trained) in zip(base.named_parameters(), merged.named_parameters(),
+                                                   model.named_parameters()):
+        assert torch.equal(p0, p_trained), f"training edited the base weight {name}"
+        mask = masks.get(name)
+        if mask is None:
+            assert torch.equal(p0, p1), f"{name} changed but holds no selected neuron"
+            continue
+        assert torch.equal(p0[~mask], p1[~mask]), f"{name}: an element outside the selected slices changed"
+        assert bool((p0[mask] != p1[mask]).all()), f"{name}: a selected element did not change"
+
+
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_delta_file_round_trips(trained, alias):
+    model, tok, res, out = trained[alias]
+    ids = tok(TEXTS[:3], return_tensors="pt", padding=True)
+    dtype = DTYPES.get(alias, torch.float64)
+    merged, _ = mwork.load_model(alias, dtype=dtype, device="cpu", delta=out)
+    with torch.no_grad():
+        with res.delta.attach(model):
+            hooked = model(**ids).logits
+        assert not torch.equal(hooked, model(**ids).logits)  # the hooks are gone after the block
+        loaded = merged(**ids).logits
+    tol = 1e-9 if dtype == torch.float64 else 1e-4
+    assert torch.isfinite(hooked).all()
+    torch.testing.assert_close(loaded, hooked, rtol=tol, atol=tol)
+    again = NeuronDelta.load(out, model)
+    for k, v in res.delta.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v)
+    meta = json.loads((out / "delta.json").read_text())
+    assert meta["fingerprint"] == get_adapter(model).fingerprint()
+    assert len(meta["losses"]) == 2 and meta["finished"] and len(meta["data"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-bloom"])
+def test_optimizer_state_matches_selected_slices(trained, alias):
+    _, _, res, out = trained[alias]
+    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
+    moments = [v for st in ckpt["optimizer"]["state"].values() for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
+    n = res.delta.num_parameters()
+    assert sum(v.numel() for v in moments) == 2 * n == res.meta["optimizer_state_elements"]
+    # far fewer than the matrices the slices live in
+    model = trained[alias][0]
+    whole = sum(model.get_submodule(s.module).weight.numel() for s in {s.module: s for s in res.delta.slices}.values())
+    assert n < whole
+
+
+def test_resume_gives_the_identical_delta(tmp_path):
+    # gpt2 has dropout: resuming must also restore the RNG
+    model, tok = mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+    ns = _neurons(model)
+    full = enhance(model, tok, ns, TEXTS, tmp_path / "full", max_steps=4, **FAST)
+    part = enhance(model, tok, ns, TEXTS, tmp_path / "part", max_steps=4, stop_after=2, **FAST)
+    assert not part.meta["finished"] and part.meta["steps"]["done"] == 2
+    with pytest.raises(ValueError, match="resume"):
+        enhance(model, tok, ns, TEXTS, tmp_path / "part", max_steps=4, **FAST)
+    with pytest.raises(ValueError, match="settings"):
+        enhance(model, tok, ns, TEXTS, tmp_path / "part", max_steps=5, resume=True, **FAST)
+    done = enhance(model, tok, ns, TEXTS, tmp_path / "part", max_steps=4, resume=True, **FAST)
+    assert done.meta["finished"] and done.losses == full.losses
+    for k, v in full.delta.state_dict().items():
+        assert torch.equal(done.delta.state_dict()[k], v), k
+
+
+def test_micro_batches_do_not_change_the_loss():
+    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+    ns = _neurons(model)
+    a = enhance(model, tok, ns, TEXTS, max_steps=2, **FAST)
+    b = enhance(model, tok, ns, TEXTS, max_steps=2, micro_batch_size=1, **FAST)
+    assert a.losses == pytest.approx(b.losses, rel=1e-9)  # float64: only the summation order differs
+    for k, v in a.delta.state_dict().items():
+        torch.testing.assert_close(b.delta.state_dict()[k], v)
+
+
+def test_bad_input_is_a_clear_error():
+    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    other, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+    with pytest.raises(ValueError, match="does not fit"):
+        enhance(model, tok, _neurons(other), TEXTS, max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        enhance(model, tok, NeuronSet.empty_for(model), TEXTS, max_steps=1, progress=False)
+    with pytest.raises(ValueError, match="unknown settings"):
+        enhance(model, tok, _neurons(model), TEXTS, learning_rate=1.0)
+    with pytest.raises(ValueError, match="lr"):
+        enhance(model, tok, _neurons(model), TEXTS, lr=0.0)
+    with pytest.raises(ValueError, match="texts"):
+        enhance(model, tok, _neurons(model), "one string", max_steps=1)
+
+
+def test_delta_refuses_another_model(trained):
+    _, _, _, out = trained["tiny-random-gpt2"]
+    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    with pytest.raises(ValueError, match="does not fit"):
+        apply_delta(model, out)
+    with pytest.raises(FileNotFoundError):
+        mwork.load_model("tiny-random-gpt2", device="cpu", delta=out / "nowhere")
+
+
+def test_lora_budget_matches_neuron_count():
+    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    ns = _neurons(model)
+    lora = lora_for_budget(model, ns, budget=10_000)
+    assert abs(lora["parameters"] - 10_000) <= lora["parameters_per_rank"] / 2
+    assert set(lora["target_modules"]) == {s.module for s in NeuronDelta.zeros(model, ns).slices}
+
+
+def test_cli_writes_delta_and_applies(tmp_path, capsys):
+    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+    _neurons(model).save(tmp_path / "ns.safetensors")
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "delta"
+    args = ["enhance", "--model", "tiny-random-gpt2", "--neurons", str(tmp_path / "ns.safetensors"),
+            "--texts", str(tmp_path / "texts.txt"), "--out", str(out), "--max-docs", "4", "--steps", "2",
+            "--lr", "1e-2", "--batch-size", "2", "--grad-accum", "1", "--no-progress"]
+    assert main(args) == 0
+    meta = json.loads((out / "delta.json").read_text())
+    assert (out / "delta.safetensors").is_file() and meta["data"]["n_docs"] == 4
+    assert meta["settings"]["max_steps"] == 2 and meta["neurons"]["path"].endswith("ns.safetensors")
+    assert main(args) == 2  # the folder holds a run: needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    assert main(["enhance", "apply", "--model", "tiny-random-gpt2", "--delta", str(out), "--out", str(tmp_path / "m")]) == 0
+    saved, _ = mwork.load_model(str(tmp_path / "m"), device="cpu")
+    merged, _ = mwork.load_model("tiny-random-gpt2", device="cpu", delta=out)
+    for (n, p), (_, q) in zip(saved.state_dict().items(), merged.state_dict().items()):
+        assert torch.equal(p, q), n
+    # the contract: `mwork ppl --delta DIR` evaluates the enhanced model
+    capsys.readouterr()
+    ppl = ["ppl", "--model", "tiny-random-gpt2", "--texts", str(tmp_path / "texts.txt")]
+    assert main(ppl) == 0
+    base = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(ppl + ["--delta", str(out)]) == 0
+    enhanced = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert enhanced["delta"] == str(out) and enhanced["ppl"] != base["ppl"]
+    from mwork.tasks.perplexity import perplexity
+
+    assert enhanced["ppl"] == pytest.approx(perplexity(merged, tok, TEXTS, progress=False)["ppl"], rel=1e-6)
+
+
+def test_compare_writes_a_table(tmp_path):
+    ns_model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    ns = _neurons(ns_model)
+    evals = {"fr": TEXTS[:2], "en": ["The quick brown fox."]}
+    kw = dict(max_steps=1, device="cpu", **FAST)
+    rows = compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, lrs={"lora": 1e-2}, **kw)
+    assert [r["method"] for r in rows] == ["neurons", "random", "lora", "full"]
+    by = {r["method"]: r for r in rows}
+    assert by["neurons"]["trainable_parameters"] == by["random"]["trainable_parameters"]
+    assert by["full"]["trainable_parameters"] == sum(p.numel() for p in ns_model.parameters())
+    table = json.loads((tmp_path / "compare.json").read_text())
+    assert abs(by["lora"]["trainable_parameters"] - by["neurons"]["trainable_parameters"]) <= \
+        table["lora"]["parameters_per_rank"] / 2
+    assert by["lora"]["lr"] == 1e-2 and by["neurons"]["lr"] == FAST["lr"]
+    for r in rows:
+        assert r["ppl_fr_before"] == rows[0]["ppl_fr_before"] and r["ppl_en_after"] > 0
+        if r["method"] != "lora":  # LoRA's B starts at zero: its first step changes nothing
+            assert r["ppl_fr_after"] != r["ppl_fr_before"]
+    assert (tmp_path / "compare.csv").read_text().startswith("method,")
+    assert "| neurons |" in (tmp_path / "compare.md").read_text()
+    assert (tmp_path / "neurons" / "delta.safetensors").is_file()
+    # incremental: rerun one method, keep the others and the "before" numbers
+    again = compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, methods=["random"], lrs={"lora": 1e-2}, **kw)
+    assert [r["method"] for r in again] == ["neurons", "random", "lora", "full"]
+    assert again[1]["ppl_fr_after"] == by["random"]["ppl_fr_after"]  # deterministic
+    with pytest.raises(ValueError, match="settings"):
+        compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, methods=["random"], **dict(kw, max_steps=2))
