@@ -23,6 +23,19 @@ def _per_kind(text: str, cast: type) -> float | dict[str, float]:
 
 
 def _detect(args: argparse.Namespace) -> int:
+    """Under torchrun (WORLD_SIZE > 1) the ranks share the corpus; rank 0 writes and prints."""
+    from mwork import distributed
+
+    created = distributed.init()
+    try:
+        return _detect_run(args)
+    finally:
+        if created:
+            distributed.teardown()
+
+
+def _detect_run(args: argparse.Namespace) -> int:
+    from mwork import distributed
     from mwork.models.loading import load_model
 
     corpus = Corpus(
@@ -53,13 +66,16 @@ def _detect(args: argparse.Namespace) -> int:
         reference_compat=args.reference_compat, model_id=args.model, corpus_info=corpus.describe(), out=args.out,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
     )
+    if distributed.rank() != 0:
+        return 0
     path = Path(args.out)
+    world = distributed.world_size()
     per_kind = ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds)
     label = " [REFERENCE-COMPAT]" if args.reference_compat else ""
     print(f"{args.lang}: {ns.count()} neurons ({ns.fraction():.4%} of all; {per_kind}) important in "
           f"{ns.meta['across_documents']['min_doc_count']}/{ns.meta['n_docs']} documents "
           f"({len(ns.meta['empty_documents'])} empty, {len(ns.meta['failed_documents'])} failed){label} "
-          f"-> {path} ({time.time() - start:.0f} s)")
+          f"-> {path} ({time.time() - start:.0f} s{f', {world} processes' if world > 1 else ''})")
     return 0
 
 
@@ -117,7 +133,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=det.DEFAULT_BATCH_SIZE)
     p.add_argument("--buffer-docs", type=int, default=det.DEFAULT_BUFFER_DOCS,
                    help="documents per block: sorted by length inside a block for batching; checkpoints fall on "
-                   "block ends (default %(default)s)")
+                   "block ends; under torchrun block i goes to rank i %% N, so use at least N blocks "
+                   "(default %(default)s)")
     p.add_argument("--max-length", type=int, default=det.DEFAULT_MAX_LENGTH,
                    help="tokens per window; longer documents are split into windows (default %(default)s)")
     p.add_argument("--truncate", action="store_true",

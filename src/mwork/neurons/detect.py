@@ -18,6 +18,13 @@ depend only on document numbers, so the same arguments give bit-identical result
 resumed from a checkpoint (written after whole blocks, atomically) ends with exactly the same
 NeuronSet as an uninterrupted one. Other batch sizes change padding, hence float rounding
 only.
+
+Data parallel. Inside a torch.distributed group (``torchrun ... mwork detect``, see
+``mwork.distributed``), block i is scored by rank i % world_size; every rank still reads and
+hashes every document. The per-neuron counts and ``scored`` are summed over ranks, the empty and
+failed documents gathered, and rank 0 writes the result: the same NeuronSet as one process
+(same batches, so the same floats), with ``meta["data_parallel"]`` added. Each rank checkpoints
+to its own file (``<out>.rank<r>of<w>.checkpoint.safetensors``) and resumes from it.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from mwork import distributed
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.corpus import CorpusHasher
 from mwork.neurons.neuronset import NeuronSet, _resolve
@@ -158,6 +166,16 @@ def checkpoint_path_for(out: str | Path) -> Path:
     """``x.safetensors`` -> ``x.checkpoint.safetensors`` (beside the result)."""
     st = _resolve(out)
     return st.with_name(st.stem + ".checkpoint.safetensors")
+
+
+def rank_checkpoint_path(path: str | Path, rank: int, world: int) -> Path:
+    """One rank's checkpoint beside ``path``: ``x.checkpoint.safetensors`` ->
+    ``x.rank1of2.checkpoint.safetensors`` (``path`` itself for a single process)."""
+    path = Path(path)
+    if world <= 1:
+        return path
+    stem = path.name[:-len(".checkpoint.safetensors")] if path.name.endswith(".checkpoint.safetensors") else path.stem
+    return path.with_name(f"{stem}.rank{rank}of{world}.checkpoint.safetensors")
 
 
 def _save_checkpoint(path: Path, progress: _Progress, settings: dict[str, Any], settings_sha: str) -> None:
@@ -347,23 +365,27 @@ def detect(
         "vocab_size": len(tokenizer),
     }
     settings_sha = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    rank, world = distributed.rank(), distributed.world_size()
+    # a rank's checkpoint also depends on which blocks it owns; one process keeps the plain settings
+    ckpt_settings = settings if world == 1 else {**settings, "shard": {"rank": rank, "world_size": world}}
+    ckpt_sha = hashlib.sha256(json.dumps(ckpt_settings, sort_keys=True).encode()).hexdigest()
 
     if checkpoint is None and out is not None:
         checkpoint = checkpoint_path_for(out)
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    ckpt = rank_checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
     state = _Progress({k: torch.zeros(adapter.num_layers, counts_per_layer[k], dtype=torch.int32) for k in kinds})
     hasher = CorpusHasher()
     docs: Iterator[str] = iter(documents)
     resumed_partial = False
     if ckpt is not None and ckpt.exists() and resume:
-        state = _resume(ckpt, docs, hasher, settings, settings_sha)
+        state = _resume(ckpt, docs, hasher, ckpt_settings, ckpt_sha)
         resumed_partial = state.consumed % buffer_docs != 0
     elif ckpt is not None and ckpt.exists():
         ckpt.unlink()
 
     total = getattr(documents, "max_docs", None) or (len(documents) if hasattr(documents, "__len__") else None)
-    bar = tqdm(total=total, initial=state.consumed, unit="doc", desc=f"detect {language}", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=state.consumed, unit="doc", desc=f"detect {language}",
+               disable=not progress or rank != 0, file=sys.stderr, dynamic_ncols=True)
     last_saved = state.consumed
     try:
         while True:
@@ -375,17 +397,29 @@ def detect(
                                  "has more documents (a larger max_docs?); rerun with --no-resume to start over")
             for doc in block:
                 hasher.update(doc)
-            _score_block(model, tokenizer, block, state, rule, scorer, kinds, prefix, suffix, max_length, truncate,
-                         batch_size, pad_id)
+            if distributed.owns(state.consumed // buffer_docs):  # every block is this rank's in one process
+                _score_block(model, tokenizer, block, state, rule, scorer, kinds, prefix, suffix, max_length,
+                             truncate, batch_size, pad_id)
             state.consumed += len(block)
             state.corpus_sha256 = hasher.hexdigest()
             bar.update(len(block))
             bar.set_postfix(scored=state.scored, empty=len(state.empty), failed=len(state.failed))
             if ckpt is not None and state.consumed - last_saved >= checkpoint_every:
-                _save_checkpoint(ckpt, state, settings, settings_sha)
+                _save_checkpoint(ckpt, state, ckpt_settings, ckpt_sha)
                 last_saved = state.consumed
     finally:
         bar.close()
+
+    if world > 1:  # every rank read the same documents; each scored its own blocks
+        if rank == 0 and math.ceil(state.consumed / buffer_docs) < world:
+            _log(f"only {math.ceil(state.consumed / buffer_docs)} block(s) of {buffer_docs} documents for {world} "
+                 "processes: some ranks had nothing to do; a smaller buffer_docs (--buffer-docs) spreads the work")
+        summed = distributed.all_reduce_sum({**{f"count.{k}": state.counts[k] for k in kinds},
+                                             "scored": torch.tensor([state.scored], dtype=torch.int64)})
+        state.counts = {k: summed[f"count.{k}"] for k in kinds}
+        state.scored = int(summed["scored"].item())
+        state.empty = sorted(distributed.gather_lists(state.empty))
+        state.failed = sorted(distributed.gather_lists(state.failed), key=lambda f: f["index"])
 
     if state.scored == 0:
         raise ValueError(f"no document could be scored ({state.consumed} read: {len(state.empty)} empty, "
@@ -424,13 +458,18 @@ def detect(
         "buffer_docs": buffer_docs,
         "settings_sha256": settings_sha,
     }
+    if world > 1:
+        meta["data_parallel"] = {"world_size": world, "sharding": "block i of buffer_docs documents scored by "
+                                 "rank i % world_size; counts summed over ranks"}
     if reference_compat:
         meta["label"] = ("REFERENCE-COMPAT: reproduces the reference code's scores and top-k rule, "
                          "not the paper's equations")
     masks = {k: state.counts[k] >= need for k in kinds}
     result = NeuronSet(masks, meta, {f"doc_count.{k}": state.counts[k].clone() for k in kinds})
     if out is not None:
-        result.save(out)
+        if rank == 0:
+            result.save(out)
+        distributed.barrier()  # the result exists before any rank drops its checkpoint
         if ckpt is not None and ckpt.exists():
             ckpt.unlink()
     return result
