@@ -1,7 +1,49 @@
-"""mwork: how large language models handle languages other than English, and how to change it."""
+"""mwork: how large language models handle languages other than English, and how to change it.
+
+The public API (each has a ``mwork`` command over it):
+
+* ``load_model`` / ``get_adapter``: models of every supported family, and where things live in them;
+* ``logit_lens`` / ``estimate_regions``: layer-wise decoding by language (``mwork lens``);
+* ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
+* ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
+* ``enhance``: fine-tune only the selected neurons (``mwork enhance``);
+* ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``).
+
+Submodules are imported lazily, so ``import mwork`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from mwork.models import DEFAULT_MODEL, get_adapter, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_MODEL", "get_adapter", "load_model", "__version__"]
+_LAZY = {
+    "NeuronSet": "mwork.neurons.neuronset",
+    "importance": "mwork.neurons.importance",
+    "detect": "mwork.neurons.detect",
+    "language_specific": "mwork.neurons.specific",
+    "deactivate": "mwork.intervene",
+    "perplexity": "mwork.tasks.perplexity",
+    "get_task": "mwork.tasks.registry",
+    "list_tasks": "mwork.tasks.registry",
+    "logit_lens": "mwork.lens.logit_lens",
+    "estimate_regions": "mwork.lens.regions",
+    "run_deactivation_experiment": "mwork.experiments.deactivation",
+    "enhance": "mwork.experiments.enhance",
+    "render_report": "mwork.report.html",
+    "run_demo": "mwork.demo",
+}
+
+__all__ = ["DEFAULT_MODEL", "get_adapter", "load_model", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mwork' has no attribute {name!r}")

@@ -108,14 +108,23 @@ def _title_for(folder: Path) -> tuple[str, str]:
     return folder.name, ""
 
 
+_SHOWN = (".csv", ".png", ".json", ".md")
+
+
+def _shown_files(folder: Path, root: Path) -> list[Path]:
+    """Files of ``folder`` the page shows; at the root, not the copies of files shown below it."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _SHOWN and p.name != "run.json")
+    if folder == root:
+        below = {(p.name, p.read_bytes()) for p in root.rglob("*") if p.is_file() and p.parent != root
+                 and p.suffix in _SHOWN}
+        files = [p for p in files if (p.name, p.read_bytes()) not in below]
+    return files
+
+
 def _result_folders(root: Path) -> list[Path]:
     """The root and every sub-folder that holds a table, a plot or a JSON file, in name order."""
     folders = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
-    keep = []
-    for f in folders:
-        if any(p.suffix in (".csv", ".png", ".json", ".md") for p in f.iterdir() if p.is_file()):
-            keep.append(f)
-    return keep
+    return [f for f in folders if _shown_files(f, root)]
 
 
 def _section(folder: Path, root: Path) -> tuple[str, str]:
@@ -124,7 +133,7 @@ def _section(folder: Path, root: Path) -> tuple[str, str]:
     sid = _slug(rel if rel != "." else "summary")
     parts = [f"<section id='{sid}'><h2>{html.escape(title)}</h2>",
              f"<p class='sub'>folder <code>{html.escape(rel)}</code>{' — ' + html.escape(ref) if ref else ''}</p>"]
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = _shown_files(folder, root)
     for p in files:
         if p.suffix == ".md" and p.name.lower() not in ("readme.md",):
             parts.append(f"<details open><summary>{html.escape(p.name)}</summary><pre>{html.escape(p.read_text(encoding='utf-8'))}</pre></details>")
@@ -135,7 +144,7 @@ def _section(folder: Path, root: Path) -> tuple[str, str]:
         if p.suffix == ".csv":
             parts.append(f"<h3>{html.escape(p.name)}</h3>{_csv_table(p)}")
     for p in files:
-        if p.suffix == ".json" and p.name != "run.json":
+        if p.suffix == ".json":
             parts.append(_json_block(p))
     parts.append("</section>")
     return sid, "".join(parts)
