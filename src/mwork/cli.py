@@ -13,6 +13,14 @@ import sys
 
 COMMAND_MODULES: tuple[str, ...] = (
     "mwork.models.cli",
+    "mwork.demo_cli",
+    "mwork.lens.cli",
+    "mwork.report.cli",
+    "mwork.experiments.cli",
+    "mwork.tasks.cli_ppl",
+    "mwork.neurons.cli",
+    "mwork.neurons.bench_cli",
+    "mwork.experiments.enhance_cli",
 )
 
 

@@ -1,0 +1,304 @@
+"""Neuron importance against brute force, on a tiny model of every supported family, in float64.
+
+Brute force = what Eq. 1 says, the slow way: zero ONE channel with a hook (rows of one batch
+zero different channels), rerun the model, and measure the change of the block output
+(FFN: the down projection's output; V: the attention output) or, for Q and K, of the
+attention probabilities, recomputed in float64 from the q/k the rerun model produced with the
+channel zeroed. Documents run unpadded here, so padding handling is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import mwork
+from mwork.models.adapters import KINDS, attention_mask, get_adapter
+from mwork.models.tiny import TINY_ALIASES
+from mwork.neurons.importance import importance, spearman, top_overlap
+from mwork.neurons.qk_kernel import native_library, prob_change
+
+# 43 and 25 tokens: longer than the tiny models' sliding window (8), different lengths
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. Le renard brun saute par-dessus le chien.",
+    "Быстрая коричневая лиса прыгает.",
+]
+TOL = 1e-6
+
+
+@torch.no_grad()
+def _brute(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor:
+    """Importance of every channel of ``kind`` in ``layer`` for one unpadded document."""
+    ad = get_adapter(model)
+    site = ad.channel_site(layer, kind)
+    C, n = ad.neuron_counts()[kind], ids.numel()
+    batch = ids.reshape(1, n).repeat(C + 1, 1)  # row c zeroes channel c; the last row is clean
+    rows = torch.arange(C)
+    got: dict = {}
+
+    def zero_input(module, args):
+        x = args[0].clone()
+        x[rows, :, site.index] = 0
+        return (x, *args[1:])
+
+    def zero_output(module, args, output):
+        out = output.clone()
+        out[rows, :, site.index] = 0
+        return out
+
+    def keep(name):
+        def hook(module, args, output):
+            got[name] = output
+
+        return hook
+
+    def context(module, args, kwargs):
+        got["ctx"] = ad.attention_context(layer, args, kwargs)
+
+    handles = []
+    try:
+        if kind == "ffn":
+            handles.append(ad.mlp_down(layer).register_forward_pre_hook(zero_input))
+            handles.append(ad.mlp_down(layer).register_forward_hook(keep("out")))
+        else:
+            handles.append(site.module.register_forward_hook(zero_output))
+            if kind == "v":
+                handles.append(ad.o_proj(layer).register_forward_hook(keep("out")))
+            else:
+                handles.append(ad.attention(layer).register_forward_pre_hook(context, with_kwargs=True))
+                for k in ("q", "k"):
+                    handles.append(ad.channel_site(layer, k).module.register_forward_hook(keep(k)))
+        ones = torch.ones_like(batch)
+        with torch.no_grad():
+            ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
+    finally:
+        for h in handles:
+            h.remove()
+    if kind in ("ffn", "v"):
+        out = got["out"]
+        return (out[:C] - out[C]).flatten(1).norm(dim=1)
+
+    def heads(k: str) -> torch.Tensor:
+        return got[k][..., ad.channel_site(layer, k).index].view(C + 1, n, -1, ad.head_dim).transpose(1, 2)
+
+    q, k = heads("q"), heads("k")
+    qn, kn = ad.qk_norms(layer)
+    if qn is not None:
+        q, k = qn(q), kn(k)
+    ctx = got["ctx"]
+    s = ad.scores(layer, ad.apply_rope(q, ctx), ad.apply_rope(k, ctx), ctx)
+    mask = attention_mask(torch.ones(C + 1, n, dtype=torch.long), ad.sliding_window(layer))
+    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
+    return (p[:C] - p[C]).flatten(1).norm(dim=1)  # over heads, query tokens and keys
+
+
+@pytest.fixture(scope="module", params=TINY_ALIASES)
+def case(request):
+    """(model, tokenizer, left-padded batch, brute-force importances per (doc, layer, kind))."""
+    model, tok = mwork.load_model(request.param, dtype=torch.float64, device="cpu")
+    tok.padding_side = "left"
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    ad = get_adapter(model)
+    brute = {}
+    for b, text in enumerate(TEXTS):
+        ids = torch.tensor(tok(text).input_ids)
+        for layer in range(ad.num_layers):
+            for kind in KINDS:
+                brute[b, layer, kind] = _brute(model, ids, layer, kind)
+    return model, tok, batch, brute
+
+
+def _check(result: dict[str, torch.Tensor], brute: dict, kinds=KINDS) -> None:
+    for (b, layer, kind), want in brute.items():
+        if kind not in kinds:
+            continue
+        got = result[kind][b, layer]
+        err = float((got - want).abs().max() / want.abs().max())
+        assert err <= TOL, f"{kind} layer {layer} doc {b}: relative error {err:.2e}"
+
+
+def test_exact_matches_brute_force(case):
+    model, tok, batch, brute = case
+    ad = get_adapter(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the fast path must apply to every family
+        result = importance(model, batch)
+    counts = ad.neuron_counts()
+    assert set(result) == set(KINDS)
+    for kind in KINDS:
+        assert result[kind].shape == (len(TEXTS), ad.num_layers, counts[kind])
+        assert result[kind].dtype == torch.float64 and result[kind].device.type == "cpu"
+    assert int(batch["attention_mask"].sum(1).min()) > 8  # longer than the sliding windows
+    _check(result, brute)
+
+
+def test_generic_and_torch_paths_match_brute_force(case):
+    model, tok, batch, brute = case
+    _check(importance(model, batch, kinds=("q", "k"), method="generic", chunk_size=7), brute, ("q", "k"))
+    _check(importance(model, batch, kinds=("q", "k"), backend="torch", chunk_size=5), brute, ("q", "k"))
+
+
+def test_padding_side_and_kind_subsets_do_not_change_results(case):
+    model, tok, batch, _ = case
+    left = importance(model, batch)
+    tok.padding_side = "right"
+    right = importance(model, tok(TEXTS, return_tensors="pt", padding=True))
+    single = importance(model, tok(TEXTS[1:], return_tensors="pt"), kinds=("v", "k"))
+    for kind in KINDS:
+        torch.testing.assert_close(left[kind], right[kind], rtol=1e-12, atol=0)
+    assert set(single) == {"v", "k"}
+    for kind in ("v", "k"):
+        torch.testing.assert_close(single[kind][0], left[kind][1], rtol=1e-10, atol=1e-14)
+
+
+# ---- the Q/K kernel on its own, including its exact double-precision redo path ----------------
+
+
+def _kernel_case(kind: str, n: int, d: int, G: int, dtype, cap, window, scale: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    s = rnd(G, n, n) * 2
+    t = cap * torch.tanh(s / cap) if cap else s
+    i = torch.arange(n)
+    lo = (i - window + 1).clamp(min=0) if window else torch.zeros(n, dtype=torch.long)
+    hi = i + 1
+    visible = (i[None] >= lo[:, None]) & (i[None] < hi[:, None])
+    lse = torch.logsumexp(t.masked_fill(~visible, float("-inf")), -1)
+    p = torch.exp(t - lse[..., None]).masked_fill(~visible, 0)
+    coef_shape = (G, n, d) if kind == "q" else (n, d)
+    U = torch.rand(*coef_shape, generator=g, dtype=torch.float64) * 0.1 * min(1.0, scale)
+    A, B, W = rnd(*coef_shape) * scale, rnd(*coef_shape) * scale, 1 + U
+    X = rnd(n, d) if kind == "q" else rnd(G, n, d)
+    partner = torch.randperm(d, generator=g)
+    args = [x.to(dtype) for x in (s, t if cap else s, p, lse)] + [lo, hi] + [x.to(dtype) for x in (A, B, U, W, X)] + [partner]
+    if not cap:
+        args[1] = args[0]  # "t is s" without capping
+    return args, visible
+
+
+def _kernel_brute(kind: str, args, visible, cap) -> torch.Tensor:
+    s, t, p, lse, lo, hi, A, B, U, W, X, partner = args
+    s, A, B, U, W, X = (x.double() for x in (s, A, B, U, W, X))
+    G, n, _ = s.shape
+    out = torch.zeros(G, len(partner), n, dtype=torch.float64)
+    before = torch.softmax((cap * torch.tanh(s / cap) if cap else s).masked_fill(~visible, float("-inf")), -1)
+    for h in range(G):
+        for c in range(len(partner)):
+            pc = partner[c]
+            if kind == "q":
+                d = U[h][:, c, None] * s[h] + W[h][:, c, None] * (A[h][:, c, None] * X[None, :, c] + B[h][:, c, None] * X[None, :, pc])
+            else:
+                d = U[None, :, c] * s[h] + W[None, :, c] * (A[None, :, c] * X[h][:, c, None] + B[None, :, c] * X[h][:, pc, None])
+            new = s[h] - d
+            new = cap * torch.tanh(new / cap) if cap else new
+            after = torch.softmax(new.masked_fill(~visible, float("-inf")), -1)
+            out[h, c] = (after - before[h]).square().sum(-1)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["q", "k"])
+@pytest.mark.parametrize("cap", [None, 5.0])
+# 0.01 / 0.3: small changes (the kernel's polynomial-only tiers), 40: large enough for the exact redo
+@pytest.mark.parametrize("scale", [0.01, 0.3, 40.0])
+def test_kernel_matches_brute_force(dtype, kind, cap, scale):
+    args, visible = _kernel_case(kind, 37, 6, 2, dtype, cap, window=8 if kind == "k" else None, scale=scale)
+    want = _kernel_brute(kind, args, visible, cap)
+    tol = 1e-9 if dtype == torch.float64 else 3e-3
+    backends = ["torch"] + (["native"] if native_library() is not None else [])
+    for backend in backends:
+        for redo in (False, True) if backend == "native" else (False,):
+            got = prob_change(kind, *args, cap=cap, backend=backend, force_redo=redo, chunk=4)
+            err = float(((got.double() - want).abs() / want.clamp(min=1e-300)).max())
+            assert err < tol, f"{backend} redo={redo}: relative error {err:.1e}"
+
+
+# ---- contract details -----------------------------------------------------------------------
+
+
+def test_bad_input_is_a_clear_error():
+    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    with pytest.raises(ValueError, match="kinds"):
+        importance(model, batch, kinds=("mlp",))
+    with pytest.raises(ValueError, match="method"):
+        importance(model, batch, method="fast")
+    empty = dict(batch, attention_mask=batch["attention_mask"].clone())
+    empty["attention_mask"][1] = 0
+    with pytest.raises(ValueError, match="document 1 .* no tokens"):
+        importance(model, empty)
+    holes = dict(batch, attention_mask=torch.ones_like(batch["input_ids"]))
+    holes["attention_mask"][0, 3] = 0
+    with pytest.raises(ValueError, match="holes"):
+        importance(model, holes)
+
+
+def test_bfloat16_model_reduces_in_float32():
+    model, tok = mwork.load_model("tiny-random-gemma3", dtype=torch.bfloat16, device="cpu")
+    ref, _ = mwork.load_model("tiny-random-gemma3", dtype=torch.float32, device="cpu")
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    got, want = importance(model, batch), importance(ref, batch)
+    for kind in KINDS:
+        assert got[kind].dtype == torch.float32 and torch.isfinite(got[kind]).all()
+        assert spearman(got[kind], want[kind]) > 0.95
+
+
+def test_approx_ranks_like_exact():
+    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+    batch = tok(TEXTS, return_tensors="pt", padding=True)
+    exact = importance(model, batch, kinds=("q", "k"))
+    approx = importance(model, batch, kinds=("q", "k"), method="approx")
+    for kind in ("q", "k"):
+        assert spearman(approx[kind], exact[kind]) > 0.98
+        assert top_overlap(approx[kind], exact[kind], 20) >= 0.8
+
+
+# ---- the reference code's scores (comparison only) -----------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-qwen3", "tiny-random-gemma2", "tiny-random-bloom"])
+def test_reference_scores_match_the_reference_way(alias):
+    from mwork.neurons.reference import reference_importance, reference_way
+
+    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+    ad = get_adapter(model)
+    tok.padding_side = "left"
+    got = reference_importance(model, tok(TEXTS, return_tensors="pt", padding=True))
+    G = ad.kv_group_size
+    for b, text in enumerate(TEXTS):
+        want = reference_way(model, tok(text, return_tensors="pt").input_ids)
+        for layer in range(ad.num_layers):
+            ref = {k: torch.tensor(want[k][layer], dtype=torch.float64) for k in KINDS}
+            torch.testing.assert_close(got["ffn"][b, layer], ref["ffn"], rtol=1e-10, atol=0)
+            torch.testing.assert_close(got["q"][b, layer], ref["q"], rtol=1e-5, atol=1e-9)  # float32 softmax there
+            torch.testing.assert_close(got["k"][b, layer], ref["k"].reshape(-1, G, ad.head_dim).sum(1).reshape(-1),
+                                       rtol=1e-5, atol=1e-9)
+            torch.testing.assert_close(got["v"][b, layer], ref["v"].reshape(-1, G, ad.head_dim).sum(1).reshape(-1),
+                                       rtol=1e-10, atol=0)
+
+
+def test_bench_reports_every_field(tmp_path):
+    from mwork.neurons.bench import BenchConfig, run_bench
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    out = run_bench(BenchConfig(model="tiny-random-gemma3", seq_len=20, docs=3, batch_size=2, texts=str(texts),
+                                repeats=1, memory=False), log=lambda msg: None)
+    for key in ("forward_s", "importance_s", "ffn_v_s", "reference_s", "overhead", "speedup_vs_reference",
+                "peak_mem_forward_mb", "peak_mem_importance_mb", "approx_q_spearman", "approx_k_top1pct_overlap"):
+        assert key in out
+    assert out["reference_status"] == "measured" and out["reference_s"] > 0 and out["importance_s"] > 0
+
+
+def test_bench_cli_prints_json_last(capsys):
+    from mwork.cli import main
+
+    assert main(["bench", "detect", "--model", "tiny-random-llama", "--seq-len", "16", "--docs", "2",
+                 "--repeats", "1", "--no-memory", "--no-approx"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert result["seq_len"] == 16 and result["overhead"] > 0 and result["speedup_vs_reference"] > 0
+    assert main(["bench", "detect", "--model", "tiny-random-llama", "--seq-len", "1"]) == 2  # a clear error
