@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,10 @@ def test_helpers_without_a_group():
     assert det.rank_checkpoint_path(base, 1, 2) == Path("x.rank1of2.checkpoint.safetensors")
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+# torchrun and mwork are installed beside this interpreter (the venv's bin), on PATH or not
+BIN = str(Path(sys.executable).parent)
+
+
 def test_torchrun_detect_equals_single_process(tmp_path, capsys):
     corpus = tmp_path / "fr.txt"
     corpus.write_text("\n".join(DOCS) + "\n")
@@ -70,8 +74,8 @@ def test_torchrun_detect_equals_single_process(tmp_path, capsys):
     one = tmp_path / "one.safetensors"
     assert cli_main(args(one)) == 0
     two = tmp_path / "two.safetensors"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", "--no-python", "mwork", *args(two)],
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+    proc = subprocess.run([str(Path(BIN) / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", "mwork", *args(two)],
                           capture_output=True, text=True, env=env, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("fr: ") == 1 and "2 processes" in proc.stdout  # rank 0 alone prints
