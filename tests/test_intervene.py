@@ -13,15 +13,6 @@ from mwork.intervene import deactivate, parse_kinds, parse_layers
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is faster than two fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Быстрая лиса", "语言模型可以阅读"]
 
 

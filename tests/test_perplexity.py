@@ -27,15 +27,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is faster than two fighting over a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(alias: str = "tiny-random-llama", dtype=torch.float64):
     return mwork.load_model(alias, dtype=dtype, device="cpu")
 

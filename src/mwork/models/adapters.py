@@ -367,7 +367,24 @@ class LlamaAdapter(Adapter):
         return logits
 
 
-class GPTNeoXAdapter(Adapter):
+class _FusedQKVAdapter(Adapter):
+    """Families with one query_key_value projection viewed as (heads, 3, head_dim), an output
+    ``dense`` and an MLP dense_h_to_4h -> dense_4h_to_h (GPT-NeoX, BLOOM)."""
+
+    def mlp_down(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.dense_4h_to_h
+
+    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
+        return {"up": self.layers[layer].mlp.dense_h_to_4h}
+
+    def o_proj(self, layer: int) -> nn.Module:
+        return self.attention(layer).dense
+
+    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
+        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
+
+
+class GPTNeoXAdapter(_FusedQKVAdapter):
     """GPT-NeoX / Pythia: fused query_key_value laid out per head as [q | k | v], partial RoPE."""
 
     model_types = ("gpt_neox",)
@@ -388,18 +405,6 @@ class GPTNeoXAdapter(Adapter):
     def attention(self, layer: int) -> nn.Module:
         return self.layers[layer].attention
 
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.dense_4h_to_h
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.dense_h_to_4h}
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).dense
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
-
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
 
@@ -407,7 +412,7 @@ class GPTNeoXAdapter(Adapter):
         return int(self.attention(layer).rotary_ndims)
 
 
-class BloomAdapter(Adapter):
+class BloomAdapter(_FusedQKVAdapter):
     """BLOOM: fused query_key_value laid out per head as [q | k | v], ALiBi, no RoPE."""
 
     model_types = ("bloom",)
@@ -433,18 +438,6 @@ class BloomAdapter(Adapter):
 
     def attention(self, layer: int) -> nn.Module:
         return self.layers[layer].self_attention
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.dense_4h_to_h
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.dense_h_to_4h}
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).dense
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).inv_norm_factor)
