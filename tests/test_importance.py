@@ -302,3 +302,50 @@ def test_bench_cli_prints_json_last(capsys):
     result = json.loads(last)
     assert result["seq_len"] == 16 and result["overhead"] > 0 and result["speedup_vs_reference"] > 0
     assert main(["bench", "detect", "--model", "tiny-random-llama", "--seq-len", "1"]) == 2  # a clear error
+
+
+@pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-qwen3"])
+def test_approx_is_the_first_order_formula(alias):
+    """method="approx" = ||P * (D - rowsum(P * D))||^2 with D the exact score change of each
+    zeroed channel (computed here by recomputing the scores), summed over the heads it feeds."""
+    from mwork.models.adapters import AttentionContext
+
+    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+    ad = get_adapter(model)
+    ids = tok(TEXTS[1], return_tensors="pt").input_ids
+    n, layer = ids.shape[1], 1
+    approx = importance(model, {"input_ids": ids}, kinds=("q", "k"), method="approx")
+    got: dict = {}
+    handles = [ad.attention(layer).register_forward_pre_hook(
+        lambda m, a, kw: got.update(ctx=ad.attention_context(layer, a, kw)), with_kwargs=True)]
+    for k in ("q", "k"):
+        handles.append(ad.channel_site(layer, k).module.register_forward_hook(lambda m, a, o, k=k: got.update({k: o})))
+    try:
+        with torch.no_grad():
+            ad.body(input_ids=ids)
+    finally:
+        for h in handles:
+            h.remove()
+    ctx: AttentionContext = got["ctx"]
+    raw = {k: got[k][..., ad.channel_site(layer, k).index].view(1, n, -1, ad.head_dim).transpose(1, 2) for k in ("q", "k")}
+    mask = attention_mask(torch.ones(1, n, dtype=torch.long), ad.sliding_window(layer))
+
+    def scores(q, k):
+        qn, kn = ad.qk_norms(layer)
+        if qn is not None:
+            q, k = qn(q), kn(k)
+        with torch.no_grad():
+            return ad.scores(layer, ad.apply_rope(q, ctx), ad.apply_rope(k, ctx), ctx).masked_fill(~mask, 0)
+
+    S = scores(raw["q"], raw["k"])
+    P = torch.softmax(S.masked_fill(~mask, float("-inf")), -1)
+    for kind in ("q", "k"):
+        want = []
+        for c in range(ad.neuron_counts()[kind]):
+            zq, zk = raw["q"].clone(), raw["k"].clone()
+            target = zq if kind == "q" else zk
+            target[:, c // ad.head_dim, :, c % ad.head_dim] = 0
+            D = S - scores(zq, zk)
+            dP = P * (D - (P * D).sum(-1, keepdim=True))
+            want.append(dP.square().sum())
+        torch.testing.assert_close(approx[kind][0, layer], torch.stack(want).sqrt(), rtol=1e-6, atol=1e-12)

@@ -534,48 +534,56 @@ def _approx_group(ad: Adapter, layer: int, q_raw, k_raw, heads: slice, want, lay
     m_i = sum_j P_ij D_ij: matmuls with P and P^2, O(l^2 d) per head, no per-channel l x l work."""
     g = _group_scores(ad, layer, lay, q_raw, k_raw, heads)
     s, P, Q, K, scale = g["s"], g["P"], g["Q"], g["K"], g["scale"]
-    G = Q.shape[0]
+    G, _, d = Q.shape
     cap = g["cap"]
     fac = (1 - torch.tanh(s / cap).square()) if cap else None  # d(capped score) / d(score)
     pa, al, be = lay.partner, lay.alpha, lay.beta
+    norm = lay.eps is not None
     res: dict[str, torch.Tensor] = {}
 
-    def moments(M: torch.Tensor, M2: torch.Tensor, terms) -> tuple[torch.Tensor, torch.Tensor]:
-        """sum_j M_ij D_ij and sum_j M2_ij D_ij^2 for D_ij = sum_t rows_t[i, c] cols_t[j, c]."""
-        first = sum(r * (M @ c) for r, c in terms)
-        second = 0
-        for a, (ra, ca) in enumerate(terms):
-            for b in range(a, len(terms)):
-                rb, cb = terms[b]
-                second = second + (1 if a == b else 2) * ra * rb * (M2 @ (ca * cb))
-        return first, second
+    def mm(M: torch.Tensor, cols: list[torch.Tensor]) -> list[torch.Tensor]:
+        """M @ each matrix of ``cols``, as one matmul."""
+        return list((M @ torch.cat(cols, dim=1)).split([c.shape[1] for c in cols], dim=1))
 
     for kind in [k for k in ("q", "k") if k in want]:
-        out = torch.zeros((G, Q.shape[-1]) if kind == "q" else (Q.shape[-1],), dtype=s.dtype)
+        out = torch.zeros((G, d) if kind == "q" else (d,), dtype=s.dtype)
         for h in range(G):
             Ph, f = P[h], (fac[h] if fac is not None else torch.ones_like(P[h]))
-            P2 = Ph.square()
-            if kind == "q":  # D_ij = U_i s_ij + W_i (A_i K_jc + B_i K_jpc): row factors
+            P2, fs = Ph.square(), f * s[h]
+            if kind == "q":
+                # D_ij = U_i s_ij + r1_i K_jc + r2_i K_jpc: the partner's columns are a permutation,
+                # so every product with K[:, pa] is the product with K, permuted
                 y = scale * g["qy"][h] * g["wq"][h]
-                terms = [(y * al, K), (y * be, K[:, pa])]
-            else:  # D_ij = U_j s_ij + W_j (A_j Q_ic + B_j Q_ipc): key factors in the columns
-                y = scale * g["ky"] * g["wk"]
-                terms = [(Q[h], y * al), (Q[h][:, pa], y * be)]
-            m1 = sum(r * ((Ph * f) @ c) for r, c in terms)
-            p1, p2 = moments(P2 * f, P2 * f.square(), terms)
-            if lay.eps is not None:  # the rescaling term U s (row factor for Q, key factor for K)
-                fs = f * s[h]
-                cross = lambda M: sum(r * (M @ c) if kind == "q" else r * (M @ (c * g["uk"])) for r, c in terms)  # noqa: E731
-                if kind == "q":
+                r1, r2 = y * al, y * be
+                lin = lambda X: r1 * X + r2 * X[:, pa]  # noqa: E731
+                (a,) = mm(Ph * f, [K])
+                m1 = lin(a)
+                (a,) = mm(P2 * f, [K])
+                p1 = lin(a)
+                a, b = mm(P2 * f.square(), [K.square(), K * K[:, pa]])
+                p2 = r1.square() * a + 2 * r1 * r2 * b + r2.square() * a[:, pa]
+                if norm:  # + U_i s_ij, a row factor
                     U = g["uq"][h]
                     m1 = m1 + U * (Ph * fs).sum(-1, keepdim=True)
                     p1 = p1 + U * (P2 * fs).sum(-1, keepdim=True)
-                    p2 = p2 + U.square() * (P2 * fs.square()).sum(-1, keepdim=True) + 2 * U * cross(P2 * f * fs)
-                else:
+                    (a,) = mm(P2 * f * fs, [K])
+                    p2 = p2 + U.square() * (P2 * fs.square()).sum(-1, keepdim=True) + 2 * U * lin(a)
+            else:
+                # D_ij = U_j s_ij + Q_ic c1_jc + Q_ipc c2_jc: the key factors sit in the columns
+                y = scale * g["ky"] * g["wk"]
+                c1, c2, q1, q2 = y * al, y * be, Q[h], Q[h][:, pa]
+                a, b = mm(Ph * f, [c1, c2])
+                m1 = q1 * a + q2 * b
+                a, b = mm(P2 * f, [c1, c2])
+                p1 = q1 * a + q2 * b
+                a, b, c = mm(P2 * f.square(), [c1.square(), c1 * c2, c2.square()])
+                p2 = q1.square() * a + 2 * q1 * q2 * b + q2.square() * c
+                if norm:  # + U_j s_ij, a key factor
                     U = g["uk"]
                     m1 = m1 + (Ph * fs) @ U
                     p1 = p1 + (P2 * fs) @ U
-                    p2 = p2 + (P2 * fs.square()) @ U.square() + 2 * cross(P2 * f * fs)
+                    a, b = mm(P2 * f * fs, [c1 * U, c2 * U])
+                    p2 = p2 + (P2 * fs.square()) @ U.square() + 2 * (q1 * a + q2 * b)
             per_row = p2 - 2 * m1 * p1 + m1.square() * P2.sum(-1, keepdim=True)  # (n, d)
             if kind == "q":
                 out[h] = per_row.sum(0)
