@@ -464,25 +464,33 @@ def _group_scores(ad: Adapter, layer: int, lay: _Layout, q_raw, k_raw, heads: sl
                 sp2=torch.linalg.vector_norm(P, dim=-1).square(), smax=torch.maximum(s.amax(-1), -s.amin(-1)))
 
 
+_SCORE_ELEMENTS = 2**24  # score matrices held at once: query heads of a group are taken in chunks
+
+
 def _exact_group(ad: Adapter, layer: int, q_raw, k_raw, heads: slice, want, lay: _Layout, backend: str, chunk: int):
     """Exact Q/K importance (squared) of one KV group: {'q': (G, d), 'k': (d,)}. Zeroing raw
     channel c changes post-RoPE q_i by -r_i y_ic (alpha_ic e_c + beta_ic e_pc) and rescales the
     rest of the head by r_i = rms/rms' (1 without QK-norm), so the new scores are
-    r_i (s_ij - scale y_ic (alpha_ic k_jc + beta_ic k_jpc)): see ``qk_kernel``."""
-    g = _group_scores(ad, layer, lay, q_raw, k_raw, heads, pad=backend != "torch")
-    al, be, pa, scale = lay.alpha, lay.beta, lay.partner, g["scale"]
-    common = (g["s"], g["t"], g["P"], g["lse"], g["lo"], g["hi"])
-    kw = dict(cap=g["cap"], backend=backend, chunk=chunk, top=g["top"], sp2=g["sp2"], smax=g["smax"])
-    res: dict[str, torch.Tensor] = {}
-    if "q" in want:
-        qy = scale * g["qy"]
-        rows = prob_change("q", *common, qy * al, qy * be, g["uq"], g["wq"], g["K"], pa, **kw)
-        res["q"] = rows.sum(-1)  # (G, d)
-    if "k" in want:
-        ky = scale * g["ky"]
-        rows = prob_change("k", *common, ky * al, ky * be, g["uk"], g["wk"], g["Q"], pa, **kw)
-        res["k"] = rows.sum(-1).sum(0)  # (d,): every query head of the group
-    return res
+    r_i (s_ij - scale y_ic (alpha_ic k_jc + beta_ic k_jpc)): see ``qk_kernel``. Long documents
+    take the group's query heads a few at a time, so memory stays about 2^24 scores per matrix."""
+    G, n, d = q_raw.shape
+    step = max(1, min(G, _SCORE_ELEMENTS // (n * n)))
+    q_out, k_out = torch.zeros(G, d, dtype=q_raw.dtype), torch.zeros(d, dtype=q_raw.dtype)
+    for h0 in range(0, G, step):
+        part = slice(heads.start + h0, heads.start + min(G, h0 + step))
+        g = _group_scores(ad, layer, lay, q_raw[h0 : h0 + step], k_raw, part, pad=backend != "torch")
+        al, be, pa, scale = lay.alpha, lay.beta, lay.partner, g["scale"]
+        common = (g["s"], g["t"], g["P"], g["lse"], g["lo"], g["hi"])
+        kw = dict(cap=g["cap"], backend=backend, chunk=chunk, top=g["top"], sp2=g["sp2"], smax=g["smax"])
+        if "q" in want:
+            qy = scale * g["qy"]
+            rows = prob_change("q", *common, qy * al, qy * be, g["uq"], g["wq"], g["K"], pa, **kw)
+            q_out[h0 : h0 + step] = rows.sum(-1).cpu()
+        if "k" in want:
+            ky = scale * g["ky"]
+            rows = prob_change("k", *common, ky * al, ky * be, g["uk"], g["wk"], g["Q"], pa, **kw)
+            k_out += rows.sum(-1).sum(0).cpu()  # every query head of the group
+    return {k: v for k, v in (("q", q_out), ("k", k_out)) if k in want}
 
 
 # ---- exact, generic: the real score function for every zeroed channel -----------------------
