@@ -46,7 +46,6 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
     counts = ad.neuron_counts()
     out = {k: torch.zeros(len(lengths), ad.num_layers, counts[k], dtype=dtype) for k in KINDS}
     captured: dict = {}
-    handles = []
 
     def up_hook(layer: int):
         def hook(module, args, output):
@@ -64,6 +63,24 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
 
         return hook
 
+    def qk_hook(layer: int):
+        def hook(module, args, output):
+            try:
+                _reference_qk(ad, layer, captured, lengths, dtype, out, backend)
+            finally:
+                captured.clear()
+
+        return hook
+
+    _run_hooked(ad, ids, up_hook, o_hook, qk_hook, captured)
+    return out
+
+
+def _run_hooked(ad: Adapter, ids: torch.Tensor, up_hook, o_hook, qk_hook, captured: dict) -> None:
+    """One forward pass of ``ids`` (unpadded) with the reference scores' hooks on every layer:
+    ``up_hook`` on the MLP's input projection, ``o_hook`` before W_O, and ``qk_hook`` after the
+    attention block, which finds the block's context and its q / k outputs in ``captured``."""
+
     def ctx_hook(layer: int):
         def hook(module, args, kwargs):
             captured["ctx"] = ad.attention_context(layer, args, kwargs)
@@ -76,15 +93,7 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
 
         return hook
 
-    def qk_hook(layer: int):
-        def hook(module, args, output):
-            try:
-                _reference_qk(ad, layer, captured, lengths, dtype, out, backend)
-            finally:
-                captured.clear()
-
-        return hook
-
+    handles = []
     try:
         for layer in range(ad.num_layers):
             handles.append(ad.ffn_in_modules(layer)["up"].register_forward_hook(up_hook(layer)))
@@ -99,7 +108,6 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
     finally:
         for h in handles:
             h.remove()
-    return out
 
 
 def _reference_qk(ad: Adapter, layer: int, cap: dict, lengths: list[int], dtype, out, backend: str) -> None:
@@ -149,7 +157,6 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
     n = input_ids.shape[1]
     scores: dict[str, list] = {k: [None] * ad.num_layers for k in KINDS}
     captured: dict = {}
-    handles = []
 
     def up_hook(layer: int):
         def hook(module, args, output):
@@ -160,18 +167,6 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
     def o_hook(layer: int):
         def hook(module, args):
             scores["v"][layer] = args[0].abs().sum(1).squeeze().tolist()
-
-        return hook
-
-    def ctx_hook(layer: int):
-        def hook(module, args, kwargs):
-            captured["ctx"] = ad.attention_context(layer, args, kwargs)
-
-        return hook
-
-    def keep(kind: str):
-        def hook(module, args, output):
-            captured[kind] = output
 
         return hook
 
@@ -198,18 +193,5 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
 
         return hook
 
-    try:
-        for layer in range(ad.num_layers):
-            handles.append(ad.ffn_in_modules(layer)["up"].register_forward_hook(up_hook(layer)))
-            handles.append(ad.o_proj(layer).register_forward_pre_hook(o_hook(layer)))
-            handles.append(ad.attention(layer).register_forward_pre_hook(ctx_hook(layer), with_kwargs=True))
-            for kind in ("q", "k"):
-                handles.append(ad.channel_site(layer, kind).module.register_forward_hook(keep(kind)))
-            handles.append(ad.attention(layer).register_forward_hook(qk_hook(layer)))
-        ones = torch.ones_like(input_ids)
-        with torch.inference_mode():
-            ad.body(input_ids=input_ids, attention_mask=ones, use_cache=False, **ad.forward_kwargs(ones))
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(ad, input_ids, up_hook, o_hook, qk_hook, captured)
     return scores
