@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 import mwork
 from mwork import distributed
 from mwork.cli import main as cli_main
+from mwork.models.adapters import get_adapter
 from mwork.neurons import detect as det
 from mwork.neurons.importance import importance
 from mwork.neurons.neuronset import NeuronSet
@@ -142,3 +143,189 @@ def test_resume_after_one_rank_dies(tmp_path):
     assert not calls0.exists() or int(calls0.read_text()) <= 3
     _assert_same_files(one, two, 2)
     assert not list(tmp_path.glob("*checkpoint*"))
+
+
+# ---- data-parallel evaluation -----------------------------------------------------------------
+
+TEXTS = {
+    "en": ["The quick brown fox jumps over the lazy dog.", "Language models read many languages.", "",
+           "A longer English text, so that it needs more than one window of the short length used here."],
+    "fr": ["Le renard brun saute par-dessus le chien.", "Les modèles de langue lisent le français.",
+           "Un texte français un peu plus long, pour avoir plusieurs fenêtres de longueur différente."],
+    "zh": ["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读多种语言。", "中文。"],
+}
+
+
+def test_shard_gather_and_local_without_a_group():
+    assert distributed.shard(3) == [0, 1, 2]
+    assert distributed.gather_in_order(3, {2: "c", 0: "a", 1: "b"}) == ["a", "b", "c"]
+    with pytest.raises(RuntimeError, match="no rank computed items \\[1\\]"):
+        distributed.gather_in_order(2, {0: 1.0})
+    with distributed.local(), distributed.local():
+        assert not distributed.is_active() and distributed.rank() == 0
+    with distributed.group():  # no WORLD_SIZE: nothing to join
+        assert not distributed.is_active()
+
+
+def _evaluations(model, tok) -> dict:
+    """Every sharded evaluation path, with batches whose composition (padding) matters."""
+    from mwork.tasks.generation import generate, loglikelihood
+    from mwork.tasks.perplexity import perplexity
+
+    texts = [t for ts in TEXTS.values() for t in ts]
+    return {
+        "ppl": perplexity(model, tok, texts, batch_size=2, max_length=16, per_text=True, progress=False),
+        "generate": generate(model, tok, [t for t in texts if t], max_new_tokens=4, stop=["."], batch_size=3,
+                             progress=False),
+        "loglik": loglikelihood(model, tok, [(t, " yes") for t in texts if t] + [("Question:", " no")],
+                                batch_size=2, progress=False),
+    }
+
+
+def _eval_worker(rank: int, world: int, init_file: str, work: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, tok = mwork.load_model("tiny-random-qwen2", device="cpu")
+        torch.save(_evaluations(model, tok), Path(work) / f"eval{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_evaluations_equal_single_process(tmp_path):
+    """perplexity, greedy generation and log-likelihood: every rank returns the single
+    process's values, bit for bit (the per-item values are gathered, not partial sums)."""
+    model, tok = mwork.load_model("tiny-random-qwen2", device="cpu")
+    one = _evaluations(model, tok)
+    assert one["ppl"]["n_windows"] > len(one["ppl"]["per_text"])  # some texts need several windows
+    mp.spawn(_eval_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        two = torch.load(tmp_path / f"eval{rank}.pt", weights_only=False)
+        assert two == one
+
+
+def _ppl_args(texts: Path) -> list[str]:
+    return ["ppl", "--model", "tiny-random-llama", "--texts", str(texts), "--max-length", "12", "--batch-size", "2",
+            "--device", "cpu"]
+
+
+@pytest.mark.slow  # two torchrun launches: about 40 s on 2 cores
+def test_torchrun_ppl_and_deactivation_equal_single_process(tmp_path, capsys):
+    """``mwork ppl`` and ``mwork experiment deactivation --task ppl`` under torchrun (2 gloo
+    processes) print / write exactly what one process does; only rank 0 prints and writes."""
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for lang, ts in TEXTS.items():
+        (texts / f"{lang}.txt").write_text("\n".join(ts) + "\n", encoding="utf-8")
+    model, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+    picks = {"en": [1, 2], "fr": [5, 6, 7], "zh": [10, 11]}
+    neurons = tmp_path / "sets"
+    for lang, idx in picks.items():
+        NeuronSet.from_indices(model, {"ffn": {0: idx, 1: idx}, "q": {1: idx}}, {"language": lang}).save(neurons / lang)
+
+    def grid_args(out: Path) -> list[str]:
+        return ["experiment", "deactivation", "--model", "tiny-random-gpt2", "--neurons", str(neurons), "--task", "ppl",
+                "--langs", "en,fr,zh", "--out", str(out), "--understanding", "1", "--generation", "1", "--seeds",
+                "0,1", "--texts-dir", str(texts), "--max-length", "12", "--batch-size", "2", "--device", "cpu"]
+
+    capsys.readouterr()
+    assert cli_main(_ppl_args(texts / "en.txt")) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli_main(grid_args(tmp_path / "one")) == 0
+    capsys.readouterr()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
+
+    def torchrun(args: list[str]) -> str:  # one group per torchrun: two commands cannot share one launch
+        proc = subprocess.run([str(Path(BIN) / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python",
+                               "mwork", *args], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    lines = [line for line in torchrun(_ppl_args(texts / "en.txt")).splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # rank 0 alone prints the JSON
+    two = json.loads(lines[0])
+    assert two.pop("processes") == 2
+    one.pop("seconds"), two.pop("seconds")
+    assert two == one
+
+    stdout = torchrun(grid_args(tmp_path / "two"))
+    assert stdout.count("# Deactivation") == 1  # rank 0 alone prints the table
+
+    a, b = tmp_path / "one", tmp_path / "two"
+    assert (a / "cells.jsonl").read_text() == (b / "cells.jsonl").read_text()  # same cells, same order
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    ra["info"].pop("elapsed_s"), rb["info"].pop("elapsed_s")
+    assert ra == rb
+    for name in ("table.csv", "table.md", "headline.csv", "settings.json"):
+        assert (a / name).read_text() == (b / name).read_text(), name
+
+
+# ---- models larger than one device (device_map) -----------------------------------------------
+
+
+def test_parse_device_map(tmp_path):
+    from mwork.models.loading import parse_device_map
+
+    assert parse_device_map(None) is None and parse_device_map("auto") == "auto"
+    assert parse_device_map('{"": "cpu"}') == {"": "cpu"}
+    f = tmp_path / "map.json"
+    f.write_text('{"model.layers.0": 0}')
+    assert parse_device_map(str(f)) == {"model.layers.0": 0}
+    with pytest.raises(ValueError, match="--device-map must be one of"):
+        parse_device_map("everywhere")
+    with pytest.raises(ValueError, match="either device or device_map"):
+        mwork.load_model("tiny-random-llama", device="cpu", device_map="auto")
+
+
+def test_device_map_ppl_equals_plain(tmp_path, capsys):
+    texts = tmp_path / "en.txt"
+    texts.write_text("\n".join(TEXTS["en"]) + "\n", encoding="utf-8")
+    args = ["ppl", "--model", "tiny-random-llama", "--texts", str(texts), "--max-length", "12"]
+    capsys.readouterr()
+    assert cli_main([*args, "--device", "cpu"]) == 0
+    plain = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert cli_main([*args, "--device-map", '{"": "cpu"}']) == 0
+    mapped = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert mapped["ppl"] == plain["ppl"] and mapped["tokens"] == plain["tokens"]
+    model, _ = mwork.load_model("tiny-random-llama", device_map={"": "cpu"})
+    assert model.hf_device_map == {"": "cpu"}
+
+
+def _offloaded(tmp_path: Path, alias: str, layer: int):
+    """``alias`` with decoder layer ``layer`` offloaded to disk by accelerate: its weights sit on
+    the meta device and are brought to the CPU (the execution device) only while it runs."""
+    from accelerate import dispatch_model
+
+    model, tok = mwork.load_model(alias, device="cpu")
+    adapter = get_adapter(model)
+    prefix = next(n for n, m in model.named_modules() if m is adapter.layers)
+    device_map = {}
+    for name in model.state_dict():  # every tensor's module: the layers by number, the rest as is
+        i = name[len(prefix) + 1:].split(".")[0] if name.startswith(prefix + ".") else None
+        key = f"{prefix}.{i}" if i is not None else name.rsplit(".", 1)[0]
+        device_map[key] = "disk" if i == str(layer) else "cpu"
+    return dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path / "offload")), tok
+
+
+@pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3"])
+def test_hooks_live_on_the_device_their_module_computes_on(tmp_path, alias):
+    """With an offloaded layer (weights on the meta device) every deactivation index sits on the
+    module's execution device, never on the meta device nor wherever the model's first weight
+    is; the deactivated outputs equal those of the plain model."""
+    from mwork.intervene import _module_device
+
+    plain, tok = mwork.load_model(alias, device="cpu")
+    mapped, _ = _offloaded(tmp_path, alias, layer=1)
+    assert get_adapter(mapped).mlp_down(1).weight.device.type == "meta"  # really offloaded
+    ns = NeuronSet.from_indices(plain, {"ffn": {0: [1, 2], 1: [3, 4]}, "q": {1: [0, 5]}, "v": {1: [2]}}, {})
+    batch = tok(["Le renard brun saute.", "Bonjour le monde, encore."], return_tensors="pt", padding=True)
+    with torch.no_grad(), mwork.deactivate(mapped, ns) as ctx:
+        for site in ctx._sites:
+            weight = next(iter(site.module.parameters()))
+            want = torch.device("cpu") if weight.device.type == "meta" else weight.device
+            assert site.index.device == want == _module_device(site.module)
+        got = mapped(**batch).logits
+    with torch.no_grad(), mwork.deactivate(plain, ns):
+        want = plain(**batch).logits
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

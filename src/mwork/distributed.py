@@ -8,12 +8,20 @@ answers as a single process (rank 0 of 1), so callers need no second code path.
 Sharding is by *block* (``owns(i)``: block i belongs to rank i % world_size) rather than by
 document, so that each rank batches exactly the documents one process would batch together:
 per-document scores, hence the result, are then bit-identical to a single process.
+
+Evaluation follows the same rule: perplexity, greedy generation and log-likelihood build the
+batches exactly as one process would (same sort, same batch size, hence the same padding),
+rank r runs batches r, r + N, ... (``shard``), and ``gather_in_order`` hands every rank all
+per-item values (per-window NLL, per-prompt output) in their original order, so the final
+reduction is the single process's own arithmetic. The deactivation grid shards its *cells*
+instead and computes each cell on one rank inside ``local()``, where evaluations do not shard.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -27,9 +35,24 @@ def env_world_size() -> int:
         raise ValueError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from err
 
 
+_LOCAL_DEPTH = 0  # > 0 inside local(): every helper answers as one process
+
+
 def is_active() -> bool:
-    """True inside an initialised process group of more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True inside an initialised process group of more than one process (and not in ``local()``)."""
+    return _LOCAL_DEPTH == 0 and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def local() -> Iterator[None]:
+    """Inside, this rank works alone: the helpers answer rank 0 of 1, so an evaluation runs
+    all its batches here and calls no collective (used for one deactivation cell per rank)."""
+    global _LOCAL_DEPTH
+    _LOCAL_DEPTH += 1
+    try:
+        yield
+    finally:
+        _LOCAL_DEPTH -= 1
 
 
 def rank() -> int:
@@ -69,9 +92,44 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def group() -> Iterator[None]:
+    """``init()`` on entry and, if it created the group, ``teardown()`` on exit: wrap a CLI
+    command with it to make the command data-parallel under torchrun."""
+    created = init()
+    try:
+        yield
+    finally:
+        if created:
+            teardown()
+
+
 def owns(block: int) -> bool:
     """Whether this rank processes block number ``block`` (round robin over ranks)."""
     return block % world_size() == rank()
+
+
+def shard(n: int) -> list[int]:
+    """This rank's items of ``range(n)``, round robin (all of them in one process)."""
+    return [i for i in range(n) if owns(i)]
+
+
+def gather_in_order(n: int, mine: Mapping[int, Any]) -> list[Any]:
+    """The values of items ``0 .. n-1`` in index order, on every rank, from each rank's
+    ``{index: value}`` (picklable values, e.g. floats: they travel exactly). Every index must
+    be computed by exactly one rank."""
+    merged: dict[int, Any] = {}
+    if is_active():
+        parts: list[Any] = [None] * world_size()
+        dist.all_gather_object(parts, dict(mine))
+        for part in parts:
+            merged.update(part or {})
+    else:
+        merged = dict(mine)
+    missing = [i for i in range(n) if i not in merged]
+    if missing:
+        raise RuntimeError(f"gather_in_order: no rank computed items {missing[:5]} of {n}")
+    return [merged[i] for i in range(n)]
 
 
 def _device() -> torch.device:

@@ -110,10 +110,16 @@ class _Site:
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters(recurse=False):
-        return p.device
-    for p in module.parameters():
-        return p.device
+    """Where ``module`` computes: accelerate's execution device when it has one (under a
+    device_map its weights may be offloaded, i.e. on the meta device), else its weights'."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
+        where = getattr(h, "execution_device", None)
+        if where is not None:
+            return torch.device("cuda", where) if isinstance(where, int) else torch.device(where)
+    for p in (*module.parameters(recurse=False), *module.parameters()):
+        if p.device.type != "meta":
+            return p.device
     return torch.device("cpu")
 
 

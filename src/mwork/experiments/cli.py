@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from mwork import distributed
 from mwork.experiments.deactivation import load_language_sets, run_deactivation_experiment
 from mwork.experiments.evaluators import heldout_texts, perplexity_evaluator, task_evaluator
 from mwork.models.adapters import get_adapter
-from mwork.models.loading import DEFAULT_MODEL, load_model
+from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument, load_model, parse_device_map
 
 
 def _regions(args: argparse.Namespace, num_layers: int) -> tuple[int, int]:
@@ -18,7 +19,8 @@ def _regions(args: argparse.Namespace, num_layers: int) -> tuple[int, int]:
     from mwork.lens.regions import estimate_regions
 
     est = estimate_regions(args.lens)
-    print(est.describe())
+    if distributed.rank() == 0:
+        print(est.describe())
     if not est.found:
         raise ValueError(f"could not estimate the layer regions from {args.lens} ({est.reason}); give --understanding and --generation")
     if est.num_layers != num_layers:
@@ -28,9 +30,16 @@ def _regions(args: argparse.Namespace, num_layers: int) -> tuple[int, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Under torchrun the ranks share the grid's cells (identical results); rank 0 writes and prints."""
+    with distributed.group():
+        return _run_grid(args)
+
+
+def _run_grid(args: argparse.Namespace) -> int:
     langs = [x for x in args.langs.split(",") if x]
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  device_map=parse_device_map(args.device_map))
     understanding, generation = _regions(args, get_adapter(model).num_layers)
     sets = load_language_sets(args.neurons, langs, model)
     settings = {"model": args.model, "task": args.task, "neurons": str(args.neurons), "limit": args.limit,
@@ -47,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     result = run_deactivation_experiment(model, evaluate, sets, langs, args.out, understanding=understanding,
                                          generation=generation, english=args.english, seeds=seeds,
                                          settings=settings, matrix=args.matrix)
+    if distributed.rank() != 0:
+        return 0 if result else 1
     print((args.out.rstrip("/") + "/table.md") if isinstance(args.out, str) else args.out)
     print(open(f"{args.out}/table.md", encoding="utf-8").read())
     return 0 if result else 1
@@ -75,6 +86,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-length", type=int, default=256)
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--dtype", default=None)
+    d.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    add_device_map_argument(d)
     d.add_argument("--matrix", action="store_true",
                    help="also evaluate every language with every language's neurons off (matrix.csv)")
     d.set_defaults(func=_run)

@@ -15,6 +15,8 @@ Columns (the paper's definitions, averaged over the non-English languages T):
 * ``Δ = ΔEng - Δn-Eng``: large when non-English suffers much more than English.
 
 Every finished cell is appended to ``cells.jsonl``; a rerun with the same settings skips them.
+Under torchrun the cells are dealt out over the ranks (see ``run_deactivation_experiment``);
+each cell is computed by one process as it would be alone, so the results are identical.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mwork import distributed
 from mwork.intervene import deactivate
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet
@@ -98,7 +101,9 @@ def load_language_sets(folder: str | Path, langs: Iterable[str], model: torch.nn
 
 
 class _Cells:
-    """Finished measurements, keyed by a string, persisted one JSON line each."""
+    """Finished measurements, keyed by a string, persisted one JSON line each.
+
+    Data parallel: every rank reads the files, only rank 0 writes them."""
 
     def __init__(self, path: Path, settings: dict[str, Any]):
         self.path = path
@@ -112,20 +117,20 @@ class _Cells:
                     f"{path.parent} holds cells of an experiment with other settings; use another --out "
                     "folder or delete cells.jsonl to start again"
                 )
-        settings_path.write_text(json.dumps({"fingerprint": fingerprint, **settings}, indent=2, default=str) + "\n")
         if path.exists():
             for line in path.read_text().splitlines():
                 if line.strip():
                     cell = json.loads(line)
                     self.done[cell["key"]] = cell
+        distributed.barrier()  # every rank has read the files before rank 0 writes
+        if distributed.rank() == 0:
+            settings_path.write_text(json.dumps({"fingerprint": fingerprint, **settings}, indent=2, default=str) + "\n")
 
-    def get(self, key: str, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self.done:
-            cell = {"key": key, **compute()}
+    def add(self, cell: dict[str, Any]) -> None:
+        if distributed.rank() == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(cell) + "\n")
-            self.done[key] = cell
-        return self.done[key]
+        self.done[cell["key"]] = cell
 
 
 def run_deactivation_experiment(
@@ -205,12 +210,27 @@ def run_deactivation_experiment(
                     keyed.setdefault(f"{full.name}|{variant}|{t}|{ev}", measure(ev, ns))
     plan = list(keyed.items())
 
-    results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(plan, desc="deactivation cells", disable=not progress, unit="cell")
-    for key, fn in bar:
-        bar.set_postfix_str(key[:40])
-        results[key] = cells.get(key, fn)
+    # data parallel (mwork.distributed): the missing cells are dealt out in rounds of one cell
+    # per rank; each rank computes its cell alone (local(): the evaluation does not shard), so
+    # every cell is the single process's number; after each round every rank has all the
+    # round's cells and rank 0 appends them to cells.jsonl (a crash loses one round at most)
+    todo = [(key, fn) for key, fn in plan if key not in cells.done]
+    world, rank = distributed.world_size(), distributed.rank()
+    bar = tqdm(total=len(plan), initial=len(plan) - len(todo), desc="deactivation cells",
+               disable=not progress or rank != 0, unit="cell")
+    for start in range(0, len(todo), world):
+        round_ = todo[start:start + world]
+        bar.set_postfix_str(round_[0][0][:40])
+        mine = {}
+        if rank < len(round_):
+            key, fn = round_[rank]
+            with distributed.local():
+                mine[rank] = {"key": key, **fn()}
+        for cell in distributed.gather_in_order(len(round_), mine):
+            cells.add(cell)
+        bar.update(len(round_))
     bar.close()
+    results = {key: cells.done[key] for key, _ in plan}
 
     higher = next(iter(results.values()))["higher_is_better"]
     metric = next(iter(results.values()))["metric"]
@@ -275,7 +295,9 @@ def run_deactivation_experiment(
             "regions": [asdict(r) for r in regions], "total_neurons": adapter.total_neurons(),
             "elapsed_s": time.time() - start, "settings": all_settings}
     result = {"info": info, "grid": rows, "headline": headline, "original": orig, "matrix": cross}
-    _write_outputs(out, result)
+    if rank == 0:
+        _write_outputs(out, result)
+    distributed.barrier()  # the outputs exist when any rank returns
     return result
 
 

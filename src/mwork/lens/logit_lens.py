@@ -248,7 +248,7 @@ def _run_batch(
 
     Returns per sequence: all token ids, decoded positions, top-k ids and logits
     (layers, positions, k)."""
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first device under a device_map
     B, L = len(sequences), max(len(s) for s in sequences)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)
@@ -281,7 +281,8 @@ def _run_batch(
             valid = mask[:, -width:].bool() & ~torch.isin(step_input, special_t) & ~finished[:, None]
             rows, cols = valid.nonzero(as_tuple=True)
             if rows.numel():
-                hidden = torch.stack([s[rows, cols] for s in states])  # (layers+1, n, D)
+                # (layers+1, n, D); under a device_map the layers' states live on several devices
+                hidden = torch.stack([s[rows.to(s.device), cols.to(s.device)].to(device) for s in states])
                 n_layers = hidden.shape[0]
                 top_ids, top_vals = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
                 top_ids = top_ids.view(n_layers, -1, top_k)
@@ -295,7 +296,7 @@ def _run_batch(
 
             if step >= max_new_tokens:
                 break
-            next_tok = out.logits[:, -1].argmax(-1)
+            next_tok = out.logits[:, -1].argmax(-1).to(device)
             for b in range(B):
                 if not finished[b]:
                     tokens[b].append(int(next_tok[b]))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import time
@@ -40,6 +42,44 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+DeviceMap = str | dict[str, str | int]
+
+
+def parse_device_map(text: str | None) -> DeviceMap | None:
+    """``--device-map``: a strategy (auto, balanced, balanced_low_0, sequential), a JSON object
+    mapping module names to devices (``{"model.layers.0": 0, "": "cpu"}``) or a JSON file of one."""
+    if text is None or text in DEVICE_MAP_STRATEGIES:
+        return text
+    raw = Path(text).read_text(encoding="utf-8") if text.endswith(".json") and Path(text).is_file() else text
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"--device-map must be one of {', '.join(DEVICE_MAP_STRATEGIES)}, a JSON object "
+                         f"(module name -> device) or a .json file holding one; got {text!r}")
+    return value
+
+
+def add_device_map_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device-map`` for a command that loads a model (see ``parse_device_map``)."""
+    parser.add_argument("--device-map", default=None,
+                        help="spread a model larger than one device over several (accelerate): auto, balanced, "
+                        "sequential, or a JSON object / .json file mapping module names to devices; not with --device")
+
+
+def _dispatch(model: torch.nn.Module, device_map: DeviceMap) -> torch.nn.Module:
+    """Spread an in-memory model (the tiny aliases) over devices as ``from_pretrained`` does."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ValueError(f"device_map must be one of {', '.join(DEVICE_MAP_STRATEGIES)} or a dict, not {device_map!r}")
+        device_map = infer_auto_device_map(model, no_split_module_classes=list(model._no_split_modules or []))
+    return dispatch_model(model, device_map=dict(device_map))
 
 
 def gemma_cache_path() -> Path:
@@ -86,15 +126,23 @@ def load_model(
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
     delta: str | Path | None = None,
+    device_map: DeviceMap | None = None,
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer, in eval mode, checked against the adapters.
 
     ``name`` is a built-in alias (``gemma-3-270m``, ``tiny-random-<family>``), a local folder
     saved with ``save_pretrained``, or a Hugging Face hub id. ``dtype`` defaults to float32,
     ``device`` to CUDA when available. ``delta``: a folder written by ``mwork enhance``, whose
-    trained neuron slices are merged into the freshly loaded weights.
+    trained neuron slices are merged into the freshly loaded weights. ``device_map``: a model
+    larger than one device, spread over several by accelerate (``"auto"``, ``"balanced"``,
+    ``"sequential"`` or a dict module name -> device, as in ``from_pretrained``); then
+    ``device`` must be None. mwork's hooks put their tensors on the device of the module they
+    hook. (Analyses that read weights, such as importance, need every weight resident: do not
+    offload to disk or, on a GPU machine, to the CPU.)
     """
     torch_dtype = _parse_dtype(dtype)
+    if device_map is not None and device is not None:
+        raise ValueError("give either device or device_map, not both")
     dev = _default_device(device)
     builder = tiny_alias_builder(name)
     if builder is not None:
@@ -117,11 +165,17 @@ def load_model(
         kwargs = {"dtype": torch_dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = model.to(dev).eval()
+    if device_map is None:
+        model = model.to(dev)
+    elif builder is not None:
+        model = _dispatch(model, device_map)
+    model = model.eval()
     get_adapter(model)  # fail early, with the list of supported families, for unknown models
     if delta is not None:
         from mwork.experiments.delta import apply_delta  # lazy: experiments import models

@@ -505,7 +505,7 @@ def _score_block(
     windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
 
     sumsq: dict[int, dict[str, torch.Tensor]] = {}
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first device under a device_map
 
     def run(batch_windows: list[_Window]) -> dict[str, torch.Tensor]:
         batch = {k: v.to(device) for k, v in _pad(batch_windows, pad_id, tokenizer.padding_side).items()}

@@ -75,7 +75,7 @@ def importance(
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     adapter = get_adapter(model)
     ids, lengths = _pack(batch)
-    ids = ids.to(next(model.parameters()).device)
+    ids = ids.to(model.get_input_embeddings().weight.device)  # the first device under a device_map
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     counts = adapter.neuron_counts()
     out = {k: torch.zeros(len(lengths), adapter.num_layers, counts[k], dtype=dtype) for k in kinds}

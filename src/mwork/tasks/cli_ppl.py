@@ -1,6 +1,8 @@
 """``mwork ppl``: perplexity on any texts, optionally with neurons switched off.
 
 The last line printed is one JSON object (``ppl``, ``tokens``, ...), so scripts can parse it.
+Data parallel: ``torchrun --standalone --nproc_per_node N --no-python mwork ppl ARGS`` gives
+the same numbers as one process (see ``mwork.tasks.perplexity``).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import contextlib
 import json
 import time
 
+from mwork import distributed
 from mwork.intervene import deactivate, parse_kinds, parse_layers
-from mwork.models.loading import DEFAULT_MODEL, load_model
+from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument, load_model, parse_device_map
 from mwork.neurons.neuronset import NeuronSet
 from mwork.tasks.perplexity import HELD_OUT_ARTICLES, load_texts, perplexity, xquad_texts
 
@@ -28,6 +31,12 @@ def _texts(spec: str, articles: str | None) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Under torchrun the ranks share the windows (identical result); rank 0 prints and writes."""
+    with distributed.group():
+        return _run_ppl(args)
+
+
+def _run_ppl(args: argparse.Namespace) -> int:
     if (args.layers or args.kinds) and not (args.neurons or args.random_like):
         raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
     if args.seed is not None and not args.random_like:
@@ -37,7 +46,8 @@ def _run(args: argparse.Namespace) -> int:
     texts = _texts(args.texts, args.articles)
     if args.max_texts is not None:
         texts = texts[:args.max_texts]
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, delta=args.delta)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, delta=args.delta,
+                                  device_map=parse_device_map(args.device_map))
     layers, kinds = parse_layers(args.layers), parse_kinds(args.kinds)
     info: dict = {"model": args.model, "texts": args.texts}
     if args.delta:
@@ -62,6 +72,10 @@ def _run(args: argparse.Namespace) -> int:
                             stride=args.stride)
     result["n_empty"] = len(result["empty_texts"])
     out = {**result, **info, "batch_size": args.batch_size, "seconds": round(time.time() - start, 2)}
+    if distributed.world_size() > 1:
+        out["processes"] = distributed.world_size()
+    if distributed.rank() != 0:
+        return 0
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)
@@ -96,5 +110,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-texts", type=int, help="use only the first N texts")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    add_device_map_argument(p)
     p.add_argument("--out", help="also write the JSON result to this file")
     p.set_defaults(func=_run)

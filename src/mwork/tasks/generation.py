@@ -3,6 +3,11 @@
 
 Both only call ``model.generate`` / ``model(...)``, so hooks registered on the model (for
 example ``mwork.deactivate``) are active during evaluation.
+
+Under torchrun (``mwork.distributed``) both build the single process's batches (same sort,
+same batch size, hence the same padding), run batches round robin over the ranks and gather
+the per-item results in order: every rank gets the single process's outputs, so the tasks'
+scores (computed from them on every rank) are identical too.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from mwork import distributed
+
 
 def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+    """Where input ids go: the token embedding's device (also when a device_map splits the model)."""
+    return model.get_input_embeddings().weight.device
 
 
 def cut_at_stop(text: str, stop: Sequence[str] = ()) -> str:
@@ -77,14 +85,15 @@ def generate(
     )
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    outputs: list[str] = [""] * len(prompts)
+    mine: dict[int, str] = {}
     device = _device(model)
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-            rows = order[start:start + batch_size]
+        for j in tqdm(distributed.shard(len(starts)), desc=desc, disable=not progress or distributed.rank() != 0,
+                      unit="batch"):
+            rows = order[starts[j]:starts[j] + batch_size]
             enc = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True)
             input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
             criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stop, input_ids.shape[1])]) if stop else None
@@ -94,10 +103,10 @@ def generate(
                 )
             texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
             for i, text in zip(rows, texts):
-                outputs[i] = cut_at_stop(text, stop)
+                mine[i] = cut_at_stop(text, stop)
     finally:
         tokenizer.padding_side = saved_side
-    return outputs
+    return distributed.gather_in_order(len(prompts), mine)
 
 
 # ---- log-likelihood --------------------------------------------------------------------------
@@ -144,9 +153,11 @@ def loglikelihood(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
     device = _device(model)
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-        rows = order[start:start + batch_size]
+    mine: dict[int, tuple[float, int]] = {}
+    starts = range(0, len(order), batch_size)
+    for j in tqdm(distributed.shard(len(starts)), desc=desc, disable=not progress or distributed.rank() != 0,
+                  unit="batch"):
+        rows = order[starts[j]:starts[j] + batch_size]
         seqs = [encoded[i][0] + encoded[i][1] for i in rows]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -165,5 +176,5 @@ def loglikelihood(
             pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device) - offset
             logp = logits[r, pos].float().log_softmax(-1)
             target = torch.tensor(cont, device=logits.device)
-            results[i] = (float(logp.gather(-1, target[:, None]).sum()), len(cont))
-    return results
+            mine[i] = (float(logp.gather(-1, target[:, None]).sum()), len(cont))
+    return distributed.gather_in_order(len(encoded), mine)

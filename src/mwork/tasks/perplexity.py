@@ -18,6 +18,9 @@ Rules, so that numbers are comparable across models, batch sizes and runs:
   ``ppl = exp(nll)``.
 * Texts with no scored token (empty, or a single token without a prefix) are reported in
   ``empty_texts``, never silently dropped.
+* Under torchrun (``mwork.distributed``) the windows are batched as in one process and the
+  batches dealt round robin over the ranks; per-window NLLs are gathered and summed in the
+  original order, so every rank returns the single process's result, bit for bit.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from mwork import distributed
 from mwork.models.adapters import get_adapter
 
 HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
@@ -287,16 +291,19 @@ def perplexity(
     # longest windows first (little padding); stable, so the order is deterministic
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    window_nll = [0.0] * len(windows)
+    mine: dict[int, float] = {}
     was_training = model.training
     model.eval()
     try:
+        # data parallel (mwork.distributed): the single process's batches, round robin over ranks
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for b in tqdm(batches, desc="perplexity", unit="batch", disable=not progress):
-            for i, v in zip(b, _window_nll(model, [windows[i] for i in b], pad_id)):
-                window_nll[i] = v
+        for j in tqdm(distributed.shard(len(batches)), desc="perplexity", unit="batch",
+                      disable=not progress or distributed.rank() != 0):
+            b = batches[j]
+            mine.update(zip(b, _window_nll(model, [windows[i] for i in b], pad_id)))
     finally:
         model.train(was_training)
+    window_nll = distributed.gather_in_order(len(windows), mine)
     for i, t in enumerate(owner):
         nll_sum[t] += window_nll[i]
     tokens = sum(n_tok)
