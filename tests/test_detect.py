@@ -250,6 +250,17 @@ def test_cli_detect_contract(tmp_path, capsys):
     assert rc == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_cli_detect_with_a_device_map_gives_the_same_set(tmp_path):
+    corpus = tmp_path / "fr.txt"
+    corpus.write_text("\n".join(DOCS[:3]) + "\n")
+    outs = [tmp_path / "plain.safetensors", tmp_path / "mapped.safetensors"]
+    for out, extra in zip(outs, ([], ["--device-map", '{"": "cpu"}'])):
+        assert cli_main(["detect", "--model", "tiny-random-llama", "--lang", "fr", "--corpus", str(corpus),
+                         "--out", str(out), "--quiet", *extra]) == 0
+    plain, mapped = (NeuronSet.load(o) for o in outs)
+    assert plain.count() > 0 and all(torch.equal(plain.masks[k], mapped.masks[k]) for k in plain.masks)
+
+
 def test_cli_detect_resumes_after_sigkill(tmp_path):
     corpus = tmp_path / "fr.txt"
     corpus.write_text("\n".join(DOCS * 2) + "\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mwork.lens.langid import DEFAULT_LATIN_LANGUAGES
 from mwork.lens.prompts import builtin_languages, builtin_prompts, read_prompts
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
 
 DEFAULT_LANGS = "zh,ru,fr,de,es"
 
@@ -24,7 +24,7 @@ def _lens(args: argparse.Namespace) -> int:
     from mwork.lens.plot import plot_shares
     from mwork.lens.regions import estimate_regions
     from mwork.lens.shares import language_shares, write_csv, write_json
-    from mwork.models.loading import load_model
+    from mwork.models.loading import load_model, parse_device_map
 
     if args.max_prompts is not None and args.max_prompts < 1:
         raise ValueError(f"--max-prompts must be >= 1, got {args.max_prompts}")
@@ -37,7 +37,7 @@ def _lens(args: argparse.Namespace) -> int:
     out = Path(args.out)
 
     start = time.time()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=parse_device_map(args.device_map))
     load_s = time.time() - start
     result = logit_lens(model, tokenizer, prompts, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                         batch_size=args.batch_size, template=args.template.replace("\\n", "\n"),
@@ -95,4 +95,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="wordfreq languages for Latin-script tokens (default %(default)s)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    add_device_map_argument(p)
     p.set_defaults(func=_lens)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
 from mwork.neurons import detect as det
 from mwork.neurons.corpus import FORMATS, Corpus, parse_articles
 
@@ -36,7 +36,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _detect_run(args: argparse.Namespace) -> int:
     from mwork import distributed
-    from mwork.models.loading import load_model
+    from mwork.models.loading import load_model, parse_device_map
 
     corpus = Corpus(
         path=args.corpus, format=args.format, text_field=args.text_field, hf_dataset=args.hf_dataset,
@@ -57,7 +57,7 @@ def _detect_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--rule {args.rule} does not match the value given (--{given[0].replace('_', '-')})")
         if not given and name != "top_fraction":
             raise ValueError(f"--rule {args.rule} needs its value: --{args.rule} VALUE")
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=parse_device_map(args.device_map))
     start = time.time()
     ns = det.detect(
         model, tokenizer, corpus, language=args.lang, **rule, min_doc_fraction=args.min_doc_fraction,
@@ -158,6 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "|V output|) and its rule (top 12000 FFN / 2000 attention per layer, capped); not the paper's math")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    add_device_map_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_detect)
 
