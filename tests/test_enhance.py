@@ -204,30 +204,112 @@ def test_cli_writes_delta_and_applies(tmp_path, capsys):
     assert enhanced["ppl"] == pytest.approx(perplexity(merged, tok, TEXTS, progress=False)["ppl"], rel=1e-6)
 
 
-def test_compare_writes_a_table(tmp_path):
+def _squad_folder(path):
+    """A tiny XQuAD-shaped data folder (48 one-paragraph articles, en and zh): the task
+    harness reads it like the real data, evaluation articles are 24-47."""
+    path.mkdir()
+    words = {"en": ["red", "blue", "green", "cat", "dog"], "zh": ["红色", "蓝色", "绿色", "猫", "狗"]}
+    for lang, ws in words.items():
+        data = [{"title": f"a{a}", "paragraphs": [{
+            "context": f"{ws[a % 5]} {ws[(a + 1) % 5]} {ws[(a + 2) % 5]}.",
+            "qas": [{"id": f"{lang}-{a}", "question": f"{ws[(a + 3) % 5]}?", "answers": [{"text": ws[a % 5]}]}]}]}
+            for a in range(48)]
+        (path / f"xquad.{lang}.json").write_text(json.dumps({"data": data}, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_compare_writes_a_table(tmp_path, monkeypatch):
     ns_model, _ = mwork.load_model("tiny-random-llama", device="cpu")
     ns = _neurons(ns_model)
     evals = {"fr": TEXTS[:2], "en": ["The quick brown fox."]}
-    kw = dict(max_steps=1, device="cpu", **FAST)
-    rows = compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, lrs={"lora": 1e-2}, **kw)
+    source = _squad_folder(tmp_path / "xquad")
+    out = tmp_path / "cmp"
+    # float64: the task outputs of the hooked model and of the merged delta must agree exactly
+    kw = dict(max_steps=1, device="cpu", dtype=torch.float64, tasks={"xquad": ["zh", "en"]}, task_source=source,
+              task_limit=3, task_kwargs={"max_new_tokens": 3}, **FAST)
+    rows = compare("tiny-random-llama", ns, TEXTS, evals, out, lrs={"lora": 1e-2}, **kw)
     assert [r["method"] for r in rows] == ["neurons", "random", "lora", "full"]
     by = {r["method"]: r for r in rows}
     assert by["neurons"]["trainable_parameters"] == by["random"]["trainable_parameters"]
     assert by["full"]["trainable_parameters"] == sum(p.numel() for p in ns_model.parameters())
-    table = json.loads((tmp_path / "compare.json").read_text())
+    table = json.loads((out / "compare.json").read_text())
     assert abs(by["lora"]["trainable_parameters"] - by["neurons"]["trainable_parameters"]) <= \
         table["lora"]["parameters_per_rank"] / 2
     assert by["lora"]["lr"] == 1e-2 and by["neurons"]["lr"] == FAST["lr"]
+    task_cols = [f"xquad_{lang}{m}_{when}" for lang in ("zh", "en") for m in ("", "_exact_match")
+                 for when in ("before", "after", "change")]
     for r in rows:
         assert r["ppl_fr_before"] == rows[0]["ppl_fr_before"] and r["ppl_en_after"] > 0
         if r["method"] != "lora":  # LoRA's B starts at zero: its first step changes nothing
             assert r["ppl_fr_after"] != r["ppl_fr_before"]
-    assert (tmp_path / "compare.csv").read_text().startswith("method,")
-    assert "| neurons |" in (tmp_path / "compare.md").read_text()
-    assert (tmp_path / "neurons" / "delta.safetensors").is_file()
-    # incremental: rerun one method, keep the others and the "before" numbers
-    again = compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, methods=["random"], lrs={"lora": 1e-2}, **kw)
+        for c in task_cols:  # every task column, the "before" ones measured once for all methods
+            assert c in r and (not c.endswith("_before") or r[c] == rows[0][c])
+            assert 0 <= r[c] <= 1 or c.endswith("_change")
+        assert r["xquad_zh_change"] == pytest.approx(r["xquad_zh_after"] - r["xquad_zh_before"], abs=1e-4)
+    assert table["tasks"]["xquad"]["metric"] == "f1" and table["tasks"]["xquad"]["langs"]["zh"]["n"] == 3
+    assert table["before_tasks"]["xquad"]["en"]["n"] == 3
+    header = (out / "compare.csv").read_text().splitlines()[0]
+    assert header.startswith("method,") and "xquad_zh_before" in header and "xquad_en_exact_match_after" in header
+    assert "| neurons |" in (out / "compare.md").read_text() and "xquad_en_after" in (out / "compare.md").read_text()
+    assert (out / "neurons" / "delta.safetensors").is_file()
+    # the "after" scores are those of the trained model: the merged delta gives the same outputs
+    from mwork.tasks.registry import get_task
+
+    merged, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu", delta=out / "neurons")
+    task = get_task("xquad")
+    saved = json.loads((out / "neurons" / "tasks.json").read_text(encoding="utf-8"))
+    for lang in ("zh", "en"):
+        res = task.evaluate(merged, tok, task.load(lang, source, limit=3), lang, max_new_tokens=3, progress=False)
+        assert [r["output"] for r in res["records"]] == [r["output"] for r in saved["xquad"][lang]["records"]]
+        assert by["neurons"][f"xquad_{lang}_after"] == round(res["score"], 4)
+    before_file = json.loads((out / "before_tasks.json").read_text(encoding="utf-8"))
+    assert before_file["xquad"]["zh"]["records"][0]["id"] == "zh-24"  # evaluation articles only
+
+    # incremental: rerun one method; the others' rows and the "before" numbers are kept, not re-measured
+    calls = []
+    original = type(task).evaluate
+    monkeypatch.setattr(type(task), "evaluate", lambda self, *a, **k: calls.append(a[-1]) or original(self, *a, **k))
+    again = compare("tiny-random-llama", ns, TEXTS, evals, out, methods=["random"], lrs={"lora": 1e-2}, **kw)
+    assert calls == ["zh", "en"]  # only the retrained method's "after"
     assert [r["method"] for r in again] == ["neurons", "random", "lora", "full"]
     assert again[1]["ppl_fr_after"] == by["random"]["ppl_fr_after"]  # deterministic
+    for r in again:
+        assert {c: r[c] for c in task_cols} == {c: by[r["method"]][c] for c in task_cols}
+    # another folder's settings are refused, task settings included
     with pytest.raises(ValueError, match="settings"):
-        compare("tiny-random-llama", ns, TEXTS, evals, tmp_path, methods=["random"], **dict(kw, max_steps=2))
+        compare("tiny-random-llama", ns, TEXTS, evals, out, methods=["random"], **dict(kw, max_steps=2))
+    for change in ({"task_limit": 2}, {"tasks": {"xquad": ["zh"]}}, {"task_kwargs": {"max_new_tokens": 4}}, {"tasks": None}):
+        with pytest.raises(ValueError, match="tasks"):
+            compare("tiny-random-llama", ns, TEXTS, evals, out, methods=["random"], **dict(kw, **change))
+    assert calls == ["zh", "en"]  # refused before evaluating anything
+
+
+def test_compare_task_input_errors(tmp_path):
+    ns_model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    kw = dict(max_steps=1, device="cpu", **FAST)
+    with pytest.raises(ValueError, match="unknown task"):
+        compare("tiny-random-llama", _neurons(ns_model), TEXTS, {"fr": TEXTS}, tmp_path, tasks={"squad9": ["en"]}, **kw)
+    with pytest.raises(ValueError, match="languages"):
+        compare("tiny-random-llama", _neurons(ns_model), TEXTS, {"fr": TEXTS}, tmp_path, tasks={"xquad": "en"}, **kw)
+    assert not (tmp_path / "compare.json").exists()
+
+
+def test_cli_compare_with_a_task(tmp_path, capsys):
+    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    _neurons(model).save(tmp_path / "ns.safetensors")
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
+    source = _squad_folder(tmp_path / "xquad")
+    base = ["enhance", "compare", "--model", "tiny-random-llama", "--neurons", str(tmp_path / "ns.safetensors"),
+            "--texts", str(tmp_path / "texts.txt"), "--eval", "fr=" + str(tmp_path / "texts.txt") + "[0:2]",
+            "--out", str(tmp_path / "cmp"), "--methods", "neurons", "--steps", "1", "--lr", "1e-2",
+            "--batch-size", "2", "--grad-accum", "1", "--device", "cpu", "--no-progress"]
+    task = ["--task", "xquad", "--task-langs", "zh,en", "--task-limit", "2", "--task-source", str(source),
+            "--task-max-new-tokens", "2"]
+    assert main(base + task) == 0
+    row = json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][0]
+    assert {"xquad_zh_before", "xquad_en_after", "xquad_en_exact_match_change"} <= set(row)
+    assert "xquad_zh_after" in capsys.readouterr().out
+    assert main(base + ["--task", "xquad"]) == 2  # no languages
+    assert "--task-langs" in capsys.readouterr().err
+    assert main(base + task[:2] + ["--task-langs", "en"] + task[4:]) == 2  # other task settings: refused
+    assert "tasks" in capsys.readouterr().err

@@ -681,6 +681,10 @@ def compare(
     device: str | torch.device | None = None,
     eval_batch_size: int = 8,
     eval_max_length: int = 512,
+    tasks: dict[str, Sequence[str]] | None = None,
+    task_source: str | Path | None = None,
+    task_limit: int | None = None,
+    task_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
@@ -688,13 +692,22 @@ def compare(
     ``texts`` with the same settings (``lrs``: a per-method learning rate), and measure
     perplexity on each of ``eval_sets`` (``{"zh": [...], "en": [...]}``) before and after.
 
+    ``tasks``: evaluation tasks of :mod:`mwork.tasks` scored before and after too, e.g.
+    ``{"xquad": ["zh", "en"]}`` -- examples from ``task_source`` (a file or folder, ``"hub"``,
+    or None: ``$MWORK_DATA`` else the hub), the first ``task_limit`` of each language, with
+    ``task_kwargs`` passed to ``Task.evaluate`` (batch size default ``eval_batch_size``).
+    Rows get ``<task>_<lang>_before / _after / _change`` (the task's main metric, a fraction;
+    change = after - before) and the same for a secondary metric the task reports
+    (``exact_match``, ``accuracy_norm``); per-example outputs go to ``out/<method>/tasks.json``
+    and ``out/before_tasks.json``.
+
     Writes ``out/compare.json``, ``out/compare.csv`` and ``out/compare.md`` (one row per
-    method: trainable parameters, wall time, peak memory, perplexity before / after / change)
-    and each method's delta or record under ``out/<method>/``. Returns all rows.
+    method: trainable parameters, wall time, peak memory, perplexity and task scores before /
+    after / change) and each method's delta or record under ``out/<method>/``. Returns all rows.
 
     Incremental: if ``out`` already holds a comparison of the same model, neurons, data,
-    settings and evaluation sets, its "before" perplexities and the rows of other methods are
-    kept, and only ``methods`` are (re)run -- so the methods can run one call at a time."""
+    settings, evaluation sets and tasks, its "before" numbers and the rows of other methods
+    are kept, and only ``methods`` are (re)run -- so the methods can run one call at a time."""
     from mwork.models.loading import load_model
     from mwork.tasks.perplexity import perplexity
 
@@ -704,18 +717,28 @@ def compare(
     if not eval_sets:
         raise ValueError("give at least one evaluation set")
     s = _settings(settings, overrides)
+    task_sets = _load_tasks(tasks, task_source, task_limit)
+    t_kwargs = {"batch_size": eval_batch_size, **(task_kwargs or {})}
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     eval_tokens: dict[str, int] = {}
 
-    def evaluate(model: nn.Module, tok: Any) -> dict[str, float]:
+    def evaluate(model: nn.Module, tok: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         ppl = {}
         for name, t in eval_sets.items():
             r = perplexity(model, tok, list(t), batch_size=eval_batch_size, max_length=eval_max_length,
                            progress=progress)
             ppl[name], eval_tokens[name] = r["ppl"], r["tokens"]
-        return ppl
+        scores: dict[str, dict[str, Any]] = {}
+        model.eval()
+        for (name, lang), (task, examples) in task_sets.items():
+            r = task.evaluate(model, tok, examples, lang, progress=progress, **t_kwargs)
+            scores.setdefault(name, {})[lang] = {
+                "metric": r["metric"], "score": r["score"], "n": r["n"],
+                **{m: r[m] for m in SECONDARY_METRICS if isinstance(r.get(m), float)},
+                "records": r.get("records", [])}
+        return ppl, scores
 
     model, tok = load_model(model_name, dtype=dtype, device=device)
     ns = as_neuron_set(neurons, model)
@@ -728,8 +751,10 @@ def compare(
             "neurons": _neuron_summary(ns, neurons if not isinstance(neurons, NeuronSet) else None),
             "data_sha256": texts_fingerprint(used), "n_docs": len(used),
             "eval_sets": {k: {"n_texts": len(v), "sha256": texts_fingerprint(list(v))} for k, v in eval_sets.items()},
-            "eval_max_length": eval_max_length, "lora": lora, "random_seed": random_seed}
-    same = ("model", "settings", "data_sha256", "eval_sets", "eval_max_length", "lora", "random_seed")
+            "eval_max_length": eval_max_length, "lora": lora, "random_seed": random_seed,
+            "tasks": _task_meta(task_sets, task_limit, t_kwargs) if task_sets else None,
+            "task_source": str(task_source) if task_source is not None else None}
+    same = ("model", "settings", "data_sha256", "eval_sets", "eval_max_length", "lora", "random_seed", "tasks")
     rows: list[dict[str, Any]] = []
     earlier = out_dir / "compare.json"
     if earlier.is_file():
@@ -739,11 +764,14 @@ def compare(
             diff.append("neurons")
         if diff:
             raise ValueError(f"{out_dir} holds a comparison that differs in {diff}; choose another output folder")
-        before = old["before"]
+        before, before_tasks = old["before"], old.get("before_tasks") or {}
         rows = [r for r in old["rows"] if r["method"] not in methods]
     else:
-        before = evaluate(model, tok)
+        before, before_tasks = evaluate(model, tok)
+        _write_task_records(out_dir / "before_tasks.json", before_tasks)
+        before_tasks = _without_records(before_tasks)
     meta["before"] = before
+    meta["before_tasks"] = before_tasks
     meta["eval_tokens"] = eval_tokens
     del model
     for method in methods:
@@ -753,26 +781,28 @@ def compare(
             chosen = ns if method == "neurons" else ns.random_like(random_seed, exclude=ns)
             res = enhance(model, tok, chosen, texts, _fresh(out_dir / method), checkpoint_every=0, **kw)
             with res.delta.attach(model):
-                after = evaluate(model, tok)
+                after, after_tasks = evaluate(model, tok)
         elif method == "lora":
             res = finetune_lora(model, tok, texts, lora["target_modules"], lora["rank"], lora_alpha,
                                 _fresh(out_dir / method), **kw)
-            after = evaluate(model, tok)  # peft put its layers inside ``model``
+            after, after_tasks = evaluate(model, tok)  # peft put its layers inside ``model``
         else:
             res = finetune_full(model, tok, texts, _fresh(out_dir / method), **kw)
-            after = evaluate(model, tok)
+            after, after_tasks = evaluate(model, tok)
+        if task_sets:
+            _write_task_records(out_dir / method / "tasks.json", after_tasks)
         m = res.meta
         row = {"method": method, "trainable_parameters": m["trainable_parameters"],
+               "lora_rank": lora["rank"] if method == "lora" else None,
                "optimizer_state_elements": m["optimizer_state_elements"], "lr": m["settings"]["lr"],
                "steps": m["steps"]["done"], "final_loss": round(m["losses"][-1], 4) if m["losses"] else None,
                "wall_time_s": m["wall_time_s"], "peak_memory_mb": m["peak_memory_mb"],
                "peak_memory_extra_mb": m["peak_memory_extra_mb"], "memory_measure": m["memory_measure"]}
-        if method == "lora":
-            row["lora_rank"] = lora["rank"]
         for name in eval_sets:
             row[f"ppl_{name}_before"] = round(before[name], 4)
             row[f"ppl_{name}_after"] = round(after[name], 4)
             row[f"ppl_{name}_change_pct"] = round(100 * (after[name] / before[name] - 1), 3)
+        row.update(_task_columns(before_tasks, after_tasks))
         rows.append(row)
         rows.sort(key=lambda r: METHODS.index(r["method"]))
         del model, res
@@ -780,9 +810,74 @@ def compare(
     return rows
 
 
+SECONDARY_METRICS = ("exact_match", "accuracy_norm")  # reported beside a task's main score when present
+
+
+def _load_tasks(tasks: dict[str, Sequence[str]] | None, source: str | Path | None,
+                limit: int | None) -> dict[tuple[str, str], tuple[Any, list[Any]]]:
+    """``{(task name, lang): (task, examples)}``, loaded once so every method sees the same examples."""
+    from mwork.tasks.registry import get_task
+
+    if not tasks:
+        return {}
+    if not isinstance(tasks, dict):
+        raise ValueError('tasks must map task names to languages, e.g. {"xquad": ["zh", "en"]}')
+    if limit is not None and limit < 1:
+        raise ValueError(f"task_limit must be at least 1, got {limit}")
+    loaded = {}
+    for name, langs in tasks.items():
+        task = get_task(name)
+        if isinstance(langs, str) or not langs:
+            raise ValueError(f"tasks[{name!r}] must be a non-empty list of languages, got {langs!r}")
+        for lang in langs:
+            examples = task.load(lang, source, limit=limit)
+            if not examples:
+                raise ValueError(f"{task.name} has no examples for {lang!r} in {source}")
+            loaded[(task.name, lang)] = (task, examples)
+    return loaded
+
+
+def _task_meta(task_sets: dict[tuple[str, str], tuple[Any, list[Any]]], limit: int | None,
+               kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What must match for an earlier comparison's task scores to be reused: the examples
+    themselves (hashed), the limit and the evaluation arguments."""
+    meta: dict[str, Any] = {}
+    for (name, lang), (task, examples) in task_sets.items():
+        same_kwargs = {k: v for k, v in kwargs.items() if k != "batch_size"}  # batching changes only rounding
+        entry = meta.setdefault(name, {"metric": task.metric, "limit": limit, "kwargs": same_kwargs, "langs": {}})
+        blob = json.dumps([e.to_dict() for e in examples], sort_keys=True, ensure_ascii=False, default=str)
+        entry["langs"][lang] = {"n": len(examples), "sha256": hashlib.sha256(blob.encode("utf-8")).hexdigest()}
+    return json.loads(json.dumps(meta, default=str))
+
+
+def _without_records(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t: {lang: {k: v for k, v in r.items() if k != "records"} for lang, r in by.items()}
+            for t, by in scores.items()}
+
+
+def _write_task_records(path: Path, scores: dict[str, dict[str, Any]]) -> None:
+    if scores:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(scores, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def _task_columns(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``<task>_<lang>_before / _after / _change`` for the main score, then the secondary metrics."""
+    row: dict[str, Any] = {}
+    for name, by in before.items():
+        for lang, b in by.items():
+            a = after[name][lang]
+            for key, label in [("score", f"{name}_{lang}")] + [(m, f"{name}_{lang}_{m}") for m in SECONDARY_METRICS]:
+                if key in b and key in a:
+                    row[f"{label}_before"] = round(b[key], 4)
+                    row[f"{label}_after"] = round(a[key], 4)
+                    row[f"{label}_change"] = round(a[key] - b[key], 4)
+    return row
+
+
 def _fresh(path: Path) -> Path:
     """A per-method folder of a comparison, emptied of an earlier comparison's files."""
-    for name in (DELTA_FILE, META_FILE, CHECKPOINT_FILE, "train.json"):
+    for name in (DELTA_FILE, META_FILE, CHECKPOINT_FILE, "train.json", "tasks.json"):
         (path / name).unlink(missing_ok=True)
     if (path / "lora").is_dir():
         import shutil

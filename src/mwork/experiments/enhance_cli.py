@@ -123,13 +123,29 @@ def _compare_cmd(args: argparse.Namespace) -> int:
         eval_sets[name] = texts[:args.eval_max_texts] if args.eval_max_texts else texts
     texts = read_texts(args.texts, args.articles)
     lrs = {m: getattr(args, f"{m}_lr") for m in METHODS if getattr(args, f"{m}_lr") is not None}
+    tasks = _tasks_from(args)
+    task_kwargs = {"max_new_tokens": args.task_max_new_tokens} if args.task_max_new_tokens else None
     rows = compare(args.model, args.neurons, texts, eval_sets, args.out, methods=methods, lrs=lrs,
                    lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, random_seed=args.random_seed,
                    dtype=args.dtype, device=args.device, eval_batch_size=args.eval_batch_size,
-                   eval_max_length=args.eval_max_length, progress=not args.no_progress, **_settings_from(args))
+                   eval_max_length=args.eval_max_length, tasks=tasks, task_source=args.task_source,
+                   task_limit=args.task_limit, task_kwargs=task_kwargs, progress=not args.no_progress,
+                   **_settings_from(args))
     print(Path(args.out, "compare.md").read_text(), end="")
     print(json.dumps({"out": str(args.out), "rows": len(rows)}))
     return 0
+
+
+def _tasks_from(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    """``--task NAME`` (repeatable) x ``--task-langs zh,en`` -> ``{"xquad": ["zh", "en"]}``."""
+    langs = [x.strip() for x in (args.task_langs or "").split(",") if x.strip()]
+    if not args.task:
+        if langs or args.task_limit or args.task_source or args.task_max_new_tokens:
+            raise ValueError("--task-langs / --task-limit / --task-source / --task-max-new-tokens need --task NAME")
+        return None
+    if not langs:
+        raise ValueError("--task needs --task-langs, e.g. --task-langs zh,en")
+    return {name: list(langs) for name in dict.fromkeys(args.task)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -164,8 +180,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     c = commands.add_parser("compare", help="neurons vs random neurons vs LoRA vs full fine-tuning: one table",
                             description="Train each method from a fresh copy of the model on the same texts with the "
-                            "same settings; perplexity on each --eval set before and after. Writes OUT/compare.csv, "
-                            "compare.json, compare.md.")
+                            "same settings; perplexity on each --eval set, and each --task's score, before and "
+                            "after. Writes OUT/compare.csv, compare.json, compare.md.")
     c.add_argument("--model", default=DEFAULT_MODEL)
     c.add_argument("--neurons", required=True)
     c.add_argument("--texts", required=True, help="training documents (as for mwork enhance)")
@@ -176,6 +192,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--eval-max-texts", type=int, help="first N texts of each evaluation set")
     c.add_argument("--eval-max-length", type=int, default=512)
     c.add_argument("--eval-batch-size", type=int, default=8)
+    c.add_argument("--task", action="append", metavar="NAME",
+                   help="also score this task before and after (repeatable): xquad, xcsqa, mgsm, xlsum")
+    c.add_argument("--task-langs", help="languages of --task, comma-separated, e.g. zh,en")
+    c.add_argument("--task-limit", type=int, help="first N examples per language (default: all)")
+    c.add_argument("--task-source", help="task data: a file or folder, or 'hub' (default: $MWORK_DATA, else the hub)")
+    c.add_argument("--task-max-new-tokens", type=int, help="generation length of generative tasks (default: the task's)")
     c.add_argument("--out", required=True)
     c.add_argument("--methods", default="neurons,random,lora,full", help="comma-separated subset of the four")
     for m in ("neurons", "random", "lora", "full"):
