@@ -298,3 +298,21 @@ def test_reference_compat_is_labelled(llama64, capsys):
     assert "at least the layer size" in capsys.readouterr().err
     default = detect(model, tok, DOCS[:2], language="fr", kinds=["ffn"], progress=False)
     assert not default.meta["reference_compat"] and "label" not in default.meta
+
+
+def test_approximate_qk_method(tmp_path):
+    model, tok = mwork.load_model("tiny-random-qwen3", dtype=torch.float64)
+
+    def approx(m, batch, kinds):
+        return importance(m, batch, kinds=kinds, method="approx")
+
+    ns = detect(model, tok, DOCS, language="fr", qk_method="approx", progress=False)
+    want = detect(model, tok, DOCS, language="fr", scorer=approx, progress=False)
+    exact = detect(model, tok, DOCS, language="fr", progress=False)
+    assert all(torch.equal(ns.masks[k], want.masks[k]) for k in ns.masks)
+    assert "first-order" in ns.meta["scores"] and "first-order" not in exact.meta["scores"]
+    assert torch.equal(ns.masks["ffn"], exact.masks["ffn"])  # only Q/K scores differ
+    with pytest.raises(ValueError, match="qk_method"):
+        detect(model, tok, DOCS, language="fr", qk_method="fast", progress=False)
+    with pytest.raises(ValueError, match="reference-compat"):
+        detect(model, tok, DOCS, language="fr", qk_method="approx", reference_compat=True, progress=False)

@@ -63,7 +63,7 @@ def _detect_run(args: argparse.Namespace) -> int:
         model, tokenizer, corpus, language=args.lang, **rule, min_doc_fraction=args.min_doc_fraction,
         kinds=args.kinds.split(","), max_length=args.max_length, truncate=args.truncate, batch_size=args.batch_size,
         buffer_docs=args.buffer_docs,
-        reference_compat=args.reference_compat, model_id=args.model, corpus_info=corpus.describe(), out=args.out,
+        reference_compat=args.reference_compat, qk_method=args.qk_method, model_id=args.model, corpus_info=corpus.describe(), out=args.out,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
     )
     if distributed.rank() != 0:
@@ -156,6 +156,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference-compat", action="store_true",
                    help="COMPARISON ONLY: the reference code's scores (sum|up_proj|, unscaled Q/K outer product, "
                    "|V output|) and its rule (top 12000 FFN / 2000 attention per layer, capped); not the paper's math")
+    p.add_argument("--qk-method", choices=("exact", "approx"), default="exact",
+                   help="Q/K scores: exact Eq. 8 (default) or its first-order approximation")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_device_map_argument(p)

@@ -269,7 +269,11 @@ def _pad(windows: Sequence[_Window], pad_id: int, side: str) -> dict[str, torch.
 # ---- detection -------------------------------------------------------------------------------
 
 
-def _default_scorer(reference_compat: bool) -> tuple[Scorer, str]:
+def _default_scorer(reference_compat: bool, qk_method: str = "exact") -> tuple[Scorer, str]:
+    if qk_method not in ("exact", "approx"):
+        raise ValueError(f"qk_method must be 'exact' or 'approx', got {qk_method!r}")
+    if reference_compat and qk_method != "exact":
+        raise ValueError("qk_method='approx' is for mwork's own scores; the reference-compat scores have no approximation")
     if reference_compat:
         from mwork.neurons.reference import reference_importance
 
@@ -279,6 +283,11 @@ def _default_scorer(reference_compat: bool) -> tuple[Scorer, str]:
         return ref, "reference code's scores (sum |up_proj(x)| for FFN, unscaled outer product for Q/K, |V output|)"
     from mwork.neurons.importance import importance
 
+    if qk_method == "approx":
+        def approx(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], kinds: Sequence[str]) -> Mapping:
+            return importance(model, batch, kinds=kinds, method="approx")
+
+        return approx, "mwork.importance: exact Eq. 1 (FFN, V), first-order approximation of Eq. 8 (Q, K)"
     return importance, "mwork.importance: exact Eq. 1 (FFN, V) and Eq. 8 (Q, K)"
 
 
@@ -298,6 +307,7 @@ def detect(
     batch_size: int = DEFAULT_BATCH_SIZE,
     buffer_docs: int = DEFAULT_BUFFER_DOCS,
     reference_compat: bool = False,
+    qk_method: str = "exact",
     model_id: str | None = None,
     corpus_info: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
@@ -319,6 +329,8 @@ def detect(
     windows (faster, e.g. on a CPU; recorded in ``meta["window_rule"]``).
     ``reference_compat``: the reference code's scores and its top-k (12000 FFN / 2000
     attention per layer, capped at the layer size), for comparison only.
+    ``qk_method="approx"``: the first-order approximation of the Q/K scores (about as fast as
+    the exact kernel on a CPU, no C compiler needed; see ``benchmarks/README.md`` for its agreement).
     ``out``: save the result there (and checkpoint to ``<out>.checkpoint.safetensors`` every
     ``checkpoint_every`` documents, removed at the end); ``checkpoint`` overrides that path.
     With ``resume``, an existing checkpoint with the same settings is continued, one with
@@ -344,7 +356,7 @@ def detect(
     if pad_id is None:
         raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token)")
     if scorer is None:
-        scorer, scores_label = _default_scorer(reference_compat)
+        scorer, scores_label = _default_scorer(reference_compat, qk_method)
     else:
         scores_label = f"custom scorer {getattr(scorer, '__qualname__', repr(scorer))}"
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
