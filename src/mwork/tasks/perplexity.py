@@ -39,7 +39,6 @@ from mwork import distributed
 from mwork.models.adapters import get_adapter
 
 HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
-XQUAD_PARAGRAPHS_PER_ARTICLE = 5
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
 
 
@@ -137,34 +136,18 @@ def xquad_texts(
 
 
 def _squad_contexts(path: Path, articles: Iterable[int] | None) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a SQuAD-format JSON file (data[i]['paragraphs'][j]['context'])") from err
+    from mwork.tasks.xquad import read_squad_json
+
+    data = read_squad_json(path)
     return [para["context"] for a in _articles_filter(articles, len(data)) for para in data[a]["paragraphs"]]
 
 
 def _hub_xquad_contexts(lang: str, articles: Iterable[int] | None) -> list[str]:
-    """google/xquad rows are questions in file order; consecutive rows share a context.
-    XQuAD has 48 articles of 5 paragraphs each in every language, which gives the article."""
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError("loading XQuAD from the hub needs the 'datasets' package: pip install datasets") from err
-    rows = datasets.load_dataset("google/xquad", f"xquad.{lang}", split="validation")
-    contexts: list[str] = []
-    for ctx in rows["context"]:
-        if not contexts or contexts[-1] != ctx:
-            contexts.append(ctx)
-    n_articles, rest = divmod(len(contexts), XQUAD_PARAGRAPHS_PER_ARTICLE)
-    if rest:
-        raise ValueError(f"google/xquad {lang}: {len(contexts)} paragraphs, not a multiple of "
-                         f"{XQUAD_PARAGRAPHS_PER_ARTICLE}; cannot tell the articles apart")
-    k = XQUAD_PARAGRAPHS_PER_ARTICLE
-    return [c for a in _articles_filter(articles, n_articles) for c in contexts[a * k:(a + 1) * k]]
+    """google/xquad, its articles recovered by the XQuAD task's loader."""
+    from mwork.tasks.xquad import load_articles
 
-
-# ---- windows ----------------------------------------------------------------------------------
+    data = load_articles(lang, "hub")
+    return [para["context"] for a in _articles_filter(articles, len(data)) for para in data[a]["paragraphs"]]
 
 
 def _prefix_length(ids: Sequence[int], special: set[int]) -> int:
