@@ -56,7 +56,7 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
 
     def o_hook(layer: int):
         def hook(module, args):
-            H, G, d = ad.num_heads, ad.kv_group_size, ad.head_dim
+            G, d = ad.kv_group_size, ad.head_dim
             for b, n in enumerate(lengths):
                 mag = args[0][b, :n].to(dtype).abs().sum(0).reshape(ad.num_kv_heads, G, d)
                 out["v"][b, layer] = mag.sum(1).reshape(-1).cpu()

@@ -22,10 +22,28 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "task_prompts"  # shipped as package data
 DATA_ENV = "MWORK_DATA"
+
+
+def jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``(where, object)`` for every line of a JSON Lines file, ``where`` = ``"path:line"``
+    for error messages; a blank line gives ``(where, None)`` so callers decide what it means."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line, it is not a blank one
+    for n, line in enumerate(lines, 1):
+        where = f"{path}:{n}"
+        if not line.strip():
+            yield where, None
+            continue
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not valid JSON ({err.msg})") from None
 
 
 @dataclass

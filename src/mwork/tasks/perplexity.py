@@ -25,7 +25,6 @@ Rules, so that numbers are comparable across models, batch sizes and runs:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 
 from mwork import distributed
 from mwork.models.adapters import get_adapter
+from mwork.tasks.common import jsonl_rows
 
 HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
@@ -56,28 +56,19 @@ def load_texts(path: str | Path, field: str = "text") -> list[str]:
         raise FileNotFoundError(f"no text file at {p}")
     if p.suffix == ".json":
         return xquad_texts(p, articles=None)
-    raw = p.read_text(encoding="utf-8")
-    lines = raw.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    lines = [line.rstrip("\r") for line in lines]
     if p.suffix != ".jsonl":
-        return lines
+        lines = p.read_text(encoding="utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        return [line.rstrip("\r") for line in lines]
     texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            texts.append("")
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{p}:{n}: not valid JSON ({err.msg})") from None
-        if isinstance(obj, str):
-            texts.append(obj)
+    for where, obj in jsonl_rows(p):
+        if obj is None or isinstance(obj, str):
+            texts.append(obj or "")
         elif isinstance(obj, dict) and isinstance(obj.get(field), str):
             texts.append(obj[field])
         else:
-            raise ValueError(f"{p}:{n}: expected a JSON string or an object with a string field {field!r}")
+            raise ValueError(f"{where}: expected a JSON string or an object with a string field {field!r}")
     return texts
 
 

@@ -15,11 +15,10 @@ writes Japanese as ``jap``; mwork uses ``ja`` and maps it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.common import Example, Task, check_examples, jsonl_rows, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.generation import loglikelihood
 
 XCSQA_LANGS: tuple[str, ...] = ("en", "zh", "de", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "ar", "vi", "hi", "sw", "ur")
@@ -51,17 +50,7 @@ def parse_record(obj: dict[str, Any], lang: str, where: str) -> Example:
 
 
 def read_jsonl(path: str | Path, lang: str) -> list[Example]:
-    path = Path(path)
-    examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        examples.append(parse_record(obj, lang, f"{path}:{n}"))
-    return examples
+    return [parse_record(obj, lang, where) for where, obj in jsonl_rows(path) if obj is not None]
 
 
 class XCSQA(Task):

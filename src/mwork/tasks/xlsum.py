@@ -13,11 +13,10 @@ config = the data set's language name (``XLSUM_NAMES``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.common import Example, Task, check_examples, jsonl_rows, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.generation import generate
 from mwork.tasks.metrics import rouge_l
 
@@ -30,18 +29,13 @@ XLSUM_NAMES: dict[str, str] = {
 
 
 def read_jsonl(path: str | Path, lang: str) -> list[Example]:
-    path = Path(path)
     examples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for line, (where, obj) in enumerate(jsonl_rows(path)):
+        if obj is None:
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not valid JSON ({err.msg})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not isinstance(obj.get("summary"), str):
-            raise ValueError(f"{path}:{n}: expected an object with string fields 'text' and 'summary'")
-        examples.append(Example(id=str(obj.get("id", f"xlsum-{lang}-{n - 1:05d}")), lang=lang,
+            raise ValueError(f"{where}: expected an object with string fields 'text' and 'summary'")
+        examples.append(Example(id=str(obj.get("id", f"xlsum-{lang}-{line:05d}")), lang=lang,
                                 fields={"text": obj["text"]}, target=obj["summary"]))
     return examples
 
