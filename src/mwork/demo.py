@@ -29,6 +29,9 @@ from typing import Any, Callable
 from mwork.models.loading import DEFAULT_MODEL
 
 
+STAGES = ("lens", "neurons", "deactivation", "enhance")
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Sizes of every stage; ``quick()`` fits about 5 minutes on two CPU cores, the default
@@ -65,6 +68,37 @@ class DemoSettings:
         return replace(small, **overrides)
 
 
+# Seconds per unit of work (``_work_units``) of each stage on two CPU cores, measured on a full
+# and a quick run of gemma-3-270m; only used for the "time left" estimate, which also rescales
+# them by how fast the stages of this run have gone so far.
+SECONDS_PER_UNIT = {"lens": 0.05, "neurons": 1e-3, "deactivation": 1e-3, "enhance": 1e-3}
+
+
+def _work_units(s: DemoSettings) -> dict[str, float]:
+    """A rough cost of each stage in token-forward passes, from the settings alone."""
+    attention = 1 + 2.5 * any(k in s.detect_kinds for k in ("q", "k"))  # exact Q/K costs ~3.5x FFN+V
+    n_deact = len(s.deact_langs or s.langs)
+    evals = n_deact * (1 + len(s.seeds)) + (n_deact - 1) * 5 * (1 + len(s.seeds)) * 2  # headline + region grid
+    batch = 2 if s.enhance_docs < 16 else 4
+    methods = 1 + len(s.enhance_baselines)
+    return {
+        "lens": len(s.lens_langs) * s.lens_prompts * (s.lens_new_tokens + 1),
+        "neurons": len(s.langs) * s.detect_docs * s.detect_max_length * attention,
+        "deactivation": evals * s.eval_texts * s.eval_max_length,
+        "enhance": methods * s.enhance_steps * batch * s.eval_max_length * 3
+                   + (methods + 1) * 2 * s.eval_texts * s.eval_max_length,
+    }
+
+
+def _time_left(s: DemoSettings, done: list["_Stage"], upcoming: list[str]) -> float:
+    """Seconds the ``upcoming`` stages should take, rescaled by this run's speed so far."""
+    units = _work_units(s)
+    ran = [st for st in done if not st.cached]
+    predicted = sum(units[st.name] * SECONDS_PER_UNIT[st.name] for st in ran)
+    speed = sum(st.seconds for st in ran) / predicted if ran and predicted > 0 else 1.0
+    return speed * sum(units[name] * SECONDS_PER_UNIT[name] for name in upcoming)
+
+
 @dataclass
 class _Stage:
     name: str
@@ -97,7 +131,8 @@ class Demo:
             print(f"[demo {n}/4] {name}: cached in {folder}", flush=True)
             self.stages.append(_Stage(name, json.loads(marker.read_text()).get("seconds", 0.0), cached=True))
             return
-        print(f"[demo {n}/4] {name} ...", flush=True)
+        left = _time_left(self.settings, self.stages, STAGES[n - 1:])
+        print(f"[demo {n}/4] {name} ... ({_minutes(left)} left for the whole demo)", flush=True)
         start = time.time()
         folder.mkdir(parents=True, exist_ok=True)
         fn(folder)
@@ -232,6 +267,10 @@ class Demo:
         page = render_report(self.out, title=run["title"])
         print(f"[demo] report: {page} ({time.time() - start:.0f} s this run)", flush=True)
         return page
+
+
+def _minutes(seconds: float) -> str:
+    return f"about {max(1, round(seconds / 60))} min" if seconds >= 45 else "under a minute"
 
 
 def _versions() -> dict[str, str]:
