@@ -207,3 +207,13 @@ def test_cli_prints_json_last(tmp_path, capsys):
     assert code == 2 and "--neurons" in out.strip().splitlines()[-1]
     code, out = run_cli(capsys, "--model", "tiny-random-llama", "--texts", str(tmp_path / "nope.txt"))
     assert code == 2 and "no text file" in out
+
+
+def test_bfloat16_model_scores_in_float32():
+    """bf16 weights, float32 log-softmax: the perplexity stays close to the float32 model's."""
+    full, tok = mwork.load_model("tiny-random-qwen3", dtype=torch.float32)
+    half, _ = mwork.load_model("tiny-random-qwen3", dtype=torch.bfloat16)
+    want = perplexity(full, tok, TEXTS, progress=False)
+    got = perplexity(half, tok, TEXTS, progress=False)
+    assert got["tokens"] == want["tokens"] and isinstance(got["ppl"], float)
+    assert got["ppl"] == pytest.approx(want["ppl"], rel=0.05)
