@@ -48,15 +48,15 @@ def test_quick_demo_on_the_default_model(tmp_path, gemma):
 
 
 def test_time_left_is_rescaled_by_the_speed_so_far():
-    from mwork.demo import SECONDS_PER_UNIT, DemoSettings, _Stage, _time_left, _work_units
+    from mwork.demo import DemoSettings, _nominal_seconds, _Stage, _time_left, _work_units
 
     s = DemoSettings.quick()
-    units = _work_units(s)
-    nominal = {k: units[k] * SECONDS_PER_UNIT[k] for k in units}
+    nominal = _nominal_seconds(s)
     rest = ["neurons", "deactivation", "enhance"]
     assert _time_left(s, [], rest) == pytest.approx(sum(nominal[k] for k in rest))
     twice_as_slow = [_Stage("lens", 2 * nominal["lens"])]
     assert _time_left(s, twice_as_slow, rest) == pytest.approx(2 * sum(nominal[k] for k in rest))
     cached = [_Stage("lens", 100 * nominal["lens"], cached=True)]  # a cached stage says nothing about speed
     assert _time_left(s, cached, rest) == pytest.approx(sum(nominal[k] for k in rest))
-    assert _work_units(DemoSettings())["neurons"] > units["neurons"]  # the full demo does more work
+    assert _work_units(DemoSettings())["neurons"] > _work_units(s)["neurons"]  # the full demo does more work
+    assert 60 < sum(_nominal_seconds(s).values()) < 300 < sum(_nominal_seconds(DemoSettings()).values()) < 1200

@@ -44,13 +44,13 @@ class DemoSettings:
     langs: tuple[str, ...] = ("en", "zh", "fr", "es", "ru", "de")  # detection
     deact_langs: tuple[str, ...] | None = ("en", "zh", "fr", "ru")  # deactivation (None: all of langs)
     detect_kinds: tuple[str, ...] = ("ffn", "q", "k", "v")
-    detect_docs: int = 40
+    detect_docs: int = 64
     detect_max_length: int = 192
     detect_top_fraction: float = 0.02
     detect_min_doc_fraction: float = 0.9
     eval_texts: int = 6
     eval_max_length: int = 128
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)
     enhance_lang: str = "zh"
     enhance_docs: int = 48
     enhance_steps: int = 12
@@ -68,10 +68,11 @@ class DemoSettings:
         return replace(small, **overrides)
 
 
-# Seconds per unit of work (``_work_units``) of each stage on two CPU cores, measured on a full
-# and a quick run of gemma-3-270m; only used for the "time left" estimate, which also rescales
-# them by how fast the stages of this run have gone so far.
-SECONDS_PER_UNIT = {"lens": 0.05, "neurons": 1e-3, "deactivation": 1e-3, "enhance": 1e-3}
+# Seconds of each stage on two CPU cores = fixed + per_unit * _work_units, fitted to a full and a
+# quick run of gemma-3-270m (model cached); only used for the "time left" estimate, which also
+# rescales them by how fast the stages of this run have gone so far.
+STAGE_SECONDS = {"lens": (7.4, 0.088), "neurons": (12.7, 5.4e-4), "deactivation": (24.4, 3.7e-3),
+                 "enhance": (10.9, 2.8e-3)}
 
 
 def _work_units(s: DemoSettings) -> dict[str, float]:
@@ -90,13 +91,18 @@ def _work_units(s: DemoSettings) -> dict[str, float]:
     }
 
 
+def _nominal_seconds(s: DemoSettings) -> dict[str, float]:
+    units = _work_units(s)
+    return {name: fixed + per_unit * units[name] for name, (fixed, per_unit) in STAGE_SECONDS.items()}
+
+
 def _time_left(s: DemoSettings, done: list["_Stage"], upcoming: list[str]) -> float:
     """Seconds the ``upcoming`` stages should take, rescaled by this run's speed so far."""
-    units = _work_units(s)
+    nominal = _nominal_seconds(s)
     ran = [st for st in done if not st.cached]
-    predicted = sum(units[st.name] * SECONDS_PER_UNIT[st.name] for st in ran)
+    predicted = sum(nominal[st.name] for st in ran)
     speed = sum(st.seconds for st in ran) / predicted if ran and predicted > 0 else 1.0
-    return speed * sum(units[name] * SECONDS_PER_UNIT[name] for name in upcoming)
+    return speed * sum(nominal[name] for name in upcoming)
 
 
 @dataclass

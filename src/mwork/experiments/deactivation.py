@@ -244,7 +244,7 @@ def run_deactivation_experiment(
         headline.append({
             "lang": lang, "original": orig[lang],
             "random_mean": statistics.fmean(rand) if rand else math.nan,
-            "random_std": statistics.pstdev(rand) if len(rand) > 1 else 0.0,
+            "random_std": _std(rand),
             "specific": spec["score"],
             "neurons_off": spec["off"],
             "share_off": spec["off"] / adapter.total_neurons(),
@@ -269,7 +269,7 @@ def run_deactivation_experiment(
             for col in ("Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ"):
                 vals = [p[col] for p in per_variant]
                 row[col] = statistics.fmean(vals)
-                row[f"{col}_std"] = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+                row[f"{col}_std"] = _std(vals)
             row["mean_neurons"] = statistics.fmean(p["neurons"] for p in per_variant)
             row["share_off"] = row["mean_neurons"] / adapter.total_neurons()
             rows.append(row)
@@ -286,7 +286,7 @@ def run_deactivation_experiment(
                 spec = results[f"{full.name}|specific|{t}|{ev}"]["score"]
                 rm = statistics.fmean(rand) if rand else math.nan
                 cross.append({"neurons_of": t, "eval_lang": ev, "original": orig[ev], "random_mean": rm,
-                              "random_std": statistics.pstdev(rand) if len(rand) > 1 else 0.0, "specific": spec,
+                              "random_std": _std(rand), "specific": spec,
                               "specific_change": performance_delta(orig[ev], spec, higher),
                               "random_change": performance_delta(orig[ev], rm, higher)})
 
@@ -303,6 +303,11 @@ def run_deactivation_experiment(
 
 _GRID_COLUMNS = ["region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ",
                  "Eng_std", "n-Eng_std", "ΔEng_std", "Δn-Eng_std", "Δ_std", "mean_neurons", "share_off"]
+
+
+def _std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation over the random seeds; None (not 0) for a single seed."""
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def _fmt(x: Any) -> str:
@@ -337,9 +342,10 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
         md.append("| " + " | ".join(_fmt(r[c]) for c in ("region", "kinds", "layers", "neurons_off", "Eng", "n-Eng",
                                                            "ΔEng", "Δn-Eng", "Δ")) + f" | {r['share_off']:.3%} |")
     md += ["", f"## Each language with its own neurons off (all layers): {metric}", "",
-           "| lang | original | random (mean ± std) | language-specific | neurons off | share |", "|---|---|---|---|---|---|"]
+           f"| lang | original | random ({'mean ± std' if len(info['seeds']) > 1 else 'one seed'}) | language-specific | neurons off | share |", "|---|---|---|---|---|---|"]
     for h in result["headline"]:
-        md.append(f"| {h['lang']} | {_fmt(h['original'])} | {_fmt(h['random_mean'])} ± {_fmt(h['random_std'])} | "
+        spread = f" ± {_fmt(h['random_std'])}" if h["random_std"] is not None else ""
+        md.append(f"| {h['lang']} | {_fmt(h['original'])} | {_fmt(h['random_mean'])}{spread} | "
                   f"{_fmt(h['specific'])} | {h['neurons_off']} | {h['share_off']:.3%} |")
     if result["matrix"]:
         langs = list(dict.fromkeys(r["eval_lang"] for r in result["matrix"]))
@@ -369,7 +375,7 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
     log = not info["higher_is_better"]
     ax = axes[0]
     ax.bar([i - w for i in x], [h["original"] for h in head], w, label="original")
-    ax.bar(list(x), [h["random_mean"] for h in head], w, yerr=[h["random_std"] for h in head], label="random")
+    ax.bar(list(x), [h["random_mean"] for h in head], w, yerr=[h["random_std"] or 0.0 for h in head], label="random")
     ax.bar([i + w for i in x], [h["specific"] for h in head], w, label="language-specific")
     ax.set_xticks(list(x), [h["lang"] for h in head])
     ax.set_ylabel(info["metric"] + (" (log scale)" if log else ""))
@@ -383,7 +389,7 @@ def _plot(path: Path, result: dict[str, Any]) -> None:
     for j, kind in enumerate(("specific", "random")):
         vals = [next(r for r in grid if r["region"] == lab and r["neurons_off"] == kind) for lab in labels]
         ax.bar([i + (j - 0.5) * 0.4 for i in range(len(labels))], [v["Δ"] for v in vals], 0.4,
-               yerr=[v["Δ_std"] for v in vals], label=kind)
+               yerr=[v.get("Δ_std") or 0.0 for v in vals], label=kind)
     ax.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("Δ = ΔEng − Δn-Eng")
