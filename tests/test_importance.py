@@ -18,6 +18,7 @@ import torch
 import mwork
 from mwork.models.adapters import KINDS, attention_mask, get_adapter
 from mwork.models.tiny import TINY_ALIASES
+from mwork.neurons.brute_force import brute_force
 from mwork.neurons.importance import importance, spearman, top_overlap
 from mwork.neurons.qk_kernel import native_library, prob_change
 
@@ -27,72 +28,6 @@ TEXTS = [
     "Быстрая коричневая лиса прыгает.",
 ]
 TOL = 1e-6
-
-
-@torch.no_grad()
-def _brute(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor:
-    """Importance of every channel of ``kind`` in ``layer`` for one unpadded document."""
-    ad = get_adapter(model)
-    site = ad.channel_site(layer, kind)
-    C, n = ad.neuron_counts()[kind], ids.numel()
-    batch = ids.reshape(1, n).repeat(C + 1, 1)  # row c zeroes channel c; the last row is clean
-    rows = torch.arange(C)
-    got: dict = {}
-
-    def zero_input(module, args):
-        x = args[0].clone()
-        x[rows, :, site.index] = 0
-        return (x, *args[1:])
-
-    def zero_output(module, args, output):
-        out = output.clone()
-        out[rows, :, site.index] = 0
-        return out
-
-    def keep(name):
-        def hook(module, args, output):
-            got[name] = output
-
-        return hook
-
-    def context(module, args, kwargs):
-        got["ctx"] = ad.attention_context(layer, args, kwargs)
-
-    handles = []
-    try:
-        if kind == "ffn":
-            handles.append(ad.mlp_down(layer).register_forward_pre_hook(zero_input))
-            handles.append(ad.mlp_down(layer).register_forward_hook(keep("out")))
-        else:
-            handles.append(site.module.register_forward_hook(zero_output))
-            if kind == "v":
-                handles.append(ad.o_proj(layer).register_forward_hook(keep("out")))
-            else:
-                handles.append(ad.attention(layer).register_forward_pre_hook(context, with_kwargs=True))
-                for k in ("q", "k"):
-                    handles.append(ad.channel_site(layer, k).module.register_forward_hook(keep(k)))
-        ones = torch.ones_like(batch)
-        with torch.no_grad():
-            ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
-    finally:
-        for h in handles:
-            h.remove()
-    if kind in ("ffn", "v"):
-        out = got["out"]
-        return (out[:C] - out[C]).flatten(1).norm(dim=1)
-
-    def heads(k: str) -> torch.Tensor:
-        return got[k][..., ad.channel_site(layer, k).index].view(C + 1, n, -1, ad.head_dim).transpose(1, 2)
-
-    q, k = heads("q"), heads("k")
-    qn, kn = ad.qk_norms(layer)
-    if qn is not None:
-        q, k = qn(q), kn(k)
-    ctx = got["ctx"]
-    s = ad.scores(layer, ad.apply_rope(q, ctx), ad.apply_rope(k, ctx), ctx)
-    mask = attention_mask(torch.ones(C + 1, n, dtype=torch.long), ad.sliding_window(layer))
-    p = torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1)
-    return (p[:C] - p[C]).flatten(1).norm(dim=1)  # over heads, query tokens and keys
 
 
 @pytest.fixture(scope="module", params=TINY_ALIASES)
@@ -107,7 +42,7 @@ def case(request):
         ids = torch.tensor(tok(text).input_ids)
         for layer in range(ad.num_layers):
             for kind in KINDS:
-                brute[b, layer, kind] = _brute(model, ids, layer, kind)
+                brute[b, layer, kind] = brute_force(model, ids, layer, kind)
     return model, tok, batch, brute
 
 
