@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
 from mwork.models.adapters import get_adapter
+from mwork.models.loading import input_device
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -398,7 +399,7 @@ def _train(
     if not docs:
         raise ValueError("no document has two or more tokens: nothing to train on")
     plan = _plan(len(docs), s)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     params = trainable.parameters()
     n_trainable = sum(p.numel() for p in params)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mwork.lens.prompts import Prompt
 from mwork.models.adapters import Adapter, get_adapter
+from mwork.models.loading import input_device
 
 
 @dataclass
@@ -248,7 +249,7 @@ def _run_batch(
 
     Returns per sequence: all token ids, decoded positions, top-k ids and logits
     (layers, positions, k)."""
-    device = model.get_input_embeddings().weight.device  # the first device under a device_map
+    device = input_device(model)
     B, L = len(sequences), max(len(s) for s in sequences)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
     mask = torch.zeros(B, L, dtype=torch.long)

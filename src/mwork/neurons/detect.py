@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from mwork import distributed
 from mwork.models.adapters import KINDS, get_adapter
+from mwork.models.loading import input_device
 from mwork.neurons.corpus import CorpusHasher
 from mwork.neurons.neuronset import NeuronSet, _resolve
 
@@ -517,7 +518,7 @@ def _score_block(
     windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
 
     sumsq: dict[int, dict[str, torch.Tensor]] = {}
-    device = model.get_input_embeddings().weight.device  # the first device under a device_map
+    device = input_device(model)
 
     def run(batch_windows: list[_Window]) -> dict[str, torch.Tensor]:
         batch = {k: v.to(device) for k, v in _pad(batch_windows, pad_id, tokenizer.padding_side).items()}

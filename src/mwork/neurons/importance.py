@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from mwork.models.adapters import KINDS, Adapter, AttentionContext, attention_mask, get_adapter
+from mwork.models.loading import input_device
 from mwork.neurons.qk_kernel import prob_change
 
 METHODS = ("exact", "generic", "approx")
@@ -75,7 +76,7 @@ def importance(
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     adapter = get_adapter(model)
     ids, lengths = _pack(batch)
-    ids = ids.to(model.get_input_embeddings().weight.device)  # the first device under a device_map
+    ids = ids.to(input_device(model))
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     counts = adapter.neuron_counts()
     out = {k: torch.zeros(len(lengths), adapter.num_layers, counts[k], dtype=dtype) for k in kinds}

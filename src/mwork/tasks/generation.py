@@ -20,11 +20,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from mwork import distributed
-
-
-def _device(model: Any) -> torch.device:
-    """Where input ids go: the token embedding's device (also when a device_map splits the model)."""
-    return model.get_input_embeddings().weight.device
+from mwork.models.loading import input_device
 
 
 def cut_at_stop(text: str, stop: Sequence[str] = ()) -> str:
@@ -86,7 +82,7 @@ def generate(
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     mine: dict[int, str] = {}
-    device = _device(model)
+    device = input_device(model)
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
@@ -152,7 +148,7 @@ def loglikelihood(
     order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
-    device = _device(model)
+    device = input_device(model)
     mine: dict[int, tuple[float, int]] = {}
     starts = range(0, len(order), batch_size)
     for j in tqdm(distributed.shard(len(starts)), desc=desc, disable=not progress or distributed.rank() != 0,

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from mwork import distributed
 from mwork.models.adapters import get_adapter
+from mwork.models.loading import input_device
 from mwork.tasks.common import jsonl_rows
 
 HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
@@ -175,16 +176,11 @@ def make_windows(ids: Sequence[int], n_prefix: int, max_length: int, stride: int
 # ---- perplexity -------------------------------------------------------------------------------
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    """Where input ids must go (the token embedding's device, also for multi-device models)."""
-    return model.get_input_embeddings().weight.device
-
-
 @torch.no_grad()
 def _window_nll(model: torch.nn.Module, batch: list[tuple[list[int], int]], pad_id: int) -> list[float]:
     """Summed NLL of the scored tokens of each window (float64), with right padding."""
     adapter = get_adapter(model)
-    device = _model_device(model)
+    device = input_device(model)
     length = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     for r, (ids, _) in enumerate(batch):
