@@ -313,7 +313,7 @@ def test_hooks_live_on_the_device_their_module_computes_on(tmp_path, alias):
     """With an offloaded layer (weights on the meta device) every deactivation index sits on the
     module's execution device, never on the meta device nor wherever the model's first weight
     is; the deactivated outputs equal those of the plain model."""
-    from mwork.intervene import _module_device
+    from mwork.hooks import module_device as _module_device
 
     plain, tok = mwork.load_model(alias, device="cpu")
     mapped, _ = _offloaded(tmp_path, alias, layer=1)

@@ -287,12 +287,12 @@ def test_approx_is_the_first_order_formula(alias):
 
 
 def test_long_documents_take_heads_in_chunks(monkeypatch):
-    import mwork.neurons.importance as imp
+    import mwork.neurons.qk_paths as imp
 
     model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")  # 2 heads per KV group
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     whole = importance(model, batch, kinds=("q", "k"))
-    monkeypatch.setattr(imp, "_SCORE_ELEMENTS", 1)  # one query head at a time
+    monkeypatch.setattr(imp, "SCORE_ELEMENTS", 1)  # one query head at a time
     chunked = importance(model, batch, kinds=("q", "k"))
     for kind in ("q", "k"):
         torch.testing.assert_close(chunked[kind], whole[kind], rtol=1e-12, atol=0)

@@ -16,7 +16,8 @@ from mwork.cli import main
 from mwork.intervene import deactivate
 from mwork.models.tiny import TINY_ALIASES
 from mwork.neurons.neuronset import NeuronSet
-from mwork.tasks.perplexity import data_dir, load_texts, make_windows, perplexity, xquad_texts
+from mwork.tasks.perplexity import make_windows, perplexity
+from mwork.texts import data_dir, load_texts, xquad_texts
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. Language models read and write many languages.",
@@ -60,7 +61,9 @@ def test_equals_manual_computation(alias, bos):
     r = perplexity(model, tok, TEXTS, batch_size=3, progress=False)
     assert r["tokens"] == count == sum(len(tok(t, add_special_tokens=False)["input_ids"]) - (not bos) for t in TEXTS)
     assert r["nll"] == pytest.approx(total / count, rel=1e-10)
-    assert r["ppl"] == pytest.approx(math.exp(total / count), rel=1e-10)
+    # ppl = exp(nll): its relative error is the absolute error of nll (eager attention takes its
+    # softmax in float32 even in float64, so batched and single rows differ by ~1e-10 in nll)
+    assert r["ppl"] == pytest.approx(math.exp(total / count), rel=1e-9)
 
 
 @pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])

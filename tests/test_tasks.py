@@ -444,7 +444,7 @@ def test_xquad_from_hub_recovers_articles(fake_hub):
         for art in local for p in art["paragraphs"] for qa in p["qas"]
     ]
     assert get_task("xquad").load("en", "hub") == get_task("xquad").load("en", SHARED)
-    from mwork.tasks.perplexity import xquad_texts  # the held-out texts come from the same loader
+    from mwork.texts import xquad_texts  # the held-out texts come from the same loader
 
     assert xquad_texts("en", source="hub") == xquad_texts(SHARED / "xquad" / "xquad.en.json")
     fake_hub[("google/xquad", "xquad.en", "validation")] = fake_hub[("google/xquad", "xquad.en", "validation")][:50]

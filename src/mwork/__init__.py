@@ -2,7 +2,10 @@
 
 The public API (each has a ``mwork`` command over it):
 
-* ``load_model`` / ``get_adapter``: models of every supported family, and where things live in them;
+* ``load_model`` / ``get_adapter`` / ``register_adapter``: models of every supported family, where
+  things live in them, and new families from outside mwork;
+* ``capture`` / ``Hooks``: read and edit any named site of a model (``mwork.hooks``);
+* ``TextSource`` / ``read_texts``: every way of naming documents (``mwork.texts``);
 * ``logit_lens`` / ``estimate_regions``: layer-wise decoding by language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
@@ -22,6 +25,11 @@ from mwork.models import DEFAULT_MODEL, get_adapter, load_model
 __version__ = "0.1.0"
 
 _LAZY = {
+    "register_adapter": "mwork.models.adapters",
+    "capture": "mwork.hooks",
+    "Hooks": "mwork.hooks",
+    "TextSource": "mwork.texts",
+    "read_texts": "mwork.texts",
     "NeuronSet": "mwork.neurons.neuronset",
     "importance": "mwork.neurons.importance",
     "detect": "mwork.neurons.detect",

@@ -149,20 +149,16 @@ class Demo:
         print(f"[demo {n}/4] {name}: done in {seconds:.0f} s", flush=True)
 
     def _corpus(self, lang: str, split: str) -> list[str]:
-        if self.settings.xquad:
-            from mwork.tasks.perplexity import xquad_texts
+        from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES, TextSource
 
-            return xquad_texts(lang, articles=range(0, 24) if split == "detect" else range(24, 48))
+        if self.settings.xquad:
+            return TextSource(xquad=lang, articles=DETECTION_ARTICLES if split == "detect" else EVALUATION_ARTICLES).texts()
         if self.settings.corpus_dir:
             path = Path(self.settings.corpus_dir) / f"{lang}.{'txt' if split == 'detect' else 'heldout.txt'}"
             if not path.exists():
                 raise FileNotFoundError(f"--corpus-dir needs {path} (one document per line)")
-            from mwork.tasks.perplexity import load_texts
-
-            return load_texts(path)
-        from mwork.corpora import builtin_corpus
-
-        return builtin_corpus(lang, split)
+            return TextSource(path=path).texts()
+        return TextSource(builtin=lang, builtin_split=split).texts()
 
     # ---- stages -------------------------------------------------------------------------------
     def lens(self, folder: Path) -> None:

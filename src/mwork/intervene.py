@@ -5,7 +5,7 @@ experiment leaked into the next. Here a :func:`deactivate` context registers one
 affected module and removes it in ``finally``: on exit the model computes bit-identically to
 before, whatever happened inside.
 
-Where the hooks sit (the adapter says, see ``Adapter.channel_site``):
+Where the hooks sit (the adapter's neuron sites, registered through ``mwork.hooks``):
 
 * ``q`` / ``k`` / ``v``: a forward hook on the projection scales output features
   ``site.index[channels]`` (fused GPT-2 / BLOOM / NeoX projections included). Zeroing the
@@ -13,20 +13,21 @@ Where the hooks sit (the adapter says, see ``Adapter.channel_site``):
   values are computed already zeroed, which is what weight-zeroing would give.
 * ``ffn``: a forward pre-hook on the MLP down projection scales its input features.
 
-Hooks are out-of-place (autograd-safe, usable with gradients) and cheap: the feature indices
-and per-feature scale vectors are computed once per context, not per call.
+Edits are out-of-place (autograd-safe, usable with gradients) and cheap: the feature indices
+and per-feature scale vectors are computed once per context, not per call; the kinds of one
+fused projection share one edit.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 
+from mwork.hooks import ChannelScale, Hooks, feature_width
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
@@ -77,61 +78,6 @@ def parse_kinds(spec: str | Iterable[str] | None) -> list[str] | None:
     return kinds
 
 
-@dataclass
-class _Site:
-    """One hooked module: the features to scale (output features, or input for ``ffn``)."""
-
-    module: nn.Module
-    on_input: bool
-    features: list[torch.Tensor] = field(default_factory=list)
-    index: torch.Tensor | None = None  # unique feature indices, on the module's device
-    vector: torch.Tensor | None = None  # per-feature scale (only when scale != 0)
-    _cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = field(default_factory=dict)
-
-    def finalize(self, scale: float, width: int) -> None:
-        device = _module_device(self.module)
-        self.index = torch.unique(torch.cat(self.features)).to(device)
-        if scale != 0.0:
-            vec = torch.ones(width, device=device)
-            vec[self.index] = scale
-            self.vector = vec
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"mwork.deactivate: expected a tensor at {type(self.module).__name__}, got {type(x)}")
-        if self.vector is None:  # zeroing: exact zeros even where the input is inf/nan
-            index = self.index if self.index.device == x.device else self.index.to(x.device)
-            return x.index_fill(-1, index, 0)
-        key = (x.device, x.dtype)
-        vec = self._cache.get(key)
-        if vec is None:
-            vec = self._cache[key] = self.vector.to(device=x.device, dtype=x.dtype)
-        return x * vec
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    """Where ``module`` computes: accelerate's execution device when it has one (under a
-    device_map its weights may be offloaded, i.e. on the meta device), else its weights'."""
-    hook = getattr(module, "_hf_hook", None)
-    for h in getattr(hook, "hooks", [hook]):  # accelerate's SequentialHook holds several
-        where = getattr(h, "execution_device", None)
-        if where is not None:
-            return torch.device("cuda", where) if isinstance(where, int) else torch.device(where)
-    for p in (*module.parameters(recurse=False), *module.parameters()):
-        if p.device.type != "meta":
-            return p.device
-    return torch.device("cpu")
-
-
-def _feature_width(site_module: nn.Module, on_input: bool) -> int:
-    """Number of input (or output) features of a Linear-like module."""
-    for attr in ("in_features" if on_input else "out_features", "nx" if on_input else "nf"):
-        if hasattr(site_module, attr):
-            return int(getattr(site_module, attr))
-    w = site_module.weight  # fall back: Linear stores (out, in)
-    return int(w.shape[1] if on_input else w.shape[0])
-
-
 class Deactivation:
     """Context manager returned by :func:`deactivate`; see there.
 
@@ -163,71 +109,41 @@ class Deactivation:
         self.neurons = ns
         self.scale = scale
         self.count = ns.count()
-        self.active = False
-        self._handles: list[Any] = []
-        self._sites = self._build_sites(adapter, ns, scale)
+        self._sites = self._edits(adapter, ns, scale)
+        self._hooks = Hooks()
+        for edit in self._sites:
+            self._hooks.edit(edit.site, edit)
+
+    @property
+    def active(self) -> bool:
+        return self._hooks.active
 
     @staticmethod
-    def _build_sites(adapter, ns: NeuronSet, scale: float) -> list[_Site]:
-        sites: dict[int, _Site] = {}
+    def _edits(adapter, ns: NeuronSet, scale: float) -> list[ChannelScale]:
+        """One edit per hooked module: the features of every kind and layer it holds."""
+        features: dict[int, tuple] = {}
         for kind in ns.kinds:
             for layer in range(ns.num_layers):
                 channels = ns.indices(kind, layer)
                 if channels.numel() == 0:
                     continue
-                site = adapter.channel_site(layer, kind)
-                entry = sites.setdefault(id(site.module), _Site(site.module, site.on_input))
-                entry.features.append(site.index[channels])
-        for entry in sites.values():
-            entry.finalize(scale, _feature_width(entry.module, entry.on_input))
-        return list(sites.values())
+                site = adapter.neuron_site(kind, layer)
+                entry = features.setdefault(id(site.module), (site, []))
+                entry[1].append(site.features(channels))
+        return [ChannelScale(site, torch.cat(f), scale, feature_width(site.module, site.port == "in"))
+                for site, f in features.values()]
 
     def __enter__(self) -> "Deactivation":
         if self.active:
             raise RuntimeError("this deactivation context is already active; create a new one to nest")
-        try:
-            for site in self._sites:
-                if site.on_input:
-                    self._handles.append(site.module.register_forward_pre_hook(_pre_hook(site), with_kwargs=True))
-                else:
-                    self._handles.append(site.module.register_forward_hook(_post_hook(site)))
-        except BaseException:
-            self._remove()
-            raise
-        self.active = True
+        self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        try:
-            while self._handles:
-                self._handles.pop().remove()
-        finally:
-            self.active = False
+        self._hooks.__exit__(*exc)
 
     def __repr__(self) -> str:
         return f"Deactivation({self.neurons!r}, scale={self.scale}, active={self.active})"
-
-
-def _pre_hook(site: _Site):
-    def hook(module: nn.Module, args: tuple, kwargs: dict):
-        if args:
-            return (site.apply(args[0]), *args[1:]), kwargs
-        if len(kwargs) == 1:  # called as module(input=x)
-            (name, x), = kwargs.items()
-            return args, {name: site.apply(x)}
-        raise TypeError(f"mwork.deactivate: cannot find the input of {type(module).__name__}")
-
-    return hook
-
-
-def _post_hook(site: _Site):
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor):
-        return site.apply(output)
-
-    return hook
 
 
 def deactivate(

@@ -6,9 +6,10 @@ import argparse
 
 from mwork import distributed
 from mwork.experiments.deactivation import load_language_sets, run_deactivation_experiment
-from mwork.experiments.evaluators import heldout_texts, perplexity_evaluator, task_evaluator
+from mwork.experiments.evaluators import perplexity_evaluator, task_evaluator
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument, load_model, parse_device_map
+from mwork.texts import heldout_texts
 
 
 def _regions(args: argparse.Namespace, num_layers: int) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from mwork.hooks import DeviceCache, Hooks, module_site
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
@@ -160,18 +161,15 @@ class NeuronDelta:
     # ---- use --------------------------------------------------------------------------
     @contextlib.contextmanager
     def attach(self, model: nn.Module) -> Iterator["NeuronDelta"]:
-        """Forward hooks that add the deltas to the selected features (removed on exit)."""
+        """Edits (``mwork.hooks``) that add the deltas to the selected features (removed on exit)."""
         groups: dict[str, list[SliceDelta]] = {}
         for s in self.slices:
             groups.setdefault(s.module, []).append(s)
-        handles = []
-        try:
-            for name, group in groups.items():
-                handles.append(model.get_submodule(name).register_forward_hook(_make_hook(group)))
+        hooks = Hooks()
+        for name, group in groups.items():
+            hooks.edit(module_site(model.get_submodule(name)), _make_edit(group), call=True)
+        with hooks:
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
     @torch.no_grad()
     def merge_into(self, model: nn.Module) -> None:
@@ -264,18 +262,15 @@ class NeuronDelta:
                                  f"needs {expected}: the delta was trained on {made_for}")
 
 
-def _make_hook(group: list[SliceDelta]):
-    """One forward hook per module applying all of its slices, out of place (autograd-safe)."""
+def _make_edit(group: list[SliceDelta]):
+    """One edit per module applying all of its slices to its output, out of place (autograd-safe)."""
 
-    on_device: dict[tuple[int, torch.device], torch.Tensor] = {}  # indices moved once per device
+    indices = [DeviceCache(s.index) for s in group]  # moved once per device
 
-    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
+    def edit(x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         out = output
-        for n, s in enumerate(group):
-            idx = on_device.get((n, x.device))
-            if idx is None:
-                idx = on_device[(n, x.device)] = s.index.to(x.device)
+        for s, index in zip(group, indices):
+            idx = index.on(x)
             w = s.weight.to(x.dtype)
             if s.side == "out":
                 add = x @ w.T
@@ -286,7 +281,7 @@ def _make_hook(group: list[SliceDelta]):
                 out = out + (x.index_select(-1, idx) @ w.T).to(out.dtype)
         return out
 
-    return hook
+    return edit
 
 
 def apply_delta(model: nn.Module, delta: "NeuronDelta | str | Path") -> NeuronDelta:

@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
+from mwork.hooks import Hooks
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
@@ -173,16 +174,9 @@ def _nll_sum(forward_model: nn.Module, model: nn.Module, ids: torch.Tensor, mask
     262k vocabulary never needs (tokens x vocab) memory at once."""
     adapter = get_adapter(model)
     captured: list[torch.Tensor] = []
-
-    def grab(module, args, kwargs):
-        captured.append(args[0] if args else next(iter(kwargs.values())))
-
-    handle = adapter.final_norm.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
+    with Hooks().read(adapter.site("final_norm.in"), captured.append):
         forward_model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False,
                       **adapter.forward_kwargs(mask))
-    finally:
-        handle.remove()
     keep = mask[:, 1:].bool()
     hidden = captured[-1][:, :-1][keep]
     targets = ids[:, 1:][keep]

@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from mwork.models.loading import DEFAULT_MODEL, load_model
+from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
+from mwork.texts import read_texts as texts_of
 
-TRAIN_ARTICLES = range(0, 24)
-EVAL_ARTICLES = range(24, 48)
+TRAIN_ARTICLES = DETECTION_ARTICLES
+EVAL_ARTICLES = EVALUATION_ARTICLES
 
 
 def read_texts(spec: str, articles: str | None = None, default_articles: range = TRAIN_ARTICLES) -> list[str]:
-    """Documents from ``spec`` (see the module docstring)."""
-    from mwork.intervene import parse_layers
-    from mwork.tasks.perplexity import load_texts, xquad_texts
-
-    m = re.fullmatch(r"(.*)\[(-?\d*):(-?\d*)\]", spec)
-    lo = hi = None
-    if m:
-        spec, lo, hi = m.group(1), m.group(2), m.group(3)
-    chosen = parse_layers(articles) if articles else None
-    if spec.startswith("xquad:"):
-        texts = xquad_texts(spec[len("xquad:"):], articles=chosen if chosen is not None else default_articles)
-    elif spec.endswith(".json"):
-        texts = xquad_texts(spec, articles=chosen, source="local")
-    else:
-        if articles:
-            raise ValueError("--articles applies only to xquad:LANG or a SQuAD-format .json file")
-        texts = load_texts(spec)
-    texts = texts[int(lo) if lo else None:int(hi) if hi else None]
+    """Documents from ``spec`` (``mwork.texts``); ``articles``: the --articles option (START:STOP)."""
+    texts = texts_of(spec, articles=articles, default_articles=default_articles)
     if not texts:
         raise ValueError(f"{spec} gives no documents")
     return texts

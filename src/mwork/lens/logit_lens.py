@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from mwork.hooks import Hooks, zero_padding
 from mwork.lens.prompts import Prompt
 from mwork.models.adapters import Adapter, get_adapter
 from mwork.models.loading import input_device
@@ -126,85 +127,13 @@ class LensResult:
                    meta["seconds"], meta["settings"])
 
 
-class _HiddenCapture:
-    """Hooks that record the lens hidden states of one forward pass: the input of decoder
-    layer 0 (pre-hook) and the output of every decoder layer."""
-
-    def __init__(self, adapter: Adapter):
-        self.adapter = adapter
-        self.states: list[torch.Tensor | None] = []
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> "_HiddenCapture":
-        layers = self.adapter.layers
-        self.states = [None] * (len(layers) + 1)
-
-        def pre_hook(module, args, kwargs):
-            self.states[0] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-        def make_hook(i: int):
-            def hook(module, args, output):
-                self.states[i + 1] = output[0] if isinstance(output, (tuple, list)) else output
-            return hook
-
-        try:
-            self._handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-            for i, layer in enumerate(layers):
-                self._handles.append(layer.register_forward_hook(make_hook(i)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def take(self) -> list[torch.Tensor]:
-        states, self.states = self.states, [None] * len(self.states)
-        if any(s is None for s in states):
-            raise RuntimeError("a decoder layer did not run; the adapter's layer list does not match the model")
-        return states
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-class _ZeroPadding:
-    """Pre-hooks that set the hidden states of padding positions to zero before every decoder
-    layer (``pad`` is a (B, L) bool mask, or None to do nothing).
-
-    Padding is masked as a key, so real tokens never depend on it, except through 0 x NaN:
-    a padding query attends to nothing, and in float64 transformers' eager attention (softmax
-    in float32 of float64-min scores) that row becomes NaN, whose value vectors then poison
-    the real tokens of the next layer. Zeroed padding keeps every value finite."""
-
-    def __init__(self, adapter: Adapter):
-        self.adapter = adapter
-        self.pad: torch.Tensor | None = None
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> "_ZeroPadding":
-        def pre_hook(module, args, kwargs):
-            pad = self.pad
-            if pad is None:
-                return None
-            if "hidden_states" in kwargs:
-                kwargs = dict(kwargs, hidden_states=kwargs["hidden_states"].masked_fill(pad[..., None], 0.0))
-            else:
-                args = (args[0].masked_fill(pad[..., None], 0.0), *args[1:])
-            return args, kwargs
-
-        try:
-            for layer in self.adapter.layers:
-                self._handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+def _lens_hooks(adapter: Adapter, states: list) -> Hooks:
+    """Readers that fill ``states`` with the lens hidden states of one forward pass: the input
+    of decoder layer 0, then the output of every decoder layer."""
+    hooks = Hooks().read(adapter.site("layer.in", 0), lambda h: states.__setitem__(0, h))
+    for i in range(adapter.num_layers):
+        hooks.read(adapter.site("layer.out", i), lambda h, i=i: states.__setitem__(i + 1, h))
+    return hooks
 
 
 def _step_kwargs(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
@@ -267,16 +196,21 @@ def _run_batch(
     step_input = ids
     offsets = [len(s) - L for s in sequences]  # column c of the padded batch is token c + offset
 
-    with _ZeroPadding(adapter) as zero_pad, _HiddenCapture(adapter) as capture:
+    pad: list[torch.Tensor | None] = [None]  # the padding of the current pass (the masked policy)
+    states: list[torch.Tensor | None] = [None] * (adapter.num_layers + 1)
+    hooks = zero_padding(_lens_hooks(adapter, states), adapter, lambda: pad[0])
+    with hooks:
         for step in range(max(max_new_tokens, 1)):
             width = step_input.shape[1]
             # only the prompt pass holds padding queries (later steps feed one real token per row)
-            zero_pad.pad = ~mask.bool() if step == 0 and not bool(mask.all()) else None
+            pad[0] = ~mask.bool() if step == 0 and not bool(mask.all()) else None
             extra = {k: v[:, -width:] for k, v in adapter.forward_kwargs(mask).items()}
+            states[:] = [None] * len(states)
             out = model(input_ids=step_input, attention_mask=mask, use_cache=max_new_tokens > 1,
                         **{cache_kw: cache}, **keep, **extra)
             cache = out.get(cache_kw)
-            states = capture.take()
+            if any(h is None for h in states):
+                raise RuntimeError("a decoder layer did not run; the adapter's layer list does not match the model")
 
             # which (row, column) of this step are real, non-special tokens of live sequences
             valid = mask[:, -width:].bool() & ~torch.isin(step_input, special_t) & ~finished[:, None]

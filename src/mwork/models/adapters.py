@@ -2,7 +2,10 @@
 
 Every other module asks an adapter ("which module produces the Q channels of layer 3?",
 "what is the attention scale?") and never branches on ``model_type`` itself. To support a
-new family, subclass :class:`Adapter`, fill in the hooks below and add it to ``REGISTRY``.
+new family, subclass :class:`Adapter`, answer its structural questions (layers, attention,
+projections, norms, score function) and register it with :func:`register_adapter` -- from your
+own code, or from a package through the ``mwork.adapters`` entry point group; no edit of mwork.
+The named hook sites (``Adapter.site``, see :mod:`mwork.hooks`) follow from those answers.
 
 Neuron kinds (see DESIGN.md):
 
@@ -20,6 +23,8 @@ from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from mwork.hooks import NEURON_SITES, SITES, Site
 
 KINDS: tuple[str, ...] = ("ffn", "q", "k", "v")
 
@@ -73,6 +78,7 @@ class Adapter:
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
+        self._sites: dict[tuple[str, int | None], Site] = {}
 
     # ---- structure -------------------------------------------------------------------
     @property
@@ -179,6 +185,54 @@ class Adapter:
 
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
         raise NotImplementedError
+
+    def site(self, name: str, layer: int | None = None) -> Site:
+        """The hook site ``name`` (see ``mwork.hooks.SITES``) of decoder layer ``layer``
+        (``final_norm.in`` has none). Built from the structural answers above, once."""
+        key = (name, layer)
+        if key not in self._sites:
+            if name not in SITES:
+                raise ValueError(f"unknown site {name!r}; sites are {', '.join(SITES)}")
+            if name == "final_norm.in":
+                self._sites[key] = Site(name, None, self.final_norm, "in", arg="hidden_states")
+            else:
+                if layer is None or not 0 <= layer < self.num_layers:
+                    raise ValueError(f"site {name!r} needs a layer in 0..{self.num_layers - 1}, got {layer}")
+                self._sites[key] = self._layer_site(name, layer)
+        return self._sites[key]
+
+    def neuron_site(self, kind: str, layer: int) -> Site:
+        """Where the neurons of ``kind`` live in ``layer`` (``ffn.in``, ``q.out`` ...)."""
+        if kind not in NEURON_SITES:
+            raise ValueError(f"unknown neuron kind {kind!r}; kinds are {', '.join(KINDS)}")
+        return self.site(NEURON_SITES[kind], layer)
+
+    def _layer_site(self, name: str, layer: int) -> Site:
+        if name in ("layer.in", "layer.out"):
+            return Site(name, layer, self.layers[layer], name.split(".")[1], arg="hidden_states")
+        if name == "attn.in":
+            return Site(name, layer, self.attention(layer), "in", arg="hidden_states",
+                        context=lambda args, kwargs: self.attention_context(layer, args, kwargs))
+        if name == "attn.out":
+            return Site(name, layer, self.attention(layer), "out")
+        if name in ("q.out", "k.out", "v.out"):
+            cs = self.channel_site(layer, name[0])
+            identity = torch.equal(cs.index, torch.arange(len(cs.index)))
+            width = getattr(cs.module, "out_features", None) or getattr(cs.module, "nf", None)
+            return Site(name, layer, cs.module, "out", index=None if identity and width == len(cs.index) else cs.index)
+        if name in ("attn.ctx", "o.out"):
+            return Site(name, layer, self.o_proj(layer), "in" if name == "attn.ctx" else "out")
+        if name == "ffn.up.out":
+            return Site(name, layer, self.ffn_in_modules(layer)["up"], "out")
+        if name == "ffn.act":
+            return Site(name, layer, self.ffn_act(layer), "out")
+        if name in ("ffn.in", "ffn.out"):
+            return Site(name, layer, self.mlp_down(layer), "in" if name == "ffn.in" else "out")
+        raise ValueError(f"site {name!r} has no layer form")
+
+    def ffn_act(self, layer: int) -> nn.Module:
+        """The FFN's activation module (its output: act(W_gate x) for gated MLPs)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its FFN activation module")
 
     def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
         """The modules whose output feature k feeds FFN neuron k: ``{"gate": ..., "up": ...}``
@@ -329,6 +383,9 @@ class LlamaAdapter(Adapter):
         mlp = self.layers[layer].mlp
         return {"gate": mlp.gate_proj, "up": mlp.up_proj}
 
+    def ffn_act(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.act_fn
+
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).o_proj
 
@@ -376,6 +433,10 @@ class _FusedQKVAdapter(Adapter):
 
     def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
         return {"up": self.layers[layer].mlp.dense_h_to_4h}
+
+    def ffn_act(self, layer: int) -> nn.Module:
+        mlp = self.layers[layer].mlp
+        return mlp.gelu_impl if hasattr(mlp, "gelu_impl") else mlp.act  # BLOOM | GPT-NeoX
 
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).dense
@@ -494,6 +555,9 @@ class GPT2Adapter(Adapter):
     def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
         return {"up": self.layers[layer].mlp.c_fc}
 
+    def ffn_act(self, layer: int) -> nn.Module:
+        return self.layers[layer].mlp.act
+
     def o_proj(self, layer: int) -> nn.Module:
         return self.attention(layer).c_proj
 
@@ -520,12 +584,56 @@ def _per_head_fused_index(adapter: Adapter, kind: str) -> torch.Tensor:
     return (head * 3 * d + slot * d + torch.arange(d)[None, :]).reshape(-1)
 
 
-REGISTRY: dict[str, type[Adapter]] = {
-    mt: cls for cls in (LlamaAdapter, GPTNeoXAdapter, BloomAdapter, GPT2Adapter) for mt in cls.model_types
-}
+REGISTRY: dict[str, type[Adapter]] = {}
+ENTRY_POINT_GROUP = "mwork.adapters"
+_entry_points_loaded = False
+
+
+def register_adapter(cls: type[Adapter] | None = None, *, model_types: tuple[str, ...] | None = None,
+                     replace: bool = False):
+    """Register an adapter class for its ``model_types`` (or the ones given); usable as a
+    decorator. ``replace=True`` overrides an adapter already registered for a model type.
+
+    Families can also come from other packages: an entry point in the group
+    ``mwork.adapters`` naming an Adapter subclass (or a module that calls this function) is
+    loaded the first time a model of an unknown type is seen."""
+
+    def add(klass: type[Adapter]) -> type[Adapter]:
+        if not (isinstance(klass, type) and issubclass(klass, Adapter)):
+            raise TypeError(f"register_adapter takes an Adapter subclass, got {klass!r}")
+        types = tuple(model_types if model_types is not None else klass.model_types)
+        if not types:
+            raise ValueError(f"{klass.__name__} names no model_types; set the class attribute or pass model_types")
+        taken = [t for t in types if t in REGISTRY and REGISTRY[t] is not klass]
+        if taken and not replace:
+            raise ValueError(f"model types {taken} already have an adapter ({REGISTRY[taken[0]].__name__}); "
+                             "pass replace=True to override it")
+        for t in types:
+            REGISTRY[t] = klass
+        return klass
+
+    return add if cls is None else add(cls)
+
+
+for _cls in (LlamaAdapter, GPTNeoXAdapter, BloomAdapter, GPT2Adapter):
+    register_adapter(_cls)
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        if isinstance(obj, type) and issubclass(obj, Adapter) and not any(c is obj for c in REGISTRY.values()):
+            register_adapter(obj)
 
 
 def supported_model_types() -> list[str]:
+    _load_entry_points()
     return sorted(REGISTRY)
 
 
@@ -535,12 +643,14 @@ def get_adapter(model: nn.Module) -> Adapter:
     if cached is not None:
         return cached
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in REGISTRY:
+        _load_entry_points()
     cls = REGISTRY.get(model_type)
     if cls is None:
         raise UnsupportedModelError(
             f"mwork has no adapter for model_type {model_type!r}. Supported: "
-            f"{', '.join(supported_model_types())}. To add one, subclass Adapter in "
-            f"mwork/models/adapters.py and add it to REGISTRY."
+            f"{', '.join(supported_model_types())}. To add one, subclass Adapter (mwork/models/adapters.py) "
+            f"and register it with mwork.register_adapter (see docs/ARCHITECTURE.md)."
         )
     adapter = cls(model)
     object.__setattr__(model, "_mwork_adapter", adapter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mwork.hooks import Hooks
 from mwork.models.adapters import attention_mask, get_adapter
 
 
@@ -18,55 +19,34 @@ def brute_force(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor
     """Importance of every channel of ``kind`` in ``layer`` for one unpadded document (``ids``
     of shape (n,)), on the CPU: row c of one batch zeroes channel c, the last row is clean."""
     ad = get_adapter(model)
-    site = ad.channel_site(layer, kind)
+    site = ad.neuron_site(kind, layer)
     C, n = ad.neuron_counts()[kind], ids.numel()
     batch = ids.reshape(1, n).repeat(C + 1, 1)
     rows = torch.arange(C, device=ids.device)
+    features = site.features(torch.arange(C))
     got: dict = {}
 
-    def zero_input(module, args):
-        x = args[0].clone()
-        x[rows, :, site.index.to(x.device)] = 0
-        return (x, *args[1:])
+    def zero_one_per_row(x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[rows, :, features.to(x.device)] = 0
+        return x
 
-    def zero_output(module, args, output):
-        out = output.clone()
-        out[rows, :, site.index.to(out.device)] = 0
-        return out
-
-    def keep(name):
-        def hook(module, args, output):
-            got[name] = output
-        return hook
-
-    def context(module, args, kwargs):
-        got["ctx"] = ad.attention_context(layer, args, kwargs)
-
-    handles = []
-    try:
-        if kind == "ffn":
-            handles.append(ad.mlp_down(layer).register_forward_pre_hook(zero_input))
-            handles.append(ad.mlp_down(layer).register_forward_hook(keep("out")))
-        else:
-            handles.append(site.module.register_forward_hook(zero_output))
-            if kind == "v":
-                handles.append(ad.o_proj(layer).register_forward_hook(keep("out")))
-            else:
-                handles.append(ad.attention(layer).register_forward_pre_hook(context, with_kwargs=True))
-                for k in ("q", "k"):
-                    handles.append(ad.channel_site(layer, k).module.register_forward_hook(keep(k)))
-        ones = torch.ones_like(batch)
+    hooks = Hooks().edit(site, zero_one_per_row)
+    if kind in ("ffn", "v"):  # the block's output: the down projection's, or W_O's
+        hooks.read(ad.site("ffn.out" if kind == "ffn" else "o.out", layer), lambda out: got.__setitem__("out", out))
+    else:  # the q and k the rerun produced (one zeroed), and the attention call's context
+        hooks.read(ad.site("attn.in", layer), lambda ctx: got.__setitem__("ctx", ctx))
+        for k in ("q", "k"):
+            hooks.read(ad.site(f"{k}.out", layer), lambda x, k=k: got.__setitem__(k, x))
+    ones = torch.ones_like(batch)
+    with hooks:
         ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
-    finally:
-        for h in handles:
-            h.remove()
     if kind in ("ffn", "v"):
         out = got["out"]
         return (out[:C] - out[C]).flatten(1).norm(dim=1).cpu()
 
     def heads(k: str) -> torch.Tensor:
-        t = got[k][..., ad.channel_site(layer, k).index.to(got[k].device)]
-        return t.view(C + 1, n, -1, ad.head_dim).transpose(1, 2)
+        return ad.neuron_site(k, layer).channels(got[k]).reshape(C + 1, n, -1, ad.head_dim).transpose(1, 2)
 
     q, k = heads("q"), heads("k")
     qn, kn = ad.qk_norms(layer)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
 from mwork.neurons import detect as det
-from mwork.neurons.corpus import FORMATS, Corpus, parse_articles
+from mwork.texts import FORMATS, TextSource, parse_range
 
 
 def _per_kind(text: str, cast: type) -> float | dict[str, float]:
@@ -38,10 +38,10 @@ def _detect_run(args: argparse.Namespace) -> int:
     from mwork import distributed
     from mwork.models.loading import load_model, parse_device_map
 
-    corpus = Corpus(
+    corpus = TextSource(
         path=args.corpus, format=args.format, text_field=args.text_field, hf_dataset=args.hf_dataset,
         hf_config=args.hf_config, hf_split=args.hf_split,
-        articles=parse_articles(args.articles) if args.articles else None, max_docs=args.max_docs,
+        articles=parse_range(args.articles, "--articles") if args.articles else None, max_docs=args.max_docs,
     )
     rule = {"epsilon": None, "top_fraction": None, "top_k": None}
     if args.epsilon is not None:

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from mwork import distributed
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.models.loading import input_device
-from mwork.neurons.corpus import CorpusHasher
+from mwork.texts import TextHasher
 from mwork.neurons.neuronset import NeuronSet, _resolve
 
 # Default per-document rule: the top 20 % of each layer's neurons of each kind. The paper's
@@ -206,7 +206,7 @@ def _settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 
 
 def _resume(
-    ckpt: Path, docs: Iterator[str], hasher: CorpusHasher, settings: dict[str, Any], settings_sha: str
+    ckpt: Path, docs: Iterator[str], hasher: TextHasher, settings: dict[str, Any], settings_sha: str
 ) -> _Progress:
     """Load ``ckpt``, check it was made with ``settings`` and the same first documents (read
     again from ``docs`` and hashed), and return its progress."""
@@ -387,7 +387,7 @@ def detect(
         checkpoint = checkpoint_path_for(out)
     ckpt = rank_checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
     state = _Progress({k: torch.zeros(adapter.num_layers, counts_per_layer[k], dtype=torch.int32) for k in kinds})
-    hasher = CorpusHasher()
+    hasher = TextHasher()
     docs: Iterator[str] = iter(documents)
     resumed_partial = False
     if ckpt is not None and ckpt.exists() and resume:
@@ -457,8 +457,7 @@ def detect(
         },
         "corpus": dict(corpus_info or (documents.describe() if hasattr(documents, "describe") else {})),
         "corpus_sha256": state.corpus_sha256,
-        "corpus_sha256_rule": "sha256 over the documents in order, each as its UTF-8 length (8 bytes, little "
-                              "endian) then its UTF-8 bytes",
+        "corpus_sha256_rule": TextHasher.RULE,
         "n_docs_read": state.consumed,
         "n_docs": state.scored,
         "empty_documents": state.empty,

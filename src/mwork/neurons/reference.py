@@ -29,18 +29,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mwork.hooks import Hooks, pack_left
 from mwork.models.adapters import KINDS, Adapter, attention_mask, get_adapter
-from mwork.neurons.importance import _doc_context, _heads, _norm_rope, _pack, _softmax_stats, _visible
+from mwork.neurons.attention import doc_context, doc_heads, norm_rope, softmax_stats, visible
 from mwork.neurons.qk_kernel import prob_change
-
-LABEL = "reference code's scores (sum |up_proj(x)| for FFN, unscaled outer product for Q/K, |V output|)"
 
 
 def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], backend: str = "auto") -> dict[str, torch.Tensor]:
     """The reference code's scores for every document of ``batch``: ``{kind: (docs, layers,
     neurons)}``, float32 (float64 for float64 models), on the CPU. Not Eq. 1 (module docstring)."""
     ad = get_adapter(model)
-    ids, lengths = _pack(batch)
+    ids, lengths = pack_left(batch)
     ids = ids.to(next(model.parameters()).device)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     counts = ad.neuron_counts()
@@ -48,66 +47,50 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
     captured: dict = {}
 
     def up_hook(layer: int):
-        def hook(module, args, output):
+        def read(up):
             for b, n in enumerate(lengths):
-                out["ffn"][b, layer] = output[b, :n].to(dtype).abs().sum(0).cpu()
+                out["ffn"][b, layer] = up[b, :n].to(dtype).abs().sum(0).cpu()
 
-        return hook
+        return read
 
     def o_hook(layer: int):
-        def hook(module, args):
+        def read(z):
             G, d = ad.kv_group_size, ad.head_dim
             for b, n in enumerate(lengths):
-                mag = args[0][b, :n].to(dtype).abs().sum(0).reshape(ad.num_kv_heads, G, d)
+                mag = z[b, :n].to(dtype).abs().sum(0).reshape(ad.num_kv_heads, G, d)
                 out["v"][b, layer] = mag.sum(1).reshape(-1).cpu()
 
-        return hook
+        return read
 
     def qk_hook(layer: int):
-        def hook(module, args, output):
+        def read(output):
             try:
                 _reference_qk(ad, layer, captured, lengths, dtype, out, backend)
             finally:
                 captured.clear()
 
-        return hook
+        return read
 
     _run_hooked(ad, ids, up_hook, o_hook, qk_hook, captured)
     return out
 
 
 def _run_hooked(ad: Adapter, ids: torch.Tensor, up_hook, o_hook, qk_hook, captured: dict) -> None:
-    """One forward pass of ``ids`` (unpadded) with the reference scores' hooks on every layer:
-    ``up_hook`` on the MLP's input projection, ``o_hook`` before W_O, and ``qk_hook`` after the
-    attention block, which finds the block's context and its q / k outputs in ``captured``."""
-
-    def ctx_hook(layer: int):
-        def hook(module, args, kwargs):
-            captured["ctx"] = ad.attention_context(layer, args, kwargs)
-
-        return hook
-
-    def keep(kind: str):
-        def hook(module, args, output):
-            captured[kind] = output
-
-        return hook
-
-    handles = []
-    try:
-        for layer in range(ad.num_layers):
-            handles.append(ad.ffn_in_modules(layer)["up"].register_forward_hook(up_hook(layer)))
-            handles.append(ad.o_proj(layer).register_forward_pre_hook(o_hook(layer)))
-            handles.append(ad.attention(layer).register_forward_pre_hook(ctx_hook(layer), with_kwargs=True))
-            for kind in ("q", "k"):
-                handles.append(ad.channel_site(layer, kind).module.register_forward_hook(keep(kind)))
-            handles.append(ad.attention(layer).register_forward_hook(qk_hook(layer)))
-        ones = torch.ones_like(ids)
-        with torch.inference_mode():
-            ad.body(input_ids=ids, attention_mask=ones, use_cache=False, **ad.forward_kwargs(ones))
-    finally:
-        for h in handles:
-            h.remove()
+    """One forward pass of ``ids`` (unpadded) with the reference scores' readers on every layer:
+    ``up_hook(layer)`` at the MLP's input projection, ``o_hook(layer)`` at W_O's input, and
+    ``qk_hook(layer)`` at the attention block's end, which finds the block's context and its
+    q / k outputs in ``captured``."""
+    hooks = Hooks()
+    for layer in range(ad.num_layers):
+        hooks.read(ad.site("ffn.up.out", layer), up_hook(layer))
+        hooks.read(ad.site("attn.ctx", layer), o_hook(layer))
+        hooks.read(ad.site("attn.in", layer), lambda ctx: captured.__setitem__("ctx", ctx))
+        for kind in ("q", "k"):
+            hooks.read(ad.site(f"{kind}.out", layer), lambda x, kind=kind: captured.__setitem__(kind, x))
+        hooks.read(ad.site("attn.out", layer), qk_hook(layer))
+    ones = torch.ones_like(ids)
+    with hooks, torch.inference_mode():
+        ad.body(input_ids=ids, attention_mask=ones, use_cache=False, **ad.forward_kwargs(ones))
 
 
 def _reference_qk(ad: Adapter, layer: int, cap: dict, lengths: list[int], dtype, out, backend: str) -> None:
@@ -117,16 +100,16 @@ def _reference_qk(ad: Adapter, layer: int, cap: dict, lengths: list[int], dtype,
     B = ctx.hidden_states.shape[0]
     G, d = ad.kv_group_size, ad.head_dim
     for b, n in enumerate(lengths):
-        dctx = _doc_context(ctx, b, n, B, dtype)
-        _, Q = _norm_rope(ad, layer, dctx, _heads(ad, layer, "q", cap["q"], b, n, dtype), 0)  # (H, n, d)
-        _, K = _norm_rope(ad, layer, dctx, _heads(ad, layer, "k", cap["k"], b, n, dtype), 1)  # (Hkv, n, d)
-        lo, hi, mask = _visible(ad, layer, n, Q.device)
+        dctx = doc_context(ctx, b, n, B, dtype)
+        _, Q = norm_rope(ad, layer, dctx, doc_heads(ad, layer, "q", cap["q"], b, n, dtype), 0)  # (H, n, d)
+        _, K = norm_rope(ad, layer, dctx, doc_heads(ad, layer, "k", cap["k"], b, n, dtype), 1)  # (Hkv, n, d)
+        lo, hi, mask = visible(ad, layer, n, Q.device)
         scores_q = torch.zeros(ad.num_heads, d, dtype=dtype)
         identity = torch.arange(d)
         for g in range(ad.num_kv_heads):
             heads = slice(g * G, (g + 1) * G)
             t = ad.scores(layer, Q[None, heads], K[None, g : g + 1], dctx, heads=heads)[0]  # (G, n, n)
-            P, lse, top = _softmax_stats(t, mask)
+            P, lse, top = softmax_stats(t, mask)
             zeros = torch.zeros_like(Q[heads])
             # delta_ij = q_ic k_jc: A = q (unscaled), B = U = 0, W = 1, X = the keys
             rows = prob_change("q", t, t, P, lse, lo, hi, Q[heads], zeros, zeros, torch.ones_like(zeros), K[g],
@@ -159,19 +142,19 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
     captured: dict = {}
 
     def up_hook(layer: int):
-        def hook(module, args, output):
-            scores["ffn"][layer] = output.abs().sum(1).squeeze().tolist()
+        def read(up):
+            scores["ffn"][layer] = up.abs().sum(1).squeeze().tolist()
 
-        return hook
+        return read
 
     def o_hook(layer: int):
-        def hook(module, args):
-            scores["v"][layer] = args[0].abs().sum(1).squeeze().tolist()
+        def read(z):
+            scores["v"][layer] = z.abs().sum(1).squeeze().tolist()
 
-        return hook
+        return read
 
     def qk_hook(layer: int):
-        def hook(module, args, output):
+        def read(output):
             ctx = captured["ctx"]
             q = captured["q"][..., ad.channel_site(layer, "q").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
             k = captured["k"][..., ad.channel_site(layer, "k").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
@@ -191,7 +174,7 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
             scores["k"][layer] = per.tolist()
             captured.clear()
 
-        return hook
+        return read
 
     _run_hooked(ad, input_ids, up_hook, o_hook, qk_hook, captured)
     return scores

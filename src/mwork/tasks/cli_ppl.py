@@ -16,18 +16,12 @@ from mwork import distributed
 from mwork.intervene import deactivate, parse_kinds, parse_layers
 from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument, load_model, parse_device_map
 from mwork.neurons.neuronset import NeuronSet
-from mwork.tasks.perplexity import HELD_OUT_ARTICLES, load_texts, perplexity, xquad_texts
+from mwork.tasks.perplexity import perplexity
+from mwork.texts import EVALUATION_ARTICLES, read_texts
 
 
 def _texts(spec: str, articles: str | None) -> list[str]:
-    chosen = parse_layers(articles) if articles else None
-    if spec.startswith("xquad:"):
-        return xquad_texts(spec[len("xquad:"):], articles=chosen if chosen is not None else HELD_OUT_ARTICLES)
-    if articles and not spec.endswith(".json"):
-        raise ValueError("--articles applies only to xquad:LANG or a SQuAD-format .json file")
-    if spec.endswith(".json"):
-        return xquad_texts(spec, articles=chosen, source="local")
-    return load_texts(spec)
+    return read_texts(spec, articles=articles, default_articles=EVALUATION_ARTICLES)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -90,11 +84,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="perplexity on texts, optionally with neurons switched off",
         description="Perplexity (token-weighted, windows of --max-length) on a text file (one text per line), "
         "a JSONL file (field 'text'), a SQuAD-format .json (all articles unless --articles) or xquad:LANG "
-        "(held-out XQuAD articles 24-47 unless --articles). Prints one JSON object as the last line.",
+        "(held-out XQuAD articles 24:48 unless --articles). Prints one JSON object as the last line.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--texts", required=True, help="FILE (.txt, .jsonl, SQuAD .json) or xquad:LANG")
-    p.add_argument("--articles", help="XQuAD/SQuAD articles, e.g. 24-47")
+    p.add_argument("--articles", help="XQuAD/SQuAD articles START:STOP, e.g. 24:48")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--neurons", help="NeuronSet to switch off")
     group.add_argument("--random-like", help="switch off random neurons, same count per layer and kind as this "

@@ -1,4 +1,4 @@
-"""Perplexity of a causal LM on any texts, and held-out per-language texts from XQuAD.
+"""Perplexity of a causal LM on any texts (``mwork.texts`` names them).
 
 Rules, so that numbers are comparable across models, batch sizes and runs:
 
@@ -26,120 +26,18 @@ Rules, so that numbers are comparable across models, batch sizes and runs:
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from mwork import distributed
+from mwork.hooks import Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
-from mwork.tasks.common import jsonl_rows
 
-HELD_OUT_ARTICLES = range(24, 48)  # XQuAD articles for evaluation (0-23 are for detection)
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
-
-
-# ---- texts ------------------------------------------------------------------------------------
-
-
-def load_texts(path: str | Path, field: str = "text") -> list[str]:
-    """Texts from a file: ``.jsonl`` (one JSON object per line, ``field``; or a JSON string per
-    line), a SQuAD-format ``.json`` (every paragraph's context) or plain text (one per line).
-
-    Blank lines of a plain-text file are kept as empty texts (perplexity reports them); only
-    the file's final newline is not a text."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no text file at {p}")
-    if p.suffix == ".json":
-        return xquad_texts(p, articles=None)
-    if p.suffix != ".jsonl":
-        lines = p.read_text(encoding="utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        return [line.rstrip("\r") for line in lines]
-    texts = []
-    for where, obj in jsonl_rows(p):
-        if obj is None or isinstance(obj, str):
-            texts.append(obj or "")
-        elif isinstance(obj, dict) and isinstance(obj.get(field), str):
-            texts.append(obj[field])
-        else:
-            raise ValueError(f"{where}: expected a JSON string or an object with a string field {field!r}")
-    return texts
-
-
-def data_dir(path: str | Path | None = None) -> Path | None:
-    """Where local data sets live: ``path``, ``$MWORK_DATA``, or ``../shared/data`` next to the
-    working directory or the source checkout; None if none exists."""
-    candidates = [path, os.environ.get("MWORK_DATA"), Path.cwd().parent / "shared" / "data",
-                  Path(__file__).resolve().parents[3].parent / "shared" / "data"]
-    for c in candidates:
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-def _articles_filter(articles: Iterable[int] | None, n_articles: int) -> list[int]:
-    if articles is None:
-        return list(range(n_articles))
-    chosen = sorted(set(int(a) for a in articles))
-    bad = [a for a in chosen if not 0 <= a < n_articles]
-    if bad:
-        raise ValueError(f"articles {bad} out of range: the file has articles 0..{n_articles - 1}")
-    return chosen
-
-
-def xquad_texts(
-    path_or_lang: str | Path,
-    articles: Iterable[int] | None = HELD_OUT_ARTICLES,
-    data: str | Path | None = None,
-    source: str = "auto",
-) -> list[str]:
-    """The paragraph contexts of the chosen XQuAD articles (default: the held-out 24-47).
-
-    ``path_or_lang``: a SQuAD-format JSON file, or a language code (``zh``) looked up as
-    ``<data>/xquad/xquad.<lang>.json`` (see :func:`data_dir`). ``source``: ``"auto"`` (local
-    file, else the hub), ``"local"`` or ``"hub"`` (``google/xquad`` through ``datasets``;
-    needs network). ``articles=None``: all articles."""
-    if source not in ("auto", "local", "hub"):
-        raise ValueError(f"source must be 'auto', 'local' or 'hub', not {source!r}")
-    p = Path(path_or_lang)
-    if source != "hub" and p.suffix == ".json":
-        if not p.is_file():
-            raise FileNotFoundError(f"no XQuAD/SQuAD JSON file at {p}")
-        return _squad_contexts(p, articles)
-    lang = str(path_or_lang)
-    if source != "hub":
-        root = data_dir(data)
-        local = root / "xquad" / f"xquad.{lang}.json" if root else None
-        if local is not None and local.is_file():
-            return _squad_contexts(local, articles)
-        if source == "local":
-            raise FileNotFoundError(
-                f"no local XQuAD file for {lang!r} (looked for xquad/xquad.{lang}.json under "
-                f"{root or 'no data folder: set MWORK_DATA'}); use source='hub' to download google/xquad"
-            )
-    return _hub_xquad_contexts(lang, articles)
-
-
-def _squad_contexts(path: Path, articles: Iterable[int] | None) -> list[str]:
-    from mwork.tasks.xquad import read_squad_json
-
-    data = read_squad_json(path)
-    return [para["context"] for a in _articles_filter(articles, len(data)) for para in data[a]["paragraphs"]]
-
-
-def _hub_xquad_contexts(lang: str, articles: Iterable[int] | None) -> list[str]:
-    """google/xquad, its articles recovered by the XQuAD task's loader."""
-    from mwork.tasks.xquad import load_articles
-
-    data = load_articles(lang, "hub")
-    return [para["context"] for a in _articles_filter(articles, len(data)) for para in data[a]["paragraphs"]]
 
 
 def _prefix_length(ids: Sequence[int], special: set[int]) -> int:
@@ -181,24 +79,14 @@ def _window_nll(model: torch.nn.Module, batch: list[tuple[list[int], int]], pad_
     """Summed NLL of the scored tokens of each window (float64), with right padding."""
     adapter = get_adapter(model)
     device = input_device(model)
-    length = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    for r, (ids, _) in enumerate(batch):
-        input_ids[r, :len(ids)] = torch.tensor(ids)
+    input_ids = packed_ids([ids for ids, _ in batch], pad_id)
     captured: list[torch.Tensor] = []
-
-    def grab(module, args, kwargs):  # the final norm's input: decode() gives the model's logits
-        captured.append(args[0] if args else next(iter(kwargs.values())))
-
-    handle = adapter.final_norm.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        # right padding needs no padding mask (an all-ones mask, on purpose): causal attention
-        # already hides the padding from every scored position, and no row is fully masked
-        # (fully masked pad rows can turn into NaN that leaks through 0 * NaN, seen in float64)
+    # the final norm's input: decode() gives the model's logits from it
+    hooks = Hooks().read(adapter.site("final_norm.in"), captured.append)
+    with hooks:
+        # the packed policy (mwork.hooks): right padding and an all-ones mask, on purpose
         ids = input_ids.to(device)
         model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1, use_cache=False)
-    finally:
-        handle.remove()
     hidden = captured[-1]
     # rows (r, position) whose next token is scored, and that token
     rows, pos, tgt = [], [], []

@@ -21,12 +21,12 @@ from typing import Any, Iterable, Sequence
 from mwork.tasks.common import Example, Task, check_examples, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.generation import generate
 from mwork.tasks.metrics import qa_exact, qa_f1
+from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
 
 XQUAD_LANGS: tuple[str, ...] = ("en", "es", "de", "el", "ru", "tr", "ar", "vi", "th", "zh", "hi", "ro")
 N_ARTICLES = 48
 PARAGRAPHS_PER_ARTICLE = 5
-EVAL_ARTICLES = range(24, 48)
-DETECTION_ARTICLES = range(0, 24)
+EVAL_ARTICLES = EVALUATION_ARTICLES
 
 
 def _article_set(articles: Iterable[int] | tuple[int, int] | None) -> list[int]:
