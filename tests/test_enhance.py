@@ -10,7 +10,7 @@ import torch
 import mwork
 from mwork.cli import main
 from mwork.experiments.delta import NeuronDelta, apply_delta
-from mwork.experiments.enhance import CHECKPOINT_FILE, compare, enhance, lora_for_budget
+from mwork.experiments.enhance import CHECKPOINT_FILE, compare, enhance, lora_for_budget, read_checkpoint
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
 
@@ -102,7 +102,7 @@ def test_delta_file_round_trips(trained, alias):
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-bloom"])
 def test_optimizer_state_matches_selected_slices(trained, alias):
     _, _, res, out = trained[alias]
-    ckpt = torch.load(out / CHECKPOINT_FILE, weights_only=False)
+    ckpt = read_checkpoint(out / CHECKPOINT_FILE)  # safetensors + JSON: nothing is unpickled
     moments = [v for st in ckpt["optimizer"]["state"].values() for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")]
     n = res.delta.num_parameters()
     assert sum(v.numel() for v in moments) == 2 * n == res.meta["optimizer_state_elements"]

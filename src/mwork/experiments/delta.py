@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from mwork.experiments.files import read_json, read_safetensors, save_safetensors, write_text
 from mwork.hooks import DeviceCache, Hooks, module_site
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
@@ -209,8 +208,9 @@ class NeuronDelta:
         meta.update(format_version=FORMAT_VERSION, slices=self.slice_table())
         header = {"mwork_delta": json.dumps({"format_version": FORMAT_VERSION, "slices": self.slice_table(),
                                              "fingerprint": meta.get("fingerprint")}, sort_keys=True)}
-        save_file(tensors, str(out / DELTA_FILE), metadata=header)
-        (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        # each file atomically: a killed run leaves the old file or the new one, never half of one
+        save_safetensors(out / DELTA_FILE, tensors, metadata=header)
+        write_text(out / META_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         self.meta = meta
         return out / DELTA_FILE
 
@@ -221,21 +221,27 @@ class NeuronDelta:
         st = p / DELTA_FILE if p.is_dir() or p.suffix != ".safetensors" else p
         if not st.is_file():
             raise FileNotFoundError(f"no delta at {st} (expected a folder written by `mwork enhance`)")
-        with safe_open(str(st), framework="pt") as f:
-            header = json.loads((f.metadata() or {}).get("mwork_delta", "null") or "null")
-            if header is None:
-                raise ValueError(f"{st} is a safetensors file but not an mwork delta")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        remedy = ("train the delta again with `mwork enhance` (into a new folder), or name another delta folder")
+        tensors, metadata = read_safetensors(st, "mwork delta", remedy)
+        try:
+            header = json.loads(metadata.get("mwork_delta", "null") or "null")
+        except json.JSONDecodeError:
+            raise ValueError(f"{st} has a damaged mwork_delta header; {remedy}") from None
+        if header is None:
+            raise ValueError(f"{st} is a safetensors file but not an mwork delta")
         meta_path = st.with_name(META_FILE)
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        meta = read_json(meta_path, "delta record", remedy) if meta_path.is_file() else {}
         slices = []
-        for row in header["slices"]:
-            k = row["key"]
-            bias = tensors.get(f"{k}.bias")
-            slices.append(SliceDelta(row["layer"], row["kind"], row["role"], row["module"], row["side"],
-                                     row["transposed"], tensors[f"{k}.index"], tensors[f"{k}.channels"],
-                                     nn.Parameter(tensors[f"{k}.weight"]),
-                                     nn.Parameter(bias) if bias is not None else None))
+        try:
+            for row in header["slices"]:
+                k = row["key"]
+                bias = tensors.get(f"{k}.bias")
+                slices.append(SliceDelta(row["layer"], row["kind"], row["role"], row["module"], row["side"],
+                                         row["transposed"], tensors[f"{k}.index"], tensors[f"{k}.channels"],
+                                         nn.Parameter(tensors[f"{k}.weight"]),
+                                         nn.Parameter(bias) if bias is not None else None))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{st} is an incomplete mwork delta (missing {err}); {remedy}") from None
         delta = cls(slices, meta)
         if model is not None:
             delta.check_compatible(model, header.get("fingerprint"))
