@@ -12,10 +12,10 @@ import torch
 import mwork
 from mwork.cli import build_parser, main
 from mwork.config import from_args
-from mwork.experiments import methods
+from mwork.experiments import training_methods as methods
 from mwork.experiments.compare import CompareConfig
 from mwork.experiments.enhance import METHODS, EnhanceSettings, compare
-from mwork.experiments.methods import Method, get_method, register_method
+from mwork.experiments.training_methods import Method, get_method, register_training_method
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
 
@@ -108,10 +108,10 @@ def test_a_new_method_is_one_entry(registry, tmp_path, capsys):
     from mwork.experiments.enhance import run_method
     from mwork.tasks.perplexity import perplexity
 
-    register_method(NormsOnly)
+    register_training_method(NormsOnly)
     assert methods.method_names() == (*METHODS, "norms") and get_method("norms") is NormsOnly
     with pytest.raises(ValueError, match="already registered"):
-        register_method(type("Other", (Method,), {"name": "norms"}))
+        register_training_method(type("Other", (Method,), {"name": "norms"}))
     # standalone: only the norm weights change, train.json is written
     model, tok = mwork.load_model("tiny-random-llama", device="cpu")
     base = {n: p.detach().clone() for n, p in model.named_parameters()}

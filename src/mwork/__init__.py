@@ -9,7 +9,7 @@ The public API (each has a ``mwork`` command over it):
 * ``logit_lens`` / ``estimate_regions``: layer-wise decoding by language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
-* ``enhance`` / ``register_method``: fine-tune only the selected neurons, and new training methods
+* ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
 * ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``).
 
@@ -43,7 +43,7 @@ _LAZY = {
     "estimate_regions": "mwork.lens.regions",
     "run_deactivation_experiment": "mwork.experiments.deactivation",
     "enhance": "mwork.experiments.enhance",
-    "register_method": "mwork.experiments.methods",
+    "register_training_method": "mwork.experiments.training_methods",
     "render_report": "mwork.report.html",
     "run_demo": "mwork.demo",
 }

@@ -1,6 +1,6 @@
 """The enhancement comparison (paper §5, Table 7): every method, one table.
 
-:func:`compare` trains each registered method (:mod:`mwork.experiments.methods`) from a fresh
+:func:`compare` trains each registered method (:mod:`mwork.experiments.training_methods`) from a fresh
 copy of the model on the same texts with the same settings, and measures perplexity on each
 evaluation set -- and the score of each evaluation task -- before and after. It writes
 ``compare.json``, ``compare.csv`` and ``compare.md`` (one row per method) and each method's
@@ -30,7 +30,7 @@ from mwork.config import fingerprint, option
 from mwork.experiments.checkpoints import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILE
 from mwork.experiments.delta import NeuronDelta
 from mwork.experiments.files import make_folder, read_json, write_bytes, write_json, write_text
-from mwork.experiments.methods import (BUILTIN_METHODS, ComparisonContext, get_method, lora_for_budget,
+from mwork.experiments.training_methods import (BUILTIN_METHODS, ComparisonContext, get_method, lora_for_budget,
                                        method_names, neuron_summary)
 from mwork.experiments.training import EnhanceSettings, prepare_out, resolve_settings, train
 from mwork.fingerprints import model_digest, texts_digest

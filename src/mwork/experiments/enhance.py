@@ -12,7 +12,7 @@ fine-tuning; :func:`compare` runs them and writes a table.
 
 This module is the public face; the work lives by job in
 :mod:`~mwork.experiments.training` (settings and the loop every method shares, with its rules),
-:mod:`~mwork.experiments.methods` (the methods, a registry: a new one is one entry),
+:mod:`~mwork.experiments.training_methods` (the methods, a registry: a new one is one entry),
 :mod:`~mwork.experiments.checkpoints` (resumable state without pickle) and
 :mod:`~mwork.experiments.compare` (the comparison and its tables).
 """
@@ -26,8 +26,8 @@ from torch import nn
 
 from mwork.experiments.checkpoints import CHECKPOINT_FILE, read_checkpoint
 from mwork.experiments.compare import CompareConfig, compare
-from mwork.experiments.methods import (BUILTIN_METHODS, FullMethod, LoraMethod, Method, NeuronsMethod, get_method,
-                                       lora_for_budget, method_names, register_method)
+from mwork.experiments.training_methods import (BUILTIN_METHODS, FullMethod, LoraMethod, Method, NeuronsMethod, get_method,
+                                       lora_for_budget, method_names, register_training_method)
 from mwork.experiments.training import SCHEDULES, EnhanceSettings, TrainResult, prepare_out, resolve_settings, train
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
@@ -36,7 +36,7 @@ METHODS = BUILTIN_METHODS  # ("neurons", "random", "lora", "full"); method_names
 
 __all__ = ["CHECKPOINT_FILE", "METHODS", "SCHEDULES", "CompareConfig", "EnhanceSettings", "Method", "TrainResult",
            "compare", "enhance", "finetune_full", "finetune_lora", "get_method", "lora_for_budget", "method_names",
-           "read_checkpoint", "register_method", "run_method"]
+           "read_checkpoint", "register_training_method", "run_method"]
 
 
 def _model_id(model: nn.Module, model_id: str | None) -> str | None:

@@ -73,7 +73,7 @@ def _apply_cmd(args: argparse.Namespace) -> int:
 
 def _compare_cmd(args: argparse.Namespace) -> int:
     from mwork.experiments.compare import CompareConfig, compare, named_specs, tasks_for
-    from mwork.experiments.methods import method_names
+    from mwork.experiments.training_methods import method_names
     from mwork.experiments.training import EnhanceSettings
 
     lrs = {m: getattr(args, _lr_dest(m)) for m in method_names() if getattr(args, _lr_dest(m), None) is not None}
@@ -93,7 +93,7 @@ def _lr_dest(method: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from mwork.experiments.compare import CompareConfig
-    from mwork.experiments.methods import method_names
+    from mwork.experiments.training_methods import method_names
 
     p = sub.add_parser(
         "enhance",

@@ -1,6 +1,6 @@
 """The training loop every enhancement method shares (paper §5), and its settings.
 
-What is trained is a method's business (:mod:`mwork.experiments.methods`); how is decided here,
+What is trained is a method's business (:mod:`mwork.experiments.training_methods`); how is decided here,
 the same for every method:
 
 * Each document is tokenized with the tokenizer's special tokens and truncated to
@@ -44,7 +44,7 @@ from mwork.models.loading import input_device
 
 if TYPE_CHECKING:
     from mwork.experiments.delta import NeuronDelta
-    from mwork.experiments.methods import Method
+    from mwork.experiments.training_methods import Method
 
 SCHEDULES = ("cosine", "linear", "constant")
 _LOGIT_BUDGET = 1 << 26  # vocabulary x tokens decoded at once in the loss (256 MiB in float32)

@@ -15,7 +15,7 @@ comparison (:func:`mwork.experiments.compare.compare`); a method only says
 The built-in methods are ``neurons`` (the paper's: only the selected neurons' slices),
 ``random`` (as many random neurons), ``lora`` and ``full``. A new method is one entry: subclass
 :class:`Method`, set ``name``, override what differs, and register it with
-:func:`register_method` (or an entry point in the group ``mwork.methods``); ``compare(...,
+:func:`register_training_method` (or an entry point in the group ``mwork.training_methods``); ``compare(...,
 methods=[..., "yours"])`` and ``mwork enhance compare --methods ...,yours`` then run it.
 """
 
@@ -36,7 +36,7 @@ from mwork.fingerprints import neurons_digest
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
 
-ENTRY_POINT_GROUP = "mwork.methods"
+ENTRY_POINT_GROUP = "mwork.training_methods"
 TRAIN_FILE = "train.json"
 
 
@@ -138,13 +138,13 @@ REGISTRY: dict[str, type[Method]] = {}
 _entry_points_loaded = False
 
 
-def register_method(cls: type[Method] | None = None, *, replace: bool = False):
+def register_training_method(cls: type[Method] | None = None, *, replace: bool = False):
     """Register a :class:`Method` subclass under its ``name`` (usable as a decorator);
     ``replace=True`` overrides a method registered under the same name."""
 
     def add(klass: type[Method]) -> type[Method]:
         if not (isinstance(klass, type) and issubclass(klass, Method)):
-            raise TypeError(f"register_method takes a Method subclass, got {klass!r}")
+            raise TypeError(f"register_training_method takes a Method subclass, got {klass!r}")
         name = klass.name
         if not name or not isinstance(name, str) or "," in name or name != name.strip():
             raise ValueError(f"{klass.__name__}.name must be a non-empty name without commas or spaces, got {name!r}")
@@ -167,7 +167,7 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         obj = ep.load()
         if isinstance(obj, type) and issubclass(obj, Method) and obj.name not in REGISTRY:
-            register_method(obj)
+            register_training_method(obj)
 
 
 def method_names() -> tuple[str, ...]:
@@ -181,7 +181,7 @@ def get_method(name: str) -> type[Method]:
         _load_entry_points()
     if name not in REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} "
-                         "(or register one with mwork.experiments.methods.register_method)")
+                         "(or register one with mwork.experiments.training_methods.register_training_method)")
     return REGISTRY[name]
 
 
@@ -196,7 +196,7 @@ def neuron_summary(ns: NeuronSet, path: str | Path | None) -> dict[str, Any]:
             "meta": keep}
 
 
-@register_method
+@register_training_method
 class NeuronsMethod(Method):
     """The paper's method: only the parameters that belong to the neurons of a NeuronSet, as small
     delta tensors added through forward hooks (:mod:`mwork.experiments.delta`); the base weights
@@ -247,7 +247,7 @@ class NeuronsMethod(Method):
         return TrainResult(meta, delta=self.delta, out=out)
 
 
-@register_method
+@register_training_method
 class RandomNeuronsMethod(NeuronsMethod):
     """Baseline: as many random neurons, per layer and kind, drawn outside the set
     (``NeuronSet.random_like(random_seed, exclude=neurons)``), trained like the neurons."""
@@ -259,7 +259,7 @@ class RandomNeuronsMethod(NeuronsMethod):
         return cls(model, context.neurons.random_like(context.random_seed, exclude=context.neurons))
 
 
-@register_method
+@register_training_method
 class LoraMethod(Method):
     """Baseline: LoRA (peft) on ``target_modules`` with rank ``rank`` (alpha default 2 x rank),
     its A matrices seeded from ``seed``. Wraps ``model`` in place (peft injects its layers).
@@ -305,7 +305,7 @@ class LoraMethod(Method):
         return {"lora_rank": self.rank}
 
 
-@register_method
+@register_training_method
 class FullMethod(Method):
     """Baseline: full fine-tuning, every weight of ``model`` (pass a fresh copy). Saves ``train.json``."""
 
