@@ -135,3 +135,41 @@ def estimate_regions(
     r, s = above[0], above[-1]
     return RegionEstimate(True, understanding=r, generation=n - s, threshold=t, rise_layer=r, fall_layer=s,
                           **common)
+
+
+class RegionEstimateError(ValueError):
+    """No usable estimate from a lens result; ``estimate`` holds the evidence (its ``describe()``)."""
+
+    def __init__(self, message: str, estimate: RegionEstimate):
+        super().__init__(message)
+        self.estimate = estimate
+
+
+def resolve_regions(
+    num_layers: int,
+    lens: str | Path | Mapping[str, Sequence[Any]] | None = None,
+    understanding: int | None = None,
+    generation: int | None = None,
+) -> tuple[int, int, RegionEstimate | None]:
+    """U and G for a model of ``num_layers`` decoder layers, and the estimate they came from.
+
+    Given values win; the missing ones are estimated from ``lens`` (a ``mwork lens`` folder, its
+    ``lens.json`` / ``lens.csv``, or the shares mapping; see :func:`estimate_regions`), which must
+    describe a model of ``num_layers`` layers. Without both values and without a lens result, or
+    when the lens curve shows no English phase, a ValueError says what to give instead."""
+    if understanding is not None and generation is not None:
+        return understanding, generation, None
+    if lens is None:
+        raise ValueError("give --understanding U and --generation G, or --lens DIR (a `mwork lens` result) "
+                         "to estimate them")
+    est = estimate_regions(lens)
+    where = lens if isinstance(lens, (str, Path)) else "the lens shares"
+    if not est.found:
+        raise RegionEstimateError(f"could not estimate the layer regions from {where} ({est.reason}); give "
+                                  "--understanding and --generation", est)
+    if est.num_layers != num_layers:
+        raise RegionEstimateError(f"the lens result {where} has {est.num_layers} layers but the model has "
+                                  f"{num_layers}: run `mwork lens` on this model, or give --understanding and "
+                                  "--generation", est)
+    return (understanding if understanding is not None else est.understanding,
+            generation if generation is not None else est.generation, est)

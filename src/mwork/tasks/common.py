@@ -1,6 +1,11 @@
 """What every evaluation task shares: the Example record, the Task interface, prompt files,
 few-shot handling, and finding data locally or on the Hugging Face hub.
 
+A task declares what it asks of the model (``asks``: greedy generation, choice
+log-likelihood or rolling log-likelihood; ``ask`` builds the query) and how it scores the
+answers (``score_answers``); the task runtime (``mwork.tasks.runtime``) does the batching,
+collation and distributed split for all of them. Results are ``TaskResult`` dataclasses.
+
 Data sources (``source`` argument of every ``load``):
 
 * a file or a folder: read locally (each task documents the file names it looks for);
@@ -17,12 +22,17 @@ template, the few-shot target format, the stop strings and optional few-shot exa
 from __future__ import annotations
 
 import json
-import math
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+
+from mwork.config import digest
+from mwork.tasks.results import TaskResult
+
+if TYPE_CHECKING:
+    from mwork.tasks.runtime import Query
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "task_prompts"  # shipped as package data
 DATA_ENV = "MWORK_DATA"
@@ -173,14 +183,21 @@ def select(items: list, start: int = 0, limit: int | None = None) -> list:
 class Task(ABC):
     """An evaluation task: load examples, then ``evaluate`` a model on them.
 
-    ``evaluate`` only calls the model's ``forward`` / ``generate``, so it measures the model
-    under whatever hooks are active (e.g. inside ``mwork.deactivate``)."""
+    A subclass declares ``asks`` (``"generate"``, ``"loglikelihood"`` or ``"rolling"``, see
+    ``mwork.tasks.runtime``), builds that query in ``ask`` and scores the model's answers in
+    ``score_answers``; ``evaluate`` runs the three through the task runtime. It only calls the
+    model's ``forward`` / ``generate``, so it measures the model under whatever hooks are
+    active (e.g. inside ``mwork.deactivate``). Register a new task with
+    ``mwork.tasks.registry.register_task``."""
 
     name: ClassVar[str]
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool] = True
     hub_id: ClassVar[str]
+    asks: ClassVar[str]
     default_max_new_tokens: ClassVar[int] = 0  # 0: not a generation task
+    default_batch_size: ClassVar[int] = 8
+    benchmark: ClassVar[bool] = True  # a data set of its own (False: any texts, as perplexity)
 
     @abstractmethod
     def load(self, lang: str, source: str | Path | None = None, *, limit: int | None = None, **kwargs: Any) -> list[Example]:
@@ -192,8 +209,27 @@ class Task(ABC):
         return self.load(lang, source, limit=k)
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, **kwargs: Any) -> dict[str, Any]:
-        """Score ``model`` on ``examples``: a dict with ``score``, ``n`` and per-example ``records``."""
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, **options: Any) -> "Query":
+        """What to ask the model about ``examples`` (a ``runtime`` query of the kind ``asks``);
+        its ``info`` is recorded in the result."""
+
+    def score_answers(self, examples: Sequence[Example], query: "Query", answers: Any, lang: str) -> TaskResult:
+        """The result from the model's answers to ``query``. Default: ``self.score(examples,
+        answers, lang)``, for generation tasks."""
+        return self.score(examples, answers, lang)  # type: ignore[attr-defined]
+
+    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *,
+                 batch_size: int | None = None, progress: bool = True, **options: Any) -> TaskResult:
+        """Score ``model`` on ``examples`` (``options`` go to ``ask``; ``batch_size`` defaults to
+        ``default_batch_size``): a ``TaskResult`` with ``score``, ``n`` and per-example ``records``."""
+        from mwork.tasks.runtime import run_task
+
+        size = self.default_batch_size if batch_size is None else batch_size
+        return run_task(self, model, tokenizer, examples, lang, batch_size=size, progress=progress, **options)
+
+    def examples_digest(self, examples: Sequence[Example]) -> str:
+        """sha256 of the examples' content (ids, fields, targets): what a cached score was computed from."""
+        return digest([e.to_dict() for e in examples])
 
     def languages(self) -> list[str]:
         """Languages with a built-in prompt."""
@@ -229,18 +265,8 @@ class Task(ABC):
             )
         return chosen
 
-    def _result(self, lang: str, scores: Sequence[float], records: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        n = len(scores)
-        return {
-            "task": self.name,
-            "lang": lang,
-            "metric": self.metric,
-            "higher_is_better": self.higher_is_better,
-            "score": sum(scores) / n if n else math.nan,
-            "n": n,
-            **extra,
-            "records": records,
-        }
+    def _result(self, lang: str, scores: Sequence[float], records: list[dict[str, Any]], **extra: Any) -> TaskResult:
+        return TaskResult.from_scores(self.name, lang, self.metric, self.higher_is_better, scores, records, **extra)
 
 
 def check_examples(task: str, examples: Sequence[Example]) -> None:

@@ -4,10 +4,10 @@
 Both only call ``model.generate`` / ``model(...)``, so hooks registered on the model (for
 example ``mwork.deactivate``) are active during evaluation.
 
-Under torchrun (``mwork.distributed``) both build the single process's batches (same sort,
-same batch size, hence the same padding), run batches round robin over the ranks and gather
-the per-item results in order: every rank gets the single process's outputs, so the tasks'
-scores (computed from them on every rank) are identical too.
+Batching, collation and the distributed split are the task runtime's (``mwork.tasks.runtime``):
+the single process's batches (same sort, same batch size, hence the same padding) run round
+robin over the ranks under torchrun and the per-item results are gathered in order, so every
+rank gets the single process's outputs and the tasks' scores are identical too.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import inspect
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from mwork import distributed
 from mwork.models.loading import input_device
+from mwork.tasks.runtime import map_batches, padding_side, right_padded
 
 
 def cut_at_stop(text: str, stop: Sequence[str] = ()) -> str:
@@ -80,29 +79,21 @@ def generate(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=eos
     )
     lengths = [len(tokenizer(p).input_ids) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    mine: dict[int, str] = {}
     device = input_device(model)
-    saved_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        starts = range(0, len(order), batch_size)
-        for j in tqdm(distributed.shard(len(starts)), desc=desc, disable=not progress or distributed.rank() != 0,
-                      unit="batch"):
-            rows = order[starts[j]:starts[j] + batch_size]
-            enc = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True)
-            input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stop, input_ids.shape[1])]) if stop else None
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=input_ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
-                )
-            texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
-            for i, text in zip(rows, texts):
-                mine[i] = cut_at_stop(text, stop)
-    finally:
-        tokenizer.padding_side = saved_side
-    return distributed.gather_in_order(len(prompts), mine)
+
+    def run(rows: list[int]) -> list[str]:
+        enc = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True)
+        input_ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        criteria = StoppingCriteriaList([_StopOnStrings(tokenizer, stop, input_ids.shape[1])]) if stop else None
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids, attention_mask=mask, generation_config=config, stopping_criteria=criteria
+            )
+        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        return [cut_at_stop(text, stop) for text in texts]
+
+    with padding_side(tokenizer, "left"):  # longest first: little padding
+        return map_batches(len(prompts), lambda i: -lengths[i], batch_size, run, desc=desc, progress=progress)
 
 
 # ---- log-likelihood --------------------------------------------------------------------------
@@ -145,32 +136,28 @@ def loglikelihood(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     encoded = [encode_pair(tokenizer, c, x) for c, x in requests]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     keep_ok = "logits_to_keep" in inspect.signature(model.forward).parameters
     device = input_device(model)
-    mine: dict[int, tuple[float, int]] = {}
-    starts = range(0, len(order), batch_size)
-    for j in tqdm(distributed.shard(len(starts)), desc=desc, disable=not progress or distributed.rank() != 0,
-                  unit="batch"):
-        rows = order[starts[j]:starts[j] + batch_size]
-        seqs = [encoded[i][0] + encoded[i][1] for i in rows]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
+
+    def run(rows: list[int]) -> list[tuple[float, int]]:
+        ids, mask = right_padded([encoded[i][0] + encoded[i][1] for i in rows], pad)
+        width = ids.shape[1]
         kwargs: dict[str, Any] = {}
         if keep_ok:  # first needed logit: last context token of the shortest context
             kwargs["logits_to_keep"] = width - min(len(encoded[i][0]) for i in rows) + 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
         offset = width - logits.shape[1]
+        values = []
         for r, i in enumerate(rows):
             ctx, cont = encoded[i]
             pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device) - offset
             logp = logits[r, pos].float().log_softmax(-1)
             target = torch.tensor(cont, device=logits.device)
-            mine[i] = (float(logp.gather(-1, target[:, None]).sum()), len(cont))
-    return distributed.gather_in_order(len(encoded), mine)
+            values.append((float(logp.gather(-1, target[:, None]).sum()), len(cont)))
+        return values
+
+    # longest first (little padding)
+    return map_batches(len(encoded), lambda i: -(len(encoded[i][0]) + len(encoded[i][1])), batch_size, run,
+                       desc=desc, progress=progress)

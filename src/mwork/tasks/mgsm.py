@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, load_hub, prompt_for, resolve_source, select
-from mwork.tasks.generation import generate
+from mwork.tasks.common import Example, Task, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.results import TaskResult
+from mwork.tasks.runtime import GENERATE, Generate
 from mwork.tasks.metrics import format_number, last_number, numbers_equal, parse_number
 
 MGSM_LANGS: tuple[str, ...] = ("en", "es", "fr", "de", "ru", "zh", "ja", "th", "sw", "bn", "te")
@@ -47,6 +48,7 @@ class MGSM(Task):
     metric = "accuracy"
     higher_is_better = True
     hub_id = "juletxara/mgsm"
+    asks = GENERATE
     default_max_new_tokens = 256
 
     def _check_lang(self, lang: str) -> None:
@@ -97,7 +99,7 @@ class MGSM(Task):
         prefix = "".join(self.render_shot(s, prompt) + prompt["shot_separator"] for s in chosen)
         return [prefix + prompt["template"].format(question=e.fields["question"]) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> dict[str, Any]:
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
         """Accuracy of the last number in each output (see ``metrics`` for the parsing rules)."""
         records, scores = [], []
         for ex, out in zip(examples, outputs, strict=True):
@@ -107,14 +109,9 @@ class MGSM(Task):
             records.append({"id": ex.id, "output": out, "prediction": pred, "target": ex.target, "correct": correct})
         return self._result(lang, scores, records)
 
-    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *, batch_size: int = 8,
-                 max_new_tokens: int | None = None, few_shot: int = 0, shots: Sequence[Example] | None = None,
-                 prompts: Any = None, progress: bool = True) -> dict[str, Any]:
-        """Greedy step-by-step answers, scored by accuracy of the last number."""
-        check_examples(self.name, examples)
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None) -> Generate:
+        """Greedy step-by-step answers (scored by accuracy of the last number)."""
         texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
-        outputs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens or self.default_max_new_tokens,
-                           stop=prompt["stop"], batch_size=batch_size, progress=progress, desc=f"mgsm {lang}")
-        result = self.score(examples, outputs, lang)
-        result.update(few_shot=few_shot, prompt_example=texts[0])
-        return result
+        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
+                        info={"few_shot": few_shot, "prompt_example": texts[0]})

@@ -19,8 +19,12 @@ Rules, so that numbers are comparable across models, batch sizes and runs:
 * Texts with no scored token (empty, or a single token without a prefix) are reported in
   ``empty_texts``, never silently dropped.
 * Under torchrun (``mwork.distributed``) the windows are batched as in one process and the
-  batches dealt round robin over the ranks; per-window NLLs are gathered and summed in the
-  original order, so every rank returns the single process's result, bit for bit.
+  batches dealt round robin over the ranks (``mwork.tasks.runtime.map_batches``); per-window
+  NLLs are gathered and summed in the original order, so every rank returns the single
+  process's result, bit for bit.
+
+As a task (rolling log-likelihood, like the others in the registry): ``get_task("ppl")``
+(``mwork.tasks.ppl``).
 """
 
 from __future__ import annotations
@@ -30,12 +34,11 @@ from typing import Any, Sequence
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
-from mwork import distributed
 from mwork.hooks import Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
+from mwork.tasks.runtime import map_batches
 
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
 
@@ -146,22 +149,16 @@ def perplexity(
     n_tok = [0] * len(texts)
     for w, t in zip(windows, owner):
         n_tok[t] += w[1]
-    # longest windows first (little padding); stable, so the order is deterministic
-    order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    mine: dict[int, float] = {}
     was_training = model.training
     model.eval()
     try:
-        # data parallel (mwork.distributed): the single process's batches, round robin over ranks
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for j in tqdm(distributed.shard(len(batches)), desc="perplexity", unit="batch",
-                      disable=not progress or distributed.rank() != 0):
-            b = batches[j]
-            mine.update(zip(b, _window_nll(model, [windows[i] for i in b], pad_id)))
+        # longest windows first (little padding); data parallel: the single process's batches
+        window_nll = map_batches(len(windows), lambda i: -len(windows[i][0]), batch_size,
+                                 lambda rows: _window_nll(model, [windows[i] for i in rows], pad_id),
+                                 desc="perplexity", progress=progress)
     finally:
         model.train(was_training)
-    window_nll = distributed.gather_in_order(len(windows), mine)
     for i, t in enumerate(owner):
         nll_sum[t] += window_nll[i]
     tokens = sum(n_tok)

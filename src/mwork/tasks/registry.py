@@ -2,9 +2,10 @@
 
 Every task has the same interface (``mwork.tasks.common.Task``): ``load(lang, source=None,
 ..., limit=None)``, ``load_shots(lang, source, k)``, ``evaluate(model, tokenizer, examples,
-lang, batch_size=..., max_new_tokens=..., few_shot=0, shots=None, prompts=None)`` returning
-``{"task", "lang", "metric", "higher_is_better", "score", "n", ..., "records"}``, plus
-``metric`` and ``higher_is_better``. Scores are fractions in [0, 1].
+lang, batch_size=..., ...)`` returning a ``TaskResult`` (``task``, ``lang``, ``metric``,
+``higher_is_better``, ``score``, ``n``, extras, ``records``; readable by key too), plus
+``metric``, ``higher_is_better`` and ``asks`` (what it asks of the model). Benchmark scores
+are fractions in [0, 1]; ``ppl`` (perplexity of any texts) is a task too.
 """
 
 from __future__ import annotations
@@ -14,35 +15,48 @@ from typing import Any
 
 from mwork.tasks.common import Task
 from mwork.tasks.mgsm import MGSM
+from mwork.tasks.ppl import Perplexity
+from mwork.tasks.results import TaskResult
 from mwork.tasks.xcsqa import XCSQA
 from mwork.tasks.xlsum import XLSum
 from mwork.tasks.xquad import XQuAD
 
-TASKS: dict[str, Task] = {t.name: t for t in (MGSM(), XQuAD(), XCSQA(), XLSum())}
-_ALIASES = {"x-csqa": "xcsqa", "xl-sum": "xlsum", "xl_sum": "xlsum", "x_csqa": "xcsqa"}
+TASKS: dict[str, Task] = {}
+_ALIASES = {"x-csqa": "xcsqa", "xl-sum": "xlsum", "xl_sum": "xlsum", "x_csqa": "xcsqa", "perplexity": "ppl"}
 
 
-def list_tasks() -> list[str]:
-    return sorted(TASKS)
+def list_tasks(benchmarks_only: bool = True) -> list[str]:
+    """The registered benchmarks (tasks with a data set of their own); with
+    ``benchmarks_only=False`` also the tasks on any texts (``ppl``)."""
+    return sorted(name for name, task in TASKS.items() if task.benchmark or not benchmarks_only)
 
 
 def get_task(name: str) -> Task:
     """The task called ``name`` (case-insensitive); a ValueError lists the known tasks."""
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+        others = [n for n in list_tasks(benchmarks_only=False) if n not in list_tasks()]
+        on_texts = f", and {', '.join(others)} (on any texts)" if others else ""
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}{on_texts}")
     return TASKS[key]
 
 
 def register_task(task: Task, replace: bool = False) -> None:
     """Add a task (an object with the ``Task`` interface) under ``task.name``."""
+    if not isinstance(task, Task):
+        raise TypeError(f"register_task needs a mwork.tasks.common.Task, got {type(task).__name__}")
     if task.name in TASKS and not replace:
         raise ValueError(f"a task named {task.name!r} is already registered (pass replace=True)")
     TASKS[task.name] = task
 
 
+for _task in (MGSM(), XQuAD(), XCSQA(), XLSum(), Perplexity()):
+    register_task(_task)
+
+
 def evaluate_task(name: str, model: Any, tokenizer: Any, lang: str, source: str | Path | None = None, *,
-                  limit: int | None = None, load_kwargs: dict[str, Any] | None = None, **evaluate_kwargs: Any) -> dict[str, Any]:
+                  limit: int | None = None, load_kwargs: dict[str, Any] | None = None,
+                  **evaluate_kwargs: Any) -> TaskResult:
     """Load and evaluate in one call: ``evaluate_task("xquad", model, tok, "zh", "../shared/data", limit=40)``."""
     task = get_task(name)
     examples = task.load(lang, source, limit=limit, **(load_kwargs or {}))

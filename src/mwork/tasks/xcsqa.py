@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, jsonl_rows, load_hub, prompt_for, resolve_source, select
-from mwork.tasks.generation import loglikelihood
+from mwork.tasks.common import Example, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.results import TaskResult
+from mwork.tasks.runtime import LOGLIKELIHOOD, Loglikelihood
 
 XCSQA_LANGS: tuple[str, ...] = ("en", "zh", "de", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "ar", "vi", "hi", "sw", "ur")
 _DATASET_CODE = {"ja": "jap"}
@@ -58,6 +59,7 @@ class XCSQA(Task):
     metric = "accuracy"
     higher_is_better = True
     hub_id = "INK-USC/xcsr"
+    asks = LOGLIKELIHOOD
 
     def load(self, lang: str, source: str | Path | None = None, *, split: str = "validation",
              limit: int | None = None, start: int = 0) -> list[Example]:
@@ -89,7 +91,7 @@ class XCSQA(Task):
         ]
 
     def score(self, examples: Sequence[Example], loglik: Sequence[float], choice_bytes: Sequence[int],
-              lang: str) -> dict[str, Any]:
+              lang: str) -> TaskResult:
         """Accuracy from per-choice log-likelihoods (flat, in ``build_requests`` order)."""
         records, acc, acc_norm, i = [], [], [], 0
         for ex in examples:
@@ -107,14 +109,13 @@ class XCSQA(Task):
         return self._result(lang, acc, records, accuracy_norm=sum(acc_norm) / len(acc_norm),
                             chance=sum(1 / len(e.fields["choices"]) for e in examples) / len(examples))
 
-    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *, batch_size: int = 8,
-                 max_new_tokens: int | None = None, few_shot: int = 0, shots: Sequence[Example] | None = None,
-                 prompts: Any = None, progress: bool = True) -> dict[str, Any]:
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None) -> Loglikelihood:
         """Log-likelihood multiple choice (``max_new_tokens`` is ignored: nothing is generated)."""
-        check_examples(self.name, examples)
         requests = self.build_requests(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
-        scored = loglikelihood(model, tokenizer, requests, batch_size=batch_size, progress=progress, desc=f"xcsqa {lang}")
-        choice_bytes = [len(cont.strip().encode("utf-8")) for _, cont in requests]
-        result = self.score(examples, [s for s, _ in scored], choice_bytes, lang)
-        result.update(few_shot=few_shot, prompt_example=requests[0][0] + requests[0][1])
-        return result
+        return Loglikelihood(requests, info={"few_shot": few_shot, "prompt_example": requests[0][0] + requests[0][1]})
+
+    def score_answers(self, examples: Sequence[Example], query: Loglikelihood, answers: Sequence[tuple[float, int]],
+                      lang: str) -> TaskResult:
+        choice_bytes = [len(cont.strip().encode("utf-8")) for _, cont in query.pairs]
+        return self.score(examples, [s for s, _ in answers], choice_bytes, lang)

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, jsonl_rows, load_hub, prompt_for, resolve_source, select
-from mwork.tasks.generation import generate
+from mwork.tasks.common import Example, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.results import TaskResult
+from mwork.tasks.runtime import GENERATE, Generate
 from mwork.tasks.metrics import rouge_l
 
 XLSUM_NAMES: dict[str, str] = {
@@ -53,7 +54,9 @@ class XLSum(Task):
     metric = "rougeL_f1"
     higher_is_better = True
     hub_id = "csebuetnlp/xlsum"
+    asks = GENERATE
     default_max_new_tokens = 64
+    default_batch_size = 4  # long prompts
 
     def _config(self, lang: str) -> str:
         if lang not in XLSUM_NAMES:
@@ -91,7 +94,7 @@ class XLSum(Task):
         )
         return [prefix + prompt["template"].format(text=cut(e.fields["text"])) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> dict[str, Any]:
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
         """Mean ROUGE-L F1 (also mean precision and recall)."""
         records, f1s, ps, rs = [], [], [], []
         for ex, out in zip(examples, outputs, strict=True):
@@ -104,15 +107,12 @@ class XLSum(Task):
         return self._result(lang, f1s, records, rougeL_precision=sum(ps) / n if n else float("nan"),
                             rougeL_recall=sum(rs) / n if n else float("nan"))
 
-    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *, batch_size: int = 4,
-                 max_new_tokens: int | None = None, few_shot: int = 0, shots: Sequence[Example] | None = None,
-                 prompts: Any = None, progress: bool = True, max_article_tokens: int = 512) -> dict[str, Any]:
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
+            max_article_tokens: int = 512) -> Generate:
         """Greedy one-line summaries of the truncated articles, scored by ROUGE-L F1."""
-        check_examples(self.name, examples)
         texts, prompt = self.build_prompts(tokenizer, examples, lang, max_article_tokens=max_article_tokens,
                                            few_shot=few_shot, shots=shots, prompts=prompts)
-        outputs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens or self.default_max_new_tokens,
-                           stop=prompt["stop"], batch_size=batch_size, progress=progress, desc=f"xlsum {lang}")
-        result = self.score(examples, outputs, lang)
-        result.update(few_shot=few_shot, max_article_tokens=max_article_tokens, prompt_example=texts[0])
-        return result
+        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
+                        info={"few_shot": few_shot, "max_article_tokens": max_article_tokens,
+                              "prompt_example": texts[0]})

@@ -18,8 +18,9 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mwork.tasks.common import Example, Task, check_examples, load_hub, prompt_for, resolve_source, select
-from mwork.tasks.generation import generate
+from mwork.tasks.common import Example, Task, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.results import TaskResult
+from mwork.tasks.runtime import GENERATE, Generate
 from mwork.tasks.metrics import qa_exact, qa_f1
 from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
 
@@ -87,6 +88,7 @@ class XQuAD(Task):
     metric = "f1"
     higher_is_better = True
     hub_id = "google/xquad"
+    asks = GENERATE
     default_max_new_tokens = 32
 
     def load(self, lang: str, source: str | Path | None = None, *,
@@ -134,7 +136,7 @@ class XQuAD(Task):
         )
         return [prefix + prompt["template"].format(**e.fields) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> dict[str, Any]:
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
         """SQuAD F1 (the score) and exact match, each the max over the gold answers."""
         records, f1s, ems = [], [], []
         for ex, out in zip(examples, outputs, strict=True):
@@ -144,14 +146,9 @@ class XQuAD(Task):
             records.append({"id": ex.id, "output": out, "answers": ex.target, "f1": f1, "exact_match": em})
         return self._result(lang, f1s, records, exact_match=sum(ems) / len(ems) if ems else float("nan"))
 
-    def evaluate(self, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *, batch_size: int = 8,
-                 max_new_tokens: int | None = None, few_shot: int = 0, shots: Sequence[Example] | None = None,
-                 prompts: Any = None, progress: bool = True) -> dict[str, Any]:
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None) -> Generate:
         """Greedy short answers (one line), scored by SQuAD F1 and exact match."""
-        check_examples(self.name, examples)
         texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
-        outputs = generate(model, tokenizer, texts, max_new_tokens=max_new_tokens or self.default_max_new_tokens,
-                           stop=prompt["stop"], batch_size=batch_size, progress=progress, desc=f"xquad {lang}")
-        result = self.score(examples, outputs, lang)
-        result.update(few_shot=few_shot, prompt_example=texts[0])
-        return result
+        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
+                        info={"few_shot": few_shot, "prompt_example": texts[0]})

@@ -1,0 +1,84 @@
+"""``DeactivationConfig``: the settings of one deactivation grid, at once the Python arguments of
+``run_deactivation``, the options of ``mwork experiment deactivation`` and the recorded
+metadata (``mwork.config``). Bad values are refused here, before a model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mwork.config import option
+from mwork.experiments.deactivation.plan import check_languages
+from mwork.models.loading import DEFAULT_MODEL, parse_device_map
+from mwork.tasks.ppl_run import DEVICE_MAP_HELP
+
+
+def _langs(text: str) -> tuple[str, ...]:
+    """Comma-separated languages, kept as given: repeats are refused by the config, not dropped."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeactivationConfig:
+    """One grid: which model, sets, task and languages; the layer regions; the random seeds."""
+
+    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
+    neurons: str = option(help="folder with <lang>.safetensors language-specific sets (mwork specific)",
+                          required=True)
+    task: str = option("ppl", "ppl, mgsm, xquad, xcsqa or xlsum")
+    langs: tuple[str, ...] = option(help="comma-separated, must include English, e.g. en,zh,fr", parse=_langs,
+                                    required=True)
+    out: str = option(help="output folder (finished cells are kept there and not recomputed)", required=True,
+                      record=False)
+    english: str = option("en", "the English language code among --langs")
+    understanding: int | None = option(None, "U: number of first layers (understanding)")
+    generation: int | None = option(None, "G: number of last layers (generation)")
+    lens: str | None = option(None, "a `mwork lens` output folder to estimate U and G from")
+    seeds: tuple[int, ...] = option((0, 1, 2), "random-baseline seeds")
+    limit: int | None = option(None, "texts / examples per language")
+    texts_dir: str | None = option(None, "ppl: folder with <lang>.txt held-out texts (default: XQuAD 24-47 or "
+                                   "built-in)")
+    source: str | None = option(None, "task data: local file/folder or 'hub'")
+    max_length: int = option(256, "ppl: tokens per window")
+    batch_size: int = option(8, "texts or prompts per batch")
+    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
+    device_map: str | None = option(None, DEVICE_MAP_HELP, record=False)
+    matrix: bool = option(False, "also evaluate every language with every language's neurons off (matrix.csv)")
+
+    def __post_init__(self) -> None:
+        from mwork.tasks.registry import get_task
+
+        langs = _langs(self.langs) if isinstance(self.langs, str) else tuple(self.langs)
+        object.__setattr__(self, "langs", langs)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        check_languages(langs, self.english)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"--seeds must name at least one seed, each once; got {list(self.seeds)}")
+        for name in ("understanding", "generation"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name} must be >= 0, got {value}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_length < 2:
+            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        get_task(self.task)  # an unknown task fails here, listing the known ones
+        parse_device_map(self.device_map)
+
+    def evaluator(self, model: Any, tokenizer: Any) -> tuple[Any, dict[str, str] | None]:
+        """The evaluation of every language (an ``mwork.tasks.runtime.Evaluator``) and, for
+        perplexity, where each language's texts came from."""
+        from mwork.tasks.registry import get_task
+        from mwork.tasks.runtime import perplexity_evaluator, task_evaluator
+        from mwork.texts import heldout_texts
+
+        if get_task(self.task).name == "ppl":
+            texts, sources = {}, {}
+            for lang in self.langs:
+                texts[lang], sources[lang] = heldout_texts(lang, self.texts_dir, self.limit)
+            return perplexity_evaluator(model, tokenizer, texts, self.batch_size, self.max_length), sources
+        return task_evaluator(model, tokenizer, self.task, self.langs, self.source, self.limit,
+                              batch_size=self.batch_size), None
