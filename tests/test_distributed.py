@@ -145,6 +145,36 @@ def test_resume_after_one_rank_dies(tmp_path):
     assert not list(tmp_path.glob("*checkpoint*"))
 
 
+# one-token documents ("a", "b": tiny-random-llama adds no BOS) score zero for every Q/K channel
+SHORT_DOCS = DOCS[:3] + ["a"] + DOCS[3:4] + ["b"] + DOCS[4:6]  # "a" in rank 1's block 1, "b" in rank 0's block 2
+SHORT_KW = dict(language="fr", kinds=["ffn", "q"], batch_size=2, buffer_docs=2, min_doc_fraction=0.5, progress=False)
+
+
+def _short_worker(rank: int, world: int, init_file: str, work: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+        det.detect(model, tok, SHORT_DOCS, **SHORT_KW, out=Path(work) / "two.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_unscorable_documents_are_gathered_over_ranks(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+        det.detect(model, tok, SHORT_DOCS, **SHORT_KW, out=tmp_path / "one.safetensors")
+    finally:
+        torch.set_num_threads(threads)
+    mp.spawn(_short_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    _assert_same_files(tmp_path / "one.safetensors", tmp_path / "two.safetensors", 2)
+    ns = NeuronSet.load(tmp_path / "two.safetensors")
+    assert ns.meta["unscorable_documents"] == {"ffn": [], "q": [3, 5]}  # gathered from both ranks
+    assert ns.meta["n_docs"] == 7 and ns.meta["across_documents"]["n_docs_per_kind"] == {"ffn": 7, "q": 5}
+
+
 # ---- data-parallel evaluation -----------------------------------------------------------------
 
 TEXTS = {

@@ -116,3 +116,31 @@ def test_cli_specific_and_stats(three, tmp_path, capsys):
     assert cli_main(["stats", *map(str, inputs), "--out", str(tmp_path / "st")]) == 0
     assert (tmp_path / "st" / "jaccard.png").exists() and (tmp_path / "st" / "summary.csv").exists()
     assert cli_main(["specific", "--out-dir", str(out), str(tmp_path / "missing.safetensors"), str(inputs[0])]) == 2
+
+
+def test_save_language_specific_is_what_the_cli_does(three, tmp_path, capsys):
+    from mwork.neurons.specific import save_language_specific
+    from mwork.neurons.stats import named_sets
+
+    inputs = [ns.save(tmp_path / "sets" / f"{ns.meta['language']}.safetensors") for ns in three]
+    api = save_language_specific(inputs, tmp_path / "api", rule="others")
+    assert [p.name for p in api] == ["en.safetensors", "fr.safetensors", "de.safetensors"]
+    assert cli_main(["specific", "--out-dir", str(tmp_path / "cli"), "--rule", "others", *map(str, inputs)]) == 0
+    for p, want in zip(api, language_specific(list(three), rule="others")):
+        got, cli = NeuronSet.load(p), NeuronSet.load(tmp_path / "cli" / p.name)
+        assert got == want == cli and got.meta == cli.meta
+    # NeuronSets in memory are saved under their language
+    mem = save_language_specific(list(three), tmp_path / "mem")
+    assert [p.name for p in mem] == ["en.safetensors", "fr.safetensors", "de.safetensors"]
+    # refused before anything is written
+    with pytest.raises(ValueError, match="overwrite the inputs"):
+        save_language_specific(inputs, tmp_path / "sets")
+    other = three[1].save(tmp_path / "other" / "en.safetensors")
+    with pytest.raises(ValueError, match="names must differ"):
+        save_language_specific([inputs[0], other], tmp_path / "clash")
+    with pytest.raises(FileNotFoundError, match="no NeuronSet"):
+        save_language_specific([inputs[0], tmp_path / "missing"], tmp_path / "missing_out")
+    assert not (tmp_path / "clash").exists() and not (tmp_path / "missing_out").exists()
+    sets, names = named_sets(inputs)
+    assert names == ["en", "fr", "de"] and sets[1] == three[1]
+    assert named_sets([inputs[0], other])[1] == ["en", "fr"]  # same file names: the languages instead

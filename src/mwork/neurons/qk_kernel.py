@@ -22,9 +22,10 @@ the result without forming P'. Rows where that formula could lose precision (lar
 cancellation, overflow) are redone exactly in double precision with a max-shift.
 
 Two implementations with the same semantics: a small C kernel compiled on first use with the
-system C compiler (cached under the mwork cache; rows split over one Python thread per torch
-thread, the GIL released), and a pure torch version (any device; chunked over channels,
-memory O(chunk * l^2)). ``auto`` uses C on CPU when a compiler is available, torch otherwise.
+system C compiler (cached under the mwork cache, its sha256 recorded when built and checked
+before every load; rows split over one Python thread per torch thread, the GIL released), and a
+pure torch version (any device; chunked over channels, memory O(chunk * l^2)). ``auto`` uses C
+on CPU when a compiler is available, torch otherwise.
 """
 
 from __future__ import annotations
@@ -293,6 +294,54 @@ def _cpu_key() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _hash_file(target: Path) -> Path:
+    """Where the sha256 of a built library is recorded (beside it)."""
+    return target.with_name(target.name + ".sha256")
+
+
+def _verified(target: Path) -> bool:
+    """True if ``target`` is the library this cache built: its bytes hash to the sha256 recorded
+    when it was built. A library replaced in the cache folder (or one with no record) is not
+    loaded; a mismatch is said, then the library is rebuilt."""
+    record = _hash_file(target)
+    if not target.exists():
+        return False
+    try:
+        recorded = record.read_text().strip()
+    except OSError:
+        recorded = ""
+    if recorded and recorded == _sha256(target):
+        return True
+    if recorded:
+        warnings.warn(f"mwork: the cached Q/K kernel {target} does not match the sha256 recorded when it was built "
+                      "(replaced or corrupted); not loading it, rebuilding")
+    return False
+
+
+def _compile(cc: str, flags: list[str], target: Path) -> None:
+    """Compile the kernel to ``target`` and record its sha256; atomic: concurrent builders never
+    load a half-written file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    src = target.with_suffix(f".{os.getpid()}.c")
+    tmp = target.with_suffix(f".{os.getpid()}.so")
+    record = _hash_file(target).with_suffix(f".{os.getpid()}.sha256")
+    src.write_text(_C_SOURCE)
+    try:
+        proc = subprocess.run([cc, *flags, str(src), "-o", str(tmp), "-lm"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"compiling the Q/K kernel failed: {proc.stderr.strip()[:500]}")
+        record.write_text(_sha256(tmp) + "\n")
+        tmp.replace(target)
+        record.replace(_hash_file(target))
+    finally:
+        for f in (src, tmp, record):
+            f.unlink(missing_ok=True)
+
+
 def _build() -> ctypes.CDLL:
     from mwork.models.loading import cache_dir
 
@@ -305,19 +354,10 @@ def _build() -> ctypes.CDLL:
         key = hashlib.sha256("\n".join([_C_SOURCE, " ".join(flags), cc, _cpu_key()]).encode()).hexdigest()[:16]
         target = cache_dir() / "kernels" / f"qk_kernel_{key}.so"
         try:
-            if not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = target.with_suffix(f".{os.getpid()}.c")
-                tmp = target.with_suffix(f".{os.getpid()}.so")
-                src.write_text(_C_SOURCE)
-                try:
-                    proc = subprocess.run([cc, *flags, str(src), "-o", str(tmp), "-lm"], capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        raise RuntimeError(f"compiling the Q/K kernel failed: {proc.stderr.strip()[:500]}")
-                    tmp.replace(target)  # atomic: concurrent builders never load a half-written file
-                finally:
-                    src.unlink(missing_ok=True)
-                    tmp.unlink(missing_ok=True)
+            if not _verified(target):
+                _compile(cc, flags, target)
+                if not _verified(target):  # another process replaced it meanwhile: do not load what we cannot vouch for
+                    raise RuntimeError(f"the Q/K kernel {target} changed while it was being built")
             lib = ctypes.CDLL(str(target))
         except (OSError, RuntimeError) as err:
             errors.append(str(err))

@@ -12,9 +12,10 @@ Rules (recorded in each result's ``meta["specific"]``):
 from __future__ import annotations
 
 from functools import reduce
+from pathlib import Path
 from typing import Sequence
 
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.neuronset import NeuronSet, _resolve
 
 RULES = ("shared", "english", "others")
 DESCRIPTIONS = {
@@ -72,3 +73,30 @@ def language_specific(sets: Sequence[NeuronSet], rule: str = "shared", english: 
         }
         results.append(NeuronSet(spec.masks, meta, ns.extra))
     return results
+
+
+def save_language_specific(
+    sets: Sequence[NeuronSet | str | Path], out_dir: str | Path, rule: str = "shared", english: str = "en",
+) -> list[Path]:
+    """Compute the language-specific sets of ``sets`` (NeuronSets or their files) and save each
+    under ``out_dir``: a file's result under the file's name, a NeuronSet's under its language
+    (``fr.safetensors``). Refuses, before writing anything, names that collide and an
+    ``out_dir`` that would overwrite the inputs. Returns the written paths, in input order."""
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
+    paths = [None if isinstance(s, NeuronSet) else _resolve(s) for s in sets]
+    for p in paths:
+        if p is not None and not p.exists():
+            raise FileNotFoundError(f"no NeuronSet at {p} (expected a .safetensors file written by mwork)")
+    loaded = [s if isinstance(s, NeuronSet) else NeuronSet.load(p) for s, p in zip(sets, paths)]
+    names = [p.name if p is not None else f"{_label(ns, i)}.safetensors"
+             for i, (ns, p) in enumerate(zip(loaded, paths))]
+    if len(set(names)) != len(names):
+        raise ValueError(f"input file names must differ (outputs are written under the same names): {names}")
+    out = Path(out_dir)
+    if any(p is not None and out.resolve() == p.parent.resolve() for p in paths):
+        raise ValueError("the output folder is the inputs' folder: the results would overwrite the inputs; "
+                         "choose another (--out-dir)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {out} is a file; choose another (--out-dir)")
+    return [ns.save(out / name) for name, ns in zip(names, language_specific(loaded, rule=rule, english=english))]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mwork.models.adapters import KINDS
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.neuronset import NeuronSet, _resolve
 
 
 def _kinds(sets: Sequence[NeuronSet]) -> list[str]:
@@ -77,6 +77,16 @@ def default_names(sets: Sequence[NeuronSet]) -> list[str]:
     """The sets' languages (or names), made unique with a number where they repeat."""
     base = [str(ns.meta.get("language") or ns.meta.get("name") or f"set{i}") for i, ns in enumerate(sets)]
     return [b if base.count(b) == 1 else f"{b}#{i}" for i, b in enumerate(base)]
+
+
+def named_sets(sets: Sequence[NeuronSet | str | Path]) -> tuple[list[NeuronSet], list[str]]:
+    """NeuronSets (or their files, loaded) and a name for each: the file names without suffix
+    when they are unique (``fr.safetensors`` -> ``fr``), else ``default_names``."""
+    loaded = [s if isinstance(s, NeuronSet) else NeuronSet.load(s) for s in sets]
+    names = [None if isinstance(s, NeuronSet) else _resolve(s).stem for s in sets]
+    if None in names or len(set(names)) != len(names):
+        return loaded, default_names(loaded)
+    return loaded, names
 
 
 def write_stats(sets: Sequence[NeuronSet], out_dir: str | Path, names: Sequence[str] | None = None) -> dict[str, Path]:
