@@ -60,3 +60,89 @@ def test_time_left_is_rescaled_by_the_speed_so_far():
     assert _time_left(s, cached, rest) == pytest.approx(sum(nominal[k] for k in rest))
     assert _work_units(DemoSettings())["neurons"] > _work_units(s)["neurons"]  # the full demo does more work
     assert 60 < sum(_nominal_seconds(s).values()) < 300 < sum(_nominal_seconds(DemoSettings()).values()) < 1200
+
+
+# ---- settings checked before any stage; stages keyed by content --------------------------------
+
+TINY = dict(model="tiny-random-llama", lens_langs=("zh", "fr"), lens_prompts=1, lens_new_tokens=1,
+            langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3, detect_max_length=32, eval_texts=2,
+            eval_max_length=32, enhance_docs=2, enhance_steps=1)
+
+
+def test_demo_settings_are_checked_before_any_stage(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["demo", "--quick", "--model", "tiny-random-llama", "--langs", "fr,zh", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "must include en" in err and "--langs en,fr,zh" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing ran
+    assert main(["demo", "--quick", "--model", "tiny-random-llama", "--langs", "en,xx", "--out", str(out)]) == 2
+    assert "no built-in corpus for xx" in capsys.readouterr().err and not out.exists()
+    # a missing corpus file is found before the first stage too
+    assert main(["demo", "--quick", "--model", "tiny-random-llama", "--out", str(out),
+                 "--corpus-dir", str(tmp_path / "missing")]) == 2
+    assert "en.txt" in capsys.readouterr().err and not out.exists()
+
+    from mwork.demo import DemoSettings
+
+    with pytest.raises(ValueError) as info:
+        DemoSettings.quick(lens_langs=("en", "xx"), deact_langs=("en", "es"), detect_docs=0, enhance_lang="en",
+                           corpus_dir="c", xquad=True)
+    for problem in ("no built-in lens prompts for xx", "deact_langs es are not among", "detect_docs must be",
+                    "enhance_lang must be a non-English", "not both"):
+        assert problem in str(info.value), problem
+    with pytest.raises(ValueError, match="needs a non-English language"):
+        DemoSettings(lens_langs=("en",))
+    with pytest.raises(ValueError, match="langs lists fr more than once"):
+        DemoSettings(langs=("en", "fr", "fr"), deact_langs=None)
+    with pytest.raises(ValueError, match="no word list for xx"):
+        DemoSettings(lens_latin_langs="en,xx")
+
+    from mwork.demo import Demo
+    from mwork.lens import LensConfig, WORDFREQ_LATIN_LANGUAGES
+
+    assert Demo(tmp_path, DemoSettings.quick()).lens_config() == LensConfig(
+        langs=("zh", "ru", "fr", "de", "es"), max_prompts=2, max_new_tokens=2, top_k=10,
+        latin_langs=WORDFREQ_LATIN_LANGUAGES)
+    old = Demo(tmp_path, DemoSettings.quick(lens_latin_langs="en,fr,es,de,it,pt,nl")).lens_config()
+    assert old.latin_langs == ("en", "fr", "es", "de", "it", "pt", "nl")
+
+
+def test_enhance_language_fallback_is_said(tmp_path):
+    from mwork.demo import Demo, DemoSettings
+
+    s = DemoSettings.quick(**{**TINY, "langs": ("en", "fr"), "deact_langs": None})
+    assert s.enhance_language()[0] == "fr" and "'zh' is not among" in s.enhance_language()[1]
+    assert any("trains 'fr'" in note for note in Demo(tmp_path, s).prepare())
+    assert DemoSettings.quick(**TINY).enhance_language() == ("zh", "")
+
+
+def test_demo_stages_rerun_when_what_they_read_changes(tmp_path, capsys):
+    """Replacing a NeuronSet file reruns the stages that read it (and says why), not the others."""
+    import torch
+
+    from mwork.demo import run_demo
+    from mwork.neurons.neuronset import NeuronSet
+
+    out = tmp_path / "demo"
+    run_demo(out, quick=True, **TINY)
+    capsys.readouterr()
+    path = out / "neurons" / "specific" / "zh.safetensors"
+    ns = NeuronSet.load(path)
+    ns.masks["ffn"] = torch.zeros_like(ns.masks["ffn"])
+    ns.masks["ffn"][0, :2] = True
+    ns.save(path)
+    run_demo(out, quick=True, **TINY)
+    printed = capsys.readouterr().out
+    assert "[demo 1/4] lens: cached" in printed and "[demo 2/4] neurons: cached" in printed
+    for n, stage in ((3, "deactivation"), (4, "enhance")):
+        assert (f"[demo {n}/4] {stage}: running again: changed since the cached run: "
+                f"inputs.neurons/specific/zh.safetensors") in printed, printed
+    run = json.loads((out / "run.json").read_text())
+    assert [s["cached"] for s in run["stages"]] == [True, True, False, False]
+    key = json.loads((out / "deactivation" / "stage.json").read_text())["key"]
+    assert set(key) == {"settings", "model", "texts", "regions", "inputs"} and len(key["model"]["digest"]) == 64
+    # other lens settings: the lens reruns; the neurons (which do not read it) stay cached
+    run_demo(out, quick=True, **{**TINY, "lens_prompts": 2})
+    printed = capsys.readouterr().out
+    assert "[demo 1/4] lens: running again: changed since the cached run: prompts, settings.max_prompts" in printed
+    assert "[demo 2/4] neurons: cached" in printed

@@ -6,7 +6,8 @@ The public API (each has a ``mwork`` command over it):
   things live in them, and new families from outside mwork;
 * ``capture`` / ``Hooks``: read and edit any named site of a model (``mwork.hooks``);
 * ``TextSource`` / ``read_texts``: every way of naming documents (``mwork.texts``);
-* ``logit_lens`` / ``estimate_regions``: layer-wise decoding by language (``mwork lens``);
+* ``run_lens`` / ``LensConfig`` / ``logit_lens`` / ``estimate_regions``: layer-wise decoding by
+  language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
@@ -45,6 +46,8 @@ _LAZY = {
     "run_ppl": "mwork.tasks.ppl_run",
     "list_tasks": "mwork.tasks.registry",
     "logit_lens": "mwork.lens.logit_lens",
+    "LensConfig": "mwork.lens.config",
+    "run_lens": "mwork.lens.pipeline",
     "estimate_regions": "mwork.lens.regions",
     "run_deactivation_experiment": "mwork.experiments.deactivation",
     "run_deactivation": "mwork.experiments.deactivation",

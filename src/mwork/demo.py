@@ -1,7 +1,9 @@
 """``mwork demo``: from nothing to the paper's findings on the default model, on a CPU, offline.
 
-Stages (each cached under ``out/``: a stage whose ``stage.json`` records the same settings is
-skipped, so a second run only redraws the report):
+Every setting is checked before the first stage runs. Stages (each cached under ``out/`` by
+content, see :mod:`mwork.stages`: a stage whose ``stage.json`` records the same settings, model
+weights, texts and input files is skipped, so a second run only redraws the report; one whose
+inputs changed reruns and says which):
 
 1. ``lens``: layer-wise decoding of built-in prompts in several languages (paper Figure 1).
 2. ``neurons``: language-specific neuron detection (PLND) on built-in text of each language
@@ -16,7 +18,6 @@ skipped, so a second run only redraws the report):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -26,46 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.demo_settings import ENGLISH, DemoSettings, check_settings
+
+__all__ = ["Demo", "DemoSettings", "STAGES", "check_settings", "run_demo"]
 
 
 STAGES = ("lens", "neurons", "deactivation", "enhance")
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Sizes of every stage; ``quick()`` fits about 5 minutes on two CPU cores, the default
-    about 20."""
-
-    model: str = DEFAULT_MODEL
-    lens_langs: tuple[str, ...] = ("en", "zh", "ru", "fr", "de", "es")
-    lens_prompts: int = 10
-    lens_new_tokens: int = 8
-    langs: tuple[str, ...] = ("en", "zh", "fr", "es", "ru", "de")  # detection
-    deact_langs: tuple[str, ...] | None = ("en", "zh", "fr", "ru")  # deactivation (None: all of langs)
-    detect_kinds: tuple[str, ...] = ("ffn", "q", "k", "v")
-    detect_docs: int = 64
-    detect_max_length: int = 192
-    detect_top_fraction: float = 0.02
-    detect_min_doc_fraction: float = 0.9
-    eval_texts: int = 6
-    eval_max_length: int = 128
-    seeds: tuple[int, ...] = (0, 1, 2)
-    enhance_lang: str = "zh"
-    enhance_docs: int = 48
-    enhance_steps: int = 12
-    enhance_lr: float = 1e-4
-    enhance_baselines: tuple[str, ...] = ("random",)
-    corpus_dir: str | None = None
-    xquad: bool = False  # detect on XQuAD articles 0-23, evaluate on 24-47 (local copy, else the hub)
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> "DemoSettings":
-        small = cls(lens_langs=("zh", "ru", "fr", "de", "es"), lens_prompts=2, lens_new_tokens=2,
-                    langs=("en", "zh", "fr", "ru", "de"), deact_langs=("en", "zh", "ru"), detect_docs=8,
-                    detect_max_length=96, eval_texts=3, eval_max_length=96, seeds=(0,), enhance_docs=8,
-                    enhance_steps=3, enhance_baselines=())
-        return replace(small, **overrides)
 
 
 # Seconds of each stage on two CPU cores = fixed + per_unit * _work_units, fitted to a full and a
@@ -110,6 +77,7 @@ class _Stage:
     name: str
     seconds: float = 0.0
     cached: bool = False
+    reason: str = ""  # why it ran again (its inputs changed, an older cache, an interrupted run)
 
 
 @dataclass
@@ -119,6 +87,7 @@ class Demo:
     stages: list[_Stage] = field(default_factory=list)
     _model: Any = None
     _tokenizer: Any = None
+    _texts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     # ---- plumbing ---------------------------------------------------------------------------
     def model(self) -> tuple[Any, Any]:
@@ -128,24 +97,22 @@ class Demo:
             self._model, self._tokenizer = load_model(self.settings.model, device="cpu")
         return self._model, self._tokenizer
 
-    def _stage(self, name: str, keys: dict[str, Any], fn: Callable[[Path], None]) -> None:
+    def _stage(self, name: str, key: dict[str, Any], fn: Callable[[Path], None]) -> None:
+        from mwork.stages import run_stage, stage_status
+
         folder = self.out / name
-        marker = folder / "stage.json"
-        digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()
         n = len(self.stages) + 1
-        if marker.exists() and json.loads(marker.read_text()).get("settings_sha256") == digest:
+        status = stage_status(folder, key)
+        if status.cached:
             print(f"[demo {n}/4] {name}: cached in {folder}", flush=True)
-            self.stages.append(_Stage(name, json.loads(marker.read_text()).get("seconds", 0.0), cached=True))
+            self.stages.append(_Stage(name, status.seconds, cached=True))
             return
         left = _time_left(self.settings, self.stages, STAGES[n - 1:])
         print(f"[demo {n}/4] {name} ... ({_minutes(left)} left for the whole demo)", flush=True)
-        start = time.time()
-        folder.mkdir(parents=True, exist_ok=True)
-        fn(folder)
-        seconds = time.time() - start
-        marker.write_text(json.dumps({"settings_sha256": digest, "settings": keys, "seconds": seconds},
-                                     indent=2, default=str) + "\n")
-        self.stages.append(_Stage(name, seconds))
+        if status.reason:
+            print(f"[demo {n}/4] {name}: running again: {status.reason}", flush=True)
+        seconds = run_stage(folder, key, fn, status)
+        self.stages.append(_Stage(name, seconds, reason=status.reason))
         print(f"[demo {n}/4] {name}: done in {seconds:.0f} s", flush=True)
 
     def _corpus(self, lang: str, split: str) -> list[str]:
@@ -160,26 +127,114 @@ class Demo:
             return TextSource(path=path).texts()
         return TextSource(builtin=lang, builtin_split=split).texts()
 
+    def texts(self, lang: str, split: str) -> list[str]:
+        """Every text of ``lang``'s ``split`` (``detect`` or ``heldout``), read once."""
+        if (lang, split) not in self._texts:
+            self._texts[lang, split] = self._corpus(lang, split)
+        return self._texts[lang, split]
+
+    def _uses(self) -> list[tuple[str, str, str, int]]:
+        """(stage, language, split, how many texts) for every corpus a stage reads."""
+        s = self.settings
+        lang, _ = s.enhance_language()
+        return ([("neurons", x, "detect", s.detect_docs) for x in s.langs]
+                + [("deactivation", x, "heldout", s.eval_texts) for x in s.deactivation_langs]
+                + [("enhance", lang, "detect", s.enhance_docs)]
+                + [("enhance", x, "heldout", s.eval_texts) for x in dict.fromkeys((lang, ENGLISH))])
+
+    def prepare(self) -> list[str]:
+        """Read every text the stages use (a missing or empty corpus is an error now, not after
+        two stages); returns notes to show: a different enhance language, short corpora."""
+        _, note = self.settings.enhance_language()
+        notes = [note] if note else []
+        for stage, lang, split, wanted in self._uses():
+            have = len(self.texts(lang, split))
+            if have == 0:
+                raise ValueError(f"the {split} texts of {lang!r} are empty; the {stage} stage needs {wanted}")
+            if have < wanted:
+                notes.append(f"{stage}: {lang!r} has {have} {split} texts, fewer than the {wanted} asked for; "
+                             f"using all {have}")
+        return list(dict.fromkeys(notes))
+
+    # ---- what each stage is computed from (mwork.stages) --------------------------------------
+    def _key(self, settings: dict[str, Any], **inputs: Any) -> dict[str, Any]:
+        from mwork.fingerprints import model_digest
+
+        model, _ = self.model()
+        return {"settings": settings, "model": {"name": self.settings.model, "digest": model_digest(model)}, **inputs}
+
+    def _texts_digest(self, lang: str, split: str, n: int) -> str:
+        from mwork.fingerprints import texts_digest
+
+        return texts_digest(self.texts(lang, split)[:n])
+
+    def _files_digest(self, *relative: str) -> dict[str, str]:
+        from mwork.fingerprints import file_digest
+
+        return {rel: file_digest(self.out / rel) for rel in relative}
+
+    def lens_config(self):
+        from mwork.lens.config import LensConfig
+
+        s = self.settings
+        latin = {} if s.lens_latin_langs is None else {"latin_langs": s.lens_latin_langs}
+        return LensConfig(langs=s.lens_langs, max_prompts=s.lens_prompts, max_new_tokens=s.lens_new_tokens, top_k=10,
+                          **latin)
+
+    def lens_key(self) -> dict[str, Any]:
+        from mwork.config import fingerprint
+        from mwork.fingerprints import texts_digest
+        from mwork.lens.pipeline import lens_prompts
+
+        config = self.lens_config()
+        prompts = texts_digest(f"{p.lang}\t{p.text}" for p in lens_prompts(config))
+        return self._key(fingerprint(config), prompts=prompts)
+
+    def neurons_key(self) -> dict[str, Any]:
+        s = self.settings
+        settings = {"langs": s.langs, "kinds": s.detect_kinds, "docs": s.detect_docs, "max_length": s.detect_max_length,
+                    "top_fraction": s.detect_top_fraction, "min_doc_fraction": s.detect_min_doc_fraction}
+        return self._key(settings, texts={lang: self._texts_digest(lang, "detect", s.detect_docs) for lang in s.langs})
+
+    def regions(self) -> tuple[int, int, bool]:
+        """U and G for the deactivation grid: from the lens stage, else quarters of the layers."""
+        import mwork
+        from mwork.lens.regions import estimate_regions
+
+        model, _ = self.model()
+        n_layers = len(mwork.get_adapter(model).layers)
+        est = estimate_regions(self.out / "lens")
+        # without a clear English phase, fall back to quarters (recorded in the results)
+        u, g = (est.understanding, est.generation) if est.found else (n_layers // 4, n_layers // 4)
+        return u, g, est.found
+
+    def deactivation_key(self) -> dict[str, Any]:
+        s = self.settings
+        langs = s.deactivation_langs
+        u, g, found = self.regions()
+        settings = {"langs": langs, "eval_texts": s.eval_texts, "eval_max_length": s.eval_max_length, "seeds": s.seeds}
+        return self._key(settings, texts={lang: self._texts_digest(lang, "heldout", s.eval_texts) for lang in langs},
+                         regions={"understanding": u, "generation": g, "from_lens": found},
+                         inputs=self._files_digest(*(f"neurons/specific/{lang}.safetensors" for lang in langs)))
+
+    def enhance_key(self) -> dict[str, Any]:
+        s = self.settings
+        lang, _ = s.enhance_language()
+        settings = {"lang": lang, "docs": s.enhance_docs, "steps": s.enhance_steps, "lr": s.enhance_lr,
+                    "baselines": s.enhance_baselines, "eval_texts": s.eval_texts, "eval_max_length": s.eval_max_length}
+        texts = {"train": self._texts_digest(lang, "detect", s.enhance_docs),
+                 **{f"eval.{x}": self._texts_digest(x, "heldout", s.eval_texts) for x in dict.fromkeys((lang, ENGLISH))}}
+        return self._key(settings, texts=texts, inputs=self._files_digest(f"neurons/specific/{lang}.safetensors"))
+
     # ---- stages -------------------------------------------------------------------------------
     def lens(self, folder: Path) -> None:
-        from mwork.lens.langid import ScriptWordfreqIdentifier, TokenLabeler
-        from mwork.lens.logit_lens import logit_lens
-        from mwork.lens.plot import plot_shares
-        from mwork.lens.prompts import builtin_prompts
-        from mwork.lens.regions import estimate_regions
-        from mwork.lens.shares import language_shares, write_csv, write_json
+        from mwork.lens.pipeline import run_lens
 
         s = self.settings
         model, tok = self.model()
-        prompts = builtin_prompts(list(s.lens_langs), s.lens_prompts)
-        result = logit_lens(model, tok, prompts, top_k=10, max_new_tokens=s.lens_new_tokens, model_name=s.model)
-        identifier = ScriptWordfreqIdentifier()
-        shares = language_shares(result, TokenLabeler(tok, identifier))
-        regions = estimate_regions(shares)
-        write_csv(shares, folder / "lens.csv")
-        write_json(result, shares, folder / "lens.json", tokenizer=tok, identifier_settings=identifier.settings(),
-                   extra={"regions": regions.to_dict()})
-        plot_shares(shares, folder / "lens.png", title=f"{s.model}: language of the top-10 decoded tokens per layer")
+        config = self.lens_config()
+        run_lens(model, tok, None, config, folder, model_name=s.model,
+                 title=f"{s.model}: language of the top-{config.top_k} decoded tokens per layer")
 
     def neurons(self, folder: Path) -> None:
         from mwork.neurons.detect import detect
@@ -190,7 +245,7 @@ class Demo:
         model, tok = self.model()
         sets = []
         for lang in s.langs:
-            docs = self._corpus(lang, "detect")[: s.detect_docs]
+            docs = self.texts(lang, "detect")[: s.detect_docs]
             sets.append(detect(model, tok, docs, language=lang, kinds=s.detect_kinds, top_fraction=s.detect_top_fraction,
                                min_doc_fraction=s.detect_min_doc_fraction, max_length=s.detect_max_length,
                                model_id=s.model, out=folder / "detected" / lang,
@@ -203,30 +258,26 @@ class Demo:
     def deactivation(self, folder: Path) -> None:
         from mwork.experiments.deactivation import load_language_sets, run_deactivation_experiment
         from mwork.experiments.evaluators import perplexity_evaluator
-        from mwork.lens.regions import estimate_regions
 
         s = self.settings
         model, tok = self.model()
-        n_layers = len(__import__("mwork").get_adapter(model).layers)
-        est = estimate_regions(self.out / "lens")
-        # without a clear English phase, fall back to quarters (recorded in the results)
-        u, g = (est.understanding, est.generation) if est.found else (n_layers // 4, n_layers // 4)
-        langs = list(s.deact_langs or s.langs)
+        u, g, found = self.regions()
+        langs = list(s.deactivation_langs)
         sets = load_language_sets(self.out / "neurons" / "specific", langs, model)
-        texts = {lang: self._corpus(lang, "heldout")[: s.eval_texts] for lang in langs}
+        texts = {lang: self.texts(lang, "heldout")[: s.eval_texts] for lang in langs}
         evaluate = perplexity_evaluator(model, tok, texts, batch_size=8, max_length=s.eval_max_length)
         run_deactivation_experiment(model, evaluate, sets, langs, folder, understanding=u, generation=g,
-                                    seeds=s.seeds, settings={"regions_from_lens": est.found,
+                                    seeds=s.seeds, settings={"regions_from_lens": found,
                                                              "texts": "held-out paragraphs"})
 
     def enhance(self, folder: Path) -> None:
         from mwork.experiments.enhance import compare
 
         s = self.settings
-        lang = s.enhance_lang if s.enhance_lang in s.langs else next(x for x in s.langs if x != "en")
+        lang, _ = s.enhance_language()
         batch = 2 if s.enhance_docs < 16 else 4
-        texts = self._corpus(lang, "detect")[: s.enhance_docs]
-        evals = {lang: self._corpus(lang, "heldout")[: s.eval_texts], "en": self._corpus("en", "heldout")[: s.eval_texts]}
+        texts = self.texts(lang, "detect")[: s.enhance_docs]
+        evals = {lang: self.texts(lang, "heldout")[: s.eval_texts], "en": self.texts("en", "heldout")[: s.eval_texts]}
         compare(s.model, self.out / "neurons" / "specific" / f"{lang}.safetensors", texts, evals, folder,
                 methods=("neurons", *s.enhance_baselines), max_steps=s.enhance_steps, lr=s.enhance_lr,
                 batch_size=batch, grad_accum=1, warmup_ratio=0.0, max_length=s.eval_max_length,
@@ -238,24 +289,19 @@ class Demo:
 
         s = self.settings
         start = time.time()
+        notes = self.prepare()  # every text read, every problem said, before the first stage
+        for note in notes:
+            print(f"[demo] note: {note}", flush=True)
         self.out.mkdir(parents=True, exist_ok=True)
-        base = {"model": s.model}
-        self._stage("lens", {**base, "langs": s.lens_langs, "prompts": s.lens_prompts, "new": s.lens_new_tokens},
-                    self.lens)
-        det = {**base, "langs": s.langs, "docs": s.detect_docs, "len": s.detect_max_length,
-               "top": s.detect_top_fraction, "q": s.detect_min_doc_fraction, "corpus": s.corpus_dir, "xquad": s.xquad,
-               "kinds": s.detect_kinds}
-        self._stage("neurons", det, self.neurons)
-        deact = {**det, "eval": (s.eval_texts, s.eval_max_length), "seeds": s.seeds, "lens": s.lens_langs,
-                 "deact_langs": s.deact_langs}
-        self._stage("deactivation", deact, self.deactivation)
-        enh = {**det, "eval": (s.eval_texts, s.eval_max_length), "lang": s.enhance_lang, "docs": s.enhance_docs,
-               "steps": s.enhance_steps, "lr": s.enhance_lr, "baselines": s.enhance_baselines}
-        self._stage("enhance", enh, self.enhance)
+        self._stage("lens", self.lens_key(), self.lens)
+        self._stage("neurons", self.neurons_key(), self.neurons)
+        self._stage("deactivation", self.deactivation_key(), self.deactivation)
+        self._stage("enhance", self.enhance_key(), self.enhance)
         run = {
             "title": f"mwork demo on {s.model}",
             "command": " ".join(["mwork", *sys.argv[1:]]) if sys.argv and "mwork" in sys.argv[0] else f"mwork demo --out {self.out}",
             "settings": asdict(s),
+            "notes": notes,
             "stages": [asdict(st) for st in self.stages],
             "total_seconds": sum(st.seconds for st in self.stages),
             "this_run_seconds": time.time() - start,

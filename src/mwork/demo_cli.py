@@ -10,13 +10,20 @@ XQUAD_LANGS = ("en", "zh", "es", "de", "ru")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mwork.demo import run_demo
+    from mwork.demo import DemoSettings, run_demo
 
     overrides = {"model": args.model, "corpus_dir": args.corpus_dir, "xquad": args.xquad}
     if args.xquad:
+        # XQuAD has no French: deactivate the default's languages that it has
+        defaults = DemoSettings.quick() if args.quick else DemoSettings()
         overrides["langs"] = XQUAD_LANGS
+        overrides["deact_langs"] = tuple(x for x in defaults.deactivation_langs if x in XQUAD_LANGS)
+    if args.latin_langs:
+        overrides["lens_latin_langs"] = tuple(x.strip() for x in args.latin_langs.split(",") if x.strip())
     if args.langs:
-        overrides["langs"] = tuple(x for x in args.langs.split(",") if x)
+        overrides["langs"] = tuple(x.strip() for x in args.langs.split(",") if x.strip())
+        overrides["deact_langs"] = None  # --langs names the deactivation languages too
+    # every setting is checked here, before the first stage (a ValueError: one line, exit 2)
     run_demo(args.out, quick=args.quick, **overrides)
     return 0
 
@@ -27,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="mwork-demo", help="output folder (default: mwork-demo); index.html is written there")
     p.add_argument("--quick", action="store_true", help="small sizes: about 5 minutes on two CPU cores")
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--langs", help="languages for detection/deactivation (must include en)")
+    p.add_argument("--langs", help="languages for detection and deactivation, comma-separated (must include en "
+                   "and have built-in texts, or files in --corpus-dir)")
+    p.add_argument("--latin-langs", help="the lens's wordfreq languages for Latin-script tokens (default: every "
+                   "one wordfreq has; en,fr,es,de,it,pt,nl was mwork's old list)")
     p.add_argument("--corpus-dir", help="your own texts: <lang>.txt for detection/training and <lang>.heldout.txt "
                    "for evaluation, one document per line")
     p.add_argument("--xquad", action="store_true", help="use XQuAD (articles 0-23 detect, 24-47 evaluate): a local "

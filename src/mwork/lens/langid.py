@@ -8,11 +8,13 @@ pieces, so a sentence-level detector is the wrong tool; instead:
    kana -> ``ja``, Hangul -> ``ko``, Cyrillic -> ``ru``, Arabic -> ``ar`` ...; see
    :data:`SCRIPT_LANGUAGES`, which a caller may override, e.g. Cyrillic -> ``uk``).
 2. **Latin words.** A Latin-script token is looked up in the word-frequency lists of
-   :mod:`wordfreq` (offline, shipped with the package) for a configurable set of languages.
+   :mod:`wordfreq` (offline, shipped with the package) for a configurable set of languages
+   (the lens consults all of them, :data:`WORDFREQ_LATIN_LANGUAGES`: a language missing from
+   the set has its words counted as the nearest listed language, or as English).
 
 The exact rule is in :class:`ScriptWordfreqIdentifier`. Anything that is not a word of a
 known language is ``"unknown"`` (:data:`UNKNOWN`); callers count unknown tokens rather than
-drop them.
+drop them. :func:`coverage_warnings` names the input languages an identifier cannot label.
 
 Any object with a ``label(text: str) -> str`` method can replace the default identifier
 (:class:`LanguageIdentifier`); :class:`TokenLabeler` adds the tokenizer side (token id ->
@@ -67,8 +69,19 @@ SCRIPT_LANGUAGES: dict[str, str] = {
     "ethiopic": "am", "khmer": "km",
 }
 
-#: Latin-script languages whose wordfreq lists are consulted by default.
-DEFAULT_LATIN_LANGUAGES: tuple[str, ...] = ("en", "fr", "es", "de", "it", "pt", "nl")
+#: The seven Latin-script languages mwork consulted before every wordfreq language was: still the
+#: default of :class:`ScriptWordfreqIdentifier` itself, and ``--latin-langs en,fr,es,de,it,pt,nl``
+#: gives the lens this old behaviour.
+CLASSIC_LATIN_LANGUAGES: tuple[str, ...] = ("en", "fr", "es", "de", "it", "pt", "nl")
+DEFAULT_LATIN_LANGUAGES = CLASSIC_LATIN_LANGUAGES  # the class default (kept under its old name)
+
+#: Every Latin-script language wordfreq 3 has a word list for (English first, then by code): the
+#: lens's default candidates, so a Romanian or Turkish word is not counted as English or Spanish for
+#: want of its own language. (A test checks this against wordfreq's lists.)
+WORDFREQ_LATIN_LANGUAGES: tuple[str, ...] = (
+    "en", "ca", "cs", "da", "de", "es", "fi", "fil", "fr", "hu", "id", "is", "it", "lt", "lv", "ms",
+    "nb", "nl", "pl", "pt", "ro", "sh", "sk", "sl", "sv", "tr", "vi",
+)
 
 # Word-boundary markers that tokenizers put into token strings (SentencePiece, byte-level BPE).
 _MARKERS = "\u2581\u0120\u010a"
@@ -121,6 +134,13 @@ class ScriptWordfreqIdentifier:
 
     The default margin (0.5 Zipf, about 3x more frequent) and thresholds are fixed a priori,
     not fitted to any result.
+
+    ``latin_languages`` defaults to the seven of :data:`CLASSIC_LATIN_LANGUAGES`; the lens
+    (``LensConfig.latin_langs``) passes every Latin-script wordfreq language
+    (:data:`WORDFREQ_LATIN_LANGUAGES`). More candidates make fewer false labels for languages
+    outside the seven (Romanian ``care`` is not English), but also fewer words that can be told
+    apart: English ``to``, ``for`` and ``at`` are frequent Polish, Danish and Filipino words, so
+    within the margin they become unknown or foreign (measured in the lens's tests and notes).
     """
 
     def __init__(
@@ -159,6 +179,10 @@ class ScriptWordfreqIdentifier:
             "margin": self.margin,
             "min_length": self.min_length,
         }
+
+    def languages(self) -> set[str]:
+        """Every label this identifier can give besides unknown."""
+        return set(self.latin_languages) | set(self.script_languages.values())
 
     def label(self, text: str) -> str:
         text = clean_token(text)
@@ -240,3 +264,55 @@ class TokenLabeler:
 
     def labels(self, token_ids: Iterable[int]) -> list[str]:
         return [self.label(t) for t in token_ids]
+
+
+def dominant_script(texts: Iterable[str]) -> str | None:
+    """The script with the most letters over ``texts`` (None when they hold no listed letter)."""
+    counts: dict[str, int] = {}
+    for text in texts:
+        for ch in text:
+            if unicodedata.category(ch).startswith("L"):
+                script = char_script(ch)
+                if script is not None:
+                    counts[script] = counts.get(script, 0) + 1
+    return max(counts, key=counts.get) if counts else None
+
+
+def coverage_warnings(prompts: Iterable, identifier: LanguageIdentifier) -> list[str]:
+    """One sentence per input language of ``prompts`` (objects with ``text`` and ``lang``) that
+    ``identifier`` can never give as a label, so its tokens are counted as another language.
+
+    A Latin-script one matters most: its words are labelled as the nearest listed language or as
+    English, which inflates the English share. Identifiers without a ``languages()`` method are
+    not checked; the language ``"?"`` (plain-string prompts) is skipped."""
+    languages = getattr(identifier, "languages", None)
+    if not callable(languages):
+        return []
+    known = set(languages())
+    by_lang: dict[str, list[str]] = {}
+    for p in prompts:
+        by_lang.setdefault(p.lang, []).append(p.text)
+    script_languages = getattr(identifier, "script_languages", SCRIPT_LANGUAGES)
+    out = []
+    for lang, texts in by_lang.items():
+        if lang in known or lang == "?":
+            continue
+        script = dominant_script(texts)
+        if script == "latin":
+            try:
+                import wordfreq
+
+                listed = lang in wordfreq.available_languages()
+            except ImportError:  # pragma: no cover - wordfreq is a dependency
+                listed = False
+            fix = (f"add it to the candidates (--latin-langs / LensConfig.latin_langs: ...,{lang})" if listed
+                   else f"wordfreq has no word list for {lang!r}, so no token can be labelled {lang!r}")
+            out.append(f"input language {lang!r} is written in Latin script but is not among the languages its "
+                       f"tokens are looked up in ({','.join(getattr(identifier, 'latin_languages', ()))}): its "
+                       f"words count as one of those or as English, so its English share may be too high; {fix}")
+        elif script is not None:
+            label = script_languages.get(script, UNKNOWN)
+            shown = repr(label) if label != UNKNOWN else UNKNOWN
+            out.append(f"input language {lang!r} is written in {script} script, whose tokens are counted as "
+                       f"{shown}: its English share is unaffected, but its own share appears under {shown}")
+    return out
