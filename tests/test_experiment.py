@@ -9,7 +9,7 @@ import torch
 import mwork
 import mwork.cli
 from mwork.experiments.deactivation import layer_regions, performance_delta, run_deactivation_experiment
-from mwork.experiments.evaluators import perplexity_evaluator
+from mwork.tasks.runtime import perplexity_evaluator
 from mwork.neurons.neuronset import NeuronSet
 
 TEXTS = {

@@ -190,23 +190,32 @@ class Demo:
         prompts = texts_digest(f"{p.lang}\t{p.text}" for p in lens_prompts(config))
         return self._key(fingerprint(config), prompts=prompts)
 
-    def neurons_key(self) -> dict[str, Any]:
+    def detect_config(self, lang: str):
+        from mwork.neurons.detect_config import DetectConfig
+
         s = self.settings
-        settings = {"langs": s.langs, "kinds": s.detect_kinds, "docs": s.detect_docs, "max_length": s.detect_max_length,
-                    "top_fraction": s.detect_top_fraction, "min_doc_fraction": s.detect_min_doc_fraction}
+        return DetectConfig(language=lang, kinds=tuple(s.detect_kinds), top_fraction=s.detect_top_fraction,
+                            min_doc_fraction=s.detect_min_doc_fraction, max_length=s.detect_max_length)
+
+    def neurons_key(self) -> dict[str, Any]:
+        from mwork.config import fingerprint
+
+        s = self.settings
+        settings = {"docs": s.detect_docs, "detect": {lang: fingerprint(self.detect_config(lang)) for lang in s.langs}}
         return self._key(settings, texts={lang: self._texts_digest(lang, "detect", s.detect_docs) for lang in s.langs})
 
     def regions(self) -> tuple[int, int, bool]:
         """U and G for the deactivation grid: from the lens stage, else quarters of the layers."""
-        import mwork
-        from mwork.lens.regions import estimate_regions
+        from mwork.lens.regions import RegionEstimateError, resolve_regions
+        from mwork.models.adapters import get_adapter
 
         model, _ = self.model()
-        n_layers = len(mwork.get_adapter(model).layers)
-        est = estimate_regions(self.out / "lens")
-        # without a clear English phase, fall back to quarters (recorded in the results)
-        u, g = (est.understanding, est.generation) if est.found else (n_layers // 4, n_layers // 4)
-        return u, g, est.found
+        n_layers = get_adapter(model).num_layers
+        try:
+            u, g, _ = resolve_regions(n_layers, lens=self.out / "lens")
+        except RegionEstimateError:  # no clear English phase: quarters, recorded in the results
+            return n_layers // 4, n_layers // 4, False
+        return u, g, True
 
     def deactivation_key(self) -> dict[str, Any]:
         s = self.settings
@@ -246,9 +255,7 @@ class Demo:
         sets = []
         for lang in s.langs:
             docs = self.texts(lang, "detect")[: s.detect_docs]
-            sets.append(detect(model, tok, docs, language=lang, kinds=s.detect_kinds, top_fraction=s.detect_top_fraction,
-                               min_doc_fraction=s.detect_min_doc_fraction, max_length=s.detect_max_length,
-                               model_id=s.model, out=folder / "detected" / lang,
+            sets.append(detect(model, tok, docs, self.detect_config(lang), model_id=s.model, out=folder / "detected" / lang,
                                corpus_info={"source": s.corpus_dir or "dataset-build (built-in)", "lang": lang}))
         specific = language_specific(sets)
         for lang, ns in zip(s.langs, specific):
@@ -257,7 +264,7 @@ class Demo:
 
     def deactivation(self, folder: Path) -> None:
         from mwork.experiments.deactivation import load_language_sets, run_deactivation_experiment
-        from mwork.experiments.evaluators import perplexity_evaluator
+        from mwork.tasks.runtime import perplexity_evaluator
 
         s = self.settings
         model, tok = self.model()
