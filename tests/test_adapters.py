@@ -155,7 +155,7 @@ def test_recomputed_attention_matches_the_model(tiny64, tiny32, side):
         got = _capture_layer(model, batch, layer)
         ctx: AttentionContext = got["ctx"]
         q, k, v = (_heads(ad, got[kind], kind, layer) for kind in ("q", "k", "v"))
-        q, k = ad.apply_qk_norm(layer, 0, q), ad.apply_qk_norm(layer, 1, k)
+        q, k, v = (ad.apply_qk_norm(layer, which, x) for which, x in enumerate((q, k, v)))
         q, k = ad.apply_rope(q, ctx), ad.apply_rope(k, ctx)
         s = ad.scores(layer, q, k, ctx)
         mask = attention_mask(am, ad.sliding_window(layer))

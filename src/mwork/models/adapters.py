@@ -304,10 +304,11 @@ class Adapter:
         return "head"
 
     def apply_qk_norm(self, layer: int, which: int, x: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
-        """What the model does to raw q (``which`` = 0) or k (1) channels before RoPE: ``x`` is
-        (..., h, n, head_dim) and holds the heads ``heads`` (query heads for q, KV heads for k;
-        None: all of them). A ``"projection"``-scope norm needs every head."""
-        norm = self.qk_norms(layer)[which]
+        """What the model does to raw q (``which`` = 0) or k (1) channels before RoPE, or to raw v
+        (2) before the attention (nothing, but for MPT's clipping): ``x`` is (..., h, n,
+        head_dim) and holds the heads ``heads`` (query heads for q, KV heads for k and v; None:
+        all of them). A ``"projection"``-scope norm needs every head."""
+        norm = self.qk_norms(layer)[which] if which < 2 else None
         if norm is None:
             return x
         if self.qk_norm_scope(layer) == "projection":

@@ -230,7 +230,7 @@ class CohereAdapter(LlamaAdapter):
         return x * cos + rotate(x) * sin
 
     def apply_qk_norm(self, layer: int, which: int, x: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
-        norm = self.qk_norms(layer)[which]
+        norm = self.qk_norms(layer)[which] if which < 2 else None
         if norm is None:
             return x
         # CohereLayerNorm normalises each head with weights of shape (heads, head_dim), on the
@@ -272,7 +272,7 @@ class StableLmAdapter(LlamaAdapter):
         return None if norm is None else float(norm.norms[0].eps)
 
     def apply_qk_norm(self, layer: int, which: int, x: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
-        norm = self.qk_norms(layer)[which]
+        norm = self.qk_norms(layer)[which] if which < 2 else None
         if norm is None:
             return x
         norms = list(norm.norms)[heads if heads is not None else slice(None)]  # one LayerNorm per head

@@ -112,6 +112,11 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     # OLMo: clip_qkv clamps the projections in place; OLMo-2: QK-norm over the whole projection, post-norms
     "olmo": ("OlmoConfig", _common(**_LLAMA_SHAPE, clip_qkv=0.2)),
     "olmo2": ("Olmo2Config", _common(**_LLAMA_SHAPE)),
+    # OLMo-3: OLMo-2's projection-wide QK-norm, sliding local layers, a RoPE table per layer type
+    "olmo3": ("Olmo3Config", _common(**_LLAMA_SHAPE, sliding_window=8,
+                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                     rope_parameters={"sliding_attention": _rope(),
+                                                      "full_attention": _rope(rope_theta=500000.0)})),
     # partial RoPE on a quarter of each head, q/k/v biases, LayerNorms
     "stablelm": ("StableLmConfig", _common(**_LLAMA_SHAPE, use_qkv_bias=True, rope_parameters=_rope(partial_rotary_factor=0.25))),
     # new_decoder_architecture: fused query_key_value per KV group (GQA), two LayerNorms in parallel
@@ -161,6 +166,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_model(arch: str, dtype: torch.dtype = torch.float32) -> transformers.PreTrainedModel:
     """The tiny random model of family ``arch`` (a key of TINY_CONFIGS), seeded."""
     cls_name, kwargs = TINY_CONFIGS[arch]
+    return build_tiny(cls_name, kwargs, dtype)
+
+
+def build_tiny(cls_name: str, kwargs: dict[str, Any], dtype: torch.dtype = torch.float32) -> transformers.PreTrainedModel:
+    """A seeded random causal LM from ``transformers.<cls_name>(**kwargs)``, eager attention,
+    norms and biases moved away from their initial values (the tiny aliases and their variants
+    in the tests)."""
     config = getattr(transformers, cls_name)(**kwargs)
     # eager attention: exact in float64 and no kernel-dependent rounding in brute-force tests
     config._attn_implementation = "eager"
@@ -174,7 +186,7 @@ def tiny_model(arch: str, dtype: torch.dtype = torch.float32) -> transformers.Pr
             if name.endswith("bias"):
                 p.data.add_(0.05 * torch.randn_like(p))
     model = model.to(dtype).eval()
-    if arch == "xglm" and dtype == torch.float64:
+    if config.model_type == "xglm" and dtype == torch.float64:
         _default_dtype_in_forward(model.model, dtype)
     return model
 
