@@ -470,6 +470,15 @@ def supported_model_types() -> list[str]:
     return sorted(REGISTRY)
 
 
+def supported_families() -> dict[str, list[str]]:
+    """``{family: [model types]}`` of every registered adapter, families sorted."""
+    _load_entry_points()
+    out: dict[str, list[str]] = {}
+    for model_type in sorted(REGISTRY):
+        out.setdefault(REGISTRY[model_type].family, []).append(model_type)
+    return dict(sorted(out.items()))
+
+
 def get_adapter(model: nn.Module) -> Adapter:
     """The adapter for ``model``; cached on the model so every caller sees the same one."""
     cached = getattr(model, "_mwork_adapter", None)

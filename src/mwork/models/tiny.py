@@ -146,6 +146,12 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
 TINY_ALIASES: tuple[str, ...] = tuple(f"tiny-random-{name}" for name in TINY_CONFIGS)
 
 
+def tiny_model_types() -> dict[str, str]:
+    """``{tiny alias: model_type}`` (from the config classes; no model is built)."""
+    return {f"tiny-random-{name}": getattr(transformers, cls_name).model_type
+            for name, (cls_name, _) in TINY_CONFIGS.items()}
+
+
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained (deterministically) on a short multilingual text."""
     tok = Tokenizer(models.BPE())

@@ -16,6 +16,10 @@ from mwork.hooks import Hooks
 from mwork.models.adapters import attention_mask, get_adapter
 
 
+class _Captured(Exception):
+    """Raised by the last reader to end the rerun once the measured block has run."""
+
+
 @torch.no_grad()
 def brute_force(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor:
     """Importance of every channel of ``kind`` in ``layer`` for one unpadded document (``ids``
@@ -34,16 +38,25 @@ def brute_force(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor
         x[rows, :, features.to(x.device)] = 0
         return x.reshape(shape)
 
+    def stop(value) -> None:  # everything needed is captured: the later layers need not run
+        raise _Captured
+
     hooks = Hooks().edit(site, zero_one_per_row)
     if kind in ("ffn", "v"):  # the block's output: the down projection's, or W_O's
-        hooks.read(ad.site("ffn.out" if kind == "ffn" else "o.out", layer), lambda out: got.__setitem__("out", out))
+        end = ad.site("ffn.out" if kind == "ffn" else "o.out", layer)
+        hooks.read(end, lambda out: got.__setitem__("out", out.clone()))
     else:  # the q and k the rerun produced (one zeroed), and the attention call's context
+        end = ad.site("attn.out", layer)
         hooks.read(ad.site("attn.in", layer), lambda ctx: got.__setitem__("ctx", ctx))
         for k in ("q", "k"):
             hooks.read(ad.site(f"{k}.out", layer), lambda x, k=k: got.__setitem__(k, x))
+    hooks.read(end, stop)
     ones = torch.ones_like(batch)
-    with hooks:
-        ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
+    try:
+        with hooks:
+            ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
+    except _Captured:
+        pass
     if kind in ("ffn", "v"):
         out = got["out"]
         out = out.reshape(C + 1, -1)

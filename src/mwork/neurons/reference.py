@@ -47,7 +47,11 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
     captured: dict = {}
 
     def up_hook(layer: int):
+        site = ad.site("ffn.up.out", layer)
+
         def read(up):
+            # the up half of a fused gate_up (Phi-3); (batch, tokens) where the model flattens them (OPT)
+            up = site.channels(up).reshape(len(lengths), -1, ad.ffn_size)
             for b, n in enumerate(lengths):
                 out["ffn"][b, layer] = up[b, :n].to(dtype).abs().sum(0).cpu()
 
