@@ -146,7 +146,10 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
     captured: dict = {}
 
     def up_hook(layer: int):
+        site = ad.site("ffn.up.out", layer)
+
         def read(up):
+            up = site.channels(up).reshape(1, n, -1)  # a fused gate_up's up half; OPT flattens the tokens
             scores["ffn"][layer] = up.abs().sum(1).squeeze().tolist()
 
         return read
@@ -162,9 +165,7 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
             ctx = captured["ctx"]
             q = captured["q"][..., ad.channel_site(layer, "q").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
             k = captured["k"][..., ad.channel_site(layer, "k").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
-            qn, kn = ad.qk_norms(layer)
-            if qn is not None:
-                q, k = qn(q), kn(k)
+            q, k = ad.apply_qk_norm(layer, 0, q), ad.apply_qk_norm(layer, 1, k)
             q, k = ad.apply_rope(q, ctx), ad.apply_rope(k, ctx)
             mask = attention_mask(torch.ones(1, n, dtype=torch.long, device=q.device), ad.sliding_window(layer))
             s = ad.scores(layer, q, k, ctx).masked_fill(~mask, float("-inf"))  # (1, H, l, l)
