@@ -1,8 +1,10 @@
 """The adapters answer every "where is X" question correctly, for every supported family.
 
-The strongest check: attention recomputed from the pieces the adapter names (captured q/k/v,
+The strongest checks: attention recomputed from the pieces the adapter names (captured q/k/v,
 QK-norm, RoPE, score function, mask, softmax, W_O) reproduces the attention module's real
-output, in float64, with padding on either side. Neuron importance relies on exactly this.
+output, in float64, with padding on either side -- neuron importance relies on exactly this;
+and the layer parity (``mwork.models.parity``): each layer's input, attention output and FFN
+output, combined as the adapter says, give the layer's output.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import pytest
 import torch
 
 import mwork
+from mwork.hooks import Site
 from mwork.models.adapters import KINDS, AttentionContext, attention_mask, get_adapter
+from mwork.models.parity import layer_parity
 from mwork.models.tiny import TINY_ALIASES
 
 # 43 and 41 tokens: longer than the tiny models' sliding window (8), and the shorter one's
@@ -54,6 +58,8 @@ def test_resolves_every_component(tiny64):
     assert H % Hkv == 0 and ad.kv_group_size == H // Hkv
     for module in (ad.embed, ad.final_norm, ad.lm_head, ad.body):
         assert isinstance(module, torch.nn.Module)
+    assert isinstance(ad.embed_site, Site) and ad.embed_site.module in list(model.modules())
+    assert ad.block in ("sequential", "parallel")
     assert ad.body is not model and not hasattr(ad.body, "lm_head")
     counts = ad.neuron_counts()
     assert counts == {"ffn": ad.ffn_size, "q": H * d, "k": Hkv * d, "v": Hkv * d}
@@ -72,8 +78,16 @@ def test_resolves_every_component(tiny64):
         fused = [ad.channel_site(i, k) for k in ("q", "k", "v")]
         if fused[0].module is fused[1].module:  # one fused projection: q, k, v disjoint
             assert torch.cat([s.index for s in fused]).unique().numel() == sum(s.index.numel() for s in fused)
+        ffn_in = ad.ffn_in_sites(i)
+        assert set(ffn_in) in ({"up"}, {"gate", "up"}) and set(ffn_in) == set(ad.ffn_in_modules(i))
+        for cs in ffn_in.values():
+            assert cs.index.shape == (ad.ffn_size,)
+        if len(ffn_in) == 2 and ffn_in["gate"].module is ffn_in["up"].module:  # fused gate_up: disjoint halves
+            assert torch.cat([cs.index for cs in ffn_in.values()]).unique().numel() == 2 * ad.ffn_size
         assert ad.scaling(i) > 0
         assert 0 <= ad.rotary_dim(i) <= d and ad.rotary_dim(i) % 2 == 0
+        assert (ad.rotary_dim(i) > 0) == ad.uses_rope(i)
+        assert ad.qk_norm_scope(i) in ("head", "projection")
         window = ad.sliding_window(i)
         assert window is None or window > 0
         qn, kn = ad.qk_norms(i)
@@ -141,9 +155,7 @@ def test_recomputed_attention_matches_the_model(tiny64, tiny32, side):
         got = _capture_layer(model, batch, layer)
         ctx: AttentionContext = got["ctx"]
         q, k, v = (_heads(ad, got[kind], kind, layer) for kind in ("q", "k", "v"))
-        qn, kn = ad.qk_norms(layer)
-        if qn is not None:
-            q, k = qn(q), kn(k)
+        q, k, v = (ad.apply_qk_norm(layer, which, x) for which, x in enumerate((q, k, v)))
         q, k = ad.apply_rope(q, ctx), ad.apply_rope(k, ctx)
         s = ad.scores(layer, q, k, ctx)
         mask = attention_mask(am, ad.sliding_window(layer))
@@ -160,6 +172,29 @@ def test_recomputed_attention_matches_the_model(tiny64, tiny32, side):
             heads = slice(g * G, (g + 1) * G)
             sg = ad.scores(layer, q[:, heads], k[:, g : g + 1], ctx, heads=heads)
             torch.testing.assert_close(sg, s[:, heads], rtol=0, atol=0)
+
+
+def test_layer_parts_add_up_to_the_layer_output(tiny64):
+    """layer.out == combine(layer.in, o.out, ffn.out) in every layer (sequential, parallel,
+    post-norm, multiplier variants), the layer-0 input is the embedding site's value, and the
+    final norm reads the last layer's output."""
+    model, tok = tiny64
+    errors = layer_parity(model, _batch(tok, "right"))
+    assert len(errors) == get_adapter(model).num_layers + 2
+    bad = {k: v for k, v in errors.items() if not v <= 1e-12}
+    assert not bad, bad
+
+
+def test_embed_site_is_the_first_hidden_state(tiny64):
+    from mwork.hooks import Hooks
+
+    model, tok = tiny64
+    ad = get_adapter(model)
+    batch = _batch(tok, "right")
+    got = {}
+    with torch.no_grad(), Hooks().read(ad.embed_site, lambda h: got.__setitem__("h", h.clone())):
+        states = model(**batch, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(got["h"], states[0], rtol=0, atol=0)
 
 
 def test_padding_side_does_not_change_hidden_states(tiny32):

@@ -39,9 +39,16 @@ def _manual_logits(model, ids: list[int]) -> list[torch.Tensor]:
     hs = out.hidden_states
     assert len(hs) == adapter.num_layers + 1
     logits = []
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    cfg = model.config
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    project_out = getattr(getattr(model.base_model, "decoder", None), "project_out", None)  # OPT
     for h in hs[:-1]:  # HF's last hidden state already has the final norm applied
-        x = adapter.lm_head(adapter.final_norm(h[0]))
+        x = adapter.final_norm(h[0])
+        x = adapter.lm_head(project_out(x) if project_out is not None else x)
+        if cfg.model_type in ("cohere", "cohere2"):
+            x = x * cfg.logit_scale
+        if cfg.model_type == "granite":
+            x = x / cfg.logits_scaling
         logits.append(torch.tanh(x / cap) * cap if cap else x)
     logits.append(out.logits[0])
     return logits

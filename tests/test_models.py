@@ -62,10 +62,9 @@ def test_unknown_model_is_a_clear_error():
 
 
 def test_unsupported_family_names_supported_ones():
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import MambaConfig, MambaForCausalLM  # a state-space model: no attention to adapt
 
-    model = OPTForCausalLM(OPTConfig(hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                                     vocab_size=50, word_embed_proj_dim=16))
+    model = MambaForCausalLM(MambaConfig(hidden_size=16, num_hidden_layers=1, vocab_size=50, state_size=4))
     with pytest.raises(UnsupportedModelError, match="llama.*adapters.py"):
         get_adapter(model)
 

@@ -6,6 +6,8 @@ new family, subclass :class:`Adapter`, answer its structural questions (layers, 
 projections, norms, score function) and register it with :func:`register_adapter` -- from your
 own code, or from a package through the ``mwork.adapters`` entry point group; no edit of mwork.
 The named hook sites (``Adapter.site``, see :mod:`mwork.hooks`) follow from those answers.
+mwork's own families live in :mod:`mwork.models.families` (imported, and so registered, with
+this module).
 
 Neuron kinds (see DESIGN.md):
 
@@ -62,9 +64,10 @@ class AttentionContext:
     """What one attention call saw, captured by a forward pre-hook on the attention module."""
 
     hidden_states: torch.Tensor  # (B, L, D) input of the attention block (after its pre-norm)
-    cos: torch.Tensor | None = None  # RoPE tables as the model passed them
+    cos: torch.Tensor | None = None  # RoPE tables as the model passed them (None: no RoPE here)
     sin: torch.Tensor | None = None
-    alibi: torch.Tensor | None = None  # BLOOM: (B*H, 1, L) additive bias
+    alibi: torch.Tensor | None = None  # ALiBi as (B*H, 1, L), in the model's units (see score_bias)
+    layer: int | None = None  # the decoder layer of this call
 
 
 class Adapter:
@@ -72,8 +75,11 @@ class Adapter:
 
     model_types: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
-    position_encoding: ClassVar[str] = "rope"  # "rope" | "alibi" | "learned"
+    position_encoding: ClassVar[str] = "rope"  # "rope" | "alibi" | "learned" (incl. sinusoidal)
     weights_transposed: ClassVar[bool] = False  # projection weights stored (in, out) (GPT-2 Conv1D)
+    #: how a decoder layer combines its parts (see ``combine``): "sequential" (attention, then the
+    #: FFN on the updated stream) or "parallel" (attention and FFN both read the layer input)
+    block: ClassVar[str] = "sequential"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -87,7 +93,20 @@ class Adapter:
 
     @property
     def embed(self) -> nn.Module:
+        """The module whose output is the layer-0 hidden state (token embeddings after any
+        scaling, plus positions). Families that add positions or scale the embeddings outside
+        any module answer with their token embedding here and override ``embed_site``."""
         raise NotImplementedError
+
+    @property
+    def embed_site(self) -> Site:
+        """Where the layer-0 hidden state is, as the model computes it (after embedding scaling
+        and positions): ``embed``'s output, or the first decoder layer's input where no module
+        returns it (OPT, XGLM, Granite)."""
+        return Site("embed", None, self.embed, "out")
+
+    def _first_layer_input(self) -> Site:
+        return Site("embed", None, self.layers[0], "in", arg="hidden_states")
 
     @property
     def final_norm(self) -> nn.Module:
@@ -223,7 +242,10 @@ class Adapter:
         if name in ("attn.ctx", "o.out"):
             return Site(name, layer, self.o_proj(layer), "in" if name == "attn.ctx" else "out")
         if name == "ffn.up.out":
-            return Site(name, layer, self.ffn_in_modules(layer)["up"], "out")
+            up = self.ffn_in_sites(layer)["up"]
+            identity = torch.equal(up.index, torch.arange(len(up.index)))
+            width = getattr(up.module, "out_features", None) or getattr(up.module, "nf", None)
+            return Site(name, layer, up.module, "out", index=None if identity and width == len(up.index) else up.index)
         if name == "ffn.act":
             return Site(name, layer, self.ffn_act(layer), "out")
         if name in ("ffn.in", "ffn.out"):
@@ -239,6 +261,12 @@ class Adapter:
         for gated MLPs, ``{"up": ...}`` otherwise."""
         raise NotImplementedError
 
+    def ffn_in_sites(self, layer: int) -> dict[str, ChannelSite]:
+        """Like ``ffn_in_modules``, with the output features that feed each FFN neuron: feature
+        k of each module by default; a fused gate_up projection (Phi-3) says which half is which."""
+        idx = torch.arange(self.ffn_size)
+        return {role: ChannelSite(m, idx) for role, m in self.ffn_in_modules(layer).items()}
+
     def neuron_slices(self, layer: int, kind: str) -> list[NeuronSlice]:
         """Which parameters belong to the neurons of ``kind`` (enhancement trains only these):
         FFN neuron k owns row k of W_gate / W_up (and bias element) and column k of W_down;
@@ -246,19 +274,48 @@ class Adapter:
         t = self.weights_transposed
         if kind == "ffn":
             idx = torch.arange(self.ffn_size)
-            rows = [NeuronSlice(m, idx, "out", role, t) for role, m in self.ffn_in_modules(layer).items()]
+            rows = [NeuronSlice(cs.module, cs.index, "out", role, t) for role, cs in self.ffn_in_sites(layer).items()]
             return rows + [NeuronSlice(self.mlp_down(layer), idx, "in", "down", t)]
         site = self.channel_site(layer, kind)
         return [NeuronSlice(site.module, site.index, "out", kind, t)]
 
+    # ---- how a layer combines its parts ----------------------------------------------
+    def combine(self, layer: int, hidden: torch.Tensor, attn: torch.Tensor, ffn: torch.Tensor) -> torch.Tensor:
+        """The layer's output from its input ``hidden`` (``layer.in``), the attention block's
+        output ``attn`` (``o.out``) and the FFN's output ``ffn`` (``ffn.out``): the residual
+        sum for pre-norm blocks, sequential or parallel. Families with post-norms (Gemma-2/3,
+        OLMo-2), residual multipliers (Granite) or post-LN blocks (OPT-350m) say so here; the
+        parity test checks it on every family."""
+        return hidden + attn + ffn
+
     # ---- attention score function ----------------------------------------------------
     def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
-        """Per-head QK-norm modules (Qwen3, Gemma-3), applied before RoPE; else (None, None)."""
+        """QK-norm modules (Qwen3, Gemma-3: per head; OLMo-2: over the whole projection, see
+        ``qk_norm_scope``), applied before RoPE; else (None, None)."""
         return None, None
 
     def qk_norm_eps(self, layer: int) -> float | None:
         """Epsilon of the RMS-type QK-norm (y = g * x / sqrt(mean(x^2) + eps)); None without one."""
         return None
+
+    def qk_norm_scope(self, layer: int) -> str:
+        """What the QK-norm normalises: ``"head"`` (each head's channels) or ``"projection"``
+        (all heads' channels together, before the head split: OLMo-2)."""
+        return "head"
+
+    def apply_qk_norm(self, layer: int, which: int, x: torch.Tensor, heads: slice | None = None) -> torch.Tensor:
+        """What the model does to raw q (``which`` = 0) or k (1) channels before RoPE, or to raw v
+        (2) before the attention (nothing, but for MPT's clipping): ``x`` is (..., h, n,
+        head_dim) and holds the heads ``heads`` (query heads for q, KV heads for k and v; None:
+        all of them). A ``"projection"``-scope norm needs every head."""
+        norm = self.qk_norms(layer)[which] if which < 2 else None
+        if norm is None:
+            return x
+        if self.qk_norm_scope(layer) == "projection":
+            h, n, d = x.shape[-3:]
+            flat = x.transpose(-3, -2).reshape(*x.shape[:-3], n, h * d)
+            return norm(flat).reshape(*x.shape[:-3], n, h, d).transpose(-3, -2)
+        return norm(x)
 
     def scaling(self, layer: int) -> float:
         return 1.0 / math.sqrt(self.head_dim)
@@ -271,23 +328,34 @@ class Adapter:
         """Key j is visible from query i iff 0 <= i - j < window (None: no window)."""
         return None
 
+    def uses_rope(self, layer: int) -> bool:
+        """Whether this layer rotates q and k (False for NoPE layers: SmolLM3, Cohere-2's
+        global layers, and for families without RoPE)."""
+        return self.position_encoding == "rope"
+
     def rotary_dim(self, layer: int) -> int:
-        """Leading channels of each head that RoPE rotates (rotate-half convention)."""
-        return self.head_dim if self.position_encoding == "rope" else 0
+        """Leading channels of each head that RoPE rotates (the rest pass through). Which
+        channels it pairs (rotate-half, or GPT-J's interleaved 2i / 2i+1) is read off the
+        model's own RoPE by ``mwork.neurons.attention.Layout``."""
+        return self.head_dim if self.uses_rope(layer) else 0
 
     def attention_context(self, layer: int, args: tuple, kwargs: dict) -> AttentionContext:
         """Pick the attention module's inputs out of a forward pre-hook call."""
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         cos = sin = None
         pe = kwargs.get("position_embeddings")
-        if pe is not None:
+        if pe is not None and self.uses_rope(layer):
             cos, sin = pe
-        return AttentionContext(hidden_states=hidden, cos=cos, sin=sin)
+        return AttentionContext(hidden_states=hidden, cos=cos, sin=sin, layer=layer)
 
     def apply_rope(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """Rotate ``x`` (B, H, L, head_dim) with the model's own RoPE function and tables."""
-        if self.position_encoding != "rope":
+        """Rotate ``x`` (B, H, L, head_dim) with the model's own RoPE function and tables; the
+        channels past the tables' width pass through (partial RoPE)."""
+        if self.position_encoding != "rope" or ctx.cos is None:
             return x
+        return _partial(x, ctx.cos.shape[-1], lambda r: self._rope_function(r, ctx))
+
+    def _rope_function(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         apply = self._modeling_function("apply_rotary_pos_emb")
         out, _ = apply(x, x, ctx.cos, ctx.sin)
         return out
@@ -324,11 +392,19 @@ class Adapter:
 
     # ---- decoding (logit lens) -------------------------------------------------------
     def decode(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Hidden states of any layer -> logits, through the final norm and the LM head."""
+        """Hidden states of any layer -> logits, through the final norm and the LM head (and
+        whatever the model does to its logits: scaling, soft-capping)."""
         return self.lm_head(self.final_norm(hidden))
 
     def _modeling_function(self, name: str) -> Callable:
         return getattr(sys.modules[type(self.model).__module__], name)
+
+
+def _partial(x: torch.Tensor, rot: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``fn`` on the first ``rot`` channels of ``x``, the rest passed through."""
+    if rot >= x.shape[-1]:
+        return fn(x)
+    return torch.cat([fn(x[..., :rot]), x[..., rot:]], dim=-1)
 
 
 def attention_mask(
@@ -343,245 +419,6 @@ def attention_mask(
     if window is not None:
         allowed = allowed & (diff < window)
     return allowed[None, None] & attention_mask.bool()[:, None, None, :]
-
-
-# ---- families ------------------------------------------------------------------------
-
-
-class LlamaAdapter(Adapter):
-    """Llama-style decoders: separate q/k/v/o projections, gated MLP, RoPE (rotate-half).
-
-    Covers Llama 2/3 (and Vicuna), Mistral, Qwen2, Qwen3 (QK-norm), Gemma, Gemma-2
-    (soft-capping, sliding windows) and Gemma-3 text (QK-norm, sliding windows)."""
-
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
-    family = "llama"
-
-    @property
-    def _base(self) -> nn.Module:
-        return self.model.model
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self._base.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self._base.embed_tokens
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self._base.norm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.down_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        mlp = self.layers[layer].mlp
-        return {"gate": mlp.gate_proj, "up": mlp.up_proj}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act_fn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).o_proj
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        proj = getattr(self.attention(layer), f"{kind}_proj")
-        return ChannelSite(proj, torch.arange(proj.out_features))
-
-    def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
-        attn = self.attention(layer)
-        return getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-
-    def qk_norm_eps(self, layer: int) -> float | None:
-        norm = self.qk_norms(layer)[0]
-        if norm is None:
-            return None
-        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", None))  # Qwen3 | Gemma-3
-        return None if eps is None else float(eps)
-
-    def scaling(self, layer: int) -> float:
-        return float(self.attention(layer).scaling)
-
-    def softcap(self, layer: int) -> float | None:
-        return getattr(self.attention(layer), "attn_logit_softcapping", None)
-
-    def sliding_window(self, layer: int) -> int | None:
-        attn = self.attention(layer)
-        if hasattr(attn, "sliding_window"):
-            return attn.sliding_window
-        return getattr(self.config, "sliding_window", None)  # Mistral: every layer
-
-    def decode(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = super().decode(hidden)
-        cap = getattr(self.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-
-class _FusedQKVAdapter(Adapter):
-    """Families with one query_key_value projection viewed as (heads, 3, head_dim), an output
-    ``dense`` and an MLP dense_h_to_4h -> dense_4h_to_h (GPT-NeoX, BLOOM)."""
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.dense_4h_to_h
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.dense_h_to_4h}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        mlp = self.layers[layer].mlp
-        return mlp.gelu_impl if hasattr(mlp, "gelu_impl") else mlp.act  # BLOOM | GPT-NeoX
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).dense
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
-
-
-class GPTNeoXAdapter(_FusedQKVAdapter):
-    """GPT-NeoX / Pythia: fused query_key_value laid out per head as [q | k | v], partial RoPE."""
-
-    model_types = ("gpt_neox",)
-    family = "gpt_neox"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.gpt_neox.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.gpt_neox.embed_in
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.gpt_neox.final_layer_norm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attention
-
-    def scaling(self, layer: int) -> float:
-        return float(self.attention(layer).scaling)
-
-    def rotary_dim(self, layer: int) -> int:
-        return int(self.attention(layer).rotary_ndims)
-
-
-class BloomAdapter(_FusedQKVAdapter):
-    """BLOOM: fused query_key_value laid out per head as [q | k | v], ALiBi, no RoPE."""
-
-    model_types = ("bloom",)
-    family = "bloom"
-    position_encoding = "alibi"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        # word embeddings are followed by a LayerNorm; the layer-0 hidden state is after it
-        return self.model.transformer.word_embeddings_layernorm
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.config.n_head)
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attention
-
-    def scaling(self, layer: int) -> float:
-        return float(self.attention(layer).inv_norm_factor)
-
-    def attention_context(self, layer: int, args: tuple, kwargs: dict) -> AttentionContext:
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        alibi = kwargs["alibi"] if "alibi" in kwargs else args[2]
-        return AttentionContext(hidden_states=hidden, alibi=alibi)
-
-    def score_bias(self, layer: int, ctx: AttentionContext, heads: slice | None = None) -> torch.Tensor | None:
-        B = ctx.hidden_states.shape[0]
-        bias = ctx.alibi.view(B, self.num_heads, 1, -1)
-        return bias if heads is None else bias[:, heads]
-
-    def forward_kwargs(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}  # ALiBi positions come from the attention mask already
-
-
-class GPT2Adapter(Adapter):
-    """GPT-2: fused Conv1D c_attn laid out as [Q | K | V], learned positions, Conv1D weights
-    stored (in, out)."""
-
-    model_types = ("gpt2",)
-    family = "gpt2"
-    position_encoding = "learned"
-    weights_transposed = True
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.transformer.drop  # output = token + position embeddings
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.config.n_embd)
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.config.n_head)
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attn
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.c_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.c_fc}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).c_proj
-
-    def down_weight(self, layer: int) -> torch.Tensor:
-        return self.mlp_down(layer).weight.t()
-
-    def o_weight(self, layer: int) -> torch.Tensor:
-        return self.o_proj(layer).weight.t()
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        D = self.hidden_size
-        offset = {"q": 0, "k": D, "v": 2 * D}[kind]
-        return ChannelSite(self.attention(layer).c_attn, torch.arange(D) + offset)
-
-    def scaling(self, layer: int) -> float:
-        return float(self.attention(layer).scaling)
-
-
-def _per_head_fused_index(adapter: Adapter, kind: str) -> torch.Tensor:
-    """Fused projections whose output is viewed as (heads, 3, head_dim): q, k, v per head."""
-    H, d = adapter.num_heads, adapter.head_dim
-    slot = {"q": 0, "k": 1, "v": 2}[kind]
-    head = torch.arange(H)[:, None]
-    return (head * 3 * d + slot * d + torch.arange(d)[None, :]).reshape(-1)
 
 
 REGISTRY: dict[str, type[Adapter]] = {}
@@ -615,10 +452,6 @@ def register_adapter(cls: type[Adapter] | None = None, *, model_types: tuple[str
     return add if cls is None else add(cls)
 
 
-for _cls in (LlamaAdapter, GPTNeoXAdapter, BloomAdapter, GPT2Adapter):
-    register_adapter(_cls)
-
-
 def _load_entry_points() -> None:
     global _entry_points_loaded
     if _entry_points_loaded:
@@ -635,6 +468,15 @@ def _load_entry_points() -> None:
 def supported_model_types() -> list[str]:
     _load_entry_points()
     return sorted(REGISTRY)
+
+
+def supported_families() -> dict[str, list[str]]:
+    """``{family: [model types]}`` of every registered adapter, families sorted."""
+    _load_entry_points()
+    out: dict[str, list[str]] = {}
+    for model_type in sorted(REGISTRY):
+        out.setdefault(REGISTRY[model_type].family, []).append(model_type)
+    return dict(sorted(out.items()))
 
 
 def get_adapter(model: nn.Module) -> Adapter:
@@ -655,3 +497,6 @@ def get_adapter(model: nn.Module) -> Adapter:
     adapter = cls(model)
     object.__setattr__(model, "_mwork_adapter", adapter)
     return adapter
+
+
+from mwork.models import families as _families  # noqa: E402,F401  (registers mwork's own families)

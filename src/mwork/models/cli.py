@@ -5,21 +5,32 @@ from __future__ import annotations
 import argparse
 import json
 
-from mwork.models.adapters import get_adapter, supported_model_types
+from mwork.models.adapters import get_adapter, supported_families, supported_model_types
 from mwork.models.loading import BUILTIN_ALIASES, DEFAULT_MODEL, cache_dir, load_model
+from mwork.models.tiny import tiny_model_types
 
 
 def _models(args: argparse.Namespace) -> int:
     print("built-in aliases: " + ", ".join(BUILTIN_ALIASES))
-    print("supported model types (any hub id or local folder of these): " + ", ".join(supported_model_types()))
+    families = supported_families()
+    tiny = tiny_model_types()
+    n_types = sum(len(t) for t in families.values())
+    print(f"supported model types ({n_types}, in {len(families)} adapter families; any hub id or local folder of these):")
+    width = max(len(f) for f in families)
+    for family, types in families.items():
+        aliases = [a for a, t in tiny.items() if t in types]
+        print(f"  {family:<{width}}  model types: {', '.join(types)}" + (f"  tiny: {', '.join(aliases)}" if aliases else ""))
+    print("supported model types: " + ", ".join(supported_model_types()))
     print(f"cache: {cache_dir()}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    from mwork.neurons.importance import qk_paths  # lazy: the neuron layer sits above models
+
     model, _ = load_model(args.model, device="cpu")
     adapter = get_adapter(model)
-    info = dict(adapter.fingerprint(), total_neurons=adapter.total_neurons())
+    info = dict(adapter.fingerprint(), total_neurons=adapter.total_neurons(), qk_paths=qk_paths(model))
     print(json.dumps(info))
     return 0
 
@@ -27,6 +38,7 @@ def _info(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list built-in model aliases and supported families")
     p.set_defaults(func=_models)
-    p = sub.add_parser("info", help="load a model (converting and caching the default one) and print its shape")
+    p = sub.add_parser("info", help="load a model (converting and caching the default one) and print its shape "
+                       "and the Q/K importance path of each layer")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.set_defaults(func=_info)

@@ -1,8 +1,10 @@
 """Tiny seeded random models of every supported family, built from configs with no download.
 
 They are for tests and quick tries: small enough to run brute-force checks in float64, and
-shaped to exercise every feature the adapters handle (GQA, QK-norm, sliding windows,
-soft-capping, partial RoPE, ALiBi, fused projections). The same alias always gives the same
+shaped to exercise every feature the adapters handle (GQA and MQA, QK-norm per head and over
+the whole projection, sliding windows, soft-capping, partial and interleaved RoPE, NoPE
+layers, ALiBi, learned and sinusoidal positions, fused projections, parallel blocks,
+post-norms, embedding / residual / logit multipliers). The same alias always gives the same
 weights and the same tokenizer.
 """
 
@@ -48,6 +50,12 @@ _LLAMA_SHAPE = dict(
     max_position_embeddings=1024,
 )
 
+
+
+def _rope(**kw: Any) -> dict[str, Any]:
+    return {"rope_type": "default", "rope_theta": 10000.0, **kw}
+
+
 # alias suffix -> (config class name, config kwargs)
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", _common(**_LLAMA_SHAPE)),
@@ -87,9 +95,61 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
         ),
     ),
+    # learned / sinusoidal positions added outside any module; q scaled inside the attention;
+    # OPT: project_in / project_out between a narrower embedding and the hidden size
+    "opt": ("OPTConfig", _common(hidden_size=64, num_hidden_layers=3, ffn_dim=96, num_attention_heads=4,
+                                 word_embed_proj_dim=48, max_position_embeddings=1024)),
+    "xglm": ("XGLMConfig", _common(d_model=64, num_layers=3, attention_heads=4, ffn_dim=96,
+                                   max_position_embeddings=1024, scale_embedding=True)),
+    # partial RoPE (rotate-half), parallel attention + FFN, GQA
+    "phi": ("PhiConfig", _common(**_LLAMA_SHAPE, rope_parameters=_rope(partial_rotary_factor=0.5))),
+    # fused qkv_proj and gate_up_proj, partial RoPE (as Phi-4-mini), a sliding window everywhere
+    "phi3": ("Phi3Config", _common(**_LLAMA_SHAPE, sliding_window=8, rope_parameters=_rope(partial_rotary_factor=0.75))),
+    # interleaved RoPE, parallel blocks, logit_scale; Cohere-2: sliding local layers with RoPE, global NoPE
+    "cohere": ("CohereConfig", _common(**_LLAMA_SHAPE, logit_scale=0.25)),
+    "cohere2": ("Cohere2Config", _common(**_LLAMA_SHAPE, logit_scale=0.25, sliding_window=8,
+                                         layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+    # OLMo: clip_qkv clamps the projections in place; OLMo-2: QK-norm over the whole projection, post-norms
+    "olmo": ("OlmoConfig", _common(**_LLAMA_SHAPE, clip_qkv=0.2)),
+    "olmo2": ("Olmo2Config", _common(**_LLAMA_SHAPE)),
+    # OLMo-3: OLMo-2's projection-wide QK-norm, sliding local layers, a RoPE table per layer type
+    "olmo3": ("Olmo3Config", _common(**_LLAMA_SHAPE, sliding_window=8,
+                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                     rope_parameters={"sliding_attention": _rope(),
+                                                      "full_attention": _rope(rope_theta=500000.0)})),
+    # partial RoPE on a quarter of each head, q/k/v biases, LayerNorms
+    "stablelm": ("StableLmConfig", _common(**_LLAMA_SHAPE, use_qkv_bias=True, rope_parameters=_rope(partial_rotary_factor=0.25))),
+    # new_decoder_architecture: fused query_key_value per KV group (GQA), two LayerNorms in parallel
+    "falcon": ("FalconConfig", _common(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_kv_heads=2,
+                                       new_decoder_architecture=True, ffn_hidden_size=96, bias=True,
+                                       max_position_embeddings=1024)),
+    # interleaved RoPE on the first 8 of 16 channels per head, parallel blocks, biased LM head
+    "gptj": ("GPTJConfig", _common(n_embd=64, n_layer=3, n_head=4, rotary_dim=8, n_inner=96, n_positions=1024)),
+    "starcoder2": ("Starcoder2Config", _common(**_LLAMA_SHAPE, sliding_window=8, use_bias=True)),
+    # embedding / attention / residual multipliers and logits scaling
+    "granite": ("GraniteConfig", _common(**_LLAMA_SHAPE, embedding_multiplier=6.0, attention_multiplier=0.0625,
+                                         residual_multiplier=0.5, logits_scaling=4.0)),
+    # layer 1 uses no positions (NoPE), a sliding window on the others
+    "smollm3": ("SmolLM3Config", _common(**_LLAMA_SHAPE, no_rope_layers=[1, 0, 1], use_sliding_window=True,
+                                         sliding_window=8, layer_types=["sliding_attention", "full_attention",
+                                                                        "sliding_attention"])),
+    # multi-query attention: c_attn laid out [Q | k | v], learned positions
+    "gpt_bigcode": ("GPTBigCodeConfig", _common(n_embd=64, n_layer=3, n_head=4, n_inner=96, n_positions=1024,
+                                                multi_query=True)),
+    # ALiBi from MPT's key-only table, fused Wqkv
+    "mpt": ("MptConfig", _common(d_model=64, n_heads=4, n_layers=3, max_seq_len=1024)),
+    # LayerNorm QK-norm (not of the RMS form: the generic Q/K path), fused per-head qkv, partial RoPE
+    "persimmon": ("PersimmonConfig", _common(hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                             num_attention_heads=4, max_position_embeddings=1024)),
 }
 
 TINY_ALIASES: tuple[str, ...] = tuple(f"tiny-random-{name}" for name in TINY_CONFIGS)
+
+
+def tiny_model_types() -> dict[str, str]:
+    """``{tiny alias: model_type}`` (from the config classes; no model is built)."""
+    return {f"tiny-random-{name}": getattr(transformers, cls_name).model_type
+            for name, (cls_name, _) in TINY_CONFIGS.items()}
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -112,6 +172,13 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_model(arch: str, dtype: torch.dtype = torch.float32) -> transformers.PreTrainedModel:
     """The tiny random model of family ``arch`` (a key of TINY_CONFIGS), seeded."""
     cls_name, kwargs = TINY_CONFIGS[arch]
+    return build_tiny(cls_name, kwargs, dtype)
+
+
+def build_tiny(cls_name: str, kwargs: dict[str, Any], dtype: torch.dtype = torch.float32) -> transformers.PreTrainedModel:
+    """A seeded random causal LM from ``transformers.<cls_name>(**kwargs)``, eager attention,
+    norms and biases moved away from their initial values (the tiny aliases and their variants
+    in the tests)."""
     config = getattr(transformers, cls_name)(**kwargs)
     # eager attention: exact in float64 and no kernel-dependent rounding in brute-force tests
     config._attn_implementation = "eager"
@@ -124,7 +191,29 @@ def tiny_model(arch: str, dtype: torch.dtype = torch.float32) -> transformers.Pr
                 p.data.add_(0.1 * torch.randn_like(p))
             if name.endswith("bias"):
                 p.data.add_(0.05 * torch.randn_like(p))
-    return model.to(dtype).eval()
+    model = model.to(dtype).eval()
+    if config.model_type == "xglm" and dtype == torch.float64:
+        _default_dtype_in_forward(model.model, dtype)
+    return model
+
+
+def _default_dtype_in_forward(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Run ``module``'s forward with ``dtype`` as torch's default dtype. transformers' XGLM
+    attention clamps its scores with ``torch.full((), finfo(scores.dtype).min)``, a tensor of the
+    default dtype (float32), which overflows for float64 scores; only the float64 tiny model
+    needs this, for the exact float64 checks of the tests. (A subclass, not a patched method:
+    copies of the model keep it, and compute with their own weights.)"""
+    base = type(module)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        before = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            return base.forward(self, *args, **kwargs)
+        finally:
+            torch.set_default_dtype(before)
+
+    module.__class__ = type(base.__name__, (base,), {"forward": forward, "__module__": base.__module__})
 
 
 def tiny_alias_builder(alias: str) -> Callable[[torch.dtype], transformers.PreTrainedModel] | None:

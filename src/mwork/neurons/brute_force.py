@@ -3,7 +3,9 @@ formulas of ``mwork.neurons.importance`` are checked against (tests, ``benchmark
 
 Zero ONE channel with a hook, rerun the model, and measure the change of the block output (FFN:
 the down projection's output; V: the attention output) or, for Q and K, of the attention
-probabilities recomputed from the q/k the rerun model produced with the channel zeroed.
+probabilities of every head, recomputed from the q/k the rerun model produced with the channel
+zeroed (through the adapter's QK-norm, RoPE and score function, which ``tests/test_adapters.py``
+checks against the model's own attention output).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import torch
 
 from mwork.hooks import Hooks
 from mwork.models.adapters import attention_mask, get_adapter
+
+
+class _Captured(Exception):
+    """Raised by the last reader to end the rerun once the measured block has run."""
 
 
 @torch.no_grad()
@@ -27,31 +33,39 @@ def brute_force(model, ids: torch.Tensor, layer: int, kind: str) -> torch.Tensor
     got: dict = {}
 
     def zero_one_per_row(x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
+        shape = x.shape  # (rows, n, features), or (rows * n, features) where the model flattens (OPT's FFN)
+        x = x.reshape(C + 1, n, shape[-1]).clone()
         x[rows, :, features.to(x.device)] = 0
-        return x
+        return x.reshape(shape)
+
+    def stop(value) -> None:  # everything needed is captured: the later layers need not run
+        raise _Captured
 
     hooks = Hooks().edit(site, zero_one_per_row)
     if kind in ("ffn", "v"):  # the block's output: the down projection's, or W_O's
-        hooks.read(ad.site("ffn.out" if kind == "ffn" else "o.out", layer), lambda out: got.__setitem__("out", out))
+        end = ad.site("ffn.out" if kind == "ffn" else "o.out", layer)
+        hooks.read(end, lambda out: got.__setitem__("out", out.clone()))
     else:  # the q and k the rerun produced (one zeroed), and the attention call's context
+        end = ad.site("attn.out", layer)
         hooks.read(ad.site("attn.in", layer), lambda ctx: got.__setitem__("ctx", ctx))
         for k in ("q", "k"):
             hooks.read(ad.site(f"{k}.out", layer), lambda x, k=k: got.__setitem__(k, x))
+    hooks.read(end, stop)
     ones = torch.ones_like(batch)
-    with hooks:
-        ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
+    try:
+        with hooks:
+            ad.body(input_ids=batch, attention_mask=ones, **ad.forward_kwargs(ones))
+    except _Captured:
+        pass
     if kind in ("ffn", "v"):
         out = got["out"]
-        return (out[:C] - out[C]).flatten(1).norm(dim=1).cpu()
+        out = out.reshape(C + 1, -1)
+        return (out[:C] - out[C]).norm(dim=1).cpu()
 
     def heads(k: str) -> torch.Tensor:
         return ad.neuron_site(k, layer).channels(got[k]).reshape(C + 1, n, -1, ad.head_dim).transpose(1, 2)
 
-    q, k = heads("q"), heads("k")
-    qn, kn = ad.qk_norms(layer)
-    if qn is not None:
-        q, k = qn(q), kn(k)
+    q, k = ad.apply_qk_norm(layer, 0, heads("q")), ad.apply_qk_norm(layer, 1, heads("k"))
     ctx = got["ctx"]
     s = ad.scores(layer, ad.apply_rope(q, ctx), ad.apply_rope(k, ctx), ctx)
     mask = attention_mask(torch.ones(C + 1, n, dtype=torch.long, device=s.device), ad.sliding_window(layer))

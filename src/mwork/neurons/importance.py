@@ -14,13 +14,20 @@ the neuron alone is zeroed, as a norm over the document's tokens (padding exclud
   QK-norm, RoPE, scaling, ALiBi, soft-capping, causal and sliding-window masks.
 
 Q/K, three methods. ``"exact"`` (default) uses the structure of the score function: zeroing one
-raw channel changes post-RoPE q by a vector with at most two non-zeros (rotate-half RoPE pairs
-channel c with one partner) times a per-token factor (RMS QK-norm rescales the rest of the
-head exactly by rms/rms'), so S' = r * (S - rank-2 update) and each channel costs O(l^2)
-(``qk_kernel``), exact up to float rounding. Anything that breaks those assumptions (checked
-numerically per layer: RoPE pairing, QK-norm form, a custom score function) falls back to
-``"generic"``: the real score function recomputed for every zeroed channel, chunked, memory
-O(chunk * l^2); exact and slow, also the cross-check in the tests. ``"approx"``: the first-order
+raw channel changes post-RoPE q by a vector with at most two non-zeros (RoPE rotates channel
+c with one partner: c + d/2 in rotate-half RoPE, c ^ 1 in GPT-J's interleaved RoPE, none for
+the channels partial RoPE passes through; read off the model's own RoPE) times a per-token
+factor (an RMS QK-norm rescales the rest of the head exactly by rms/rms'; an elementwise one
+such as clipping changes nothing else), so S' = r * (S - rank-2 update) and each channel costs
+O(l^2) (``qk_kernel``), exact up to float rounding. An RMS QK-norm over the whole projection
+(OLMo-2) rescales every other head by the same r: a row (key) factor on their scores, which
+the same kernel handles, at H times the cost. Learned, sinusoidal or no positions (identity
+RoPE), ALiBi and multi-query attention need nothing more. Anything that breaks those
+assumptions (checked numerically per layer: RoPE pairing, QK-norm form -- a LayerNorm one is
+not of the RMS form --, a custom score function) falls back to ``"generic"``: the real score
+function recomputed for every zeroed channel, chunked, memory O(chunk * l^2); exact and slow,
+also the cross-check in the tests. :func:`qk_paths` says which path each layer takes; the
+result of ``importance`` records it. ``"approx"``: the first-order
 change dP = -P * (D - rowsum(P * D)), cheap matmuls with P^2; agreement with exact is measured
 by the benchmark.
 
@@ -45,7 +52,7 @@ from torch import nn
 from mwork.hooks import Hooks, pack_left
 from mwork.models.adapters import KINDS, Adapter, AttentionContext, get_adapter
 from mwork.models.loading import input_device
-from mwork.neurons.attention import Layout, doc_context, doc_heads
+from mwork.neurons.attention import Layout, doc_context, doc_heads, prepare
 from mwork.neurons.qk_paths import approx_group, exact_group, generic_group
 
 METHODS = ("exact", "generic", "approx")
@@ -59,12 +66,13 @@ def importance(
     method: str = "exact",
     chunk_size: int = 16,
     backend: str = "auto",
-) -> dict[str, torch.Tensor]:
+) -> "Importance":
     """Imp(N | document) for every neuron of the requested ``kinds`` and every document.
 
     ``batch``: the tokenizer's output (``input_ids``, ``attention_mask``), padded on either
     side. Returns ``{kind: tensor (documents, layers, neurons of that kind)}`` on the CPU, in
-    float32 (float64 for a float64 model). ``method``: ``"exact"`` | ``"generic"`` |
+    float32 (float64 for a float64 model), with ``.qk_paths`` saying which Q/K path each layer
+    took (see :func:`qk_paths`; empty without Q/K). ``method``: ``"exact"`` | ``"generic"`` |
     ``"approx"`` for Q/K (see the module docstring); ``chunk_size``: channels per chunk of the
     torch and generic paths; ``backend``: ``"auto"`` | ``"native"`` | ``"torch"`` for the exact
     Q/K kernel. The LM head never runs.
@@ -95,7 +103,16 @@ def importance(
             f"importance: hooks did not fire for {missing[:5]} (layer, kind); the model's forward "
             "bypasses the modules its adapter names"
         )
-    return out
+    result = Importance(out)
+    result.qk_paths = dict(sorted(run.paths.items()))
+    return result
+
+
+class Importance(dict):
+    """``importance``'s result: ``{kind: (documents, layers, neurons)}``, and ``qk_paths``
+    (``{layer: "exact" | "approx" | "generic (reason)"}``), the path Q/K took in each layer."""
+
+    qk_paths: dict[int, str]
 
 
 # ---- per-layer work, driven by hooks ------------------------------------------------------
@@ -117,6 +134,7 @@ class _Run:
         self.captured: dict[str, object] = {}
         self.warned: set[str] = set()
         self.cache: dict = {}  # RoPE tables and QK-norm checks shared by layers and documents
+        self.paths: dict[int, str] = {}  # the Q/K path each layer took (see qk_paths)
 
     def register(self, hooks: Hooks, layer: int) -> None:
         """Readers for ``layer``: FFN at the down projection's input, V at the o-projection's
@@ -149,6 +167,7 @@ class _Run:
 
     # -- FFN: ||h_ffn[:, k]|| * ||W_down[:, k]|| --
     def _ffn(self, layer: int, h: torch.Tensor, wnorm: torch.Tensor) -> None:
+        h = h.reshape(len(self.lengths), -1, h.shape[-1])  # OPT's FFN sees (batch * tokens, features)
         for b, n in enumerate(self.lengths):
             self.out["ffn"][b, layer] = h[b, :n].to(self.dtype).square().sum(0).sqrt().cpu() * wnorm
         self.done.add((layer, "ffn"))
@@ -175,39 +194,85 @@ class _Run:
             raise RuntimeError(f"layer {layer}: the attention inputs or the q/k projections were not captured")
         ctx: AttentionContext = cap["ctx"]  # type: ignore[assignment]
         B = ctx.hidden_states.shape[0]
-        Hkv, G, d = ad.num_kv_heads, ad.kv_group_size, ad.head_dim
+        H, Hkv, G, d = ad.num_heads, ad.num_kv_heads, ad.kv_group_size, ad.head_dim
         want = [k for k in ("q", "k") if k in self.out]
         method, layout = self.method, None
         if method in ("exact", "approx"):
             layout = Layout.probe(ad, layer, ctx, cap["q"], cap["k"], self.dtype, self.cache)
+            self.paths[layer] = f"generic ({layout.problem})" if layout.problem else method
             if layout.problem:
                 if layout.problem not in self.warned:
                     self.warned.add(layout.problem)
                     warnings.warn(f"mwork.importance: {layout.problem}; using the slow generic path", stacklevel=2)
                 method = "generic"
+        else:
+            self.paths[layer] = "generic"
+        coupled = ad.qk_norm_scope(layer) == "projection"  # the generic path then sees every head at once
         for b, n in enumerate(self.lengths):
             dctx = doc_context(ctx, b, n, B, self.dtype)
             q_raw = doc_heads(ad, layer, "q", cap["q"], b, n, self.dtype)  # (H, n, d)
             k_raw = doc_heads(ad, layer, "k", cap["k"], b, n, self.dtype)  # (Hkv, n, d)
-            lay = layout.for_document(dctx, n) if layout is not None else None
             imp = {k: torch.zeros(self.out[k].shape[-1], dtype=self.dtype) for k in want}
-            for g in range(Hkv):
-                heads = slice(g * G, (g + 1) * G)
-                args = (ad, layer, q_raw[heads], k_raw[g : g + 1], heads, want)
-                if method == "generic":
-                    res = generic_group(*args, dctx, self.chunk_size)
-                elif method == "exact":
-                    res = exact_group(*args, lay, self.backend, self.chunk_size)
-                else:
-                    res = approx_group(*args, lay)
-                if "q" in res:
-                    imp["q"][g * G * d : (g + 1) * G * d] = res["q"].reshape(-1).cpu()
-                if "k" in res:
-                    imp["k"][g * d : (g + 1) * d] = res["k"].cpu()
+            if method == "generic" and coupled:
+                res = generic_group(ad, layer, q_raw, k_raw, slice(0, H), want, dctx, self.chunk_size, coupled=True)
+                for k in want:
+                    imp[k] = res[k].reshape(-1)
+            else:
+                lay = layout.for_document(dctx, n) if layout is not None else None
+                prep = prepare(ad, layer, lay, q_raw, k_raw) if lay is not None else None
+                for g in range(Hkv):
+                    heads = slice(g * G, (g + 1) * G)
+                    if method == "generic":
+                        res = generic_group(ad, layer, q_raw[heads], k_raw[g : g + 1], heads, want, dctx, self.chunk_size)
+                    elif method == "exact":
+                        res = exact_group(ad, layer, prep, heads, g, want, lay, self.backend, self.chunk_size)
+                    else:
+                        res = approx_group(ad, layer, prep, heads, g, want, lay)
+                    if "q" in res:
+                        imp["q"][g * G * d : (g + 1) * G * d] += res["q"].reshape(-1).cpu()
+                    if "k" in res:
+                        imp["k"][g * d : (g + 1) * d] += res["k"].reshape(-1).cpu()
+                    for k in want:  # a QK-norm over the whole projection: what other heads' channels do here
+                        if f"{k}_cross" in res:
+                            imp[k] += res[f"{k}_cross"]
             for k in want:
                 self.out[k][b, layer] = imp[k].clamp(min=0).sqrt()
         for k in want:
             self.done.add((layer, k))
+
+
+def qk_paths(model: nn.Module, batch: Mapping[str, torch.Tensor] | None = None) -> dict[int, str]:
+    """Which way the exact Q/K importance takes in each layer: ``{layer: "exact"}`` where the
+    closed form holds (RoPE a rotation of channel pairs, QK-norm absent, elementwise or RMS,
+    the adapter's own score function), else ``"generic (reason)"``: the score function
+    recomputed for every zeroed channel (exact too, and slower; ``importance`` warns).
+
+    The checks run on real vectors: those of ``batch`` (a tokenizer output), by default a
+    short document of the first token ids. One forward pass, no importance computed."""
+    adapter = get_adapter(model)
+    if batch is None:
+        vocab = int(adapter.lm_head.weight.shape[0])
+        batch = {"input_ids": (torch.arange(24) * 7 + 3).remainder(vocab)[None]}
+    ids, lengths = pack_left(batch)
+    ids = ids.to(input_device(model))
+    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    captured: dict[int, dict] = {}
+    hooks = Hooks()
+    for layer in range(adapter.num_layers):
+        store = captured.setdefault(layer, {})
+        hooks.read(adapter.site("attn.in", layer), lambda ctx, st=store: st.__setitem__("ctx", ctx))
+        for kind in ("q", "k"):
+            hooks.read(adapter.site(f"{kind}.out", layer), lambda out, st=store, kind=kind: st.__setitem__(kind, out))
+    ones = torch.ones_like(ids)
+    with hooks, torch.inference_mode():
+        adapter.body(input_ids=ids, attention_mask=ones, use_cache=False, **adapter.forward_kwargs(ones))
+    cache: dict = {}
+    paths = {}
+    with torch.inference_mode():
+        for layer, st in captured.items():
+            layout = Layout.probe(adapter, layer, st["ctx"], st["q"], st["k"], dtype, cache)
+            paths[layer] = f"generic ({layout.problem})" if layout.problem else "exact"
+    return paths
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,11 @@ def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], ba
     captured: dict = {}
 
     def up_hook(layer: int):
+        site = ad.site("ffn.up.out", layer)
+
         def read(up):
+            # the up half of a fused gate_up (Phi-3); (batch, tokens) where the model flattens them (OPT)
+            up = site.channels(up).reshape(len(lengths), -1, ad.ffn_size)
             for b, n in enumerate(lengths):
                 out["ffn"][b, layer] = up[b, :n].to(dtype).abs().sum(0).cpu()
 
@@ -142,7 +146,10 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
     captured: dict = {}
 
     def up_hook(layer: int):
+        site = ad.site("ffn.up.out", layer)
+
         def read(up):
+            up = site.channels(up).reshape(1, n, -1)  # a fused gate_up's up half; OPT flattens the tokens
             scores["ffn"][layer] = up.abs().sum(1).squeeze().tolist()
 
         return read
@@ -158,9 +165,7 @@ def reference_way(model: nn.Module, input_ids: torch.Tensor) -> dict[str, list]:
             ctx = captured["ctx"]
             q = captured["q"][..., ad.channel_site(layer, "q").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
             k = captured["k"][..., ad.channel_site(layer, "k").index].view(1, n, -1, ad.head_dim).transpose(1, 2)
-            qn, kn = ad.qk_norms(layer)
-            if qn is not None:
-                q, k = qn(q), kn(k)
+            q, k = ad.apply_qk_norm(layer, 0, q), ad.apply_qk_norm(layer, 1, k)
             q, k = ad.apply_rope(q, ctx), ad.apply_rope(k, ctx)
             mask = attention_mask(torch.ones(1, n, dtype=torch.long, device=q.device), ad.sliding_window(layer))
             s = ad.scores(layer, q, k, ctx).masked_fill(~mask, float("-inf"))  # (1, H, l, l)
