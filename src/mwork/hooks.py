@@ -74,7 +74,9 @@ class Site:
     ``index``: channel c of this site is feature ``index[c]`` of the module's tensor (fused
     projections); None: channel c is feature c. ``arg``: the keyword the input may be passed
     by. ``context``: for sites read as a whole call (``attn.in``), turns ``(args, kwargs)`` into
-    the object readers get."""
+    the object readers get. ``tokens_from``: the model runs this module on (batch * tokens,
+    features) (OPT's FFN); clients still get (batch, tokens, features), the shape of that
+    site's value."""
 
     name: str
     layer: int | None
@@ -83,6 +85,7 @@ class Site:
     index: torch.Tensor | None = None
     arg: str | None = None
     context: Callable[[tuple, dict], Any] | None = None
+    tokens_from: "Site | None" = None
 
     def features(self, channels: torch.Tensor) -> torch.Tensor:
         """Feature indices in the module's tensor of the given channels."""
@@ -215,11 +218,31 @@ class Hooks:
     def _add(self, verb: str, site: Site, fn: Callable, call: bool) -> "Hooks":
         if site.port not in ("in", "out"):
             raise ValueError(f"site port must be 'in' or 'out', got {site.port!r}")
+        if site.tokens_from is not None and not call:
+            fn = self._unflatten(site, fn, verb)
         entry = _Entry(verb, site, fn, call)
         self._entries.append(entry)
         if self.active:
             _point(site).add(entry)
         return self
+
+    def _unflatten(self, site: Site, fn: Callable, verb: str) -> Callable:
+        """Give ``fn`` (batch, tokens, features) where the model flattens the tokens: the shape
+        comes from ``site.tokens_from``, read earlier in the same forward call."""
+        shape: list[torch.Size] = []
+
+        def record(value: torch.Tensor) -> None:
+            shape[:] = [value.shape[:-1]]
+
+        self._add("read", site.tokens_from, record, False)
+
+        def wrapped(value: torch.Tensor):
+            if value.dim() != 2 or not shape:
+                return fn(value)
+            out = fn(value.reshape(*shape[0], value.shape[-1]))
+            return out.reshape(value.shape) if verb == "edit" else out
+
+        return wrapped
 
     def read(self, site: Site, fn: Callable, *, call: bool = False) -> "Hooks":
         """Call ``fn(value)`` at every forward call (``fn(module input, value)`` with ``call``;
@@ -259,7 +282,7 @@ class Capture:
 
     def __init__(self, model: nn.Module, sites: str | Sequence[str], layers: Iterable[int] | None = None, *,
                  keep: str = "last", detach: bool = True, device: str | torch.device | None = None,
-                 channels: bool = True):
+                 channels: bool = True, clone: bool = True):
         from mwork.models.adapters import get_adapter
 
         if keep not in ("last", "all"):
@@ -273,7 +296,7 @@ class Capture:
         bad = [i for i in layer_list if not 0 <= i < adapter.num_layers]
         if bad:
             raise ValueError(f"layers {bad} out of range: the model has layers 0..{adapter.num_layers - 1}")
-        self.keep, self.detach, self.device, self.channels = keep, detach, device, channels
+        self.keep, self.detach, self.device, self.channels, self.clone = keep, detach, device, channels, clone
         self._values: dict[tuple[str, int | None], list[Any]] = {}
         self.hooks = Hooks()
         for name in names:
@@ -286,6 +309,7 @@ class Capture:
         store = self._values[site.name, site.layer]
 
         def keep(value: Any) -> None:
+            raw = value
             if isinstance(value, torch.Tensor):
                 if self.channels:
                     value = site.channels(value)
@@ -293,6 +317,8 @@ class Capture:
                     value = value.detach()
                 if self.device is not None:
                     value = value.to(self.device)
+                if self.clone and value.data_ptr() == getattr(raw, "data_ptr", lambda: None)():
+                    value = value.clone()
             if self.keep == "last":
                 store[:] = [value]
             else:
@@ -337,7 +363,9 @@ def capture(model: nn.Module, sites: str | Sequence[str], layers: Iterable[int] 
 
     Options: ``keep="all"`` keeps every call's value (e.g. each step of ``generate``), not only
     the last; ``detach`` (default True); ``device`` to move values (e.g. "cpu"); ``channels``
-    (default True) gives the site's channels only (q of a fused projection, not q|k|v)."""
+    (default True) gives the site's channels only (q of a fused projection, not q|k|v);
+    ``clone`` (default True): values are copies, so what the model later does in place (Falcon
+    adds its attention output into the FFN output) does not show in them."""
     return Capture(model, sites, layers, **options)
 
 

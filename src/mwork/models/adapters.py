@@ -245,12 +245,21 @@ class Adapter:
             up = self.ffn_in_sites(layer)["up"]
             identity = torch.equal(up.index, torch.arange(len(up.index)))
             width = getattr(up.module, "out_features", None) or getattr(up.module, "nf", None)
-            return Site(name, layer, up.module, "out", index=None if identity and width == len(up.index) else up.index)
+            return Site(name, layer, up.module, "out", index=None if identity and width == len(up.index) else up.index,
+                        tokens_from=self._tokens_from(layer))
         if name == "ffn.act":
-            return Site(name, layer, self.ffn_act(layer), "out")
+            return Site(name, layer, self.ffn_act(layer), "out", tokens_from=self._tokens_from(layer))
         if name in ("ffn.in", "ffn.out"):
-            return Site(name, layer, self.mlp_down(layer), "in" if name == "ffn.in" else "out")
+            return Site(name, layer, self.mlp_down(layer), "in" if name == "ffn.in" else "out",
+                        tokens_from=self._tokens_from(layer))
         raise ValueError(f"site {name!r} has no layer form")
+
+    #: the model runs its FFN on (batch * tokens, features) (OPT): the FFN sites say so, and the
+    #: hook layer gives clients (batch, tokens, features) all the same
+    ffn_flattens_tokens: ClassVar[bool] = False
+
+    def _tokens_from(self, layer: int) -> Site | None:
+        return self.site("layer.in", layer) if self.ffn_flattens_tokens else None
 
     def ffn_act(self, layer: int) -> nn.Module:
         """The FFN's activation module (its output: act(W_gate x) for gated MLPs)."""

@@ -161,6 +161,7 @@ class OPTAdapter(Adapter):
     model_types = ("opt",)
     family = "opt"
     position_encoding = "learned"
+    ffn_flattens_tokens = True
 
     @property
     def _decoder(self) -> nn.Module:
