@@ -13,7 +13,7 @@ from mwork.cli import main
 from mwork.experiments.checkpoints import LEGACY_CHECKPOINT_FILE, read_checkpoint, save_checkpoint
 from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
 from mwork.experiments.enhance import CHECKPOINT_FILE, enhance
-from mwork.experiments.files import atomic_write, write_text
+from mwork.files import atomic_write, write_text
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
 

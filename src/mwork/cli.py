@@ -8,8 +8,13 @@ Each subcommand lives next to the code it drives, in a module with a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
+
+from mwork.files import output_lock
+from mwork.neurons.neuronset import other_models_allowed
 
 COMMAND_MODULES: tuple[str, ...] = (
     "mwork.models.cli",
@@ -30,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="How large language models handle languages other than English: layer-wise "
         "decoding, language-specific neurons (PLND), deactivation and enhancement.",
     )
+    parser.add_argument("--allow-other-model", action="store_true",
+                        help="apply NeuronSets to a model other than the one they were made for (same shape: "
+                        "a fine-tune, another name); without it such a mix is refused")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -43,11 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as stack:
+            if args.allow_other_model:
+                stack.enter_context(other_models_allowed())
+            for out in _outputs(args):
+                stack.enter_context(output_lock(out))
+            return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ImportError) as err:
         # bad input: one clear line that says what to change, no traceback
         print(f"mwork {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _outputs(args: argparse.Namespace) -> list[str]:
+    """The outputs this command writes (``--out``, ``--out-dir``): each locked for the run, and
+    checked before any work. Under torchrun only rank 0 writes, so only it takes the lock."""
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return []
+    return [str(v) for v in (getattr(args, "out", None), getattr(args, "out_dir", None)) if v]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the key of the run that wrote the folder and whether it finished:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mwork.config import digest
+from mwork.files import write_json
 
 MARKER = "stage.json"
 
@@ -78,9 +78,7 @@ def stage_status(folder: str | Path, key: Any) -> StageStatus:
 
 
 def _write(marker: Path, record: dict[str, Any]) -> None:
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    write_json(marker, record, indent=2, sort_keys=True, default=str)
 
 
 def run_stage(folder: str | Path, key: Any, fn: Callable[[Path], None], status: StageStatus | None = None) -> float:

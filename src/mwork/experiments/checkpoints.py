@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mwork.experiments.files import read_safetensors, save_safetensors
+from mwork.files import read_safetensors, save_safetensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_FILE = "checkpoint.pt"  # written by mwork before 0.2 with torch.save (a pickle)

@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mwork.experiments.files import read_json, read_safetensors, save_safetensors, write_text
+from mwork.files import read_json, read_safetensors, save_safetensors, write_text
 from mwork.hooks import DeviceCache, Hooks, module_site
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set

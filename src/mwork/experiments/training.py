@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from mwork.config import option
 from mwork.experiments.checkpoints import (CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILE, legacy_message, read_checkpoint,
                                            save_checkpoint)
-from mwork.experiments.files import make_folder
+from mwork.files import make_folder
 from mwork.fingerprints import model_digest, texts_digest
 from mwork.hooks import Hooks
 from mwork.models.adapters import get_adapter

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
-from mwork.experiments.files import write_json
+from mwork.files import write_json
 from mwork.experiments.training import EnhanceSettings, TrainResult
 from mwork.fingerprints import neurons_digest
 from mwork.models.adapters import get_adapter

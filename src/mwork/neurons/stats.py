@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mwork.models.adapters import KINDS
-from mwork.neurons.neuronset import NeuronSet, _resolve
+from mwork.neurons.neuronset import NeuronSet, set_path
 
 
 def _kinds(sets: Sequence[NeuronSet]) -> list[str]:
@@ -83,7 +83,7 @@ def named_sets(sets: Sequence[NeuronSet | str | Path]) -> tuple[list[NeuronSet],
     """NeuronSets (or their files, loaded) and a name for each: the file names without suffix
     when they are unique (``fr.safetensors`` -> ``fr``), else ``default_names``."""
     loaded = [s if isinstance(s, NeuronSet) else NeuronSet.load(s) for s in sets]
-    names = [None if isinstance(s, NeuronSet) else _resolve(s).stem for s in sets]
+    names = [None if isinstance(s, NeuronSet) else set_path(s).stem for s in sets]
     if None in names or len(set(names)) != len(names):
         return loaded, default_names(loaded)
     return loaded, names

@@ -19,7 +19,6 @@ Data parallel: every rank reads the files, only rank 0 writes them.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from mwork import distributed
 from mwork.config import digest
 from mwork.experiments.deactivation.plan import CellKey
+from mwork.files import write_text
 from mwork.fingerprints import model_digest, neurons_digest
 from mwork.neurons.neuronset import NeuronSet
 
@@ -125,9 +125,7 @@ def read_cells(path: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 def _write_lines(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a kill leaves the old file or the new one
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))  # atomic: old file or new
 
 
 class CellStore:

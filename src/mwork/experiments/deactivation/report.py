@@ -7,9 +7,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from mwork.files import atomic_write, write_bytes
 
 GRID_COLUMNS = ["region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ",
                 "Eng_std", "n-Eng_std", "ΔEng_std", "Δn-Eng_std", "Δ_std", "mean_neurons", "share_off"]
@@ -21,9 +22,7 @@ def _fmt(x: Any) -> str:
 
 
 def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def _csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]], *, ignore_extra: bool = False) -> None:
@@ -115,7 +114,6 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ax.set_title("by layer region (larger: non-English hit harder)")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=110, format="png")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
