@@ -126,3 +126,17 @@ def test_a_neuron_set_is_written_atomically(tmp_path, llama_set, monkeypatch):
     assert NeuronSet.load(path) == ns
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fr.json", "fr.safetensors"]
 
+
+
+def test_a_whitespace_only_text_is_empty_everywhere():
+    """One rule (mwork.texts.is_empty): detection, perplexity and training all call it empty."""
+    from mwork.experiments.training import _encode
+
+    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    texts = [DOCS[0], "   \t ", DOCS[1]]
+    ns = mwork.detect(model, tok, texts, language="fr", progress=False)
+    assert ns.meta["empty_documents"] == [1]
+    ppl = mwork.perplexity(model, tok, texts, progress=False)
+    assert ppl["empty_texts"] == [1] and ppl == {**mwork.perplexity(model, tok, [DOCS[0], "", DOCS[1]], progress=False)}
+    docs, skipped = _encode(tok, texts, max_length=64)
+    assert skipped == [1] and len(docs) == 2

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from mwork.texts import is_empty
 from mwork.config import option
 from mwork.experiments.checkpoints import (CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILE, legacy_message, read_checkpoint,
                                            save_checkpoint)
@@ -116,8 +117,9 @@ def _encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list
     enc = tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=max_length,
                     verbose=False)["input_ids"]
     docs, skipped = [], []
-    for i, ids in enumerate(enc):
-        (docs.append(list(ids)) if len(ids) >= 2 else skipped.append(i))
+    for i, (text, ids) in enumerate(zip(texts, enc)):
+        # an empty document (nothing but whitespace: mwork.texts.is_empty) is skipped, like too short ones
+        (docs.append(list(ids)) if len(ids) >= 2 and not is_empty(text) else skipped.append(i))
     return docs, skipped
 
 

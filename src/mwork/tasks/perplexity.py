@@ -16,8 +16,9 @@ Rules, so that numbers are comparable across models, batch sizes and runs:
 * Padding never counts: windows are right-padded, and the scored positions only attend to
   earlier real tokens (causal attention; positions are the same as without padding). The result is the token-weighted mean NLL over all scored tokens (nats),
   ``ppl = exp(nll)``.
-* Texts with no scored token (empty, or a single token without a prefix) are reported in
-  ``empty_texts``, never silently dropped.
+* Texts with no scored token (empty or only whitespace -- the rule of ``mwork.texts.is_empty``,
+  the same as detection's and training's -- or a single token without a prefix) are reported
+  in ``empty_texts``, never silently dropped.
 * Under torchrun (``mwork.distributed``) the windows are batched as in one process and the
   batches dealt round robin over the ranks (``mwork.tasks.runtime.map_batches``); per-window
   NLLs are gathered and summed in the original order, so every rank returns the single
@@ -35,6 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch.nn import functional as F
 
+from mwork.texts import is_empty
 from mwork.hooks import Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
@@ -142,6 +144,8 @@ def perplexity(
     windows: list[tuple[list[int], int]] = []
     owner: list[int] = []
     for t, ids in enumerate(encoded):
+        if is_empty(texts[t]):  # nothing but whitespace: an empty text (mwork.texts.is_empty), reported
+            continue
         for w in make_windows(ids, _prefix_length(ids, special), max_length, stride):
             windows.append(w)
             owner.append(t)
