@@ -616,6 +616,9 @@ def test_stats_cli_router_and_per_expert_counts(tmp_path, capsys):
     model, _ = mwork.load_model("tiny-random-qwen2_moe", device="cpu")
     ns = _expert_neurons(model)
     ns.meta["language"] = "fr"
+    # ffn {0: [1, 2I + 5], 2: [C - 1 (shared), I]}: experts 0 and 2 in layer 0, expert 1 and the shared one in layer 2
+    assert ns.expert_counts().tolist() == [[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 1, 0, 0, 1]]
+    assert NeuronSet.empty_for(mwork.load_model("tiny-random-llama", device="cpu")[0]).expert_counts() is None
     ns.save(tmp_path / "fr.safetensors")
     assert main(["stats", str(tmp_path / "fr.safetensors"), "--out", str(tmp_path / "sets")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sets" / "counts_per_expert.csv")))

@@ -240,7 +240,7 @@ class Taps:
     the readers the edited value, and returns it; ``input`` is a zero-argument callable giving
     what ``call=True`` clients get as the point's input (only called if one is there).
     ``wants(name)``: some client is at ``name`` (else a computation may skip building its value);
-    ``edited(name)``: some client edits there; ``changed``: something was edited in this call;
+    ``changed``: something was edited in this call;
     ``done``: nothing edits anywhere and every point read has been reached."""
 
     def __init__(self, entries: Sequence[_Entry]):
@@ -253,9 +253,6 @@ class Taps:
 
     def wants(self, name: str) -> bool:
         return name in self._at
-
-    def edited(self, name: str) -> bool:
-        return any(e.verb == "edit" for e in self._at.get(name, ()))
 
     @property
     def done(self) -> bool:

@@ -66,19 +66,18 @@ def jaccard_rows(sets: Sequence[NeuronSet], names: Sequence[str]) -> list[dict]:
 
 
 def expert_rows(sets: Sequence[NeuronSet], names: Sequence[str]) -> list[dict]:
-    """FFN neurons per (layer, expert) of sets whose fingerprint records experts (MoE models):
-    FFN channel e * expert_size + k is channel k of expert e, the shared expert's channels last."""
+    """FFN neurons per (layer, expert) of sets whose fingerprint records experts (MoE models,
+    ``NeuronSet.expert_counts``)."""
     rows = []
     for name, ns in zip(names, sets):
-        experts = (ns.fingerprint or {}).get("experts")
-        if not experts or "ffn" not in ns.masks:
+        counts = ns.expert_counts()
+        if counts is None:
             continue
+        experts = ns.fingerprint["experts"]
         E, I, S = experts["num_experts"], experts["expert_size"], experts["shared_expert_size"]
-        m = ns.masks["ffn"]
-        for layer in range(m.shape[0]):
-            per = m[layer, :E * I].reshape(E, I).sum(1).tolist()
-            groups = [(str(e), c, I) for e, c in enumerate(per)] + ([("shared", int(m[layer, E * I:].sum()), S)] if S else [])
-            for expert, count, size in groups:
+        labels = [(str(e), I) for e in range(E)] + ([("shared", S)] if S else [])
+        for layer, row in enumerate(counts.tolist()):
+            for (expert, size), count in zip(labels, row):
                 rows.append({"set": name, "language": ns.meta.get("language", ""), "layer": layer, "expert": expert,
                              "count": int(count), "channels": size})
     return rows

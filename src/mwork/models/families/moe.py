@@ -39,7 +39,7 @@ from mwork.models.families.moe_block import MoeComputation, MoeParts, Routing
 __all__ = ["ExpertSlice", "MoeParts", "Routing", "MixtralAdapter", "Qwen2MoeAdapter", "Qwen3MoeAdapter",
            "OlmoeAdapter", "PhimoeAdapter", "GraniteMoeAdapter", "ParamPart"]
 
-#: sites of a MoE layer that are points of the block's computation, and their width
+#: sites of a MoE layer that are points of the block's computation
 _COMPUTED = ("ffn.gate.out", "ffn.up.out", "ffn.act", "ffn.in", "ffn.out", "ffn.route")
 #: enhancement: where each role's delta acts, and on which side of the virtual linear map
 _ROLES = {"gate": ("ffn.gate.out", "out"), "up": ("ffn.up.out", "out"), "down": ("ffn.out", "in")}
