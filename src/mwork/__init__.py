@@ -9,6 +9,7 @@ The public API (each has a ``mwork`` command over it):
 * ``run_lens`` / ``LensConfig`` / ``logit_lens`` / ``estimate_regions``: layer-wise decoding by
   language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
+* ``router_statistics``: how often a mixture-of-experts model's router picks each expert per language (``mwork stats --router``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
@@ -37,6 +38,7 @@ _LAZY = {
     "detect": "mwork.neurons.detect",
     "DetectConfig": "mwork.neurons.detect_config",
     "language_specific": "mwork.neurons.specific",
+    "router_statistics": "mwork.neurons.router_stats",
     "save_language_specific": "mwork.neurons.specific",
     "deactivate": "mwork.intervene",
     "perplexity": "mwork.tasks.perplexity",

@@ -19,6 +19,19 @@ edited value. So a capture sees what the model computes, under any deactivation 
 at the same time, however the contexts are nested. Hooks are removed on exit, even after an
 exception: the model then computes bit-identically to before.
 
+**Computed points.** Some values clients need are no module's input or output: the hidden
+states of the experts of a mixture-of-experts layer live inside one module's forward. There
+an adapter gives a :class:`Computation`: that module's forward written as a function of the
+module's inputs, with named internal points, op for op as the module computes. A site with a
+``computation`` is such a point (its ``module`` is the computed module). When a client reads or
+edits one, a forward hook on the module (run before any other hook there) computes the forward
+again from the module's inputs, calling :class:`Taps` at each point -- the clients' edits,
+then their reads, as at any other point -- and, when something was edited, returns that
+computation's output in place of the module's. With readers only, the module's own output
+stands, and the computation stops once every point read was reached. So a hooked block is
+computed twice (the module's forward, then the computation): that is the cost of reading or
+editing its internal points.
+
 **Devices.** :func:`module_device` is where a module computes (accelerate's execution device
 under a ``device_map``, even when its weights are offloaded to the meta device); clients put
 their per-call tensors there once, not per call (:class:`DeviceCache`).
@@ -66,6 +79,13 @@ SITES: dict[str, str] = {
 #: Where the neurons of each kind live.
 NEURON_SITES: dict[str, str] = {"ffn": "ffn.in", "q": "q.out", "k": "k.out", "v": "v.out"}
 
+#: Sites only mixture-of-experts layers have (besides every site of :data:`SITES`, whose FFN
+#: sites there give (batch, tokens, experts x expert channels), see ``mwork.models.families.moe``).
+MOE_SITES: dict[str, str] = {
+    "ffn.route": "the router's choice for every token: experts, their weights, the router logits (a Routing)",
+    "ffn.gate.out": "the experts' gate projections' outputs (W_gate x, before the activation), per expert channel",
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Site:
@@ -76,7 +96,9 @@ class Site:
     by. ``context``: for sites read as a whole call (``attn.in``), turns ``(args, kwargs)`` into
     the object readers get. ``tokens_from``: the model runs this module on (batch * tokens,
     features) (OPT's FFN); clients still get (batch, tokens, features), the shape of that
-    site's value."""
+    site's value. ``computation``: this site is a point inside ``module``'s forward, named
+    ``name`` (see :class:`Computation`); ``width``: the number of features of its tensor where the
+    module cannot say (a computed point)."""
 
     name: str
     layer: int | None
@@ -86,6 +108,8 @@ class Site:
     arg: str | None = None
     context: Callable[[tuple, dict], Any] | None = None
     tokens_from: "Site | None" = None
+    computation: "Computation | None" = None
+    width: int | None = None
 
     def features(self, channels: torch.Tensor) -> torch.Tensor:
         """Feature indices in the module's tensor of the given channels."""
@@ -102,7 +126,8 @@ class Site:
 
     def __repr__(self) -> str:
         where = f"[{self.layer}]" if self.layer is not None else ""
-        return f"Site({self.name}{where}: {type(self.module).__name__}.{self.port})"
+        port = "computed" if self.computation is not None else self.port
+        return f"Site({self.name}{where}: {type(self.module).__name__}.{port})"
 
 
 def module_site(module: nn.Module, port: str = "out", name: str = "module") -> Site:
@@ -190,14 +215,112 @@ class _Point:
         return type(output)((value, *output[1:])) if is_seq else value
 
 
-_POINTS: "weakref.WeakKeyDictionary[nn.Module, dict[str, _Point]]" = weakref.WeakKeyDictionary()
+# ---- computed points: values inside a module's forward ---------------------------------------
 
 
-def _point(site: Site) -> _Point:
+class Computation:
+    """A module's forward written out with named internal points (an adapter gives one where a
+    value clients need lives inside one module's forward, e.g. the experts of a
+    mixture-of-experts layer). ``run`` must compute what the module computes, op for op (with
+    no edit, its output equals the module's bit for bit), calling ``taps(name, value, input)``
+    at each point of ``points`` and going on with what it returns. It may return None early
+    once ``taps.done`` (nothing edited, every point read reached): the module's output stands."""
+
+    module: nn.Module
+    points: tuple[str, ...] = ()
+
+    def run(self, args: tuple, kwargs: dict, taps: "Taps") -> Any:
+        raise NotImplementedError
+
+
+class Taps:
+    """The clients' entries at the points of one call of a :class:`Computation`.
+
+    ``taps(name, value, input)`` applies the edits at ``name`` in registration order, then gives
+    the readers the edited value, and returns it; ``input`` is a zero-argument callable giving
+    what ``call=True`` clients get as the point's input (only called if one is there).
+    ``wants(name)``: some client is at ``name`` (else a computation may skip building its value);
+    ``changed``: something was edited in this call;
+    ``done``: nothing edits anywhere and every point read has been reached."""
+
+    def __init__(self, entries: Sequence[_Entry]):
+        self._at: dict[str, list[_Entry]] = {}
+        for e in entries:
+            self._at.setdefault(e.site.name, []).append(e)
+        self._editing = any(e.verb == "edit" for e in entries)
+        self._pending = set(self._at)
+        self.changed = False
+
+    def wants(self, name: str) -> bool:
+        return name in self._at
+
+    @property
+    def done(self) -> bool:
+        return not self._editing and not self._pending
+
+    def __call__(self, name: str, value: Any, input: Callable[[], Any] | None = None) -> Any:
+        entries = self._at.get(name)
+        if not entries:
+            return value
+        self._pending.discard(name)
+        needed = input is not None and any(e.call for e in entries)
+        inp = input() if needed else None
+        for e in entries:
+            if e.verb == "edit":
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"mwork hooks: {e.site!r} holds a {type(value).__name__}, which cannot be edited")
+                value = e.fn(inp, value) if e.call else e.fn(value)
+                self.changed = True
+        for e in entries:
+            if e.verb == "read":
+                e.fn(inp, value) if e.call else e.fn(value)
+        return value
+
+
+class _ComputedPoint:
+    """All hooks at the internal points of one module's :class:`Computation`, behind one torch
+    forward hook placed before the module's other hooks (so readers and editors of the module's
+    own output see the computed output)."""
+
+    def __init__(self, computation: Computation):
+        self.computation = computation
+        self.module = computation.module
+        self.entries: list[_Entry] = []
+        self.handle: Any = None
+
+    def add(self, entry: _Entry) -> None:
+        if entry.site.name not in self.computation.points:
+            raise ValueError(f"{type(self.computation).__name__} has no point {entry.site.name!r}; "
+                             f"its points are {', '.join(self.computation.points)}")
+        if self.handle is None:
+            self.handle = self.module.register_forward_hook(self._post, with_kwargs=True, prepend=True)
+        self.entries.append(entry)
+
+    def remove(self, entry: _Entry) -> None:
+        self.entries = [e for e in self.entries if e is not entry]
+        if not self.entries and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        taps = Taps(self.entries)
+        value = self.computation.run(args, kwargs, taps)
+        if not taps.changed:
+            return None
+        if isinstance(output, (tuple, list)):
+            return type(output)((value, *output[1:]))
+        return value
+
+
+_POINTS: "weakref.WeakKeyDictionary[nn.Module, dict[str, _Point | _ComputedPoint]]" = weakref.WeakKeyDictionary()
+
+
+def _point(site: Site) -> "_Point | _ComputedPoint":
     ports = _POINTS.setdefault(site.module, {})
-    if site.port not in ports:
-        ports[site.port] = _Point(site.module, site.port)
-    return ports[site.port]
+    key = "computed" if site.computation is not None else site.port
+    if key not in ports:
+        ports[key] = _ComputedPoint(site.computation) if site.computation is not None else _Point(site.module, site.port)
+    return ports[key]
 
 
 def active_hooks(module: nn.Module) -> int:
@@ -288,9 +411,10 @@ class Capture:
         if keep not in ("last", "all"):
             raise ValueError(f"keep must be 'last' or 'all', got {keep!r}")
         names = [sites] if isinstance(sites, str) else list(sites)
-        unknown = [n for n in names if n not in SITES]
+        unknown = [n for n in names if n not in SITES and n not in MOE_SITES]
         if unknown:
-            raise ValueError(f"unknown site {unknown[0]!r}; sites are {', '.join(SITES)}")
+            raise ValueError(f"unknown site {unknown[0]!r}; sites are {', '.join(SITES)} "
+                             f"(and in mixture-of-experts layers {', '.join(MOE_SITES)})")
         adapter = get_adapter(model)
         layer_list = list(range(adapter.num_layers)) if layers is None else sorted(set(int(i) for i in layers))
         bad = [i for i in layer_list if not 0 <= i < adapter.num_layers]
@@ -425,6 +549,14 @@ class ChannelScale:
         if self._vector is None:
             return x.index_fill(-1, self._index.on(x), 0)
         return x * self._vector.on(x)
+
+
+def site_width(site: Site) -> int:
+    """Number of features of ``site``'s tensor in the module (for a fused projection: all of
+    them, not only the site's channels); a computed point says it itself."""
+    if site.width is not None:
+        return int(site.width)
+    return feature_width(site.module, site.port == "in")
 
 
 def feature_width(module: nn.Module, on_input: bool) -> int:

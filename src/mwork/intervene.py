@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mwork.hooks import ChannelScale, Hooks, feature_width
+from mwork.hooks import ChannelScale, Hooks, site_width
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
@@ -130,7 +130,7 @@ class Deactivation:
                 site = adapter.neuron_site(kind, layer)
                 entry = features.setdefault(id(site.module), (site, []))
                 entry[1].append(site.features(channels))
-        return [ChannelScale(site, torch.cat(f), scale, feature_width(site.module, site.port == "in"))
+        return [ChannelScale(site, torch.cat(f), scale, site_width(site))
                 for site, f in features.values()]
 
     def __enter__(self) -> "Deactivation":

@@ -10,6 +10,13 @@ neuron. Each slice is a small tensor in the nn.Linear orientation:
 * ``side="in"`` (columns): ``weight`` (out_features, n); a forward hook adds
   ``x[..., index] @ weight.T`` to the output.
 
+Expert neurons of a mixture-of-experts layer (``mwork.models.families.moe``) own rows of 3-D
+expert parameters, which no module of their own computes: their slices (``site`` set) act at
+points of the block's computation through the same edits -- rows at ``ffn.gate.out`` /
+``ffn.up.out`` (input: the block's input), columns at ``ffn.out`` (input: the routed hidden
+state r * h, so the delta's output is weighted by the router as the expert's is) -- and merge
+into the parameters the adapter names (``Adapter.expert_parameters``).
+
 The hooked model computes exactly what the merged weights ``W + ΔW`` compute, while the base
 weights are never touched; the optimiser sees only these small tensors, so its state is the
 size of the selected slices. ``merge_into`` adds the deltas into a freshly loaded model
@@ -51,6 +58,7 @@ class SliceDelta:
     channels: torch.Tensor  # neuron indices of ``kind`` (LongTensor, n)
     weight: nn.Parameter
     bias: nn.Parameter | None = None
+    site: str | None = None  # a point of a MoE block's computation (``module``: the block), not a module
 
     @property
     def key(self) -> str:
@@ -91,19 +99,23 @@ class NeuronDelta:
                 if len(channels) == 0:
                     continue
                 for sl in adapter.neuron_slices(layer, kind):
-                    w = sl.module.weight
-                    n_in, n_out = _in_out(sl.module, sl.transposed)
+                    site = getattr(sl, "site", None) or None
+                    if site:  # expert channels: a slice of the virtual map over every expert channel
+                        w, (n_in, n_out) = next(sl.module.parameters()), (sl.in_features, sl.out_features)
+                        has_bias = False
+                    else:
+                        w, (n_in, n_out) = sl.module.weight, _in_out(sl.module, sl.transposed)
+                        has_bias = getattr(sl.module, "bias", None) is not None
                     index = sl.index[channels].to(torch.long)
                     dt, dev = _delta_dtype(w, dtype), w.device
                     if sl.side == "out":
                         weight = nn.Parameter(torch.zeros(len(index), n_in, dtype=dt, device=dev))
-                        has_bias = getattr(sl.module, "bias", None) is not None
                         bias = nn.Parameter(torch.zeros(len(index), dtype=dt, device=dev)) if has_bias else None
                     else:
                         weight = nn.Parameter(torch.zeros(n_out, len(index), dtype=dt, device=dev))
                         bias = None
                     slices.append(SliceDelta(layer, kind, sl.role, names[id(sl.module)], sl.side, sl.transposed,
-                                             index.cpu(), channels.cpu(), weight, bias))
+                                             index.cpu(), channels.cpu(), weight, bias, site))
         if not slices:
             raise ValueError("the neuron set is empty: nothing to train (pick a set with at least one neuron)")
         return cls(slices)
@@ -144,6 +156,11 @@ class NeuronDelta:
         """``{parameter name: bool mask}`` of the base-model elements these slices change."""
         masks: dict[str, torch.Tensor] = {}
         for s in self.slices:
+            if s.site:
+                for part in get_adapter(model).expert_parameters(s.layer, s.role, s.index):
+                    m = masks.setdefault(part.name, torch.zeros(part.param.shape, dtype=torch.bool))
+                    m[part.index] = True
+                continue
             module = model.get_submodule(s.module)
             m = masks.setdefault(f"{s.module}.weight", torch.zeros(module.weight.shape, dtype=torch.bool))
             rows_are_out = not s.transposed
@@ -161,12 +178,13 @@ class NeuronDelta:
     @contextlib.contextmanager
     def attach(self, model: nn.Module) -> Iterator["NeuronDelta"]:
         """Edits (``mwork.hooks``) that add the deltas to the selected features (removed on exit)."""
-        groups: dict[str, list[SliceDelta]] = {}
+        groups: dict[tuple[str, str | None], list[SliceDelta]] = {}
         for s in self.slices:
-            groups.setdefault(s.module, []).append(s)
+            groups.setdefault((s.module, s.site), []).append(s)
         hooks = Hooks()
-        for name, group in groups.items():
-            hooks.edit(module_site(model.get_submodule(name)), _make_edit(group), call=True)
+        for (name, site), group in groups.items():
+            where = get_adapter(model).site(site, group[0].layer) if site else module_site(model.get_submodule(name))
+            hooks.edit(where, _make_edit(group), call=True)
         with hooks:
             yield self
 
@@ -174,6 +192,9 @@ class NeuronDelta:
     def merge_into(self, model: nn.Module) -> None:
         """Add the deltas into ``model``'s weights (a load-time merge; other elements untouched)."""
         for s in self.slices:
+            if s.site:
+                _merge_expert_slice(model, s)
+                continue
             module = model.get_submodule(s.module)
             W = module.weight
             d = s.weight.to(device=W.device, dtype=W.dtype)
@@ -192,9 +213,15 @@ class NeuronDelta:
 
     # ---- files --------------------------------------------------------------------------
     def slice_table(self) -> list[dict[str, Any]]:
-        return [{"key": s.key, "layer": s.layer, "kind": s.kind, "role": s.role, "module": s.module,
-                 "side": s.side, "transposed": s.transposed, "n": len(s.index),
-                 "shape": list(s.weight.shape), "bias": s.bias is not None} for s in self.slices]
+        rows = []
+        for s in self.slices:
+            row = {"key": s.key, "layer": s.layer, "kind": s.kind, "role": s.role, "module": s.module,
+                   "side": s.side, "transposed": s.transposed, "n": len(s.index),
+                   "shape": list(s.weight.shape), "bias": s.bias is not None}
+            if s.site:
+                row["site"] = s.site
+            rows.append(row)
+        return rows
 
     def save(self, out_dir: str | Path, meta: dict[str, Any] | None = None) -> Path:
         """Write ``out_dir/delta.safetensors`` (only the slices) and ``out_dir/delta.json``."""
@@ -239,7 +266,7 @@ class NeuronDelta:
                 slices.append(SliceDelta(row["layer"], row["kind"], row["role"], row["module"], row["side"],
                                          row["transposed"], tensors[f"{k}.index"], tensors[f"{k}.channels"],
                                          nn.Parameter(tensors[f"{k}.weight"]),
-                                         nn.Parameter(bias) if bias is not None else None))
+                                         nn.Parameter(bias) if bias is not None else None, row.get("site")))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{st} is an incomplete mwork delta (missing {err}); {remedy}") from None
         delta = cls(slices, meta)
@@ -260,12 +287,37 @@ class NeuronDelta:
                 module = model.get_submodule(s.module)
             except AttributeError:
                 raise ValueError(f"this delta was trained on {made_for}: the model has no module {s.module!r}") from None
-            n_in, n_out = _in_out(module, s.transposed)
+            if s.site:
+                n_in, n_out = _expert_slice_shape(model, s, made_for)
+            else:
+                n_in, n_out = _in_out(module, s.transposed)
             expected = (len(s.index), n_in) if s.side == "out" else (n_out, len(s.index))
             width = n_out if s.side == "out" else n_in
             if tuple(s.weight.shape) != expected or (len(s.index) and int(s.index.max()) >= width):
                 raise ValueError(f"delta slice {s.key} has shape {tuple(s.weight.shape)}; module {s.module} "
                                  f"needs {expected}: the delta was trained on {made_for}")
+
+
+def _expert_slice_shape(model: nn.Module, s: SliceDelta, made_for: str) -> tuple[int, int]:
+    """(in, out) features of the virtual map an expert slice belongs to, as the model's adapter says."""
+    adapter = get_adapter(model)
+    if not 0 <= s.layer < adapter.num_layers:
+        raise ValueError(f"delta slice {s.key}: the model has no layer {s.layer}; the delta was trained on {made_for}")
+    for sl in adapter.neuron_slices(s.layer, s.kind):
+        if sl.role == s.role and getattr(sl, "site", None) == s.site:
+            return sl.in_features, sl.out_features
+    raise ValueError(f"delta slice {s.key} acts at {s.site!r}, which this model's layer {s.layer} does not have: "
+                     f"the delta was trained on {made_for}")
+
+
+def _merge_expert_slice(model: nn.Module, s: SliceDelta) -> None:
+    """Add an expert slice's delta into the expert parameters it belongs to."""
+    for part in get_adapter(model).expert_parameters(s.layer, s.role, s.index):
+        P = part.param
+        d = s.weight[part.rows] if s.side == "out" else s.weight[:, part.rows].T  # (rows, D)
+        d = d.to(device=P.device, dtype=P.dtype)
+        index = tuple(i.to(P.device) if isinstance(i, torch.Tensor) else i for i in part.index)
+        P[index] += d.T if part.transposed else d
 
 
 def _make_edit(group: list[SliceDelta]):

@@ -323,6 +323,11 @@ def lora_for_budget(model: nn.Module, neurons: NeuronSet | str | Path, budget: i
 
     ns = as_neuron_set(neurons, model)
     delta = NeuronDelta.zeros(model, ns)
+    experts = sorted({s.module for s in delta.slices if s.site})
+    if experts:
+        raise ValueError(f"the LoRA baseline targets nn.Linear modules, and the set's FFN neurons are expert channels "
+                         f"of mixture-of-experts blocks ({experts[0]} ...), rows of 3-D expert parameters: compare "
+                         "without it (methods neurons,random,full)")
     budget = delta.num_parameters() if budget is None else budget
     modules = list(dict.fromkeys(s.module for s in delta.slices))  # layer order
     per_rank = 0

