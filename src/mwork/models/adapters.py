@@ -80,23 +80,37 @@ class Adapter:
     #: how a decoder layer combines its parts (see ``combine``): "sequential" (attention, then the
     #: FFN on the updated stream) or "parallel" (attention and FFN both read the layer input)
     block: ClassVar[str] = "sequential"
+    #: where the modules are, as dotted attribute paths: ``layers``, ``embed`` and ``final_norm``
+    #: from the model; ``attention``, ``o_proj``, ``down``, ``up``, ``gate``, ``act`` and ``q`` /
+    #: ``k`` / ``v`` (separate projections) from a decoder layer. They answer the structural
+    #: questions below; a family overrides a method only where its layout is not a plain path.
+    paths: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
         self._sites: dict[tuple[str, int | None], Site] = {}
 
+    def _module(self, key: str, layer: int | None = None) -> nn.Module:
+        if key not in self.paths:
+            raise NotImplementedError(f"{type(self).__name__} does not say where its {key!r} module is: set "
+                                      f"paths[{key!r}] or override the method that answers it")
+        module = self.model if layer is None else self.layers[layer]
+        for name in self.paths[key].split("."):
+            module = getattr(module, name)
+        return module
+
     # ---- structure -------------------------------------------------------------------
     @property
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        return self._module("layers")
 
     @property
     def embed(self) -> nn.Module:
         """The module whose output is the layer-0 hidden state (token embeddings after any
         scaling, plus positions). Families that add positions or scale the embeddings outside
         any module answer with their token embedding here and override ``embed_site``."""
-        raise NotImplementedError
+        return self._module("embed")
 
     @property
     def embed_site(self) -> Site:
@@ -110,7 +124,7 @@ class Adapter:
 
     @property
     def final_norm(self) -> nn.Module:
-        raise NotImplementedError
+        return self._module("final_norm")
 
     @property
     def lm_head(self) -> nn.Module:
@@ -177,15 +191,16 @@ class Adapter:
         }
 
     def attention(self, layer: int) -> nn.Module:
-        raise NotImplementedError
+        """The module whose call computes q, k, v and the scores (its input: ``attn.in``)."""
+        return self._module("attention", layer)
 
     def mlp_down(self, layer: int) -> nn.Module:
         """The module whose input features are the FFN neurons."""
-        raise NotImplementedError
+        return self._module("down", layer)
 
     def o_proj(self, layer: int) -> nn.Module:
         """The attention output projection (input: heads concatenated, head-major)."""
-        raise NotImplementedError
+        return self._module("o_proj", layer)
 
     def down_weight(self, layer: int) -> torch.Tensor:
         """W_down as (hidden, ffn): column k is what FFN neuron k writes."""
@@ -203,7 +218,10 @@ class Adapter:
         return self._qkv_site(layer, kind)
 
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        raise NotImplementedError
+        """Separate projections (``paths["q"]`` ...): channel c is output feature c; fused ones
+        override this with their layout."""
+        proj = self._module(kind, layer)
+        return ChannelSite(proj, torch.arange(proj.weight.shape[1 if self.weights_transposed else 0]))
 
     def site(self, name: str, layer: int | None = None) -> Site:
         """The hook site ``name`` (see ``mwork.hooks.SITES``) of decoder layer ``layer``
@@ -263,12 +281,12 @@ class Adapter:
 
     def ffn_act(self, layer: int) -> nn.Module:
         """The FFN's activation module (its output: act(W_gate x) for gated MLPs)."""
-        raise NotImplementedError(f"{type(self).__name__} does not name its FFN activation module")
+        return self._module("act", layer)
 
     def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
         """The modules whose output feature k feeds FFN neuron k: ``{"gate": ..., "up": ...}``
         for gated MLPs, ``{"up": ...}`` otherwise."""
-        raise NotImplementedError
+        return {role: self._module(role, layer) for role in ("gate", "up") if role in self.paths or role == "up"}
 
     def ffn_in_sites(self, layer: int) -> dict[str, ChannelSite]:
         """Like ``ffn_in_modules``, with the output features that feed each FFN neuron: feature

@@ -36,3 +36,8 @@ def _alibi_bias(adapter: Adapter, ctx: AttentionContext, heads: slice | None, fa
     if factor != 1.0:
         bias = bias * factor
     return bias if heads is None else bias[:, heads]
+
+
+def _without(paths: dict[str, str], *keys: str) -> dict[str, str]:
+    """A parent family's module paths minus some (e.g. a plain MLP has no ``gate``)."""
+    return {k: v for k, v in paths.items() if k not in keys}

@@ -14,18 +14,7 @@ class _FusedQKVAdapter(Adapter):
     """Families with one query_key_value projection viewed as (heads, 3, head_dim), an output
     ``dense`` and an MLP dense_h_to_4h -> dense_4h_to_h (GPT-NeoX, BLOOM, Persimmon, Falcon)."""
 
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.dense_4h_to_h
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.dense_h_to_4h}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        mlp = self.layers[layer].mlp
-        return mlp.gelu_impl if hasattr(mlp, "gelu_impl") else mlp.act  # BLOOM | the others
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).dense
+    _mlp = {"up": "mlp.dense_h_to_4h", "act": "mlp.act", "down": "mlp.dense_4h_to_h"}
 
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
         return ChannelSite(self.attention(layer).query_key_value, _per_head_fused_index(self, kind))
@@ -37,25 +26,13 @@ class GPTNeoXAdapter(_FusedQKVAdapter):
 
     model_types = ("gpt_neox",)
     family = "gpt_neox"
+    paths = {"layers": "gpt_neox.layers", "embed": "gpt_neox.emb_dropout",  # the embeddings as layer 0 sees them
+             "final_norm": "gpt_neox.final_layer_norm", "attention": "attention", "o_proj": "attention.dense",
+             **_FusedQKVAdapter._mlp}
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
         self.block = "parallel" if getattr(self.config, "use_parallel_residual", True) else "sequential"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.gpt_neox.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.gpt_neox.emb_dropout  # its output: the embeddings, as layer 0 sees them
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.gpt_neox.final_layer_norm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attention
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
@@ -70,21 +47,8 @@ class PersimmonAdapter(_FusedQKVAdapter):
 
     model_types = ("persimmon",)
     family = "persimmon"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.model.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.model.embed_tokens
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.model.final_layernorm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
+    paths = {"layers": "model.layers", "embed": "model.embed_tokens", "final_norm": "model.final_layernorm",
+             "attention": "self_attn", "o_proj": "self_attn.dense", **_FusedQKVAdapter._mlp}
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
@@ -107,26 +71,14 @@ class BloomAdapter(_FusedQKVAdapter):
     model_types = ("bloom",)
     family = "bloom"
     position_encoding = "alibi"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        # word embeddings are followed by a LayerNorm; the layer-0 hidden state is after it
-        return self.model.transformer.word_embeddings_layernorm
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
+    paths = {"layers": "transformer.h",
+             "embed": "transformer.word_embeddings_layernorm",  # the layer-0 hidden state is after this norm
+             "final_norm": "transformer.ln_f", "attention": "self_attention", "o_proj": "self_attention.dense",
+             **_FusedQKVAdapter._mlp, "act": "mlp.gelu_impl"}
 
     @property
     def num_heads(self) -> int:
         return int(self.config.n_head)
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attention
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).inv_norm_factor)
@@ -152,6 +104,9 @@ class FalconAdapter(_FusedQKVAdapter):
     model_types = ("falcon",)
     family = "falcon"
 
+    paths = {"layers": "transformer.h", "embed": "transformer.word_embeddings", "final_norm": "transformer.ln_f",
+             "attention": "self_attention", "o_proj": "self_attention.dense", **_FusedQKVAdapter._mlp}
+
     def __init__(self, model: nn.Module):
         super().__init__(model)
         cfg = self.config
@@ -159,23 +114,8 @@ class FalconAdapter(_FusedQKVAdapter):
         self.block = "parallel" if cfg.parallel_attn or cfg.new_decoder_architecture else "sequential"
 
     @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.transformer.word_embeddings
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
-
-    @property
     def num_kv_heads(self) -> int:
         return int(self.attention(0).num_kv_heads)
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attention
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).inv_norm_factor)
@@ -226,33 +166,9 @@ class MptAdapter(Adapter):
     model_types = ("mpt",)
     family = "mpt"
     position_encoding = "alibi"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.blocks
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.transformer.wte
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.norm_f
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).out_proj
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].ffn.down_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].ffn.up_proj}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].ffn.act
+    paths = {"layers": "transformer.blocks", "embed": "transformer.wte", "final_norm": "transformer.norm_f",
+             "attention": "attn", "o_proj": "attn.out_proj", "up": "ffn.up_proj", "act": "ffn.act",
+             "down": "ffn.down_proj"}
 
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
         return ChannelSite(self.attention(layer).Wqkv, _concat_fused_index(self, kind))

@@ -19,18 +19,9 @@ class GPT2Adapter(Adapter):
     family = "gpt2"
     position_encoding = "learned"
     weights_transposed = True
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.transformer.drop  # output = token + position embeddings
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
+    paths = {"layers": "transformer.h", "embed": "transformer.drop",  # its output: token + position embeddings
+             "final_norm": "transformer.ln_f", "attention": "attn", "o_proj": "attn.c_proj", "up": "mlp.c_fc",
+             "act": "mlp.act", "down": "mlp.c_proj"}
 
     @property
     def hidden_size(self) -> int:
@@ -39,21 +30,6 @@ class GPT2Adapter(Adapter):
     @property
     def num_heads(self) -> int:
         return int(self.config.n_head)
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attn
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.c_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.c_fc}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).c_proj
 
     def down_weight(self, layer: int) -> torch.Tensor:
         return self.mlp_down(layer).weight.t()
@@ -101,37 +77,9 @@ class GPTJAdapter(Adapter):
     model_types = ("gptj",)
     family = "gptj"
     block = "parallel"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.transformer.h
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.transformer.drop
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.transformer.ln_f
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].attn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).out_proj
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.fc_out
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.fc_in}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        proj = getattr(self.attention(layer), f"{kind}_proj")
-        return ChannelSite(proj, torch.arange(proj.out_features))
+    paths = {"layers": "transformer.h", "embed": "transformer.drop", "final_norm": "transformer.ln_f",
+             "attention": "attn", "o_proj": "attn.out_proj", "q": "attn.q_proj", "k": "attn.k_proj",
+             "v": "attn.v_proj", "up": "mlp.fc_in", "act": "mlp.act", "down": "mlp.fc_out"}
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
@@ -162,18 +110,13 @@ class OPTAdapter(Adapter):
     family = "opt"
     position_encoding = "learned"
     ffn_flattens_tokens = True
+    paths = {"layers": "model.decoder.layers", "embed": "model.decoder.embed_tokens", "attention": "self_attn",
+             "o_proj": "self_attn.out_proj", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+             "v": "self_attn.v_proj", "up": "fc1", "act": "activation_fn", "down": "fc2"}
 
     @property
     def _decoder(self) -> nn.Module:
         return self.model.model.decoder
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self._decoder.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self._decoder.embed_tokens
 
     @property
     def embed_site(self) -> Site:
@@ -189,25 +132,6 @@ class OPTAdapter(Adapter):
         if dec.project_out is not None:
             return dec.project_out
         raise NotImplementedError("this OPT model has neither a final LayerNorm nor project_out")
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).out_proj
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].fc2
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].fc1}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].activation_fn
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        proj = getattr(self.attention(layer), f"{kind}_proj")
-        return ChannelSite(proj, torch.arange(proj.out_features))
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)
@@ -235,41 +159,13 @@ class XGLMAdapter(Adapter):
     model_types = ("xglm",)
     family = "xglm"
     position_encoding = "learned"
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.model.model.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self.model.model.embed_tokens
+    paths = {"layers": "model.layers", "embed": "model.embed_tokens", "final_norm": "model.layer_norm",
+             "attention": "self_attn", "o_proj": "self_attn.out_proj", "q": "self_attn.q_proj",
+             "k": "self_attn.k_proj", "v": "self_attn.v_proj", "up": "fc1", "act": "activation_fn", "down": "fc2"}
 
     @property
     def embed_site(self) -> Site:
         return self._first_layer_input()
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.model.layer_norm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).out_proj
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].fc2
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].fc1}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].activation_fn
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        proj = getattr(self.attention(layer), f"{kind}_proj")
-        return ChannelSite(proj, torch.arange(proj.out_features))
 
     def scaling(self, layer: int) -> float:
         return float(self.attention(layer).scaling)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mwork.hooks import Site
 from mwork.models.adapters import Adapter, AttentionContext, ChannelSite
-from mwork.models.families._layouts import _arange, _concat_fused_index
+from mwork.models.families._layouts import _arange, _concat_fused_index, _without
 
 
 class LlamaAdapter(Adapter):
@@ -21,42 +21,10 @@ class LlamaAdapter(Adapter):
 
     model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
     family = "llama"
-
-    @property
-    def _base(self) -> nn.Module:
-        return self.model.model
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self._base.layers
-
-    @property
-    def embed(self) -> nn.Module:
-        return self._base.embed_tokens  # Gemma's scaled embedding module multiplies inside
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self._base.norm
-
-    def attention(self, layer: int) -> nn.Module:
-        return self.layers[layer].self_attn
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.down_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        mlp = self.layers[layer].mlp
-        return {"gate": mlp.gate_proj, "up": mlp.up_proj}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act_fn
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).o_proj
-
-    def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
-        proj = getattr(self.attention(layer), f"{kind}_proj")
-        return ChannelSite(proj, torch.arange(proj.out_features))
+    paths = {"layers": "model.layers", "embed": "model.embed_tokens",  # Gemma's embedding scales inside
+             "final_norm": "model.norm", "attention": "self_attn", "o_proj": "self_attn.o_proj",
+             "q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+             "gate": "mlp.gate_proj", "up": "mlp.up_proj", "act": "mlp.act_fn", "down": "mlp.down_proj"}
 
     def qk_norms(self, layer: int) -> tuple[nn.Module | None, nn.Module | None]:
         attn = self.attention(layer)
@@ -122,15 +90,7 @@ class StarCoder2Adapter(LlamaAdapter):
 
     model_types = ("starcoder2",)
     family = "starcoder2"
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.c_proj
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.c_fc}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.act
+    paths = {**_without(LlamaAdapter.paths, "gate"), "up": "mlp.c_fc", "act": "mlp.act", "down": "mlp.c_proj"}
 
 
 class GraniteAdapter(LlamaAdapter):
@@ -246,26 +206,10 @@ class PhiAdapter(LlamaAdapter):
     model_types = ("phi",)
     family = "phi"
     block = "parallel"
-
-    @property
-    def embed(self) -> nn.Module:
-        return self._base.embed_dropout  # its output: the token embeddings, as layer 0 sees them
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self._base.final_layernorm
-
-    def o_proj(self, layer: int) -> nn.Module:
-        return self.attention(layer).dense
-
-    def mlp_down(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.fc2
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        return {"up": self.layers[layer].mlp.fc1}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.activation_fn
+    paths = {**_without(LlamaAdapter.paths, "gate"),
+             "embed": "model.embed_dropout",  # its output: the token embeddings, as layer 0 sees them
+             "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense",
+             "up": "mlp.fc1", "act": "mlp.activation_fn", "down": "mlp.fc2"}
 
     def rotary_dim(self, layer: int) -> int:
         return int(self.attention(layer).rotary_ndims)
@@ -281,17 +225,11 @@ class Phi3Adapter(LlamaAdapter):
 
     model_types = ("phi3",)
     family = "phi3"
-
-    def ffn_in_modules(self, layer: int) -> dict[str, nn.Module]:
-        fused = self.layers[layer].mlp.gate_up_proj
-        return {"gate": fused, "up": fused}
+    paths = {**LlamaAdapter.paths, "gate": "mlp.gate_up_proj", "up": "mlp.gate_up_proj", "act": "mlp.activation_fn"}
 
     def ffn_in_sites(self, layer: int) -> dict[str, ChannelSite]:
         fused, n = self.layers[layer].mlp.gate_up_proj, self.ffn_size
         return {"gate": ChannelSite(fused, _arange(0, n)), "up": ChannelSite(fused, _arange(n, n))}
-
-    def ffn_act(self, layer: int) -> nn.Module:
-        return self.layers[layer].mlp.activation_fn
 
     def _qkv_site(self, layer: int, kind: str) -> ChannelSite:
         return ChannelSite(self.attention(layer).qkv_proj, _concat_fused_index(self, kind))

@@ -114,7 +114,7 @@ class MoeComputation(Computation):
         x = args[0] if args else next(iter(kwargs.values()))
         B, T, D = x.shape
         flat = x.reshape(-1, D)
-        N, E, I = flat.shape[0], p.num_experts, p.expert_size
+        E, I = p.num_experts, p.expert_size
         logits, weights, experts = p.router(flat)[:3]
         shared_weight = torch.sigmoid(p.shared_gate(flat)) if p.shared_gate is not None else None
         if taps.wants("ffn.route"):
