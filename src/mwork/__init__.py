@@ -9,6 +9,7 @@ The public API (each has a ``mwork`` command over it):
 * ``run_lens`` / ``LensConfig`` / ``logit_lens`` / ``estimate_regions``: layer-wise decoding by
   language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
+* ``detect_languages`` / ``language_scores`` / ``run_methods``: PLND, LAPE, AP head to head (``mwork experiment methods``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
@@ -37,6 +38,11 @@ _LAZY = {
     "detect": "mwork.neurons.detect",
     "DetectConfig": "mwork.neurons.detect_config",
     "language_specific": "mwork.neurons.specific",
+    "detect_languages": "mwork.neurons.methods",
+    "language_scores": "mwork.neurons.methods",
+    "register_detection_method": "mwork.neurons.methods",
+    "MethodsConfig": "mwork.experiments.methods",
+    "run_methods": "mwork.experiments.methods",
     "save_language_specific": "mwork.neurons.specific",
     "deactivate": "mwork.intervene",
     "perplexity": "mwork.tasks.perplexity",
