@@ -213,3 +213,19 @@ def test_bad_settings_fail_before_any_work(tmp_path, capsys):
     assert cli_main(base + both + held + ["--sizes", "50%"]) == 2
     assert "lape draws from its 288 ffn neurons" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_contract(tmp_path, capsys):
+    specs = write_texts(tmp_path)
+    out = tmp_path / "cli"
+    args = ["experiment", "methods", "--model", "tiny-random-llama", "--methods", "lape,ap", "--sizes", "1%,2%",
+            "--seeds", "0,1", "--out", str(out), "--max-length", "16", "--eval-max-length", "16", "--cost-docs", "1",
+            "--cost-repeats", "1", "--quiet"]
+    args += [a for s in specs["corpus"] for a in ("--corpus", s)] + [a for s in specs["heldout"] for a in ("--heldout", s)]
+    assert cli_main(args) == 0
+    assert "## Summary" in capsys.readouterr().out
+    sel = rows(out / "selectivity.csv")
+    assert {(r["method"], r["size"], r["intervention"]) for r in sel} == {
+        (m, s, iv) for m in ("lape", "ap") for s in ("1%", "2%") for iv in ("zero", "mean")}
+    for name in ("stability.csv", "agreement.csv", "cost.csv"):
+        assert rows(out / name)
