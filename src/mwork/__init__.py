@@ -10,6 +10,7 @@ The public API (each has a ``mwork`` command over it):
   language (``mwork lens``);
 * ``importance`` / ``detect`` / ``NeuronSet`` / ``language_specific``: PLND (``mwork detect``, ``specific``);
 * ``router_statistics``: how often a mixture-of-experts model's router picks each expert per language (``mwork stats --router``);
+* ``detect_languages`` / ``language_scores`` / ``run_methods``: PLND, LAPE, AP head to head (``mwork experiment methods``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
@@ -39,6 +40,11 @@ _LAZY = {
     "DetectConfig": "mwork.neurons.detect_config",
     "language_specific": "mwork.neurons.specific",
     "router_statistics": "mwork.neurons.router_stats",
+    "detect_languages": "mwork.neurons.methods",
+    "language_scores": "mwork.neurons.methods",
+    "register_detection_method": "mwork.neurons.methods",
+    "MethodsConfig": "mwork.experiments.methods",
+    "run_methods": "mwork.experiments.methods",
     "save_language_specific": "mwork.neurons.specific",
     "deactivate": "mwork.intervene",
     "perplexity": "mwork.tasks.perplexity",

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.neurons.cli",
     "mwork.neurons.bench_cli",
     "mwork.experiments.enhance_cli",
+    "mwork.neurons.convert_cli",
 )
 
 

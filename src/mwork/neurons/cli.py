@@ -1,29 +1,46 @@
 """``mwork detect`` / ``mwork specific`` / ``mwork stats``: thin shims over the Python API.
 
-``detect``'s settings are ``DetectConfig``'s fields (options and help generated from them);
-the rest says where the documents and the model come from.
+``detect``'s settings are ``DetectConfig``'s fields (options and help generated from them) for
+``--method plnd`` and each registered method's config fields for the others
+(``mwork.neurons.methods``); the rest says where the documents and the model come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
-from mwork.config import add_arguments, from_args
+from mwork.config import add_arguments, from_args, given
 from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
 from mwork.neurons.detect_config import RULE_VALUES, DetectConfig
 from mwork.texts import FORMATS, TextSource, parse_range
 
 
 def _detect(args: argparse.Namespace) -> int:
-    """Under torchrun (WORLD_SIZE > 1) the ranks share the corpus; rank 0 writes and prints."""
+    """``--method plnd`` (default): one language, as always; other methods: one set per language.
+    Under torchrun (WORLD_SIZE > 1) the ranks share PLND's corpus; rank 0 writes and prints."""
     from mwork import distributed
 
-    config = from_args(DetectConfig, args)  # bad settings fail here, before the model is loaded
+    if args.method != "plnd":
+        return _detect_languages(args)
+    _refuse_options(args, "plnd", DetectConfig)
+    if args.out_dir is not None:
+        raise ValueError("--out-dir is for the methods that detect several languages at once (--method lape, ap); "
+                         "--method plnd writes one language's set to --out")
+    if args.out is None:
+        raise ValueError("--method plnd needs --out (the NeuronSet to write)")
+    if args.lang is None:
+        raise ValueError("--method plnd needs --lang LANG (the language of the corpus)")
+    corpora = args.corpus or []
+    if len(corpora) > 1:
+        raise ValueError("--method plnd reads one corpus (--corpus FILE); the LANG=FILE corpora are for "
+                         "--method lape, ap")
+    config = from_args(DetectConfig, args, language=args.lang)  # bad settings fail here, before the model is loaded
     corpus = TextSource(
-        path=args.corpus, format=args.format, text_field=args.text_field, hf_dataset=args.hf_dataset,
-        hf_config=args.hf_config, hf_split=args.hf_split,
+        path=corpora[0] if corpora else None, format=args.format, text_field=args.text_field,
+        hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split,
         articles=parse_range(args.articles, "--articles") if args.articles else None, max_docs=args.max_docs,
     )
     created = distributed.init()
@@ -32,6 +49,54 @@ def _detect(args: argparse.Namespace) -> int:
     finally:
         if created:
             distributed.teardown()
+
+
+def _refuse_options(args: argparse.Namespace, method: str, config_class: type) -> None:
+    """Options of the other methods given with ``--method method``: an error, not ignored."""
+    from mwork.neurons.methods import detection_methods, get_detection_method
+
+    mine = {f.name for f in dataclasses.fields(config_class)}
+    for other in detection_methods():
+        cls = get_detection_method(other).config_class
+        stray = [name for name in given(args, cls) if name not in mine]
+        if stray:
+            flags = ", ".join(f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                              for f in dataclasses.fields(cls) if f.name in stray)
+            raise ValueError(f"{flags} does not apply to --method {method}")
+
+
+def _detect_languages(args: argparse.Namespace) -> int:
+    from mwork.neurons.methods import detect_languages, get_detection_method
+    from mwork.neurons.methods.run import parse_corpus_specs
+    from mwork.texts import DETECTION_ARTICLES
+
+    method = get_detection_method(args.method)
+    _refuse_options(args, args.method, method.config_class)
+    if args.out is not None or args.lang is not None:
+        raise ValueError(f"--method {args.method} writes one set per language: give --corpus LANG=FILE for each "
+                         "language and --out-dir DIR (not --out / --lang)")
+    if args.out_dir is None:
+        raise ValueError(f"--method {args.method} needs --out-dir DIR (DIR/LANG.safetensors per language)")
+    if args.hf_dataset or args.hf_config or args.articles or args.format != "auto":
+        raise ValueError(f"with --method {args.method} name each corpus as LANG=SPEC (a file, FILE[A:B], "
+                         "xquad:LANG[A:B], hf:DATASET[:CONFIG][@SPLIT]), not with --hf-dataset/--articles/--format")
+    specs = parse_corpus_specs(args.corpus or [])
+    config = from_args(method.config_class, args)  # bad settings fail here, before the model is loaded
+    corpora = {lang: TextSource.parse(spec, articles=DETECTION_ARTICLES, text_field=args.text_field,
+                                      max_docs=args.max_docs) for lang, spec in specs.items()}
+    from mwork.models.loading import load_model, parse_device_map
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  device_map=parse_device_map(args.device_map))
+    start = time.time()
+    sets = detect_languages(model, tokenizer, corpora, args.method, config, out_dir=args.out_dir,
+                            progress=not args.quiet, model_id=args.model)
+    for lang, ns in sets.items():
+        per_kind = ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds if ns.count(k))
+        print(f"{lang}: {ns.count()} neurons ({ns.fraction():.4%} of all; {per_kind or 'none'}) by {args.method} "
+              f"-> {Path(args.out_dir) / (lang + '.safetensors')}")
+    print(f"({time.time() - start:.0f} s)")
+    return 0
 
 
 def _detect_run(args: argparse.Namespace, config: DetectConfig, corpus: TextSource) -> int:
@@ -110,26 +175,45 @@ def _router_stats(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from mwork.neurons.methods import detection_methods, get_detection_method
+
+    methods = detection_methods()
     p = sub.add_parser(
-        "detect", help="detect the neurons important for a language's documents (PLND) and save a NeuronSet",
-        description="Per document, the neurons important by a rule (default: top 20% per layer and kind); kept if "
-        "important in all documents (or a fraction q of them). Writes OUT.safetensors + OUT.json.",
+        "detect", help="detect language-specific neurons (PLND, LAPE, activation AP) and save NeuronSets",
+        description="--method plnd (default): per document, the neurons important by a rule (default: top 20% per "
+        "layer and kind); kept if important in all documents (or a fraction q of them); writes OUT.safetensors + "
+        "OUT.json for --lang. --method lape / ap: every language at once from --corpus LANG=FILE (repeat it), by the "
+        "method's own rule; writes OUT_DIR/LANG.safetensors + .json. Methods: "
+        + "; ".join(f"{m}: {get_detection_method(m).description}" for m in methods) + ".",
     )
+    p.add_argument("--method", default="plnd", choices=methods, help="detection method (default: plnd)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="built-in alias, local folder or hub id")
-    p.add_argument("--corpus", help="text file (one document per line), JSONL (.jsonl) or SQuAD JSON (.json)")
+    p.add_argument("--corpus", action="append",
+                   help="plnd: text file (one document per line), JSONL (.jsonl) or SQuAD JSON (.json); lape/ap: "
+                   "LANG=SPEC, once per language (SPEC: a file, FILE[A:B], xquad:LANG[A:B], hf:DATASET...)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="corpus file format (default: from the suffix)")
     p.add_argument("--text-field", default="text", help="JSONL / hub data set field holding the text")
     p.add_argument("--articles", help="SQuAD JSON only: articles START:STOP (e.g. 0:24)")
     p.add_argument("--hf-dataset", help="hub data set id or local data set folder instead of --corpus")
     p.add_argument("--hf-config")
     p.add_argument("--hf-split", default="train")
-    p.add_argument("--out", required=True, help="output NeuronSet path (.safetensors added if missing)")
+    p.add_argument("--out", help="plnd: output NeuronSet path (.safetensors added if missing)")
+    p.add_argument("--out-dir", help="lape / ap: output folder (LANG.safetensors per language)")
+    p.add_argument("--lang", metavar="LANG", help="plnd: " + DetectConfig.__dataclass_fields__["language"].metadata["help"])
     p.add_argument("--max-docs", type=int, help="use the first N documents (empty ones included)")
-    add_arguments(p, DetectConfig, exclude=RULE_VALUES)
+    add_arguments(p, DetectConfig, exclude=("language", *RULE_VALUES))
     add_arguments(p.add_mutually_exclusive_group(), DetectConfig,
                   exclude=[f for f in DetectConfig.__dataclass_fields__ if f not in RULE_VALUES])
+    added = set(DetectConfig.__dataclass_fields__)
+    for m in methods:
+        cls = get_detection_method(m).config_class
+        if cls is DetectConfig:
+            continue
+        fresh = [f.name for f in dataclasses.fields(cls) if f.name not in added]
+        add_arguments(p, cls, exclude=[f.name for f in dataclasses.fields(cls) if f.name not in fresh])
+        added.update(fresh)
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="continue from OUT's checkpoint if one exists with the same settings (default: yes)")
+                   help="plnd: continue from OUT's checkpoint if one exists with the same settings (default: yes)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_device_map_argument(p)

@@ -1,0 +1,182 @@
+"""The comparison's files: ``selectivity.csv`` (per language), ``summary.csv`` (per method and
+size), ``matrix.csv``, ``stability.csv``, ``agreement.csv``, ``cost.csv``, ``report.md`` (the
+tables in Markdown), ``results.json``, ``selectivity.png`` and ``agreement.png``; every file
+written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mwork.experiments.files import write_text
+
+SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
+                       "random_std", "random_max", "own_minus_random", "beyond_rule", "kinds")
+SUMMARY_COLUMNS = ("intervention", "method", "size", "neurons", "langs", "own", "others", "random", "selectivity",
+                   "selectivity_std", "own_minus_random", "own_minus_random_std", "langs_above_random", "beyond_rule")
+MATRIX_COLUMNS = ("intervention", "method", "size", "neurons_of", "eval_lang", "ln_ppl_ratio")
+STABILITY_COLUMNS = ("method", "size", "lang", "neurons", "jaccard", "chance", "intersection")
+AGREEMENT_COLUMNS = ("size", "lang", "method_a", "method_b", "layer", "count_a", "count_b", "intersection", "jaccard")
+COST_COLUMNS = ("method", "tokens", "seconds", "s_per_1k_tokens", "relative_to_forward")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow([_cell(r.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3) -> str:
+    def show(v: Any) -> str:
+        if v is None:
+            return ""
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(show(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def stability_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["size"]), []).append(r)
+    return [{"method": m, "size": s, "neurons": rs[0]["neurons"],
+             "jaccard": statistics.fmean(r["jaccard"] for r in rs), "chance": statistics.fmean(r["chance"] for r in rs),
+             "min": min(r["jaccard"] for r in rs), "max": max(r["jaccard"] for r in rs)}
+            for (m, s), rs in groups.items()]
+
+
+def agreement_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r["layer"] == "all":
+            groups.setdefault((r["size"], r["method_a"], r["method_b"]), []).append(r)
+    return [{"size": s, "method_a": a, "method_b": b, "jaccard": statistics.fmean(r["jaccard"] for r in rs),
+             "min": min(r["jaccard"] for r in rs), "max": max(r["jaccard"] for r in rs)}
+            for (s, a, b), rs in groups.items()]
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    info = result["info"]
+    parts = [f"# Detection methods head to head: {info['model']}\n",
+             f"Languages {', '.join(info['langs'])}; methods {', '.join(info['methods'])}; sizes "
+             + ", ".join(f"{s} = {n} neurons" for s, n in info["sizes"].items())
+             + f" of {info['total_neurons']}; random seeds {', '.join(map(str, info['seeds']))}. Numbers are "
+             "ln(ppl with the set off / ppl of the unmodified model) on held-out texts: own = the set's language, "
+             "others = the mean over the other languages, random = random sets of the same count per layer and kind "
+             "on the own language; selectivity = own - others.\n",
+             "## Summary (mean over languages)\n",
+             md_table(result["summary"], ("intervention", "method", "size", "neurons", "own", "others", "random",
+                                          "selectivity", "selectivity_std", "own_minus_random", "langs_above_random",
+                                          "beyond_rule")),
+             "\n## Selectivity per language\n",
+             md_table(result["selectivity"], ("intervention", "method", "size", "lang", "own", "others", "random",
+                                              "random_std", "selectivity", "own_minus_random", "kinds")),
+             "\n## Stability (Jaccard of the sets from the even and odd documents)\n",
+             md_table(stability_summary(result["stability"]), ("method", "size", "neurons", "jaccard", "chance", "min",
+                                                              "max")) if result["stability"] else "not measured\n",
+             "\n## Agreement between methods (Jaccard over all layers, mean over languages)\n",
+             md_table(agreement_summary(result["agreement"]), ("size", "method_a", "method_b", "jaccard", "min", "max"))
+             if result["agreement"] else "one method only\n",
+             "\n## Cost (seconds per thousand tokens)\n",
+             md_table(result["cost"], COST_COLUMNS),
+             ]
+    return "\n".join(parts)
+
+
+def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
+    write_text(out / "selectivity.csv", csv_text(result["selectivity"], SELECTIVITY_COLUMNS))
+    write_text(out / "summary.csv", csv_text(result["summary"], SUMMARY_COLUMNS))
+    write_text(out / "matrix.csv", csv_text(result["matrix"], MATRIX_COLUMNS))
+    write_text(out / "stability.csv", csv_text(result["stability"], STABILITY_COLUMNS))
+    write_text(out / "agreement.csv", csv_text(result["agreement"], AGREEMENT_COLUMNS))
+    write_text(out / "cost.csv", csv_text(result["cost"], COST_COLUMNS))
+    write_text(out / "report.md", markdown(result))
+    write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    plot_selectivity(out / "selectivity.png", result)
+    if result["agreement"]:
+        plot_agreement(out / "agreement.png", result)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_selectivity(path: Path, result: Mapping[str, Any]) -> None:
+    """Per intervention: selectivity (own - others) and own - random by method and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info, summary = result["info"], result["summary"]
+    ivs = info["interventions"]
+    fig, axes = plt.subplots(len(ivs), 2, figsize=(11, 3.6 * len(ivs)), squeeze=False)
+    sizes, methods = list(info["sizes"]), info["methods"]
+    width = 0.8 / len(methods)
+    for i, iv in enumerate(ivs):
+        for j, (col, title) in enumerate((("selectivity", "own - others"), ("own_minus_random", "own - random"))):
+            ax = axes[i][j]
+            for k, m in enumerate(methods):
+                rows = [next(r for r in summary if r["intervention"] == iv and r["method"] == m and r["size"] == s)
+                        for s in sizes]
+                ax.bar([x + (k - (len(methods) - 1) / 2) * width for x in range(len(sizes))], [r[col] for r in rows],
+                       width, yerr=[r[f"{col}_std"] or 0.0 for r in rows], label=m, capsize=2)
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xticks(range(len(sizes)), [f"{s} ({info['sizes'][s]})" for s in sizes])
+            ax.set_ylabel("ln ppl ratio (nats/token)")
+            ax.set_title(f"{iv}: {title} (mean over languages)")
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_agreement(path: Path, result: Mapping[str, Any]) -> None:
+    """Per size: the Jaccard between two methods' sets by layer (mean over languages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = result["info"]
+    sizes = list(info["sizes"])
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.4), squeeze=False)
+    rows = [r for r in result["agreement"] if r["layer"] != "all"]
+    pairs = list(dict.fromkeys((r["method_a"], r["method_b"]) for r in rows))
+    for ax, size in zip(axes[0], sizes):
+        for a, b in pairs:
+            layers = sorted({r["layer"] for r in rows})
+            ys = []
+            for layer in layers:
+                vals = [r["jaccard"] for r in rows if r["size"] == size and (r["method_a"], r["method_b"]) == (a, b)
+                        and r["layer"] == layer and r["jaccard"] is not None]
+                ys.append(statistics.fmean(vals) if vals else float("nan"))
+            ax.plot(layers, ys, marker=".", label=f"{a} vs {b}")
+        ax.set_title(f"size {size}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("Jaccard")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)

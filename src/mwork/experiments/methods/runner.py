@@ -1,0 +1,190 @@
+"""The comparison end to end: texts -> detection (cached scores) -> equal-size sets -> cells
+(content-keyed, resumable) -> tables and plots.
+
+For every method, size and language l, l's set is the ``n`` best neurons of the method's scores
+(``LanguageScores.top``), n the same for every method: ``size`` of all the model's neurons
+(FFN + Q + K + V, every layer). Every method draws from its own kinds (LAPE: FFN only; PLND
+and AP: FFN, Q, K, V unless ``kinds`` restricts them), so the total is equal while the counts
+per layer and kind differ between methods; each random baseline matches its own set's counts
+per layer and kind (``NeuronSet.random_like``).
+
+Cells: every language's held-out perplexity with each language's set switched off (zeroed, or
+mean-patched: ``patch.MeanPatch``) -- the full language x language matrix -- and with each
+seed's random set on the set's own language, plus the unmodified model on every language.
+They are kept in ``cells.jsonl`` (``mwork.experiments.deactivation.cells``: keyed by the content
+of the model, the set, the intervention's values and the held-out texts; a torn last line is
+dropped and recomputed), so a rerun computes only what is missing, and a resumed experiment
+equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mwork.config import digest, fingerprint
+from mwork.experiments.deactivation.cells import CellStore, GridInputs
+from mwork.experiments.deactivation.execute import execute
+from mwork.experiments.deactivation.plan import Cell, CellKey
+from mwork.experiments.files import make_folder
+from mwork.experiments.methods import tables
+from mwork.experiments.methods.config import MethodsConfig, size_count
+from mwork.experiments.methods.cost import measure_costs
+from mwork.experiments.methods.detection import run_detection
+from mwork.experiments.methods.patch import MEAN_RULE, MeanPatch
+from mwork.experiments.methods.report import write_outputs
+from mwork.fingerprints import model_digest, neurons_digest
+from mwork.intervene import deactivate
+from mwork.models.adapters import get_adapter
+from mwork.neurons.methods import get_detection_method
+from mwork.neurons.methods.run import read_corpora
+from mwork.neurons.neuronset import NeuronSet
+from mwork.texts import EVALUATION_ARTICLES, is_empty
+
+
+def _means_digest(means: Mapping[str, torch.Tensor] | None) -> str | None:
+    if means is None:
+        return None
+    h = hashlib.sha256()
+    for kind in sorted(means):
+        h.update(kind.encode())
+        h.update(means[kind].to(torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _refuse_overlap(detection: Mapping[str, Sequence[str]], heldout: Mapping[str, Sequence[str]]) -> None:
+    for lang in detection:
+        shared = {d for d in detection[lang] if not is_empty(d)} & {d for d in heldout[lang] if not is_empty(d)}
+        if shared:
+            raise ValueError(f"{len(shared)} held-out text(s) of {lang} are also detection texts; held-out texts must "
+                             "be new to the detection (e.g. XQuAD articles 0:24 for detection, 24:48 held out)")
+
+
+def _check_sizes(config: MethodsConfig, model: torch.nn.Module) -> dict[str, int]:
+    adapter = get_adapter(model)
+    total = adapter.total_neurons()
+    counts = {s: size_count(s, total) for s in config.sizes}
+    per_kind = adapter.neuron_counts()
+    for m in config.methods:
+        kinds = get_detection_method(m).kinds(config.method_config(m))
+        available = adapter.num_layers * sum(per_kind[k] for k in kinds)
+        too_big = [s for s, n in counts.items() if n > available]
+        if too_big:
+            raise ValueError(f"size {too_big[0]} is {counts[too_big[0]]} neurons, but {m} draws from its "
+                             f"{available} {'+'.join(kinds)} neurons; choose smaller sizes")
+    return counts
+
+
+def run_methods(config: MethodsConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None,
+                progress: bool = True) -> dict[str, Any]:
+    """The comparison ``config`` describes (what ``mwork experiment methods`` runs)."""
+    from mwork.models.loading import load_model
+
+    if model is None:
+        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+    elif tokenizer is None:
+        raise ValueError("pass the model's tokenizer with the model")
+    return run_methods_experiment(model, tokenizer, config, progress=progress)
+
+
+def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig, *,
+                           progress: bool = True) -> dict[str, Any]:
+    """Run the comparison on a loaded model; write the outputs under ``config.out``; return them."""
+    from mwork.tasks.runtime import perplexity_evaluator
+
+    start = time.time()
+    langs = config.langs
+    counts = _check_sizes(config, model)
+    texts, corpus_info = read_corpora(config.corpus_specs(), max_docs=config.max_docs)
+    heldout, heldout_info = read_corpora(config.heldout_specs(), default_articles=EVALUATION_ARTICLES)
+    if config.limit is not None:
+        heldout = {lang: t[:config.limit] for lang, t in heldout.items()}
+    _refuse_overlap(texts, heldout)
+    out = make_folder(config.out)
+    model_key = model_digest(model)
+    model_id = config.model
+    base_key = {"model": model_key, "texts": {lang: corpus_info[lang]["sha256"] for lang in langs}}
+    detection = run_detection(model, tokenizer, config, texts, out, base_key, model_id=model_id, progress=progress)
+
+    sets: dict[tuple[str, str, str], NeuronSet] = {}
+    halves: dict[tuple[str, str, str], tuple[NeuronSet, NeuronSet]] = {}
+    for m in config.methods:
+        for size, n in counts.items():
+            for lang in langs:
+                sets[m, size, lang] = detection.scores[m]["all"].top(lang, n, {"model_id": model_id, "size_spec": size})
+                if config.stability:
+                    halves[m, size, lang] = (detection.scores[m]["even"].top(lang, n),
+                                             detection.scores[m]["odd"].top(lang, n))
+
+    evaluator = perplexity_evaluator(model, tokenizer, heldout, config.batch_size, config.eval_max_length)
+    evaluation = {lang: evaluator.inputs_digest(lang) for lang in langs}
+    means_key = _means_digest(detection.means)
+    cells: list[Cell] = [Cell(CellKey.original(e), None) for e in langs]
+    interventions: dict[CellKey, str] = {}
+    for iv in config.interventions:
+        for m in config.methods:
+            for size in config.sizes:
+                for lang in langs:
+                    ns = sets[m, size, lang]
+                    for e in langs:
+                        cells.append(Cell(tables.cell_key(iv, m, size, "set", lang, e), ns))
+                    for seed in config.seeds:
+                        cells.append(Cell(tables.cell_key(iv, m, size, f"random{seed}", lang, lang),
+                                          ns.random_like(seed)))
+    for cell in cells:
+        interventions[cell.key] = cell.key.region.split("|")[0]
+    set_digests = {}
+    expected = {}
+    for cell in cells:
+        iv = interventions[cell.key]
+        neurons = neurons_digest(cell.off) if cell.off is not None else None
+        if cell.off is not None:
+            set_digests[f"{cell.key.region}|{cell.key.variant}|{cell.key.neurons_of}"] = neurons
+        expected[cell.key] = digest({"model": model_key, "neurons": neurons,
+                                     "evaluation": evaluation[cell.key.eval_lang],
+                                     "intervention": None if cell.off is None else iv,
+                                     "means": means_key if iv == "mean" and cell.off is not None else None})[:16]
+    settings = {k: v for k, v in fingerprint(config).items() if k not in ("cost_docs", "cost_repeats")}
+    store = CellStore(out / "cells.jsonl", settings, GridInputs(model_key, set_digests, evaluation), expected)
+
+    def measure(cell: Cell) -> dict[str, Any]:
+        if cell.off is None:
+            res = evaluator(cell.key.eval_lang)
+        else:
+            context = (deactivate(model, cell.off) if interventions[cell.key] == "zero"
+                       else MeanPatch(model, cell.off, detection.means))
+            with context:
+                res = evaluator(cell.key.eval_lang)
+        return {"score": res["score"], "n": res["n"], "metric": res["metric"],
+                "higher_is_better": res["higher_is_better"], "off": 0 if cell.off is None else cell.off.count()}
+
+    cell_start = time.time()
+    results = execute(cells, store, measure, progress=progress)
+    cell_seconds = time.time() - cell_start
+    cost_start = time.time()
+    cost = measure_costs(model, tokenizer, config, texts, out, model_key)
+    cost_seconds = time.time() - cost_start
+    common = dict(interventions=config.interventions, methods=config.methods, sizes=config.sizes, langs=langs)
+    selectivity = tables.selectivity_rows(results, sets, seeds=config.seeds, **common)
+    adapter = get_adapter(model)
+    info = {"model": config.model, "langs": list(langs), "methods": list(config.methods), "sizes": counts,
+            "total_neurons": adapter.total_neurons(), "seeds": list(config.seeds),
+            "interventions": list(config.interventions), "mean_rule": MEAN_RULE, "settings": settings,
+            "detection_texts": corpus_info, "heldout_texts": heldout_info,
+            "original_ppl": {lang: results[CellKey.original(lang)]["score"] for lang in langs},
+            "method_rules": {m: detection.scores[m]["all"].rule for m in config.methods},
+            "seconds": {**detection.seconds, "cells (this run)": cell_seconds, "cost (this run)": cost_seconds,
+                        "total (this run)": time.time() - start}}
+    result = {"info": info, "selectivity": selectivity, "summary": tables.summary_rows(selectivity),
+              "matrix": tables.matrix_rows(results, **common),
+              "stability": tables.stability_rows(halves, methods=config.methods, sizes=config.sizes, langs=langs)
+              if config.stability else [],
+              "agreement": tables.agreement_rows(sets, methods=config.methods, sizes=config.sizes, langs=langs)
+              if len(config.methods) > 1 else [],
+              "cost": cost}
+    write_outputs(Path(out), result)
+    return result

@@ -1,0 +1,194 @@
+"""What every detection method gives: a score per neuron and language, and sets drawn from it.
+
+A method (PLND, LAPE, activation AP, or one registered from outside) turns the documents of
+several languages into :class:`LanguageScores`: for each language and neuron kind a
+``(layers, neurons)`` float64 tensor, higher meaning "more specific to this language", and a
+boolean ``eligible`` tensor saying where the method's own rule admits the neuron for that
+language at all. Sets of any size are drawn from it with :meth:`LanguageScores.top`: the
+``n`` highest-scoring neurons over every layer and kind, eligible ones first, so that sets of
+equal size can be compared between methods. Each method's own rule (its published
+thresholds) gives its *native* sets (``DetectionMethod.native_sets``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+
+from mwork.models.adapters import KINDS
+from mwork.neurons.neuronset import NeuronSet
+
+
+@dataclass
+class LanguageScores:
+    """Per language and kind, a score per neuron (higher: more specific) and where the method's
+    own rule admits it (``eligible``). ``rule`` says what the score is; ``meta`` how it was made
+    (settings, corpora); ``extra`` per-language tensors recorded in the drawn sets (e.g. the
+    activation probabilities, the AP values)."""
+
+    method: str
+    langs: tuple[str, ...]
+    fingerprint: dict[str, Any]
+    scores: dict[str, dict[str, torch.Tensor]]
+    eligible: dict[str, dict[str, torch.Tensor]]
+    rule: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.langs = tuple(self.langs)
+        shape_of = {k: (self.fingerprint["num_layers"], self.fingerprint["neurons_per_layer"][k]) for k in KINDS}
+        for lang in self.langs:
+            if lang not in self.scores or lang not in self.eligible:
+                raise ValueError(f"{self.method}: no scores for language {lang!r}")
+            for kind, s in self.scores[lang].items():
+                if kind not in KINDS:
+                    raise ValueError(f"{self.method}: unknown neuron kind {kind!r}")
+                if tuple(s.shape) != shape_of[kind] or tuple(self.eligible[lang][kind].shape) != shape_of[kind]:
+                    raise ValueError(f"{self.method}: {lang} {kind} scores have shape {tuple(s.shape)}, the model "
+                                     f"needs {shape_of[kind]}")
+                if torch.isnan(s).any():
+                    raise ValueError(f"{self.method}: {lang} {kind} scores contain NaN")
+
+    @property
+    def kinds(self) -> list[str]:
+        """The kinds this method scores (in KINDS order)."""
+        first = self.scores[self.langs[0]]
+        return [k for k in KINDS if k in first]
+
+    def total(self) -> int:
+        """Neurons this method can draw from (its kinds, every layer)."""
+        return sum(self.scores[self.langs[0]][k].numel() for k in self.kinds)
+
+    def ranking(self, lang: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every neuron of the method's kinds, best first: (flat indices over the kinds in KINDS
+        order, layer-major; whether each is eligible). Eligible neurons come before the others;
+        among each, higher scores first; ties go to the lower flat index."""
+        if lang not in self.scores:
+            raise ValueError(f"{self.method} has no scores for {lang!r}; it has {', '.join(self.langs)}")
+        s = torch.cat([self.scores[lang][k].flatten().to(torch.float64) for k in self.kinds])
+        e = torch.cat([self.eligible[lang][k].flatten().bool() for k in self.kinds])
+        order = torch.sort(s, descending=True, stable=True).indices
+        order = order[torch.sort((~e[order]).to(torch.uint8), stable=True).indices]
+        return order, e[order]
+
+    def top(self, lang: str, n: int, meta: Mapping[str, Any] | None = None) -> NeuronSet:
+        """The ``n`` best neurons of ``lang`` (see :meth:`ranking`) as a NeuronSet; its metadata
+        records the method, the rule, the size and how many drawn neurons the method's own rule
+        does not admit (``beyond_rule``: nonzero only when fewer than ``n`` are eligible)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"the set size must be a non-negative number of neurons, got {n!r}")
+        total = self.total()
+        if n > total:
+            raise ValueError(f"{self.method} scores {total} neurons ({'+'.join(self.kinds)}); a set of {n} is "
+                             "larger than that")
+        order, eligible = self.ranking(lang)
+        chosen, ok = order[:n], eligible[:n]
+        layers = self.fingerprint["num_layers"]
+        masks = {k: torch.zeros(layers, c, dtype=torch.bool) for k, c in self.fingerprint["neurons_per_layer"].items()}
+        start = 0
+        for kind in self.kinds:
+            size = masks[kind].numel()
+            mine = chosen[(chosen >= start) & (chosen < start + size)] - start
+            masks[kind].view(-1)[mine] = True
+            start += size
+        info = {"fingerprint": self.fingerprint, "method": self.method, "language": lang, "name": lang,
+                "rule": f"the {n} highest {self.method} scores of {lang} over every layer and kind "
+                        f"({'+'.join(self.kinds)}), eligible neurons first",
+                "score_rule": self.rule, "size": n, "beyond_rule": int((~ok).sum()),
+                "eligible": int(sum(int(self.eligible[lang][k].sum()) for k in self.kinds)),
+                "method_settings": self.meta.get("settings", {}), **dict(meta or {})}
+        extra = {name: t.clone() for name, t in self.extra.get(lang, {}).items()}
+        return NeuronSet(masks, info, extra)
+
+    # ---- as tensors (for caches) -------------------------------------------------------------
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON header that :meth:`from_tensors` reads back exactly."""
+        tensors: dict[str, torch.Tensor] = {}
+        for lang in self.langs:
+            for kind in self.kinds:
+                tensors[f"score/{lang}/{kind}"] = self.scores[lang][kind].contiguous()
+                tensors[f"eligible/{lang}/{kind}"] = self.eligible[lang][kind].to(torch.uint8).contiguous()
+            for name, t in self.extra.get(lang, {}).items():
+                tensors[f"extra/{lang}/{name}"] = t.contiguous()
+        header = {"method": self.method, "langs": list(self.langs), "fingerprint": self.fingerprint,
+                  "rule": self.rule, "meta": self.meta}
+        return tensors, header
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> "LanguageScores":
+        scores: dict[str, dict[str, torch.Tensor]] = {}
+        eligible: dict[str, dict[str, torch.Tensor]] = {}
+        extra: dict[str, dict[str, torch.Tensor]] = {}
+        for key, t in tensors.items():
+            what, lang, name = key.split("/", 2)
+            target = {"score": scores, "eligible": eligible, "extra": extra}[what]
+            target.setdefault(lang, {})[name] = t.bool() if what == "eligible" else t
+        return cls(header["method"], tuple(header["langs"]), dict(header["fingerprint"]), scores, eligible,
+                   header["rule"], dict(header["meta"]), extra)
+
+
+class DetectionMethod:
+    """A way of finding language-specific neurons; register subclasses with
+    ``mwork.register_detection_method``.
+
+    ``config_class``: a dataclass of the method's settings (``mwork.config.option`` fields: they
+    become ``mwork detect`` options). ``scores`` turns each language's documents into
+    :class:`LanguageScores`; ``native_sets`` applies the method's own rule to them.
+    Statistics methods (``statistics = True``) instead say what one streaming pass over the
+    corpora must collect (``request``) and compute their scores from it (``from_stats``), so
+    that several of them share one pass (see ``mwork.neurons.methods.stats``)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    statistics: ClassVar[bool] = False
+
+    def make_config(self, config: Any = None, **overrides: Any) -> Any:
+        """``config`` (or the defaults) with ``overrides`` replaced."""
+        import dataclasses
+
+        if config is None:
+            return self.config_class(**overrides)
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"method {self.name!r} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    def scores(self, model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Sequence[str]], config: Any, *,
+               progress: bool = True) -> LanguageScores:
+        """Scores of every neuron for every language of ``corpora`` (``{lang: documents}``)."""
+        if self.statistics:
+            from mwork.neurons.methods.stats import collect_statistics
+
+            stats = collect_statistics(model, tokenizer, corpora, self.request(config), max_length=config.max_length,
+                                       truncate=config.truncate, batch_size=config.batch_size, progress=progress)
+            return self.from_stats(stats, config)
+        raise NotImplementedError(f"method {self.name!r} does not implement scores()")
+
+    def request(self, config: Any) -> Any:
+        raise NotImplementedError
+
+    def from_stats(self, stats: Any, config: Any) -> LanguageScores:
+        raise NotImplementedError
+
+    def native_sets(self, scores: LanguageScores, config: Any) -> dict[str, NeuronSet]:
+        """Each language's set by the method's own rule."""
+        raise NotImplementedError
+
+    def kinds(self, config: Any) -> tuple[str, ...]:
+        """The neuron kinds this method scores with these settings."""
+        return tuple(getattr(config, "kinds", ("ffn",)))
+
+
+def check_languages(langs: Sequence[str], method: str, at_least: int = 2) -> tuple[str, ...]:
+    """Languages given once each, at least ``at_least`` of them."""
+    langs = tuple(langs)
+    repeated = sorted({lang for lang in langs if langs.count(lang) > 1})
+    if repeated:
+        raise ValueError(f"the corpora name {', '.join(repeated)} more than once: give each language once")
+    if len(langs) < at_least:
+        raise ValueError(f"{method} compares languages: give the corpora of at least {at_least} languages "
+                         f"(got {', '.join(langs) or 'none'})")
+    return langs
