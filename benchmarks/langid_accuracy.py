@@ -122,13 +122,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=24, help="tokens per snippet (a generation's length)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    from transformers import AutoTokenizer
 
     from mwork.models.loading import load_model
 
     _, tok = load_model(args.model, device="cpu")
     data = snippets(tok, args.n, args.tokens)
-    rows, per_snippet = [], {}
+    rows = []
     for name, fn in candidates().items():
         fn("warm up the model")
         correct, total, start = {}, {}, time.perf_counter()
@@ -139,11 +138,10 @@ def main() -> None:
         n = sum(total.values())
         rows.append({"identifier": name, **{lang: correct[lang] / total[lang] for lang in data},
                      "overall": sum(correct.values()) / n, "ms_per_snippet": 1000 * seconds / n})
-        per_snippet[name] = n
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "langid_accuracy.json").write_text(json.dumps({"rows": rows, "snippets": {k: len(v) for k, v in data.items()},
-                                                          "settings": vars(args)}, indent=2) + "\n")
+    record = {"rows": rows, "snippets": {k: len(v) for k, v in data.items()}, "settings": vars(args)}
+    (out / "langid_accuracy.json").write_text(json.dumps(record, indent=2) + "\n")
     head = "| identifier | " + " | ".join(data) + " | overall | ms/snippet |"
     lines = [head, "|" + "---|" * (len(data) + 3)]
     for r in sorted(rows, key=lambda r: -r["overall"]):

@@ -41,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="gemma-3-270m")
     ap.add_argument("--neurons", help="a NeuronSet with a 'mean' statistic (default: a random one)")
+    ap.add_argument("--kinds", default=None, help="steer only these kinds of the set (e.g. ffn)")
     ap.add_argument("--fraction", type=float, default=0.005, help="FFN share of the random set")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=24)
@@ -78,8 +79,9 @@ def main() -> None:
     for _ in range(args.repeats):
         times["plain"].append(run())
         for name, kw in variants.items():
-            times[name].append(run(mwork.steer(model, ns, **kw)))
-    result = {"model": args.model, "neurons": ns.count(), "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
+            times[name].append(run(mwork.steer(model, ns, kinds=args.kinds, **kw)))
+    steered = ns.restrict(None, args.kinds.split(",")) if args.kinds else ns
+    result = {"model": args.model, "neurons": steered.count(), "kinds": args.kinds, "prompts": len(texts), "max_new_tokens": args.max_new_tokens,
               "repeats": args.repeats, "threads": torch.get_num_threads(),
               "plain_s": statistics.median(times["plain"])}
     for name in variants:

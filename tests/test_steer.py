@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import mwork
 from mwork.hooks import active_hooks
@@ -16,7 +15,8 @@ from mwork.neurons.neuronset import NeuronSet
 from mwork.steering import is_identity, parse_stat, steer
 
 MODES = ("set", "add", "scale")
-PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Быстрая лиса", "语言模型可以阅读和书写多种语言"]
+PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Быстрая лиса",
+           "语言模型可以阅读和书写多种语言"]
 
 
 def steer_set(model, seed: int = 0, fraction: float = 0.1, kinds=KINDS, layers=None) -> NeuronSet:

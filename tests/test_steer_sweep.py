@@ -22,7 +22,8 @@ from mwork.neurons.neuronset import NeuronSet
 from mwork.sentence_langid import UNKNOWN, default_identifier
 
 REQUIRED = ("method", "strength", "target_rate", "target_prob_mass", "damage_ppl")
-CORPUS = ["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。", "素早い茶色の狐が怠け者の犬を飛び越える。"]
+CORPUS = ["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。",
+          "素早い茶色の狐が怠け者の犬を飛び越える。"]
 PROMPTS = ["The quick brown fox jumps", "Language models read and write", "Quick numbers: 1, 2, 3"]
 
 
@@ -73,6 +74,8 @@ def test_the_command_writes_the_contract_files(files):
     for g in gens:
         assert {"prompt", "strength", "method", "seed", "text", "detected_language"} <= set(g)
     assert (out / "steer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readable = (out / "generations.md").read_text(encoding="utf-8")
+    assert PROMPTS[0] in readable and "**unsteered**" in readable and "strength 2" in readable
     assert (out / "neurons.safetensors").is_file()  # the set with the statistics measured here
     assert NeuronSet.load(out / "neurons.safetensors").statistic_names() == ["mean"]
     base = read_csv(out / "unsteered.csv")[0]

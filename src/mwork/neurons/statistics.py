@@ -84,7 +84,8 @@ class _Accumulator:
             self.values.append(v)
 
 
-def _documents(tokenizer: Any, texts: Iterable[str], max_length: int) -> tuple[list[list[int]], list[int], list[int], str, int]:
+def _documents(tokenizer: Any, texts: Iterable[str],
+               max_length: int) -> tuple[list[list[int]], list[int], list[int], str, int]:
     """Token ids (truncated), leading special tokens per document, empty documents, corpus digest, count."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     hasher, seqs, prefixes, empty, n = TextHasher(), [], [], [], 0
@@ -103,7 +104,8 @@ def _documents(tokenizer: Any, texts: Iterable[str], max_length: int) -> tuple[l
     return seqs, prefixes, empty, hasher.hexdigest(), n
 
 
-def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str], neurons: NeuronSet | Sequence[NeuronSet],
+def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str],
+                       neurons: NeuronSet | Sequence[NeuronSet],
                        stats: Sequence[str] = ("mean", "median"), *, max_length: int = 256, batch_size: int = 8,
                        progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """The statistics ``stats`` of the activations of the neurons of ``neurons`` (one set or several:
@@ -182,7 +184,8 @@ def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[s
     return out, info
 
 
-def add_statistics(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet | Sequence[NeuronSet], texts: Iterable[str],
+def add_statistics(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet | Sequence[NeuronSet],
+                   texts: Iterable[str],
                    stats: Sequence[str] = ("mean", "median"), *, language: str | None = None,
                    corpus: Any = None, max_length: int = 256, batch_size: int = 8,
                    progress: bool = True) -> NeuronSet | list[NeuronSet]:

@@ -86,7 +86,8 @@ def _file(path: Path, source: str | None, template: str) -> list[SteerPrompt]:
                 raise ValueError(f"{path}:{n}: expected a JSON object with 'text' and 'lang' ({err})") from None
             answers = row.get("answers")
             if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
-                raise ValueError(f"{path}:{n}: 'answers' must be a list of strings (gold answers in the target language)")
+                raise ValueError(f"{path}:{n}: 'answers' must be a list of strings (gold answers in the target "
+                                 "language)")
             out.append(SteerPrompt(f"{path.name}:{n}", text, template.format(prompt=text), lang,
                                    tuple(answers) if answers else None, tuple(row.get("stop", ["\n"]))))
         return out

@@ -6,6 +6,8 @@
 * ``unsteered.csv``: the same measures for the unsteered model (the reference of every row);
 * ``generations.jsonl``: every generation a person can read: prompt, strength, method, seed, text,
   detected language, next to the unsteered model's text for the same prompt;
+* ``generations.md``: the same, prompt by prompt, for reading: the unsteered text, then the text at
+  each strength of the specific neurons and of the first random seed, with the detected language;
 * ``steer.png``: the trade-off, per target language: target-language rate against damage (the
   unsteered model's perplexity of the generated text) over strength, specific neurons against
   random ones (mean over seeds, the seeds' range as bars), the unsteered model as a star;
@@ -128,11 +130,36 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | Path,
     return Path(path)
 
 
+def generations_markdown(generations: Sequence[Mapping[str, Any]], target: str, limit: int = 12) -> str:
+    """``generations.md`` (module docstring): the first ``limit`` prompts."""
+    by_prompt: dict[str, list[Mapping[str, Any]]] = {}
+    for g in generations:
+        by_prompt.setdefault(g["prompt_id"], []).append(g)
+    seeds = sorted({g["seed"] for g in generations if g["method"] == "random"})
+    lines = [f"# Steered generations (target: {target})", ""]
+    for pid in list(by_prompt)[:limit]:
+        rows = by_prompt[pid]
+        lines += [f"## {rows[0]['prompt']}", "", f"- **unsteered** [{rows[0]['unsteered_language']}]: "
+                  + _quote(rows[0]["unsteered_text"])]
+        for g in rows:
+            if g["method"] == "specific" or (seeds and g["seed"] == seeds[0]):
+                who = "specific" if g["method"] == "specific" else f"random (seed {g['seed']})"
+                lines.append(f"- **{who}, strength {g['strength']:g}** [{g['detected_language']}]: "
+                             + _quote(g["text"]))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`" if str(text).strip() else "(empty)"
+
+
 def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
     rows, unsteered = result["rows"], result["unsteered"]
     write_text(out / "steer.csv", csv_text(rows, ROW_COLUMNS))
     write_text(out / "unsteered.csv", csv_text([unsteered], UNSTEERED_COLUMNS))
     write_text(out / "generations.jsonl",
                "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]))
+    write_text(out / "generations.md", generations_markdown(result["generations"], unsteered["target"]))
     write_json(out / "summary.json", {"rows": rows, "unsteered": unsteered, **result["info"]}, indent=2, default=str)
     plot_tradeoff(rows, out / "steer.png", [unsteered])

@@ -65,6 +65,7 @@ def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, toke
     kinds = parse_kinds(config.kinds)
     ns = NeuronSet.load(config.neurons)
     off = NeuronSet.load(config.off) if config.off else None
+    corpus, corpus_info = _corpus(config, ns) if config.mode in NEEDS_STATISTIC else (None, None)
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
     elif tokenizer is None:
@@ -75,9 +76,6 @@ def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, toke
     from mwork.models.adapters import get_adapter
 
     layers = _region_layers(config, get_adapter(model).num_layers)
-    corpus, corpus_info = (None, None)
-    if config.mode in NEEDS_STATISTIC:
-        corpus, corpus_info = _corpus(config, ns)
     for note in notes:
         say(note)
     settings = {k: v for k, v in fingerprint(config).items() if k not in ("target", "mode", "stat", "positions",

@@ -70,7 +70,8 @@ def _keep_extra(restricted: NeuronSet, full: NeuronSet) -> NeuronSet:
     return NeuronSet(restricted.masks, dict(full.meta, restricted=restricted.meta.get("restricted")), full.extra)
 
 
-def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, mode: str, stat: str, seeds: Sequence[int],
+def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, mode: str, stat: str,
+                 seeds: Sequence[int],
                  off: NeuronSet | None = None, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None,
                  corpus: Sequence[str] | None = None, corpus_info: Any = None, language: str | None = None,
                  stats_max_length: int = 256, batch_size: int = 8, cache_dir: Path | None = None,

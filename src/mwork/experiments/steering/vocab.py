@@ -54,7 +54,8 @@ def _tokenizer_key(tokenizer: Any) -> str:
     return digest({"vocab": vocab, "special": special, "len": len(tokenizer)})
 
 
-def vocab_languages(tokenizer: Any, identifier: Any = None, *, cache: bool = True, progress: bool = False) -> VocabLanguages:
+def vocab_languages(tokenizer: Any, identifier: Any = None, *, cache: bool = True,
+                    progress: bool = False) -> VocabLanguages:
     """The language of every token of ``tokenizer`` (see the module docstring); cached on disk."""
     from mwork.models.loading import cache_dir
 
@@ -76,8 +77,8 @@ def vocab_languages(tokenizer: Any, identifier: Any = None, *, cache: bool = Tru
         special = labeler._special
         from tqdm.auto import tqdm
 
-        labels = [UNKNOWN if i in special else identifier.label(t)
-                  for i, t in enumerate(tqdm(texts, desc="labelling the vocabulary", unit="token", disable=not progress))]
+        bar = tqdm(texts, desc="labelling the vocabulary", unit="token", disable=not progress)
+        labels = [UNKNOWN if i in special else identifier.label(t) for i, t in enumerate(bar)]
         if cache:
             write_json(path, {"key": key, "settings": settings, "labels": labels})
     names = (UNKNOWN, *sorted({x for x in labels if x != UNKNOWN}))
