@@ -12,6 +12,7 @@ The public API (each has a ``mwork`` command over it):
 * ``router_statistics``: how often a mixture-of-experts model's router picks each expert per language (``mwork stats --router``);
 * ``detect_languages`` / ``language_scores`` / ``run_methods``: PLND, LAPE, AP head to head (``mwork experiment methods``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
+* ``steer`` / ``add_statistics`` / ``run_steer``: turn a language's neurons on and measure what it does (``mwork steer``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
 * ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``).
@@ -47,6 +48,8 @@ _LAZY = {
     "run_methods": "mwork.experiments.methods",
     "save_language_specific": "mwork.neurons.specific",
     "deactivate": "mwork.intervene",
+    "steer": "mwork.steering",
+    "add_statistics": "mwork.neurons.statistics",
     "perplexity": "mwork.tasks.perplexity",
     "get_task": "mwork.tasks.registry",
     "register_task": "mwork.tasks.registry",
@@ -60,6 +63,8 @@ _LAZY = {
     "run_deactivation_experiment": "mwork.experiments.deactivation",
     "run_deactivation": "mwork.experiments.deactivation",
     "DeactivationConfig": "mwork.experiments.deactivation",
+    "run_steer": "mwork.experiments.steering",
+    "SteerConfig": "mwork.experiments.steering",
     "enhance": "mwork.experiments.enhance",
     "register_training_method": "mwork.experiments.training_methods",
     "render_report": "mwork.report.html",

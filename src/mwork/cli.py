@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.neurons.bench_cli",
     "mwork.experiments.enhance_cli",
     "mwork.neurons.convert_cli",
+    "mwork.experiments.steering.cli",
 )
 
 

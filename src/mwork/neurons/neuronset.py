@@ -19,6 +19,7 @@ from mwork.models.adapters import KINDS, get_adapter
 
 FORMAT_VERSION = 1
 _ALLOW_OTHER_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("mwork_allow_other_model", default=False)
+STATISTIC_PREFIX = "stat."  # extra tensors stat.<name>.<kind>: activation statistics (steering)
 
 
 @contextlib.contextmanager
@@ -243,6 +244,30 @@ class NeuronSet:
         meta = {"fingerprint": self.fingerprint, "random_like": self.meta.get("name") or self.meta.get("language"),
                 "seed": seed, "rule": "random, same count per layer and kind"}
         return NeuronSet(masks, meta)
+
+    # ---- activation statistics (steering) -------------------------------------------------
+    def statistic(self, name: str, kind: str) -> torch.Tensor | None:
+        """The stored statistic ``name`` (``mean``, ``median``, ``q0.9`` ...) of the activations of
+        ``kind``'s neurons, (layers, neurons), NaN where not measured; None when not stored. Written
+        by ``mwork.neurons.statistics.add_statistics``; ``meta["statistics"]`` says how."""
+        return self.extra.get(f"{STATISTIC_PREFIX}{name}.{kind}")
+
+    def statistic_names(self) -> list[str]:
+        """The statistics stored with this set (each for some kinds)."""
+        names = {k[len(STATISTIC_PREFIX):].rsplit(".", 1)[0] for k in self.extra if k.startswith(STATISTIC_PREFIX)}
+        return sorted(names)
+
+    def with_statistics(self, values: Mapping[str, Mapping[str, torch.Tensor]], info: Mapping[str, Any]) -> "NeuronSet":
+        """A copy carrying ``values[stat][kind]`` ((layers, neurons) tensors) as its statistics and
+        ``info`` as ``meta["statistics"]``; statistics stored before are dropped (they may come
+        from another corpus)."""
+        extra = {k: v for k, v in self.extra.items() if not k.startswith(STATISTIC_PREFIX)}
+        for stat, per_kind in values.items():
+            for kind, tensor in per_kind.items():
+                if kind not in self.masks or tuple(tensor.shape) != tuple(self.masks[kind].shape):
+                    raise ValueError(f"statistic {stat} of {kind}: shape {tuple(tensor.shape)} does not fit this set")
+                extra[f"{STATISTIC_PREFIX}{stat}.{kind}"] = tensor.detach().to(torch.float32).cpu().contiguous()
+        return NeuronSet(self.masks, dict(self.meta, statistics=dict(info)), extra)
 
     # ---- model compatibility ------------------------------------------------------------
     def check_compatible(self, model: torch.nn.Module, allow_other_model: bool | None = None) -> None:

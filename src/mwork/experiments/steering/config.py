@@ -1,0 +1,101 @@
+"""``SteerConfig``: every setting of a steering sweep (``mwork steer``), in one place.
+
+Its fields are the ``mwork steer`` options (generated with ``mwork.config``), the settings a
+resumed sweep must match and the settings recorded with the results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from mwork.config import option
+from mwork.models.loading import DEFAULT_MODEL
+from mwork.steering import MODES, POSITIONS, parse_stat
+
+REGIONS = ("understanding", "task-solving", "generation", "all")
+
+
+def _strengths(text: str) -> tuple[float, ...]:
+    import argparse
+
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class SteerConfig:
+    """The settings of one sweep (see ``mwork.experiments.steering.sweep``)."""
+
+    neurons: str = option(help="the target language's NeuronSet (e.g. its language-specific set)", metavar="SET",
+                          required=True)
+    target: str = option(help="the language to steer to (a language code, e.g. zh)", metavar="LANG", required=True)
+    prompts: str = option(help="builtin:LANG (mwork's prompts), xquad:LANG[A:B] (XQuAD questions, parallel: the "
+                          "answer F1 in the target language), a .txt file (one prompt a line, with --source) or "
+                          ".jsonl ({text, lang[, answers]})", metavar="PROMPTS", required=True)
+    out: str = option(help="output folder (steer.csv, generations.jsonl, steer.png; resumable)", metavar="DIR",
+                      required=True, record=False)
+    model: str = option(DEFAULT_MODEL, "built-in alias, local folder or hub id")
+    mode: str = option("set", "set: x <- (1-a) x + a s; add: x <- x + a s; scale: x <- a x (a: strength, s: the "
+                       "target language's statistic of the neuron)", choices=MODES)
+    strengths: tuple[float, ...] = option((0.0, 1.0, 2.0), "strengths a, comma-separated", parse=_strengths,
+                                          metavar="A,B,...")
+    stat: str = option("mean", "the statistic s: mean, median or a quantile qX (e.g. q0.9)")
+    corpus: str | None = option(None, "target-language texts to measure the statistics from when the set carries "
+                                "none, and for the random baselines (a file, xquad:LANG[A:B], builtin:LANG, hf:...)",
+                                metavar="TEXTS")
+    stats_docs: int | None = option(None, "measure the statistics on the first N documents of --corpus", metavar="N")
+    stats_max_length: int = option(256, "tokens per document for the statistics")
+    off: str | None = option(None, "a NeuronSet switched off at the same time (e.g. the source language's)",
+                             metavar="SET")
+    seeds: tuple[int, ...] = option((0, 1), "seeds of the random baselines (same count per layer and kind)")
+    positions: str = option("all", "steer prompt tokens, generated tokens or all", choices=POSITIONS)
+    layers: str | None = option(None, "only these layers, e.g. 10-17 (default: the region's, or all)")
+    kinds: str | None = option(None, "only these kinds, e.g. ffn or attn (default: all the set has)")
+    region: str = option("all", "only this layer region (needs --understanding/--generation or --lens)",
+                         choices=REGIONS)
+    understanding: int | None = option(None, "U: the first U layers are the understanding region", metavar="U")
+    generation: int | None = option(None, "G: the last G layers are the generation region", metavar="G")
+    lens: str | None = option(None, "a `mwork lens` result to estimate U and G from", metavar="DIR")
+    source: str | None = option(None, "the language of a plain-text prompts file", metavar="LANG")
+    template: str = option("{prompt}", "how a built-in or .txt prompt is shown to the model; {prompt} is replaced")
+    limit: int | None = option(None, "use the first N prompts", metavar="N")
+    max_new_tokens: int = option(24, "tokens generated per prompt")
+    batch_size: int = option(8, "prompts per generation batch")
+    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
+    device: str | None = option(None, "cpu or cuda (default: cuda if available)", record=False)
+    progress: bool = option(True, "progress bars", record=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "stat", parse_stat(self.stat))
+        if not self.strengths or not all(math.isfinite(s) for s in self.strengths):
+            raise ValueError(f"give finite strengths, got {list(self.strengths)}")
+        if len(set(self.strengths)) != len(self.strengths):
+            raise ValueError(f"the strengths {list(self.strengths)} repeat a value: give each once")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"the seeds {list(self.seeds)} repeat a seed: give each once")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}")
+        if self.region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}")
+        if self.region != "all" and self.layers is not None:
+            raise ValueError("give --region or --layers, not both")
+        if "{prompt}" not in self.template:
+            raise ValueError(f"the template {self.template!r} has no {{prompt}} placeholder")
+        for name in ("max_new_tokens", "batch_size", "stats_max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "stats_docs"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.target:
+            raise ValueError("give the target language (--target LANG)")

@@ -1,0 +1,244 @@
+"""The steering sweep: prompts -> generations for every strength, with the target language's
+neurons and with random neurons, against the unsteered model -> ``steer.csv``,
+``generations.jsonl``, ``steer.png``.
+
+Cells, one per (method, seed, strength) plus the unsteered model, are kept in ``cells.jsonl``
+through ``mwork.experiments.deactivation.cells`` (content-keyed: the model's weights, the sets
+and their statistics, the prompts and generation settings), so a rerun computes only what is
+missing or changed, and a folder holding a sweep with other settings is refused. A strength at
+which the edit is the identity (0 in ``set`` / ``add``, 1 in ``scale``) is the unsteered model
+itself: its rows reuse the unsteered cell (no neuron is switched off either).
+
+Random baselines (``method="random"``, one per seed): neurons drawn with ``random_like`` (the same
+count per layer and kind, never the set's own), steered with *their* statistics on the same corpus;
+with ``off``, a random set of the off set's size is switched off instead of it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mwork.config import digest
+from mwork.experiments.deactivation.cells import CellStore, GridInputs
+from mwork.experiments.deactivation.plan import CellKey
+from mwork.experiments.files import make_folder
+from mwork.experiments.steering.generation import continuation_nll, generate_measured
+from mwork.experiments.steering.metrics import aggregate, item_metrics
+from mwork.experiments.steering.prompts import SteerPrompt, prompts_record, source_language
+from mwork.experiments.steering.vocab import vocab_languages
+from mwork.fingerprints import model_digest, neurons_digest
+from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.statistics import add_statistics, statistics_digest
+from mwork.sentence_langid import default_identifier
+from mwork.steering import MODES, NEEDS_STATISTIC, is_identity, parse_stat, steer
+
+SPECIFIC, RANDOM, UNSTEERED = "specific", "random", "unsteered"
+
+
+def say(message: str) -> None:
+    print(f"[mwork steer] {message}", file=sys.stderr, flush=True)
+
+
+def _variant(method: str, seed: int | None) -> str:
+    return method if seed is None else f"{method}{seed}"
+
+
+def _strength_key(strength: float) -> str:
+    return f"strength={float(strength)!r}"
+
+
+def _is_unsteered(mode: str, strength: float, off: NeuronSet | None) -> bool:
+    """Whether this cell is the unsteered model: an identity edit and nothing switched off."""
+    return is_identity(mode, strength) and (off is None or off.count() == 0)
+
+
+def _has_stat(ns: NeuronSet, stat: str) -> bool:
+    for kind in ns.kinds:
+        values = ns.statistic(stat, kind)
+        if ns.count(kind) and (values is None or not bool(torch.isfinite(values[ns.masks[kind]]).all())):
+            return False
+    return True
+
+
+def _keep_extra(restricted: NeuronSet, full: NeuronSet) -> NeuronSet:
+    return NeuronSet(restricted.masks, dict(full.meta, restricted=restricted.meta.get("restricted")), full.extra)
+
+
+def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, mode: str, stat: str,
+                 seeds: Sequence[int],
+                 off: NeuronSet | None = None, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None,
+                 corpus: Sequence[str] | None = None, corpus_info: Any = None, language: str | None = None,
+                 stats_max_length: int = 256, batch_size: int = 8, cache_dir: Path | None = None,
+                 progress: bool = True) -> tuple[dict[str, tuple[NeuronSet, NeuronSet | None]], NeuronSet | None]:
+    """The steered and switched-off sets of every method (``{"specific": (set, off), "random0": ...}``),
+    restricted to ``layers`` / ``kinds``, with the statistic ``stat`` where ``mode`` needs one; and
+    the full set with its statistics when they were measured here (else None)."""
+    restricted = layers is not None or kinds is not None
+    spec = _keep_extra(neurons.restrict(layers, kinds), neurons) if restricted else neurons
+    off_spec = (off.restrict(layers, kinds) if restricted else off) if off is not None else None
+    if spec.count() == 0:
+        raise ValueError("the NeuronSet has no neuron in the chosen layers and kinds: nothing to steer")
+    methods: dict[str, tuple[NeuronSet, NeuronSet | None]] = {SPECIFIC: (spec, off_spec)}
+    for s in seeds:
+        r_off = off_spec.random_like(seed=10_000 + s, exclude=off_spec) if off_spec is not None else None
+        methods[_variant(RANDOM, s)] = (spec.random_like(seed=s, exclude=spec), r_off)
+    measured_full = None
+    if mode in NEEDS_STATISTIC:
+        need = {name: ns for name, (ns, _) in methods.items() if not _has_stat(ns, stat)}
+        if need:
+            if corpus is None:
+                which = "the set carries no " + stat if SPECIFIC in need else "the random baselines need theirs"
+                raise ValueError(f"mode {mode!r} needs the {stat} activation of every steered neuron on the target "
+                                 f"language and {which}: give target-language texts (--corpus / corpus=)")
+            names = [n for n in need]
+            sets = [neurons if n == SPECIFIC else need[n] for n in names]
+            key = digest({"model": model_digest(model), "sets": [neurons_digest(s) for s in sets],
+                          "corpus": digest(list(corpus)), "stat": stat, "max_length": stats_max_length})[:16]
+            cached = _read_stats(cache_dir, key, names)
+            if cached is None:
+                stats = sorted({stat, "mean"})
+                say(f"measuring the target language's {', '.join(stats)} activations of {', '.join(names)} on "
+                    f"{len(corpus)} documents (one pass)")
+                cached = dict(zip(names, add_statistics(model, tokenizer, sets, corpus, stats, language=language,
+                                                        corpus=corpus_info, max_length=stats_max_length,
+                                                        batch_size=batch_size, progress=progress)))
+                _write_stats(cache_dir, key, cached)
+            for name, with_stats in cached.items():
+                if name == SPECIFIC:
+                    measured_full = with_stats
+                    ns = _keep_extra(spec, with_stats) if restricted else with_stats
+                    methods[name] = (ns, methods[name][1])
+                else:
+                    methods[name] = (with_stats, methods[name][1])
+    return methods, measured_full
+
+
+def _read_stats(folder: Path | None, key: str, names: Sequence[str]) -> dict[str, NeuronSet] | None:
+    if folder is None or not all((folder / f"{key}-{n}.safetensors").is_file() for n in names):
+        return None
+    try:
+        return {n: NeuronSet.load(folder / f"{key}-{n}.safetensors") for n in names}
+    except (ValueError, OSError):
+        return None
+
+
+def _write_stats(folder: Path | None, key: str, sets: Mapping[str, NeuronSet]) -> None:
+    if folder is not None:
+        for name, ns in sets.items():
+            ns.save(folder / f"{key}-{name}.safetensors")
+
+
+def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, prompts: Sequence[SteerPrompt],
+                    out_dir: str | Path, *, target: str, strengths: Sequence[float] = (0.0, 1.0, 2.0),
+                    mode: str = "set", stat: str = "mean", positions: str = "all", seeds: Sequence[int] = (0, 1),
+                    off: NeuronSet | None = None, layers: Sequence[int] | None = None,
+                    kinds: Sequence[str] | None = None, corpus: Sequence[str] | None = None, corpus_info: Any = None,
+                    stats_max_length: int = 256, max_new_tokens: int = 24, batch_size: int = 8,
+                    settings: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
+                    progress: bool = True) -> dict[str, Any]:
+    """Run the sweep (module docstring) and write its files under ``out_dir``; returns
+    ``{"rows", "unsteered", "generations", "info"}``. Every input is checked before any generation."""
+    from mwork.experiments.steering.report import write_outputs
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    stat = parse_stat(stat)
+    strengths = [float(s) for s in strengths]
+    if not strengths or len(set(strengths)) != len(strengths) or not all(math.isfinite(s) for s in strengths):
+        raise ValueError(f"give distinct finite strengths, got {strengths}")
+    if not prompts:
+        raise ValueError("no prompts to generate from")
+    neurons.check_compatible(model)
+    if off is not None:
+        off.check_compatible(model)
+    out = make_folder(out_dir)
+    vocab = vocab_languages(tokenizer, progress=progress)
+    if vocab.code(target) is None:
+        raise ValueError(f"the token-level identifier labels no token of this vocabulary as {target!r}: use a "
+                         f"language code it knows ({', '.join(vocab.names[1:])})")
+    identifier = default_identifier()
+    methods, measured = prepare_sets(model, tokenizer, neurons, mode=mode, stat=stat, seeds=seeds, off=off,
+                                     layers=layers, kinds=kinds, corpus=corpus, corpus_info=corpus_info,
+                                     language=target, stats_max_length=stats_max_length, batch_size=batch_size,
+                                     cache_dir=out / "statistics", progress=progress)
+    if measured is not None:
+        measured.save(out / "neurons.safetensors")
+    source = source_language(prompts)
+    recorded = {"target": target, "source": source, "mode": mode, "stat": stat, "positions": positions,
+                "layers": None if layers is None else list(layers), "kinds": None if kinds is None else list(kinds),
+                "max_new_tokens": max_new_tokens, "batch_size": batch_size, "sentence_langid": identifier.settings(),
+                "token_langid": vocab.settings, **dict(settings or {})}
+    sets_key = {name: {"steer": neurons_digest(ns), "stats": statistics_digest(ns) if mode in NEEDS_STATISTIC else None,
+                       "off": neurons_digest(o) if o is not None else None} for name, (ns, o) in methods.items()}
+    inputs = GridInputs(model_digest(model), {target: digest(sets_key)},
+                        {source: digest({"prompts": prompts_record(prompts), "max_new_tokens": max_new_tokens})})
+    keys: list[tuple[str, int | None, float | None, CellKey]] = [(UNSTEERED, None, None, CellKey.original(source))]
+    for name, (_, o) in methods.items():
+        method, seed = (SPECIFIC, None) if name == SPECIFIC else (RANDOM, int(name[len(RANDOM):]))
+        for s in strengths:
+            if not _is_unsteered(mode, s, o):
+                keys.append((method, seed, s, CellKey(_strength_key(s), name, target, source)))
+    store = CellStore(out / "cells.jsonl", recorded, inputs, {k: inputs.for_cell(k) for *_, k in keys})
+    rendered = [p.rendered for p in prompts]
+    start = time.time()
+
+    def measure(name: str | None, strength: float | None) -> dict[str, Any]:
+        if name is None:
+            gens = generate_measured(model, tokenizer, rendered, vocab, target, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, progress=False)
+            count = 0
+        else:
+            ns, o = methods[name]
+            with steer(model, ns, mode, strength, stat=stat, positions=positions, off=o):
+                gens = generate_measured(model, tokenizer, rendered, vocab, target, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, progress=False)
+            count = ns.count()
+        scores = continuation_nll(model, tokenizer, rendered, [g["ids"] for g in gens], batch_size=batch_size)
+        items = []
+        for p, g, (nll, n) in zip(prompts, gens, scores):
+            items.append({"prompt_id": p.id, "prompt": p.text, "lang": p.lang, "text": g["text"], "ids": g["ids"],
+                          "mass_first": g["mass_first"], "mass_mean": g["mass_mean"], "rank_first": g["rank_first"],
+                          "lang_rank_first": g["lang_rank_first"], "lang_rank_mean": g["lang_rank_mean"],
+                          "nll": nll, "scored": n, **item_metrics(g, p, target, vocab, identifier)})
+        rate = sum(it["detected_language"] == target for it in items) / len(items)
+        return {"score": rate, "n": len(items), "metric": "target_rate", "higher_is_better": True, "off": count,
+                "items": items}
+
+    from tqdm.auto import tqdm
+
+    todo = [k for k in keys if k[3] not in store.done]
+    for method, seed, s, key in tqdm(todo, desc="steering cells", unit="cell", disable=not progress):
+        name = None if method == UNSTEERED else _variant(method, seed)
+        store.add(store.record(key, measure(name, s)))
+    cells = {k[3]: store.done[k[3]] for k in keys}
+    base = cells[CellKey.original(source)]
+    rows, generations = [], []
+    for name, (ns, o) in methods.items():
+        method, seed = (SPECIFIC, None) if name == SPECIFIC else (RANDOM, int(name[len(RANDOM):]))
+        for s in strengths:
+            same = _is_unsteered(mode, s, o)
+            cell = base if same else cells[CellKey(_strength_key(s), name, target, source)]
+            rows.append({"target": target, "source": source, "method": method, "seed": seed, "strength": s,
+                         "mode": mode, "stat": stat, "positions": positions, "neurons": ns.count(),
+                         "off": 0 if same else (o.count() if o is not None else 0),
+                         **aggregate(cell["items"], target)})
+            for it, b in zip(cell["items"], base["items"]):
+                generations.append({"prompt": it["prompt"], "prompt_id": it["prompt_id"], "strength": s,
+                                    "method": method, "seed": seed, "text": it["text"],
+                                    "detected_language": it["detected_language"], "lid_score": it["lid_score"],
+                                    "token_target_share": it["token_target_share"], "f1": it["f1"],
+                                    "unsteered_text": b["text"], "unsteered_language": b["detected_language"]})
+    unsteered = {"target": target, "source": source, **aggregate(base["items"], target)}
+    info = {"settings": recorded, "notes": list(notes), "elapsed_s": time.time() - start,
+            "sets": {name: {"neurons": ns.count(), "off": o.count() if o is not None else 0}
+                     for name, (ns, o) in methods.items()},
+            "statistics": (methods[SPECIFIC][0].meta.get("statistics") if mode in NEEDS_STATISTIC else None)}
+    result = {"rows": rows, "unsteered": unsteered, "generations": generations, "info": info}
+    write_outputs(out, result)
+    return result
