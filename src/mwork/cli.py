@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.neurons.cli",
     "mwork.neurons.bench_cli",
     "mwork.experiments.enhance_cli",
+    "mwork.tasks.cli_eval",
 )
 
 
