@@ -79,10 +79,17 @@ class EvalConfig:
         parse_layers(self.layers), parse_kinds(self.kinds)
 
 
-def task_manager(include_path: str | Path | None = None) -> Any:
-    """lm-eval's ``TaskManager`` over its own tasks and ``include_path``."""
+def task_manager(include_path: str | Path | None = None, needed: Any = None) -> Any:
+    """lm-eval's ``TaskManager`` over its own tasks and ``include_path``. When ``needed(manager)``
+    (a test of the names it knows) holds for ``include_path`` alone, that smaller manager is
+    returned: indexing lm-eval's thousands of task files takes tens of seconds, and tasks in
+    ``include_path`` take precedence over lm-eval's own anyway."""
     from lm_eval.tasks import TaskManager
 
+    if include_path is not None and needed is not None:
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if needed(local):
+            return local
     return TaskManager(include_path=str(include_path) if include_path is not None else None)
 
 
@@ -121,7 +128,7 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
     from mwork.experiments.files import make_folder, write_json
 
     out = make_folder(config.out)
-    manager = task_manager(config.include_path)
+    manager = task_manager(config.include_path, lambda m: set(config.tasks) <= set(m.all_tasks))
     check_tasks(manager, config.tasks)
     lm = build_lm(config, model=model, tokenizer=tokenizer)
     tracker = EvaluationTracker(output_path=str(out))
