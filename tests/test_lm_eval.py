@@ -83,6 +83,16 @@ def test_local_tasks_are_parallel_multiple_choice(tmp_path):
     assert sum(zh[r["id"]]["label"] == r["label"] for r in same) == len(same)  # the gold's slot is parallel
     with pytest.raises(FileNotFoundError, match="no XQuAD or MGSM file for xx"):
         make_local_tasks(tmp_path / "x", SHARED, langs=["xx"])
+    from mwork.tasks.lm_eval_local import answer_sentence, xquad_mc_rows
+
+    assert answer_sentence("One. Two is 2! Three.", 5, 3) == "Two is 2!"
+    assert answer_sentence("第一句。第二句有答案。第三句。", 6, 2) == "第二句有答案。"
+    short = xquad_mc_rows(SHARED / "xquad" / "xquad.zh.json", [24], sentences=True)
+    full = {r["id"]: r for r in xquad_mc_rows(SHARED / "xquad" / "xquad.zh.json", [24])}
+    for r in short:  # the same items, the passage cut to the sentence that holds the gold
+        f = full[r["id"]]
+        assert (r["choices"], r["label"]) == (f["choices"], f["label"])
+        assert r["choices"][r["label"]] in r["context"] and r["context"] in f["context"]
     mgsm = [json.loads(x) for x in (tmp_path / "data" / "mwork_mgsm_direct_zh.jsonl").read_text().splitlines()]
     assert len(mgsm) == 250 and mgsm[0]["answer_number"] == 18
 

@@ -31,7 +31,8 @@ def _run(args: argparse.Namespace) -> int:
         from mwork.tasks.lm_eval_local import make_local_tasks
 
         langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-        names = make_local_tasks(args.make_local_tasks, args.data, langs=langs, limit=args.local_limit)
+        names = make_local_tasks(args.make_local_tasks, args.data, langs=langs, limit=args.local_limit,
+                                 sentences=args.sentences)
         print(json.dumps({"include_path": args.make_local_tasks, "tasks": names}, ensure_ascii=False))
         return 0
     from mwork.tasks.lm_eval_run import run_eval
@@ -58,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="folder with xquad/ and mgsm/ for --make-local-tasks (default: ../shared/data)")
     setup.add_argument("--langs", default=None, help="languages for --make-local-tasks (default: every file found)")
     setup.add_argument("--local-limit", type=int, default=None, help="at most this many items per local task")
+    setup.add_argument("--sentences", action="store_true",
+                       help="--make-local-tasks: also mwork_xquad_mc_sentence_<lang> (the answer's sentence as the passage)")
     setup.add_argument("--install-lm-eval-plugin", action="store_true",
                        help="write mwork-lm-eval.pth into this environment's site-packages and exit")
     setup.add_argument("--site-dir", default=None, help="site-packages folder for --install-lm-eval-plugin")

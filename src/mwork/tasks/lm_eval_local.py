@@ -8,6 +8,9 @@ under ``out``; pass ``out`` to lm-eval as ``--include_path`` (``mwork eval --inc
   paragraph and question, four candidate answers: the gold and three answers to other questions
   of the same article (picked by position, so the languages get parallel items; the gold's slot
   too), ``acc`` / ``acc_norm``. Articles 24-47 by default (0-23 are for neuron detection).
+* ``mwork_xquad_mc_sentence_<lang>`` (with ``sentences=True``): the same items with only the
+  sentence of the paragraph that holds the gold answer as the passage: prompts of tens of tokens
+  instead of hundreds, for CPUs (lm-eval's HFLM computes the logits of every position).
 * ``mwork_mgsm_direct_<lang>`` (generation): lm-eval's ``mgsm_direct_<lang>`` prompt, stop strings,
   flexible-extract filter and exact match, on the local MGSM TSV.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -28,6 +32,7 @@ from mwork.experiments.files import make_folder, write_text
 from mwork.texts import EVALUATION_ARTICLES
 
 XQUAD_MC = "mwork_xquad_mc_{lang}"
+XQUAD_MC_SENTENCE = "mwork_xquad_mc_sentence_{lang}"
 MGSM_DIRECT = "mwork_mgsm_direct_{lang}"
 TAG = "mwork_local"
 N_CHOICES = 4
@@ -44,8 +49,20 @@ def _yaml(path: Path, config: dict[str, Any]) -> None:
                + yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
 
 
-def xquad_mc_rows(squad_json: str | Path, articles: Sequence[int]) -> list[dict[str, Any]]:
-    """Multiple-choice items of the chosen articles (module docstring)."""
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])")
+
+
+def answer_sentence(context: str, start: int, length: int) -> str:
+    """The sentence(s) of ``context`` that hold the characters ``start .. start + length``."""
+    ends = [0] + [m.end() for m in _SENTENCE_END.finditer(context)] + [len(context)]
+    begin = max(e for e in ends if e <= start)
+    stop = min((e for e in ends if e >= start + length), default=len(context))
+    return context[begin:stop].strip() or context
+
+
+def xquad_mc_rows(squad_json: str | Path, articles: Sequence[int], sentences: bool = False) -> list[dict[str, Any]]:
+    """Multiple-choice items of the chosen articles (module docstring); ``sentences``: the passage
+    is the answer's sentence only."""
     data = json.loads(Path(squad_json).read_text(encoding="utf-8"))["data"]
     rows = []
     for a in articles:
@@ -66,6 +83,11 @@ def xquad_mc_rows(squad_json: str | Path, articles: Sequence[int]) -> list[dict[
                 continue
             label = rng.randrange(N_CHOICES)
             choices = distractors[:label] + [gold] + distractors[label:]
+            if sentences:
+                ans = qa["answers"][0]
+                at = ans.get("answer_start", -1)
+                at = at if 0 <= at and context[at:at + len(gold)] == gold else context.find(gold)
+                context = answer_sentence(context, at, len(gold)) if at >= 0 else context
             rows.append({"id": qa["id"], "article": a, "context": context, "question": qa["question"],
                          "choices": choices, "label": label})
     return rows
@@ -116,9 +138,11 @@ def _mgsm_config(name: str, data_file: Path, lang: str) -> dict[str, Any]:
 
 
 def make_local_tasks(out: str | Path, data: str | Path, *, langs: Sequence[str] | None = None,
-                     articles: Sequence[int] = EVALUATION_ARTICLES, limit: int | None = None) -> list[str]:
+                     articles: Sequence[int] = EVALUATION_ARTICLES, limit: int | None = None,
+                     sentences: bool = False) -> list[str]:
     """Write the local tasks (module docstring) under ``out`` from the data folder ``data``;
-    return their names. ``limit``: at most this many items per task (first ones)."""
+    return their names. ``limit``: at most this many items per task (first ones); ``sentences``:
+    also the ``mwork_xquad_mc_sentence_<lang>`` variant."""
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder at {data}: give the folder with xquad/ and mgsm/ (e.g. ../shared/data)")
@@ -138,6 +162,12 @@ def make_local_tasks(out: str | Path, data: str | Path, *, langs: Sequence[str] 
             _jsonl(rows_dir / f"{name}.jsonl", rows)
             _yaml(out / f"{name}.yaml", _xquad_config(name, (rows_dir / f"{name}.jsonl").resolve()))
             names.append(name)
+            if sentences:
+                name = XQUAD_MC_SENTENCE.format(lang=lang)
+                rows = xquad_mc_rows(data / "xquad" / f"xquad.{lang}.json", list(articles), sentences=True)[:limit]
+                _jsonl(rows_dir / f"{name}.jsonl", rows)
+                _yaml(out / f"{name}.yaml", _xquad_config(name, (rows_dir / f"{name}.jsonl").resolve()))
+                names.append(name)
         if lang in found["mgsm"]:
             name = MGSM_DIRECT.format(lang=lang)
             _jsonl(rows_dir / f"{name}.jsonl", mgsm_rows(data / "mgsm" / f"mgsm_{lang}.tsv")[:limit])
