@@ -57,6 +57,7 @@ def main() -> None:
             scores[name] = res["results"]["mwork_xquad_mc_en"]["acc,none"]
     base = statistics.median(times["hflm"])
     print(json.dumps({"model": args.model, "task": "mwork_xquad_mc_en", "limit": args.limit, "repeats": args.repeats,
+                      "runs_s": {k: [round(t, 3) for t in v] for k, v in times.items()},
                       "median_s": {k: round(statistics.median(v), 3) for k, v in times.items()},
                       "ratio_to_hflm": {k: round(statistics.median(v) / base, 4) for k, v in times.items()},
                       "acc": scores}, indent=2))
