@@ -9,4 +9,6 @@ PY=${PYTHON:-python3}
 # A CPU wheel of torch 2.13.0 is what we test with; on a CUDA machine install your own torch first.
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[default-model,test]"
+# `lm_eval --model mwork`: lm-eval has no plugin discovery, so a .pth file registers the backend lazily
+.venv/bin/mwork eval --install-lm-eval-plugin >/dev/null
 echo "mwork is set up in $(pwd)/.venv"

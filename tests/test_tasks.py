@@ -55,11 +55,11 @@ def tiny():
     ("2 + 2 = 4. Then 4 * 10 = 40.", "en", 40),
 ])
 def test_last_number(text, lang, expected):
-    assert metrics.last_number(text, lang) == pytest.approx(expected)
+    assert metrics.last_number(text, lang, scoring="mwork") == pytest.approx(expected)
 
 
 def test_number_edge_cases():
-    assert metrics.last_number("no digits here", "en") is None
+    assert metrics.last_number("no digits here", "en", scoring="mwork") is None
     assert metrics.extract_numbers("5-3=2", "en") == [5, 3, 2]
     assert metrics.extract_numbers("12\u00a05", "fr") == [12, 5]  # not a digit group: two numbers
     assert metrics.parse_number("2,125") == 2125
@@ -73,50 +73,50 @@ def test_number_edge_cases():
 # ---- SQuAD F1 / EM ---------------------------------------------------------------------------
 
 def test_squad_normalisation():
-    assert metrics.normalize_answer("The  Denver Broncos!", "en") == "denver broncos"
-    assert metrics.normalize_answer("the U.S.", "en") == "us"
-    assert metrics.normalize_answer("«Die» Antwort.", "de") == "die antwort"  # articles dropped in English only
-    assert metrics.normalize_answer("「黑色和黄色」。", "zh") == "黑色和黄色"
-    assert metrics.normalize_answer("ＡＢＣ", "en") == "abc"  # full-width folded
+    assert metrics.normalize_answer("The  Denver Broncos!", "en", scoring="mwork") == "denver broncos"
+    assert metrics.normalize_answer("the U.S.", "en", scoring="mwork") == "us"
+    assert metrics.normalize_answer("«Die» Antwort.", "de", scoring="mwork") == "die antwort"  # articles dropped in English only
+    assert metrics.normalize_answer("「黑色和黄色」。", "zh", scoring="mwork") == "黑色和黄色"
+    assert metrics.normalize_answer("ＡＢＣ", "en", scoring="mwork") == "abc"  # full-width folded
 
 
 def test_qa_f1_and_exact_match():
-    assert metrics.qa_f1("Denver Broncos", ["Denver Broncos"], "en") == 1.0
-    assert metrics.qa_exact("the Denver Broncos.", ["Denver Broncos"], "en") == 1.0
-    assert metrics.qa_f1("Carolina Panthers", ["Denver Broncos"], "en") == 0.0
-    assert metrics.qa_exact("Broncos", ["Denver Broncos"], "en") == 0.0
+    assert metrics.qa_f1("Denver Broncos", ["Denver Broncos"], "en", scoring="mwork") == 1.0
+    assert metrics.qa_exact("the Denver Broncos.", ["Denver Broncos"], "en", scoring="mwork") == 1.0
+    assert metrics.qa_f1("Carolina Panthers", ["Denver Broncos"], "en", scoring="mwork") == 0.0
+    assert metrics.qa_exact("Broncos", ["Denver Broncos"], "en", scoring="mwork") == 0.0
     # precision 1/1, recall 1/2 -> F1 2/3; max over golds
-    assert metrics.qa_f1("Broncos", ["Denver Broncos", "Carolina"], "en") == pytest.approx(2 / 3)
-    assert metrics.qa_f1("", ["x"], "en") == 0.0 and metrics.qa_f1("", [""], "en") == 1.0
+    assert metrics.qa_f1("Broncos", ["Denver Broncos", "Carolina"], "en", scoring="mwork") == pytest.approx(2 / 3)
+    assert metrics.qa_f1("", ["x"], "en", scoring="mwork") == 0.0 and metrics.qa_f1("", [""], "en", scoring="mwork") == 1.0
 
 
 def test_qa_character_tokenisation_for_zh():
     # whitespace does not matter in zh: characters are the tokens
-    assert metrics.answer_tokens("北京 大学", "zh") == ["北", "京", "大", "学"]
-    assert metrics.qa_exact("北京 大学", ["北京大学"], "zh") == 1.0
+    assert metrics.answer_tokens("北京 大学", "zh", scoring="mwork") == ["北", "京", "大", "学"]
+    assert metrics.qa_exact("北京 大学", ["北京大学"], "zh", scoring="mwork") == 1.0
     # 2 of 3 predicted chars in a 4-char gold: P=2/3, R=2/4 -> F1 = 4/7
-    assert metrics.qa_f1("北京市", ["北京大学"], "zh") == pytest.approx(4 / 7)
+    assert metrics.qa_f1("北京市", ["北京大学"], "zh", scoring="mwork") == pytest.approx(4 / 7)
     # the same strings under whitespace tokenisation would share nothing
-    assert metrics.qa_f1("北京市", ["北京大学"], "en") == 0.0
+    assert metrics.qa_f1("北京市", ["北京大学"], "en", scoring="mwork") == 0.0
 
 
 # ---- ROUGE-L ---------------------------------------------------------------------------------
 
 def test_rouge_l_hand_computed():
     assert metrics.lcs_length("abcde", "ace") == 3
-    r = metrics.rouge_l("the cat sat on the mat", "the cat is on a mat", "en")
+    r = metrics.rouge_l("the cat sat on the mat", "the cat is on a mat", "en", scoring="mwork")
     # LCS = the cat on mat (4) ; P = 4/6, R = 4/6
     assert r["f1"] == pytest.approx(4 / 6)
-    assert metrics.rouge_l("Hello, World!", "hello world", "en")["f1"] == 1.0
-    assert metrics.rouge_l("completely different", "nothing shared", "en")["f1"] == 0.0
+    assert metrics.rouge_l("Hello, World!", "hello world", "en", scoring="mwork")["f1"] == 1.0
+    assert metrics.rouge_l("completely different", "nothing shared", "en", scoring="mwork")["f1"] == 0.0
 
 
 def test_rouge_l_characters_for_zh():
-    assert metrics.rouge_tokens("我爱北京。", "zh") == ["我", "爱", "北", "京"]
-    r = metrics.rouge_l("我爱北京", "我爱上海", "zh")
+    assert metrics.rouge_tokens("我爱北京。", "zh", scoring="mwork") == ["我", "爱", "北", "京"]
+    r = metrics.rouge_l("我爱北京", "我爱上海", "zh", scoring="mwork")
     assert r["f1"] == pytest.approx(0.5)
     # Devanagari combining marks stay inside words (not split like punctuation)
-    assert metrics.rouge_tokens("नमस्ते दुनिया", "hi") == ["नमस्ते", "दुनिया"]
+    assert metrics.rouge_tokens("नमस्ते दुनिया", "hi", scoring="mwork") == ["नमस्ते", "दुनिया"]
 
 
 # ---- task scoring on hand-made outputs ---------------------------------------------------------
@@ -134,7 +134,7 @@ def test_mgsm_scoring_right_and_wrong():
 def test_xquad_scoring():
     task = get_task("xquad")
     ex = [Example("a", "zh", {}, ["黑色和黄色"]), Example("b", "zh", {}, ["2015年"])]
-    res = task.score(ex, ["黑色和黄色。", "1998年"], "zh")
+    res = task.score(ex, ["黑色和黄色。", "1998年"], "zh", scoring="mwork")
     assert res["records"][0]["exact_match"] == 1.0 and res["records"][0]["f1"] == 1.0
     assert res["records"][1]["f1"] == pytest.approx(0.4)  # "1" and "年" shared: P = R = 2/5
     assert res["exact_match"] == 0.5

@@ -15,7 +15,8 @@ The public API (each has a ``mwork`` command over it):
 * ``steer`` / ``add_statistics`` / ``run_steer``: turn a language's neurons on and measure what it does (``mwork steer``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
-* ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``).
+* ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``);
+* ``run_eval`` / ``EvalConfig`` / ``make_local_tasks``: lm-evaluation-harness tasks with neurons off (``mwork eval``).
 
 Submodules are imported lazily, so ``import mwork`` stays fast.
 """
@@ -69,6 +70,9 @@ _LAZY = {
     "register_training_method": "mwork.experiments.training_methods",
     "render_report": "mwork.report.html",
     "run_demo": "mwork.demo",
+    "EvalConfig": "mwork.tasks.lm_eval_run",
+    "run_eval": "mwork.tasks.lm_eval_run",
+    "make_local_tasks": "mwork.tasks.lm_eval_local",
 }
 
 __all__ = ["DEFAULT_MODEL", "get_adapter", "load_model", "__version__", *_LAZY]

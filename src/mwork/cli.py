@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.experiments.enhance_cli",
     "mwork.neurons.convert_cli",
     "mwork.experiments.steering.cli",
+    "mwork.tasks.cli_eval",
 )
 
 

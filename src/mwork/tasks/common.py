@@ -272,3 +272,22 @@ class Task(ABC):
 def check_examples(task: str, examples: Sequence[Example]) -> None:
     if not examples:
         raise ValueError(f"no {task} examples to evaluate: check the language, source and limit")
+
+
+class ScoringOption:
+    """A task scored either by the published rules or by mwork's normalisation
+    (``mwork.tasks.metrics``: ``scoring="official"``, the default, or ``"mwork"``). ``ask`` records
+    the choice in its query's ``info`` (so the result says how it was scored) and ``score`` uses it.
+    Mixed in before ``Task``."""
+
+    def score_answers(self, examples: Sequence[Example], query: "Query", answers: Any, lang: str) -> TaskResult:
+        from mwork.tasks.metrics import DEFAULT_SCORING
+
+        return self.score(examples, answers, lang, scoring=query.info.get("scoring", DEFAULT_SCORING))  # type: ignore[attr-defined]
+
+    def examples_digest(self, examples: Sequence[Example]) -> str:
+        """The examples' digest and the default scoring: a score cached under another default
+        (before official scoring was the default) is not reused."""
+        from mwork.tasks.metrics import DEFAULT_SCORING
+
+        return digest({"examples": super().examples_digest(examples), "default_scoring": DEFAULT_SCORING})  # type: ignore[misc]

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.common import Example, ScoringOption, Task, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
 from mwork.tasks.runtime import GENERATE, Generate
-from mwork.tasks.metrics import format_number, last_number, numbers_equal, parse_number
+from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, format_number, last_number, mgsm_correct, parse_number
 
 MGSM_LANGS: tuple[str, ...] = ("en", "es", "fr", "de", "ru", "zh", "ja", "th", "sw", "bn", "te")
 
@@ -43,7 +43,7 @@ def _strip_label(text: str, label: str) -> str:
     return text[len(label):].strip() if label and text.startswith(label) else text
 
 
-class MGSM(Task):
+class MGSM(ScoringOption, Task):
     name = "mgsm"
     metric = "accuracy"
     higher_is_better = True
@@ -99,19 +99,25 @@ class MGSM(Task):
         prefix = "".join(self.render_shot(s, prompt) + prompt["shot_separator"] for s in chosen)
         return [prefix + prompt["template"].format(question=e.fields["question"]) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
-        """Accuracy of the last number in each output (see ``metrics`` for the parsing rules)."""
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str, *,
+              scoring: str = DEFAULT_SCORING) -> TaskResult:
+        """Accuracy of the answer number of each output (``scoring``: official, lm-eval's
+        extraction and exact match, or ``"mwork"``, the last number read with ``lang``'s
+        conventions; see ``metrics``)."""
+        check_scoring(scoring)
         records, scores = [], []
         for ex, out in zip(examples, outputs, strict=True):
-            pred = last_number(out, lang)
-            correct = numbers_equal(pred, ex.target)
+            pred = last_number(out, lang, scoring=scoring)
+            correct = mgsm_correct(out, ex.target, lang, scoring=scoring)
             scores.append(float(correct))
             records.append({"id": ex.id, "output": out, "prediction": pred, "target": ex.target, "correct": correct})
         return self._result(lang, scores, records)
 
     def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
-            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None) -> Generate:
-        """Greedy step-by-step answers (scored by accuracy of the last number)."""
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
+            scoring: str = DEFAULT_SCORING) -> Generate:
+        """Greedy step-by-step answers (scored by accuracy of the answer number)."""
+        check_scoring(scoring)
         texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
         return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
-                        info={"few_shot": few_shot, "prompt_example": texts[0]})
+                        info={"few_shot": few_shot, "prompt_example": texts[0], "scoring": scoring})

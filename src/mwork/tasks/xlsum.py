@@ -1,9 +1,8 @@
 """XLSum (Hasan et al., 2021): BBC articles with a one-sentence summary in 45 languages. The
 article (truncated to a token budget) is followed by a "Summary:" cue in its language; the
 greedy one-line continuation is scored by ROUGE-L F1 against the reference (``metrics.rouge_l``:
-LCS on characters for zh / ja / th, on lowercased words split at whitespace and punctuation
-otherwise; no stemming, so scores are comparable across languages but not with stemmed
-English ROUGE).
+by default rouge-score with the XL-Sum authors' multilingual tokenisation, characters for
+zh / ja / th, no stemming; ``scoring="mwork"`` for mwork's own tokenisation).
 
 Local data: JSONL with ``text`` and ``summary`` (``id`` optional): the given file, or in the
 given folder (or its ``xlsum/`` subfolder) ``xlsum.<lang>.jsonl`` or the release name
@@ -16,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.tasks.common import Example, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.common import Example, ScoringOption, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
 from mwork.tasks.runtime import GENERATE, Generate
-from mwork.tasks.metrics import rouge_l
+from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, rouge_l
 
 XLSUM_NAMES: dict[str, str] = {
     "en": "english", "zh": "chinese_simplified", "es": "spanish", "fr": "french", "pt": "portuguese",
@@ -49,7 +48,7 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     return tokenizer.decode(ids[:max_tokens], skip_special_tokens=True)
 
 
-class XLSum(Task):
+class XLSum(ScoringOption, Task):
     name = "xlsum"
     metric = "rougeL_f1"
     higher_is_better = True
@@ -94,11 +93,14 @@ class XLSum(Task):
         )
         return [prefix + prompt["template"].format(text=cut(e.fields["text"])) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
-        """Mean ROUGE-L F1 (also mean precision and recall)."""
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str, *,
+              scoring: str = DEFAULT_SCORING) -> TaskResult:
+        """Mean ROUGE-L F1 (also mean precision and recall); ``scoring``: official (rouge-score on
+        the XL-Sum authors' tokens) or ``"mwork"``."""
+        check_scoring(scoring)
         records, f1s, ps, rs = [], [], [], []
         for ex, out in zip(examples, outputs, strict=True):
-            r = rouge_l(out, ex.target, lang)
+            r = rouge_l(out, ex.target, lang, scoring=scoring)
             f1s.append(r["f1"])
             ps.append(r["precision"])
             rs.append(r["recall"])
@@ -109,10 +111,11 @@ class XLSum(Task):
 
     def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
             few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
-            max_article_tokens: int = 512) -> Generate:
+            max_article_tokens: int = 512, scoring: str = DEFAULT_SCORING) -> Generate:
         """Greedy one-line summaries of the truncated articles, scored by ROUGE-L F1."""
+        check_scoring(scoring)
         texts, prompt = self.build_prompts(tokenizer, examples, lang, max_article_tokens=max_article_tokens,
                                            few_shot=few_shot, shots=shots, prompts=prompts)
         return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
                         info={"few_shot": few_shot, "max_article_tokens": max_article_tokens,
-                              "prompt_example": texts[0]})
+                              "prompt_example": texts[0], "scoring": scoring})

@@ -1,6 +1,7 @@
 """XQuAD (Artetxe et al., 2020): extractive QA on 48 Wikipedia articles (240 paragraphs, 1190
 questions) translated into 12 languages. The model reads the paragraph and the question and
-writes a short answer; SQuAD F1 (the score) and exact match, characters for zh / ja / th.
+writes a short answer; F1 (the score) and exact match by the official rules by default (SQuAD v1.1;
+MLQA's mixed segmentation for zh; characters for ja / th), or mwork's (``scoring="mwork"``).
 
 Articles are selectable so that evaluation never sees detection text: by default articles
 24-47 are evaluated and 0-23 are left for neuron detection (and few-shot examples).
@@ -18,10 +19,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mwork.tasks.common import Example, Task, load_hub, prompt_for, resolve_source, select
+from mwork.tasks.common import Example, ScoringOption, Task, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
 from mwork.tasks.runtime import GENERATE, Generate
-from mwork.tasks.metrics import qa_exact, qa_f1
+from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, qa_exact, qa_f1
 from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
 
 XQUAD_LANGS: tuple[str, ...] = ("en", "es", "de", "el", "ru", "tr", "ar", "vi", "th", "zh", "hi", "ro")
@@ -83,7 +84,7 @@ def load_paragraphs(lang: str, source: str | Path | None = None,
     return [p["context"] for a in _article_set(articles) for p in data[a]["paragraphs"]]
 
 
-class XQuAD(Task):
+class XQuAD(ScoringOption, Task):
     name = "xquad"
     metric = "f1"
     higher_is_better = True
@@ -136,19 +137,24 @@ class XQuAD(Task):
         )
         return [prefix + prompt["template"].format(**e.fields) for e in examples], prompt
 
-    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str) -> TaskResult:
-        """SQuAD F1 (the score) and exact match, each the max over the gold answers."""
+    def score(self, examples: Sequence[Example], outputs: Sequence[str], lang: str, *,
+              scoring: str = DEFAULT_SCORING) -> TaskResult:
+        """SQuAD F1 (the score) and exact match, each the max over the gold answers (``scoring``:
+        official, SQuAD v1.1 / MLQA, or ``"mwork"``; see ``mwork.tasks.metrics``)."""
+        check_scoring(scoring)
         records, f1s, ems = [], [], []
         for ex, out in zip(examples, outputs, strict=True):
-            f1, em = qa_f1(out, ex.target, lang), qa_exact(out, ex.target, lang)
+            f1, em = qa_f1(out, ex.target, lang, scoring=scoring), qa_exact(out, ex.target, lang, scoring=scoring)
             f1s.append(f1)
             ems.append(em)
             records.append({"id": ex.id, "output": out, "answers": ex.target, "f1": f1, "exact_match": em})
         return self._result(lang, f1s, records, exact_match=sum(ems) / len(ems) if ems else float("nan"))
 
     def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
-            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None) -> Generate:
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
+            scoring: str = DEFAULT_SCORING) -> Generate:
         """Greedy short answers (one line), scored by SQuAD F1 and exact match."""
+        check_scoring(scoring)
         texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
         return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
-                        info={"few_shot": few_shot, "prompt_example": texts[0]})
+                        info={"few_shot": few_shot, "prompt_example": texts[0], "scoring": scoring})

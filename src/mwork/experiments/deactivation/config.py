@@ -5,6 +5,7 @@ metadata (``mwork.config``). Bad values are refused here, before a model is load
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mwork.config import option
@@ -25,7 +26,8 @@ class DeactivationConfig:
     model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
     neurons: str = option(help="folder with <lang>.safetensors language-specific sets (mwork specific)",
                           required=True)
-    task: str = option("ppl", "ppl, mgsm, xquad, xcsqa or xlsum")
+    task: str = option("ppl", "ppl, mgsm, xquad, xcsqa, xlsum, or lm-eval:TEMPLATE, any lm-evaluation-harness task "
+                       "per language, e.g. lm-eval:belebele_{lang} ({lang}: the language, or its FLORES-200 code)")
     langs: tuple[str, ...] = option(help="comma-separated, must include English, e.g. en,zh,fr", parse=_langs,
                                     required=True)
     out: str = option(help="output folder (finished cells are kept there and not recomputed)", required=True,
@@ -45,6 +47,11 @@ class DeactivationConfig:
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
     device_map: str | None = option(None, DEVICE_MAP_HELP, record=False)
     matrix: bool = option(False, "also evaluate every language with every language's neurons off (matrix.csv)")
+    include_path: str | None = option(None, "lm-eval tasks: a folder of extra task YAMLs (e.g. from mwork eval "
+                                      "--make-local-tasks)")
+    lm_eval_metric: str | None = option(None, "lm-eval tasks: the metric scored, as lm-eval names it, e.g. acc,none "
+                                        "(default: the task's first)")
+    num_fewshot: int | None = option(None, "lm-eval tasks: few-shot examples (default: each task's own)")
 
     def __post_init__(self) -> None:
         from mwork.tasks.registry import get_task
@@ -65,13 +72,29 @@ class DeactivationConfig:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.max_length < 2:
             raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
-        get_task(self.task)  # an unknown task fails here, listing the known ones
+        from mwork.experiments.deactivation.lm_eval_task import is_lm_eval_task, template_of
+
+        if is_lm_eval_task(self.task):
+            template_of(self.task)  # a template without a language fails here
+            if self.include_path is not None and not Path(self.include_path).is_dir():
+                raise FileNotFoundError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
+        else:
+            if self.include_path or self.lm_eval_metric or self.num_fewshot is not None:
+                raise ValueError("--include-path, --lm-eval-metric and --num-fewshot apply to lm-eval:TEMPLATE tasks only")
+            get_task(self.task)  # an unknown task fails here, listing the known ones
         parse_device_map(self.device_map)
 
     def evaluator(self, model: Any, tokenizer: Any) -> tuple[Any, dict[str, str] | None]:
-        """The evaluation of every language (an ``mwork.tasks.runtime.Evaluator``) and, for
-        perplexity, where each language's texts came from."""
+        """The evaluation of every language (an ``mwork.tasks.runtime.Evaluator``; for
+        ``lm-eval:TEMPLATE`` an ``lm_eval_task.LmEvalEvaluator``) and, for perplexity, where each
+        language's texts came from (for lm-eval tasks, each language's task name)."""
+        from mwork.experiments.deactivation.lm_eval_task import is_lm_eval_task, lm_eval_evaluator
         from mwork.tasks.registry import get_task
+
+        if is_lm_eval_task(self.task):
+            return lm_eval_evaluator(model, tokenizer, self.task, self.langs, include_path=self.include_path,
+                                     limit=self.limit, num_fewshot=self.num_fewshot, metric=self.lm_eval_metric,
+                                     batch_size=self.batch_size)
         from mwork.tasks.runtime import perplexity_evaluator, task_evaluator
         from mwork.texts import heldout_texts
 

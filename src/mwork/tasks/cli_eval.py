@@ -1,0 +1,67 @@
+"""``mwork eval``: any lm-evaluation-harness task with neurons off or a delta merged.
+
+A thin shim over ``mwork.tasks.lm_eval_run.run_eval`` (options from ``EvalConfig``), plus two
+set-up actions: ``--make-local-tasks DIR`` (``lm_eval_local.make_local_tasks``: offline lm-eval
+tasks from XQuAD / MGSM files) and ``--install-lm-eval-plugin`` (``lm_eval_plugin``: makes
+``lm_eval --model mwork`` work). The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from mwork.config import add_arguments, from_args
+from mwork.tasks.lm_eval_run import EvalConfig
+
+
+def _summary(results: dict) -> dict:
+    """Each task's metrics (lm-eval's ``metric,filter`` keys), without the standard errors."""
+    return {task: {k: v for k, v in values.items() if "," in k and "_stderr" not in k}
+            for task, values in results.get("results", {}).items()}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.install_lm_eval_plugin:
+        from mwork.tasks.lm_eval_plugin import install_lm_eval_plugin
+
+        print(json.dumps({"installed": str(install_lm_eval_plugin(args.site_dir))}))
+        return 0
+    if args.make_local_tasks:
+        from mwork.tasks.lm_eval_local import make_local_tasks
+
+        langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
+        names = make_local_tasks(args.make_local_tasks, args.data, langs=langs, limit=args.local_limit,
+                                 sentences=args.sentences)
+        print(json.dumps({"include_path": args.make_local_tasks, "tasks": names}, ensure_ascii=False))
+        return 0
+    from mwork.tasks.lm_eval_run import run_eval
+
+    results = run_eval(from_args(EvalConfig, args))
+    print(json.dumps(_summary(results), ensure_ascii=False))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="lm-evaluation-harness tasks with neurons switched off (or a delta merged)",
+        description="Runs lm-eval's simple_evaluate on the mwork-loaded model, with --neurons (or --random-like) "
+        "switched off around every request, and writes lm-eval's own results and samples files under --out. "
+        "--make-local-tasks DIR writes offline lm-eval tasks from XQuAD / MGSM files (then --include-path DIR); "
+        "--install-lm-eval-plugin makes `lm_eval --model mwork` work in this environment.",
+    )
+    add_arguments(p, EvalConfig)
+    setup = p.add_argument_group("set-up actions (instead of a run)")
+    setup.add_argument("--make-local-tasks", metavar="DIR", default=None,
+                       help="write local lm-eval tasks (YAML + JSON Lines) from --data into DIR and exit")
+    setup.add_argument("--data", default="../shared/data",
+                       help="folder with xquad/ and mgsm/ for --make-local-tasks (default: ../shared/data)")
+    setup.add_argument("--langs", default=None, help="languages for --make-local-tasks (default: every file found)")
+    setup.add_argument("--local-limit", type=int, default=None, help="at most this many items per local task")
+    setup.add_argument("--sentences", action="store_true",
+                       help="--make-local-tasks: also mwork_xquad_mc_sentence_<lang> (the answer's sentence as the passage)")
+    setup.add_argument("--install-lm-eval-plugin", action="store_true",
+                       help="write mwork-lm-eval.pth into this environment's site-packages and exit")
+    setup.add_argument("--site-dir", default=None, help="site-packages folder for --install-lm-eval-plugin")
+    p.set_defaults(func=_run)

@@ -1,0 +1,154 @@
+"""What ``mwork eval`` does, callable from Python: any lm-evaluation-harness task on an
+mwork-loaded model, with neurons switched off (a NeuronSet, or random neurons like one, restricted
+to layers and kinds) or an enhancement delta merged, through lm-eval's own ``simple_evaluate``.
+
+    config = EvalConfig(model="gemma-3-270m", tasks=("mwork_xquad_mc_zh",), include_path="tasks/",
+                        neurons="sets/zh.safetensors", out="eval/zh-off")
+    results = run_eval(config)      # lm-eval's results dict
+
+The outputs under ``out`` are lm-eval's own files, written by its ``EvaluationTracker``
+(``<model>/results_<date>.json`` and, with ``log_samples``, ``<model>/samples_<task>_<date>.jsonl``),
+plus ``mwork_eval.json``: the settings, what was switched off and where lm-eval's files are.
+Steering is not offered yet (no ``mwork.steer`` module exists); a delta is.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mwork.config import fingerprint, option
+from mwork.models.loading import DEFAULT_MODEL
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """One lm-eval run (the options of ``mwork eval``)."""
+
+    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
+    tasks: tuple[str, ...] = option((), "comma-separated lm-eval task (or group) names", parse=_names)
+    include_path: str | None = option(None, "a folder of extra lm-eval task YAMLs (e.g. from --make-local-tasks)")
+    neurons: str | None = option(None, "NeuronSet to switch off")
+    random_like: str | None = option(None, "switch off random neurons, same count per layer and kind as this "
+                                     "NeuronSet (never its own neurons where enough others remain)")
+    seed: int | None = option(None, "seed of --random-like (default 0)")
+    layers: str | None = option(None, "restrict the set to these layers, e.g. 0-5 or 0,3,7-9")
+    kinds: str | None = option(None, "restrict the set to these kinds: ffn,q,k,v (attn = q,k,v)")
+    scale: float = option(0.0, "multiply the neurons by this instead of zeroing")
+    delta: str | None = option(None, "merge this enhancement delta (a folder written by `mwork enhance`) into the model")
+    out: str | None = option(None, "output folder for lm-eval's results and samples files", record=False)
+    limit: float | None = option(None, "documents per task (lm-eval's --limit; below 1: a fraction)")
+    num_fewshot: int | None = option(None, "few-shot examples (default: each task's own)")
+    batch_size: int = option(8, "requests per batch (lm-eval's --batch_size)")
+    max_length: int | None = option(None, "tokens per sequence (default: the model's)")
+    bootstrap_iters: int = option(100000, "bootstrap iterations for the standard errors (0: none)")
+    log_samples: bool = option(True, "also write lm-eval's per-document samples files")
+    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
+
+    def __post_init__(self) -> None:
+        from mwork.intervene import parse_kinds, parse_layers
+
+        tasks = _names(self.tasks) if isinstance(self.tasks, str) else tuple(self.tasks)
+        object.__setattr__(self, "tasks", tasks)
+        if not tasks:
+            raise ValueError("give the lm-eval tasks to run: --tasks T1,T2")
+        if not self.out:
+            raise ValueError("give an output folder: --out DIR")
+        if self.neurons and self.random_like:
+            raise ValueError("give --neurons or --random-like, not both")
+        if (self.layers or self.kinds) and not (self.neurons or self.random_like):
+            raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
+        if self.seed is not None and not self.random_like:
+            raise ValueError("--seed applies only with --random-like")
+        if self.include_path is not None and not Path(self.include_path).is_dir():
+            raise FileNotFoundError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
+        if self.limit is not None and self.limit <= 0:
+            raise ValueError(f"--limit must be positive, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        parse_layers(self.layers), parse_kinds(self.kinds)
+
+
+def task_manager(include_path: str | Path | None = None, needed: Any = None) -> Any:
+    """lm-eval's ``TaskManager`` over its own tasks and ``include_path``. When ``needed(manager)``
+    (a test of the names it knows) holds for ``include_path`` alone, that smaller manager is
+    returned: indexing lm-eval's thousands of task files takes tens of seconds, and tasks in
+    ``include_path`` take precedence over lm-eval's own anyway."""
+    from lm_eval.tasks import TaskManager
+
+    if include_path is not None and needed is not None:
+        local = TaskManager(include_path=str(include_path), include_defaults=False)
+        if needed(local):
+            return local
+    return TaskManager(include_path=str(include_path) if include_path is not None else None)
+
+
+def check_tasks(manager: Any, tasks: tuple[str, ...]) -> None:
+    """A clear error for a task lm-eval does not know, before any model is loaded."""
+    known = set(manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"lm-eval knows no task {', '.join(unknown)}; list them with `lm_eval ls tasks` "
+                         "(local ones: pass their folder as --include-path)")
+
+
+def build_lm(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> Any:
+    """The ``MworkLM`` of ``config`` (on ``model`` when given)."""
+    from mwork.tasks.lm_eval_backend import MworkLM
+
+    extra: dict[str, Any] = {"batch_size": config.batch_size}
+    if config.max_length is not None:
+        extra["max_length"] = config.max_length
+    args = dict(neurons=config.neurons, random_like=config.random_like, seed=config.seed, layers=config.layers,
+                kinds=config.kinds, scale=config.scale, **extra)
+    if model is not None:
+        if config.delta:
+            raise ValueError("a delta is merged when the model is loaded: pass no model, or one with the delta merged")
+        return MworkLM(model, tokenizer=tokenizer, **args)
+    return MworkLM(config.model, delta=config.delta, dtype=config.dtype, device=config.device, **args)
+
+
+def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Run ``config.tasks`` with lm-eval's ``simple_evaluate`` on the mwork model (neurons off as
+    configured) and write lm-eval's results / samples files and ``mwork_eval.json`` under
+    ``config.out``; return lm-eval's results dict (without the samples)."""
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+
+    from mwork.experiments.files import make_folder, write_json
+
+    out = make_folder(config.out)
+    manager = task_manager(config.include_path, lambda m: set(config.tasks) <= set(m.all_tasks))
+    check_tasks(manager, config.tasks)
+    lm = build_lm(config, model=model, tokenizer=tokenizer)
+    tracker = EvaluationTracker(output_path=str(out))
+    start = time.time()
+    results = lm_eval.simple_evaluate(
+        model=lm, model_args=f"pretrained={config.model}", tasks=list(config.tasks), task_manager=manager,
+        limit=config.limit, num_fewshot=config.num_fewshot, bootstrap_iters=config.bootstrap_iters,
+        log_samples=config.log_samples, evaluation_tracker=tracker, batch_size=config.batch_size)
+    seconds = time.time() - start
+    if results is None:  # not the main process
+        return {}
+    samples = results.pop("samples", None)
+    tracker.save_results_aggregated(results=results, samples=samples)
+    if config.log_samples and samples:
+        for name in results["configs"]:
+            tracker.save_results_samples(task_name=name, samples=samples[name])
+    files = sorted(os.path.relpath(p, out) for p in glob.glob(str(out / "**" / "*.json*"), recursive=True)
+                   if not p.endswith("mwork_eval.json"))
+    write_json(out / "mwork_eval.json", {"settings": fingerprint(config), "intervention": lm.intervention,
+                                         "seconds": round(seconds, 2), "lm_eval_version": lm_eval.__version__,
+                                         "results": results["results"], "files": files},
+               indent=2, ensure_ascii=False, default=str)
+    return json.loads(json.dumps(results, default=str))
