@@ -13,6 +13,7 @@ The public API (each has a ``mwork`` command over it):
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
 * ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``).
+* ``register_results_kind``: a new kind of results folder on the report's page (``mwork.report.registry``).
 
 Submodules are imported lazily, so ``import mwork`` stays fast.
 """
@@ -54,7 +55,8 @@ _LAZY = {
     "DeactivationConfig": "mwork.experiments.deactivation",
     "enhance": "mwork.experiments.enhance",
     "register_training_method": "mwork.experiments.training_methods",
-    "render_report": "mwork.report.html",
+    "render_report": "mwork.report.page",
+    "register_results_kind": "mwork.report.registry",
     "run_demo": "mwork.demo",
 }
 
