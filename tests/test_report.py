@@ -269,6 +269,7 @@ def test_full_demo_sized_explorer_stays_within_budget(demo, tmp_path):
     shutil.copytree(demo, big)
     gen = torch.Generator().manual_seed(0)
     vocab = [[i, f"tok{i:05d}", ["en", "zh", "fr", "ru", "de", "es", "unknown"][i % 7]] for i in range(20000)]
+    vocab[1][1] = "</script><!--<script>"  # a token's text never ends or confuses the page's data element
     layers, positions, k = 19, 24, 10
     prompts = []
     for lang in ("en", "zh", "ru", "fr", "de", "es"):
@@ -278,12 +279,14 @@ def test_full_demo_sized_explorer_stays_within_budget(demo, tmp_path):
                             "tokens": torch.randint(0, len(vocab), (positions + 1,), generator=gen).tolist(),
                             "positions": list(range(positions)), "top": top,
                             "prob": [float(f"{x:.4g}") for x in torch.rand(len(top), generator=gen).tolist()]})
+    prompts[0]["tokens"][0] = 1
     data = json.loads((demo / "lens" / "lens_explorer.json").read_text())
     data.update(num_layers=layers - 1, top_k=k, vocab=vocab, prompts=prompts)
     (big / "lens" / "lens_explorer.json").write_text(json.dumps(data, separators=(",", ":")))
     html = render_report(big).read_text(encoding="utf-8")
     value = _data(html, "layer-explorer")
     assert len(value["prompts"]) == 18 and value["k"] == 5
+    assert ["</script><!--<script>", "zh"] in value["vocab"]
     size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
     assert size < 2_000_000, size
     assert len(html.encode("utf-8")) < FULL_PAGE_BUDGET - 3_000_000  # room for the full demo's larger plots

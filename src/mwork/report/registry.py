@@ -69,20 +69,27 @@ class ResultsKind:
 
 
 _KINDS: dict[str, ResultsKind] = {}
+_BUILT_IN = [False]  # whether mwork's own kinds are registered (first, so a user's may replace them)
+
+
+def _built_in() -> None:
+    if not _BUILT_IN[0]:
+        _BUILT_IN[0] = True
+        import mwork.report.kinds  # noqa: F401 - registers the built-in kinds
 
 
 def register_results_kind(kind: ResultsKind) -> ResultsKind:
     """Add (or, under the same name, replace) a kind of results folder; returns it."""
     if not isinstance(kind, ResultsKind):
         raise TypeError("register_results_kind needs a ResultsKind")
+    _built_in()
     _KINDS[kind.name] = kind
     return kind
 
 
 def results_kinds() -> list[ResultsKind]:
-    """Every registered kind, in page order (mwork's own are registered on import)."""
-    import mwork.report.kinds  # noqa: F401 - registers the built-in kinds
-
+    """Every registered kind, in page order."""
+    _built_in()
     return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))
 
 

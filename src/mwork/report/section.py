@@ -191,6 +191,8 @@ def dump_data(data: dict[str, Any]) -> str:
     """The embedded JSON values as ``<script type='application/json'>`` elements."""
     out = []
     for sid, value in data.items():
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+        # "<" only occurs inside JSON strings: as \u003c no token text ("</script>", "<!--") can end or
+        # confuse the script element
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
         out.append(f"<script type='application/json' id='{sid}'>{text}</script>")
     return "".join(out)
