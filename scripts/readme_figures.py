@@ -6,9 +6,11 @@
     python scripts/readme_figures.py --from DIR    # reuse a finished demo folder (runs nothing)
 
 Nothing is drawn by hand: the PNGs are the demo's own plots, copied; the markdown tables and
-the headline sentences are rendered from the demo's CSV/JSON files. ``docs/figures/README.md``
-records the commands, the versions and the run time. The demo caches every stage, so running
-this again on the same folder only redraws.
+the headline sentences are rendered from the demo's CSV/JSON files (the headline facts by the
+same functions as the report's findings); ``explorer.png`` is a screenshot (Playwright driving
+Chromium) of the report's layer explorer, on a page rendered from the demo folder.
+``docs/figures/README.md`` records the commands, the versions and the run time. The demo caches
+every stage, so running this again on the same folder only redraws.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mwork.report.kinds.lens import lens_facts
+from mwork.report.kinds.neurons import neuron_facts
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FIGURES = ROOT / "docs" / "figures"
 DEFAULT_OUT = Path("runs") / "readme-demo"  # relative to where the script runs, like any --out
@@ -37,8 +42,13 @@ PLOTS = {
     "deactivation.png": "deactivation/deactivation.png",
 }
 TABLES = ("lens.md", "neurons.md", "deactivation.md", "enhance.md", "headline.md")
-NEEDED = ("run.json", "lens/lens.csv", "lens/lens.json", "neurons/summary.csv", "deactivation/table.md",
-          "deactivation/headline.csv", "enhance/compare.csv", "enhance/compare.json", *PLOTS.values())
+SCREENSHOTS = ("explorer.png",)  # of the report page rendered from the demo folder
+NEEDED = ("run.json", "lens/lens.csv", "lens/lens.json", "lens/lens_explorer.json", "neurons/summary.csv",
+          "deactivation/table.md", "deactivation/headline.csv", "enhance/compare.csv", "enhance/compare.json",
+          *PLOTS.values())
+# the explorer's prompt in the screenshot: the first of these languages the demo has (scripts a
+# headless server may lack fonts for, such as Han, are not first choices)
+EXPLORER_LANGS = ("fr", "de", "es", "ru")
 
 
 # ---- small helpers ---------------------------------------------------------------------------
@@ -102,11 +112,7 @@ def lens_table(demo: Path) -> tuple[str, dict[str, Any]]:
             f"language, averaged over the prompts "
             f"(lens layer 0 = the embeddings, layer i = the output of decoder layer i-1). {regions}\n\n"
             + _table(["layer", *langs], body))
-    non_en = [lang for lang in langs if lang != "en"] or langs
-    curve = [sum(share.get((lang, layer), 0.0) for lang in non_en) / len(non_en) for layer in layers]
-    peak = max(range(len(curve)), key=curve.__getitem__)
-    facts = {"langs": non_en, "first": curve[0], "peak": curve[peak], "peak_layer": layers[peak],
-             "last": curve[-1], "last_layer": layers[-1], "regions": reg}
+    facts = {**lens_facts(rows), "regions": reg}  # the report's findings use the same facts
     return text, facts
 
 
@@ -122,7 +128,7 @@ def neurons_table(demo: Path) -> tuple[str, dict[str, Any]]:
         shares[lang] = float(total["fraction_of_model"]) if total else float("nan")
         body.append([lang, *(cell[(lang, k)]["count"] if (lang, k) in cell else "" for k in kinds),
                      total["count"] if total else "", _pct(shares[lang])])
-    mean = sum(shares.values()) / len(shares)
+    mean = neuron_facts(rows)["mean_share"]  # as the report's findings
     body.append(["mean", *([""] * len(kinds)), "", _pct(mean)])
     meta = _specific_meta(demo)
     how = []
@@ -199,6 +205,56 @@ def headline(lens: dict[str, Any], neurons: dict[str, Any], deact: list[dict[str
     return "\n".join(out) + "\n"
 
 
+# ---- the explorer screenshot ----------------------------------------------------------------
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def explorer_screenshot(demo: Path, target: Path, width: int = 1280) -> Path:
+    """Render the report of ``demo`` (into a temporary file; the folder is not touched), open it
+    in headless Chromium at ``width`` px, choose a prompt of the first of
+    :data:`EXPLORER_LANGS` the demo has, hover the cell of the curve's peak layer at the last input
+    position (its top-k shows) and save a PNG of ``#layer-explorer``."""
+    import tempfile
+
+    from mwork.report import render_report
+
+    if chromium() is None:
+        raise FileNotFoundError("explorer.png needs Chromium (Debian: apt-get install chromium) and the playwright "
+                                "package (pip install playwright); or pass --no-screenshot")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise FileNotFoundError("explorer.png needs the playwright package (pip install playwright); or pass "
+                                "--no-screenshot") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        page_path = render_report(demo, out=Path(tmp) / "index.html")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=["--headless", "--no-sandbox",
+                                                                          "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": width, "height": 1000})
+                page.goto(page_path.resolve().as_uri())
+                page.wait_for_load_state("load")
+                explorer = page.locator("#layer-explorer")
+                if explorer.count() == 0:
+                    raise ValueError(f"the report of {demo} has no layer explorer (lens/lens_explorer.json missing?)")
+                offered = explorer.locator(".lx-lang option").evaluate_all("os => os.map(o => o.value)")
+                lang = next((x for x in EXPLORER_LANGS if x in offered), None)
+                if lang:
+                    explorer.locator(".lx-lang").select_option(lang)
+                facts = lens_facts(_rows(demo / "lens" / "lens.csv"))
+                last_input = explorer.locator(".lx-grid .h:not(.gen):not(.corner)").count() - 1
+                cell = explorer.locator(f".lx-cell[data-l='{facts['peak_index']}'][data-j='{max(last_input, 0)}']")
+                explorer.scroll_into_view_if_needed()
+                if cell.count():
+                    cell.hover()
+                explorer.screenshot(path=str(target))
+            finally:
+                browser.close()
+    return target
+
+
 # ---- provenance -----------------------------------------------------------------------------
 def _git_commit() -> str:
     try:
@@ -241,6 +297,8 @@ def provenance(demo: Path, script_command: str, demo_seconds: float | None) -> s
     lines += [f"| {k} | {v} |" for k, v in run.get("versions", {}).items()]
     lines += ["", "Files (name <- demo file):", ""]
     lines += [f"- `{name}` <- `{src}`" for name, src in PLOTS.items()]
+    lines += ["- `explorer.png` <- screenshot of `#layer-explorer` in the report page rendered from the demo folder "
+              "(headless Chromium, 1280 px wide; `lens/lens_explorer.json`)"]
     lines += ["- `lens.md` <- `lens/lens.csv`, `lens/lens.json`",
               "- `neurons.md` <- `neurons/summary.csv`, `neurons/specific/*.json`",
               "- `deactivation.md` <- `deactivation/table.md`",
@@ -267,11 +325,18 @@ def check_demo_folder(demo: Path) -> None:
                                 f"run `mwork demo --out {demo}` to finish it")
 
 
-def write_figures(demo: Path, figures: Path, script_command: str, demo_seconds: float | None = None) -> list[Path]:
-    """Copy the plots and render the tables of the finished demo folder ``demo`` into ``figures``."""
+def write_figures(demo: Path, figures: Path, script_command: str, demo_seconds: float | None = None,
+                  screenshot: bool = True) -> list[Path]:
+    """Copy the plots, render the tables and (with ``screenshot``) take the explorer screenshot of
+    the finished demo folder ``demo`` into ``figures``."""
     check_demo_folder(demo)
+    if screenshot and chromium() is None:
+        raise FileNotFoundError("explorer.png needs Chromium (Debian: apt-get install chromium) and the playwright "
+                                "package; or pass --no-screenshot")
     figures.mkdir(parents=True, exist_ok=True)
     written = []
+    if screenshot:
+        written.append(explorer_screenshot(demo, figures / "explorer.png"))
     for name, src in PLOTS.items():
         shutil.copyfile(demo / src, figures / name)
         written.append(figures / name)
@@ -295,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="source", type=Path, help="reuse this finished demo folder; runs nothing")
     p.add_argument("--model", help="demo model (default: the demo's, gemma-3-270m)")
     p.add_argument("--figures", type=Path, default=DEFAULT_FIGURES, help=f"where to write (default {DEFAULT_FIGURES})")
+    p.add_argument("--no-screenshot", action="store_true", help="skip explorer.png (needs Chromium and playwright)")
     args = p.parse_args(argv)
     script_command = " ".join(["python scripts/readme_figures.py", *(argv if argv is not None else sys.argv[1:])])
     try:
@@ -310,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             if subprocess.run(cmd).returncode != 0:
                 raise ValueError(f"the demo failed (see above): {' '.join(cmd)}")
             demo, seconds = args.out, time.time() - start
-        written = write_figures(demo, args.figures, script_command, seconds)
+        written = write_figures(demo, args.figures, script_command, seconds, screenshot=not args.no_screenshot)
     except (ValueError, FileNotFoundError) as err:
         print(f"readme_figures: error: {err}", file=sys.stderr)
         return 2

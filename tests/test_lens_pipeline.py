@@ -32,7 +32,7 @@ def _topk(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def test_run_lens_writes_what_the_cli_writes(tmp_path, capsys):
-    """`mwork lens` and run_lens with the same LensConfig write the same four files."""
+    """`mwork lens` and run_lens with the same LensConfig write the same files."""
     args = ["--langs", "zh,ru,fr", "--max-prompts", "2", "--max-new-tokens", "2", "--top-k", "4",
             "--positions", "prompt"]
     assert cli_main(["lens", "--model", "tiny-random-qwen2", "--out", str(tmp_path / "cli"), *args]) == 0
@@ -56,7 +56,8 @@ def test_run_lens_writes_what_the_cli_writes(tmp_path, capsys):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     assert {k: v for k, v in ma.items() if k != "seconds"} == {k: v for k, v in mb.items() if k != "seconds"}
     assert run.english_table() in printed and set(run.files) == {"lens.csv", "lens.json", "lens.png",
-                                                                 "lens_topk.safetensors"}
+                                                                 "lens_topk.safetensors", "lens_explorer.json"}
+    assert (cli / "lens_explorer.json").read_bytes() == (api / "lens_explorer.json").read_bytes()
 
 
 def test_run_lens_equals_its_parts(llama):

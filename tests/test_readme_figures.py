@@ -39,7 +39,8 @@ def demo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def figures(demo_dir, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("figures")
-    assert rf.main(["--from", str(demo_dir), "--figures", str(target)]) == 0
+    no_browser = ["--no-screenshot"] if rf.chromium() is None else []
+    assert rf.main(["--from", str(demo_dir), "--figures", str(target), *no_browser]) == 0
     return target
 
 
@@ -55,6 +56,36 @@ def test_plots_are_the_demos_own(demo_dir, figures):
         data = (figures / name).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n"), name
         assert data == (demo_dir / src).read_bytes(), name
+
+
+@pytest.mark.skipif(rf.chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_explorer_screenshot(figures):
+    """explorer.png: a screenshot of the report's layer explorer (a real PNG of a laptop-wide page,
+    not a blank one)."""
+    import struct
+    import zlib
+
+    data = (figures / "explorer.png").read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", data[16:24])
+    assert 900 <= width <= 1280 and height >= 200, (width, height)
+    raw = b"".join(data[i + 8:i + 8 + struct.unpack(">I", data[i:i + 4])[0]]
+                   for i in _chunks(data, b"IDAT"))
+    assert len(set(zlib.decompress(raw)[:200_000])) > 20  # many colours: the grid, not an empty box
+    assert "explorer.png" in (figures / "README.md").read_text()
+
+
+def _chunks(data: bytes, kind: bytes) -> list[int]:
+    """Offsets of the PNG chunks of one kind."""
+    import struct
+
+    out, i = [], 8
+    while i < len(data):
+        length = struct.unpack(">I", data[i:i + 4])[0]
+        if data[i + 4:i + 8] == kind:
+            out.append(i)
+        i += 12 + length
+    return out
 
 
 def test_lens_table_matches_lens_csv(demo_dir, figures):
@@ -129,7 +160,8 @@ def test_readme_shows_only_files_the_script_writes():
     readme = (ROOT / "README.md").read_text()
     used = set(re.findall(r"docs/figures/([\w.-]+)", readme))
     assert used, "README shows no generated figure"
-    assert used <= set(rf.PLOTS) | set(rf.TABLES) | {"README.md"}, used - set(rf.PLOTS) - set(rf.TABLES)
+    written = set(rf.PLOTS) | set(rf.TABLES) | set(rf.SCREENSHOTS) | {"README.md"}
+    assert used <= written, used - written
 
 
 def _readme_commands() -> list[str]:

@@ -16,6 +16,7 @@ The public API (each has a ``mwork`` command over it):
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
 * ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``);
+* ``register_results_kind``: a new kind of results folder on the report's page (``mwork.report.registry``);
 * ``run_eval`` / ``EvalConfig`` / ``make_local_tasks``: lm-evaluation-harness tasks with neurons off (``mwork eval``).
 
 Submodules are imported lazily, so ``import mwork`` stays fast.
@@ -68,7 +69,8 @@ _LAZY = {
     "SteerConfig": "mwork.experiments.steering",
     "enhance": "mwork.experiments.enhance",
     "register_training_method": "mwork.experiments.training_methods",
-    "render_report": "mwork.report.html",
+    "render_report": "mwork.report.page",
+    "register_results_kind": "mwork.report.registry",
     "run_demo": "mwork.demo",
     "EvalConfig": "mwork.tasks.lm_eval_run",
     "run_eval": "mwork.tasks.lm_eval_run",

@@ -320,7 +320,8 @@ class Demo:
             if (self.out / src).exists():
                 shutil.copyfile(self.out / src, self.out / Path(src).name)
         page = render_report(self.out, title=run["title"])
-        print(f"[demo] report: {page} ({time.time() - start:.0f} s this run)", flush=True)
+        print(f"[demo] report: {page} ({page.stat().st_size / 1e6:.1f} MB; {time.time() - start:.0f} s this run)",
+              flush=True)
         return page
 
 

@@ -36,7 +36,10 @@ class PromptLens:
     ``token_ids`` is the prompt's tokens followed by the generated ones; ``positions`` are the
     indices into ``token_ids`` whose hidden states were decoded; ``topk_ids[l, j]`` are the
     top-k tokens of lens layer ``l`` at ``positions[j]`` (best first), ``topk_logits`` their
-    logits.
+    logits. ``logsumexp[l, j]`` is the log-sum-exp of that layer's logits over the whole
+    vocabulary, so ``exp(topk_logits - logsumexp[..., None])`` are the tokens' probabilities
+    (:meth:`topk_probs`); None for a result loaded from ``lens_topk.safetensors``, which does not
+    store it.
     """
 
     text: str
@@ -46,6 +49,15 @@ class PromptLens:
     positions: list[int]
     topk_ids: torch.Tensor  # (num_layers + 1, len(positions), k) int64
     topk_logits: torch.Tensor  # same shape, float32
+    logsumexp: torch.Tensor | None = None  # (num_layers + 1, len(positions)) float32
+
+    def topk_probs(self) -> torch.Tensor:
+        """Softmax probabilities of the top-k tokens over the whole vocabulary (same shape as
+        ``topk_ids``)."""
+        if self.logsumexp is None:
+            raise ValueError("this lens result has no log-sum-exp (a file loaded from lens_topk.safetensors); "
+                             "run the lens again, or use lens_explorer.json, which stores the probabilities")
+        return torch.exp(self.topk_logits - self.logsumexp[..., None])
 
     @property
     def generated_ids(self) -> list[int]:
@@ -146,17 +158,19 @@ def _step_kwargs(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
 
 def _decode_topk(
     adapter: Adapter, hidden: torch.Tensor, top_k: int, chunk: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D) hidden states -> top-k ids and logits, in chunks so (chunk, vocab) stays small."""
-    ids, vals = [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, D) hidden states -> top-k ids and logits and the log-sum-exp over the vocabulary,
+    in chunks so (chunk, vocab) stays small."""
+    ids, vals, lse = [], [], []
     for start in range(0, hidden.shape[0], chunk):
-        logits = adapter.decode(hidden[start:start + chunk])
-        v, i = logits.float().topk(top_k, dim=-1)
+        logits = adapter.decode(hidden[start:start + chunk]).float()
+        v, i = logits.topk(top_k, dim=-1)
         ids.append(i.cpu())
         vals.append(v.cpu())
+        lse.append(logits.logsumexp(dim=-1).cpu())
     if not ids:
-        return torch.empty(0, top_k, dtype=torch.long), torch.empty(0, top_k)
-    return torch.cat(ids), torch.cat(vals)
+        return torch.empty(0, top_k, dtype=torch.long), torch.empty(0, top_k), torch.empty(0)
+    return torch.cat(ids), torch.cat(vals), torch.cat(lse)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -177,7 +191,7 @@ def _run_batch(
     """Greedy generation with a KV cache over one left-padded batch, decoding every layer.
 
     Returns per sequence: all token ids, decoded positions, top-k ids and logits
-    (layers, positions, k)."""
+    (layers, positions, k) and the log-sum-exp of the logits (layers, positions)."""
     device = input_device(model)
     B, L = len(sequences), max(len(s) for s in sequences)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -190,6 +204,7 @@ def _run_batch(
     positions: list[list[int]] = [[] for _ in range(B)]
     found_ids: list[list[torch.Tensor]] = [[] for _ in range(B)]
     found_vals: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    found_lse: list[list[torch.Tensor]] = [[] for _ in range(B)]
     special_t = torch.tensor(sorted(special), dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     (cache_kw, keep), cache = _step_kwargs(model), None
@@ -219,14 +234,16 @@ def _run_batch(
                 # (layers+1, n, D); under a device_map the layers' states live on several devices
                 hidden = torch.stack([s[rows.to(s.device), cols.to(s.device)].to(device) for s in states])
                 n_layers = hidden.shape[0]
-                top_ids, top_vals = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
+                top_ids, top_vals, top_lse = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
                 top_ids = top_ids.view(n_layers, -1, top_k)
                 top_vals = top_vals.view(n_layers, -1, top_k)
+                top_lse = top_lse.view(n_layers, -1)
                 first_col = mask.shape[1] - width
                 for j, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
                     positions[r].append(first_col + c + offsets[r])
                     found_ids[r].append(top_ids[:, j])
                     found_vals[r].append(top_vals[:, j])
+                    found_lse[r].append(top_lse[:, j])
             on_step()
 
             if step >= max_new_tokens:
@@ -245,10 +262,12 @@ def _run_batch(
     for b in range(B):
         if found_ids[b]:
             t_ids, t_vals = torch.stack(found_ids[b], dim=1), torch.stack(found_vals[b], dim=1)
+            t_lse = torch.stack(found_lse[b], dim=1)
         else:
             t_ids = torch.empty(adapter.num_layers + 1, 0, top_k, dtype=torch.long)
             t_vals = torch.empty(adapter.num_layers + 1, 0, top_k)
-        results.append((tokens[b], positions[b], t_ids, t_vals))
+            t_lse = torch.empty(adapter.num_layers + 1, 0)
+        results.append((tokens[b], positions[b], t_ids, t_vals, t_lse))
     return results
 
 
@@ -309,8 +328,9 @@ def logit_lens(
                 model, adapter, [encoded[i] for i in idx], pad_id=pad_id, eos=eos, special=special,
                 top_k=top_k, max_new_tokens=max_new_tokens, chunk=decode_chunk, on_step=lambda: bar.update(1),
             )
-            for i, (tokens, pos, t_ids, t_vals) in zip(idx, batch):
-                out[i] = PromptLens(prompts[i].text, prompts[i].lang, tokens, len(encoded[i]), pos, t_ids, t_vals)
+            for i, (tokens, pos, t_ids, t_vals, t_lse) in zip(idx, batch):
+                out[i] = PromptLens(prompts[i].text, prompts[i].lang, tokens, len(encoded[i]), pos, t_ids, t_vals,
+                                    t_lse)
             bar.update((b0 // batch_size + 1) * steps - bar.n)  # steps skipped when all rows ended
     settings = {"batch_size": batch_size, "template": template, "include_special": include_special,
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}

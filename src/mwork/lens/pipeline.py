@@ -7,8 +7,9 @@ What ``mwork lens`` and the demo's lens stage both do, callable from Python::
 
 With ``out`` it writes ``lens.csv`` (per-layer shares), ``lens.json`` (settings, shares with the
 per-language detail, generations, the region estimate and any warnings), ``lens.png`` (the
-paper's Figure 1) and ``lens_topk.safetensors`` (every layer's top-k tokens, reloadable with
-:meth:`LensResult.load`).
+paper's Figure 1), ``lens_topk.safetensors`` (every layer's top-k tokens, reloadable with
+:meth:`LensResult.load`) and ``lens_explorer.json`` (the top-k tokens as strings with their
+probabilities and language labels, for the report's layer explorer; :mod:`mwork.lens.explorer`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from mwork.lens.prompts import Prompt, builtin_prompts, read_prompts
 from mwork.lens.regions import RegionEstimate, estimate_regions
 from mwork.lens.shares import LayerShares, language_shares
 
-FILES = ("lens.csv", "lens.json", "lens.png", "lens_topk.safetensors")
+FILES = ("lens.csv", "lens.json", "lens.png", "lens_topk.safetensors", "lens_explorer.json")
 
 
 def lens_prompts(config: LensConfig) -> list[Prompt]:
@@ -62,6 +63,7 @@ class LensRun:
     warnings: list[str]
     timing: dict[str, float]
     files: dict[str, Path] = field(default_factory=dict)
+    labeler: TokenLabeler | None = None  # the labeller of the shares (the explorer file reuses it)
 
     def english_table(self) -> str:
         """The English share per layer of each input language, as ``mwork lens`` prints it."""
@@ -72,7 +74,8 @@ class LensRun:
         return "\n".join(lines)
 
     def write(self, out: str | Path, tokenizer, title: str | None = None) -> dict[str, Path]:
-        """Write the four lens files into ``out`` (created); returns name -> path."""
+        """Write the lens files (:data:`FILES`) into ``out`` (created); returns name -> path."""
+        from mwork.lens.explorer import write_explorer
         from mwork.lens.plot import plot_shares
         from mwork.lens.shares import write_csv, write_json
 
@@ -87,6 +90,8 @@ class LensRun:
                           "warnings": self.warnings, "config": fingerprint(self.config)})
         plot_shares(self.shares, files["lens.png"],
                     title=title or default_title(self.result.model_name, self.result.top_k))
+        labeler = self.labeler or TokenLabeler(tokenizer, make_identifier(self.config))
+        write_explorer(self.result, labeler, files["lens_explorer.json"])
         self.files = files
         return files
 
@@ -123,7 +128,8 @@ def run_lens(
                         include_special=config.include_special, decode_chunk=config.decode_chunk,
                         progress=config.progress, model_name=model_name)
     start = time.time()
-    shares = language_shares(result, TokenLabeler(tokenizer, identifier), segment=config.positions)
+    labeler = TokenLabeler(tokenizer, identifier)
+    shares = language_shares(result, labeler, segment=config.positions)
     label_s = time.time() - start
     regions = estimate_regions(shares) if any(lang != "en" for lang in shares) else None
     timing = {"lens_seconds": round(result.seconds, 2), "label_seconds": round(label_s, 2)}
@@ -131,7 +137,7 @@ def run_lens(
         timing = {"load_seconds": round(load_seconds, 2), **timing}
     settings = identifier.settings() if callable(getattr(identifier, "settings", None)) else \
         {"identifier": type(identifier).__name__}
-    run = LensRun(config, result, shares, regions, settings, warnings, timing)
+    run = LensRun(config, result, shares, regions, settings, warnings, timing, labeler=labeler)
     if out is not None:
         run.write(out, tokenizer, title=title)
     return run

@@ -52,7 +52,7 @@ def side_file(path: str | Path) -> Path:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    from mwork.experiments.files import write_bytes
+    from mwork.files import write_bytes
 
     write_bytes(path, data)
 

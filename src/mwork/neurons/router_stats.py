@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mwork.config import option
-from mwork.experiments.files import atomic_write, make_folder, write_json, write_text
+from mwork.files import atomic_write, make_folder, write_json, write_text
 from mwork.fingerprints import texts_digest
 from mwork.hooks import MOE_SITES, Hooks, packed_ids
 from mwork.models.adapters import get_adapter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mwork.report.html import render_report
+from mwork.report.page import render_report
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -14,7 +14,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="render a results folder (lens, detect, experiment, enhance) into index.html")
+    p = sub.add_parser("report", help="render a results folder (lens, stats, experiment, enhance, ...) into one "
+                       "self-contained research page, index.html")
     p.add_argument("dir", help="results folder written by mwork commands")
     p.add_argument("--out", help="HTML file to write (default: DIR/index.html)")
     p.add_argument("--title", help="page title")

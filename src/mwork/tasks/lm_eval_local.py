@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from mwork.experiments.files import make_folder, write_text
+from mwork.files import make_folder, write_text
 from mwork.texts import EVALUATION_ARTICLES
 
 XQUAD_MC = "mwork_xquad_mc_{lang}"

@@ -75,7 +75,7 @@ def default_site_dir() -> Path:
 def install_lm_eval_plugin(site_dir: str | Path | None = None) -> Path:
     """Write ``mwork-lm-eval.pth`` into ``site_dir`` (default: this environment's site-packages),
     so that ``lm_eval --model mwork`` works; return its path. Safe to run again."""
-    from mwork.experiments.files import write_text
+    from mwork.files import write_text
 
     folder = Path(site_dir) if site_dir is not None else default_site_dir()
     if not folder.is_dir():

@@ -125,7 +125,7 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
-    from mwork.experiments.files import make_folder, write_json
+    from mwork.files import make_folder, write_json
 
     out = make_folder(config.out)
     manager = task_manager(config.include_path, lambda m: set(config.tasks) <= set(m.all_tasks))

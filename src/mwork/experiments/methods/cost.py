@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from mwork.config import digest, fingerprint
-from mwork.experiments.files import read_json, write_json
+from mwork.files import read_json, write_json
 from mwork.experiments.methods.config import MethodsConfig
 from mwork.fingerprints import texts_digest
 from mwork.neurons.methods import get_detection_method

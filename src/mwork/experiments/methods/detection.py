@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mwork.config import digest, fingerprint
-from mwork.experiments.files import read_safetensors, save_safetensors
+from mwork.files import read_safetensors, save_safetensors
 from mwork.experiments.methods.config import MethodsConfig
 from mwork.neurons.methods import LanguageScores, get_detection_method
 from mwork.neurons.methods.stats import CorpusStats, StatsRequest, collect_statistics

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mwork.experiments.files import write_text
+from mwork.files import write_text
 
 SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
                        "random_std", "random_max", "own_minus_random", "beyond_rule", "kinds")

@@ -30,7 +30,7 @@ from mwork.config import digest, fingerprint
 from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.execute import execute
 from mwork.experiments.deactivation.plan import Cell, CellKey
-from mwork.experiments.files import make_folder
+from mwork.files import make_folder
 from mwork.experiments.methods import tables
 from mwork.experiments.methods.config import MethodsConfig, size_count
 from mwork.experiments.methods.cost import measure_costs

@@ -1,4 +1,4 @@
-"""The sweep's files, written atomically (``mwork.experiments.files``):
+"""The sweep's files, written atomically (``mwork.files``):
 
 * ``steer.csv``: one row per (method, seed, strength): ``target, source, method`` (``specific`` or
   ``random``), ``seed`` (empty for specific), ``strength``, the settings, then the measures of
@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mwork.experiments.files import atomic_write, write_json, write_text  # noqa: E402
+from mwork.files import atomic_write, write_json, write_text  # noqa: E402
 from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
 
 ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "seed", "strength", "mode", "stat", "positions",

@@ -27,7 +27,7 @@ import torch
 from mwork.config import digest
 from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.plan import CellKey
-from mwork.experiments.files import make_folder
+from mwork.files import make_folder
 from mwork.experiments.steering.generation import continuation_nll, generate_measured
 from mwork.experiments.steering.metrics import aggregate, item_metrics
 from mwork.experiments.steering.prompts import SteerPrompt, prompts_record, source_language

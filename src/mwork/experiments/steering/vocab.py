@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mwork.config import digest
-from mwork.experiments.files import write_json
+from mwork.files import write_json
 from mwork.lens.langid import UNKNOWN, WORDFREQ_LATIN_LANGUAGES, ScriptWordfreqIdentifier, TokenLabeler
 
 

@@ -1,0 +1,168 @@
+"""Render any mwork results folder into one self-contained HTML research page.
+
+The page opens with the findings in sentences (each linked to its evidence), then one section
+per results folder (a plot, a compact table, one sentence relating it to the paper, the layer
+and neuron explorers, links to the raw files), and ends with the settings and versions. It
+embeds its images (base64) and its script and style (ours, inline), so it needs no server and
+no network: mail it to a colleague as it is. Which folder becomes which section is decided by
+the registry of results kinds (:mod:`mwork.report.registry`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mwork.report import html as H
+from mwork.report.format import count, seconds
+from mwork.report.read import BadResultFile, read_json
+from mwork.report.registry import assign
+from mwork.report.section import Page, Section, dump_data
+
+RESERVED_IDS = ("findings", "run", "contents")
+# what a broken file can raise inside a kind's renderer: said on the page, never a crash
+RENDER_ERRORS = (BadResultFile, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, AttributeError)
+
+
+def asset(name: str) -> str:
+    """A file of the page's own style or script (``mwork/data/report/``)."""
+    return resources.files("mwork").joinpath("data", "report", name).read_text(encoding="utf-8")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("mwork", "torch", "transformers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - a missing package is just not listed
+            continue
+    return {**out, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v) if v else "–"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_value(x)}" for k, x in v.items()) if v else "–"
+    return "–" if v is None else str(v)
+
+
+def _run_section(run: dict[str, Any], root: Path, run_problem: str) -> str:
+    parts = ["<section id='run'><h2>Settings and versions</h2>"]
+    if run_problem:
+        parts.append(H.warning(run_problem))
+    command = run.get("command") or f"mwork report {root}"
+    parts.append(f"<p>Reproduce with <code class='cmd'>{H.esc(command)}</code>.</p>")
+    if "total_seconds" in run:
+        extra = (f" ({seconds(run['this_run_seconds'])} in the run that drew this page; cached stages are not "
+                 "recomputed)") if "this_run_seconds" in run else ""
+        parts.append(f"<p>Compute time of the results: {seconds(run['total_seconds'])}{extra}.</p>")
+    for note in run.get("notes") or []:
+        parts.append(H.note(H.esc(note)))
+    stages = run.get("stages") or []
+    if stages:
+        rows = [[st.get("name", "?"), H.Cell(seconds(st.get("seconds")), num=True), "cached" if st.get("cached") else
+                 "computed", st.get("reason") or ""] for st in stages if isinstance(st, dict)]
+        parts.append(H.table(["stage", H.Cell("time", num=True), "this run", "why it ran again"], rows,
+                             caption="Stages"))
+    settings = run.get("settings")
+    if isinstance(settings, dict) and settings:
+        parts.append(H.table(["setting", "value"], [[k, _value(v)] for k, v in settings.items()], caption="Settings",
+                             cls="kv"))
+    versions = run.get("versions") if isinstance(run.get("versions"), dict) else _versions()
+    parts.append(H.table(["package", "version"], [[k, v] for k, v in versions.items()], caption="Versions",
+                         cls="kv"))
+    parts.append(f"<p class='sub'>Page rendered {_dt.datetime.now().isoformat(timespec='seconds')} from "
+                 f"<code>{H.esc(str(root.resolve()))}</code>.</p></section>")
+    return "".join(parts)
+
+
+def _findings(sections: list[Section], page: Page) -> str:
+    items = []
+    for sec in sections:
+        for f in sec.findings:
+            items.append(f"<li>{f.html} <a class='ev' href='#{f.anchor}' aria-label='evidence: {H.esc(sec.title)}'>"
+                         "evidence</a></li>")
+    parts = ["<section id=\"findings\"><h2>Findings</h2>"]
+    if items:
+        parts.append(f"<ul class='findings'>{''.join(items)}</ul>")
+    else:
+        parts.append("<p>No finding could be computed from these results; the sections below show what there "
+                     "is.</p>")
+    if page.warnings:
+        lines = "".join(f"<li><code>{H.esc(f)}</code> {H.esc(r)} (<a href='#{sid}'>section</a>)</li>"
+                        for f, r, sid in page.warnings)
+        parts.append(f"<div class='warn' role='note'><strong>{count(len(page.warnings))} "
+                     f"problem{'s' if len(page.warnings) > 1 else ''} with the result files</strong>; the findings "
+                     f"leave out what these files would have said:<ul>{lines}</ul></div>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_report(results_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
+    """Write ``index.html`` (or ``out``) for ``results_dir``; returns its path.
+
+    Raises FileNotFoundError when ``results_dir`` is not a folder and ValueError when it holds no
+    results. A damaged result file is a warning on the page, naming the file."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no results folder at {root}")
+    target = Path(out) if out else root / "index.html"
+    if target.exists() and target.is_dir():
+        raise ValueError(f"the page's path {target} is a folder; give --out a file name such as {target}/index.html")
+    page = Page(root, target)
+    page.ids.update(RESERVED_IDS)
+
+    run: dict[str, Any] = {}
+    run_problem = ""
+    if (root / "run.json").is_file():
+        try:
+            value = read_json(root / "run.json")
+            if isinstance(value, dict):
+                run = value
+            else:
+                run_problem = "<code>run.json</code> is not a JSON object; the run's settings are not shown"
+        except BadResultFile as err:
+            run_problem = f"<code>run.json</code> {H.esc(err.reason)}; the run's settings are not shown"
+            page.warnings.append(("run.json", err.reason, "run"))
+
+    assigned = assign(root)
+    if not assigned:
+        raise ValueError(f"{root} holds no results (no .csv, .png or .json files); run an mwork command with "
+                         f"--out {root} first")
+    # sub-folders are named by their path; the root by its kind, unless a sub-folder has that name
+    ids = {view.rel: page.unique_id(view.rel) for view, _ in assigned if view.rel != "."}
+    sections = []
+    for view, kind in assigned:
+        sid = ids.get(view.rel) or page.unique_id(kind.name if kind.name not in page.ids else f"top-{kind.name}")
+        section = Section(page, view, kind, sid)
+        try:
+            kind.render(section)
+        except RENDER_ERRORS as err:
+            section.warn(view.path, f"could not be rendered as {kind.title.lower()} ({type(err).__name__}: {err})")
+        sections.append(section)
+
+    page_title = title or run.get("title") or "mwork results"
+    body = [f"<header><h1>{H.esc(page_title)}</h1>"]
+    model = (run.get("settings") or {}).get("model") if isinstance(run.get("settings"), dict) else None
+    body.append(f"<p class='sub'>{'Model <code>' + H.esc(model) + '</code>. ' if model else ''}Results in "
+                f"<code>{H.esc(root.name or str(root))}</code>; settings and versions at the end.</p>")
+    nav = [("findings", "Findings"), *((s.id, s.title) for s in sections), ("run", "Settings and versions")]
+    body.append("<nav id='contents' aria-label='Sections'>" + "".join(
+        f"<a href='#{sid}'>{H.esc(t)}</a>" for sid, t in nav) + "</nav></header><main>")
+    rendered = [s.render() for s in sections]  # before the findings: rendering may add warnings
+    body.append(_findings(sections, page))
+    body.extend(rendered)
+    body.append(_run_section(run, root, run_problem))
+    body.append("</main>")
+    html = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{H.esc(page_title)}</title><style>{asset('report.css')}</style></head><body>"
+            + "".join(body) + dump_data(page.data) + f"<script>{asset('report.js')}</script></body></html>")
+    from mwork.files import write_text
+
+    write_text(target, html)
+    return target
