@@ -36,7 +36,7 @@ def sig(value: Any, digits: int = 3) -> str:
     magnitude = math.floor(math.log10(abs(x)))
     if magnitude < -4:
         mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
-        return f"{mantissa}×10{_superscript(int(exponent))}"
+        return f"{mantissa.replace('-', '−')}×10{_superscript(int(exponent))}"
     rounded = round(x, digits - 1 - magnitude)
     if rounded and math.floor(math.log10(abs(rounded))) > magnitude:  # 9.996 -> 10.0: one digit more
         magnitude += 1

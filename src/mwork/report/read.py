@@ -79,6 +79,34 @@ def read_json(path: Path, required: Iterable[str] = ()) -> Any:
     return value
 
 
+def read_jsonl(path: Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file written by mwork: one JSON object a line, each holding the
+    ``required`` keys, and a line end after the last one (mwork's writers end every line with
+    one, so a missing one means the file was cut off)."""
+    text = read_text(path)
+    if not text.strip():
+        raise BadResultFile(path, "is empty")
+    required = list(required)
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadResultFile(path, f"line {n} is not valid JSON ({err.msg} at column {err.colno}): the file looks "
+                                      "truncated or damaged") from None
+        if not isinstance(value, dict):
+            raise BadResultFile(path, f"line {n} holds a JSON {type(value).__name__}, not the object mwork writes")
+        missing = [k for k in required if k not in value]
+        if missing:
+            raise BadResultFile(path, f"line {n} lacks the key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        out.append(value)
+    if not text.endswith(("\n", "\r")):
+        raise BadResultFile(path, "ends in the middle of a line: the file looks truncated")
+    return out
+
+
 def read_neuron_masks(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A NeuronSet file's metadata, masks (kind -> bool array (layers, neurons)) and extra
     tensors (``doc_count.<kind>`` ...), as numpy arrays (safetensors; nothing unpickled)."""

@@ -3,9 +3,9 @@
 A kind is one :class:`ResultsKind` registered with :func:`register_results_kind`::
 
     register_results_kind(ResultsKind(
-        name="steering", title="Steering", order=45,
-        recognise=lambda folder: folder.has("steer.csv"),
-        render=render_steering,          # (section: Section) -> None, see mwork.report.section
+        name="probe", title="Language probe", order=50,
+        recognise=lambda folder: folder.has("probe.csv"),
+        render=render_probe,             # (section: Section) -> None, see mwork.report.section
     ))
 
 The page walks the results folder (the root first, then every sub-folder in name order); the

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mwork.report import html as H
-from mwork.report.read import BadResultFile, read_csv, read_json
+from mwork.report.read import BadResultFile, read_csv, read_json, read_jsonl
 from mwork.report.registry import FolderView, ResultsKind
 
 MAX_RAW_LINKS = 60
@@ -114,6 +114,17 @@ class Section:
             return None
         try:
             return read_json(path, required)
+        except BadResultFile as err:
+            self.warn(err.path, err.reason + "; it is left out of this section")
+            return None
+
+    def jsonl(self, name: str, required: Iterable[str] = ()) -> list[dict[str, Any]] | None:
+        """A JSON-lines file's records (None, and a warning, when it cannot be read)."""
+        path = self.path(name)
+        if not path.is_file():
+            return None
+        try:
+            return read_jsonl(path, required)
         except BadResultFile as err:
             self.warn(err.path, err.reason + "; it is left out of this section")
             return None

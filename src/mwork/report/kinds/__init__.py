@@ -1,4 +1,5 @@
 """mwork's own results kinds, registered on import (one module per kind; see
 :mod:`mwork.report.registry` for adding one)."""
 
-from mwork.report.kinds import bench, deactivation, enhance, generic, lens, neurons, neuronsets  # noqa: F401
+from mwork.report.kinds import (bench, deactivation, enhance, evaluation, generic, lens, methods, neurons,  # noqa: F401
+                                neuronsets, steering)

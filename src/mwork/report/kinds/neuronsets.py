@@ -39,4 +39,6 @@ def render_sets(sec: Section) -> None:
                   caption="Neuron sets in this folder (counts per kind)")
 
 
-register_results_kind(ResultsKind("neuron-sets", "Neuron sets", _recognise, render_sets, order=25))
+# asked after the experiments' kinds: their folders may hold a NeuronSet too (`mwork steer` keeps the
+# set with the statistics it measured as neurons.safetensors + neurons.json) and are theirs
+register_results_kind(ResultsKind("neuron-sets", "Neuron sets", _recognise, render_sets, order=70))

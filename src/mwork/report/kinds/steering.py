@@ -1,0 +1,242 @@
+"""Results kind ``steer`` (``mwork steer``): steering the output language with a language's
+neurons, against random neurons of the same count and the unsteered model -- the trade-off
+plot, the measures per strength, a few generations side by side (escaped, shortened), and the
+target-language rate and damage at the strongest setting."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from mwork.report import html as H
+from mwork.report.format import as_float, count, language_name, pct, sig
+from mwork.report.registry import FolderView, ResultsKind, register_results_kind
+from mwork.report.section import Section
+
+ROW_COLUMNS = ("target", "source", "method", "seed", "strength", "target_rate", "damage_ppl")
+UNSTEERED_COLUMNS = ("target", "source", "target_rate", "damage_ppl")
+NUMERIC = ("strength", "target_rate", "damage_ppl", "target_prob_mass", "target_rank", "distinct_2", "f1")
+GENERATION_KEYS = ("prompt", "strength", "method", "seed", "text", "detected_language", "unsteered_text",
+                   "unsteered_language")
+SHOWN_PROMPTS = 3
+MAX_CHARS = 240  # of a generation shown on the page (the whole text is in generations.jsonl)
+MAX_PROMPT_CHARS = 160
+
+
+def _recognise(folder: FolderView) -> bool:
+    return folder.has("steer.csv") and folder.any("unsteered.csv", "summary.json", "generations.jsonl")
+
+
+def identity(mode: str) -> float:
+    """The strength at which ``mode`` leaves the model unchanged (``mwork.steering.is_identity``)."""
+    return 1.0 if mode == "scale" else 0.0
+
+
+def strongest(strengths: list[float], mode: str) -> float:
+    """The strength farthest from the identity (the larger one on a tie)."""
+    return max(strengths, key=lambda s: (abs(s - identity(mode)), s))
+
+
+def _mean(rows: list[dict[str, str]], column: str) -> float | None:
+    values = [v for v in (as_float(r.get(column)) for r in rows) if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def steer_facts(rows: list[dict[str, str]], unsteered: list[dict[str, str]] | None) -> list[dict[str, Any]]:
+    """Per (source, target) pair of ``steer.csv``: its mode, strengths, the specific row and the
+    random rows (all seeds) per strength, the unsteered row, and the strongest setting."""
+    out = []
+    pairs = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
+    for source, target in pairs:
+        mine = [r for r in rows if (r["source"], r["target"]) == (source, target)]
+        mode = mine[0].get("mode") or "set"
+        strengths = sorted({as_float(r["strength"]) for r in mine if as_float(r["strength"]) is not None})
+        specific = {as_float(r["strength"]): r for r in mine if r["method"] == "specific"}
+        random: dict[float | None, list[dict[str, str]]] = {}
+        for r in mine:
+            if r["method"] == "random":
+                random.setdefault(as_float(r["strength"]), []).append(r)
+        base = next((u for u in unsteered or [] if (u["source"], u["target"]) == (source, target)), None)
+        top = strongest([s for s in strengths if s in specific] or strengths, mode) if strengths else None
+        out.append({"source": source, "target": target, "mode": mode, "stat": mine[0].get("stat") or "",
+                    "strengths": strengths, "specific": specific, "random": random, "unsteered": base,
+                    "strongest": top, "neurons": mine[0].get("neurons"),
+                    "seeds": sorted({r["seed"] for r in mine if r["method"] == "random"})})
+    return out
+
+
+def _strength(s: float | None) -> str:
+    return "–" if s is None else f"{s:g}"
+
+
+def render_steer(sec: Section) -> None:
+    rows = sec.csv("steer.csv", required=ROW_COLUMNS, numeric=NUMERIC)
+    unsteered = sec.csv("unsteered.csv", required=UNSTEERED_COLUMNS, numeric=("target_rate", "damage_ppl"))
+    summary = sec.json("summary.json", required=("rows", "unsteered"))
+    generations = sec.jsonl("generations.jsonl", required=GENERATION_KEYS)
+    settings = summary.get("settings") if isinstance(summary, dict) and isinstance(summary.get("settings"), dict) \
+        else {}
+    facts = steer_facts(rows, unsteered) if rows else []
+    _settings(sec, facts, settings)
+    sec.image("steer.png", "target-language rate against damage over the steering strength, the language's neurons "
+              "against random ones", "Target-language rate against damage (the unsteered model's perplexity of the "
+              "generated text) over the strength: the target language's neurons (red) against random neurons of "
+              "the same count per layer and kind (grey, mean of the seeds, their range as bars); the unsteered "
+              "model as a star.")
+    for i, fact in enumerate(facts):
+        _measures(sec, fact, paper=i == 0)
+    if generations:
+        _generations(sec, generations, facts)
+
+
+def _settings(sec: Section, facts: list[dict[str, Any]], settings: dict[str, Any]) -> None:
+    if not facts:
+        return
+    f = facts[0]
+    edit = {"set": "x ← (1 − a)·x + a·s", "add": "x ← x + a·s", "scale": "x ← a·x"}.get(f["mode"])
+    what = (f"mode {H.esc(f['mode'])}, each neuron's activation {edit}" if edit else f"mode {H.esc(f['mode'])}")
+    stat = f", s = the target language's {H.esc(f['stat'])} activation" if f["mode"] in ("set", "add") else ""
+    kinds = settings.get("kinds")
+    layers = settings.get("layers")
+    sec.add(f"<p>Prompts in <code>{H.esc(f['source'])}</code>, steered to <code>{H.esc(f['target'])}</code> "
+            f"({H.esc(language_name(f['target']))}) with {count(f['neurons'])} neurons"
+            + (f" of the kinds {H.esc(', '.join(kinds))}" if kinds else "")
+            + (f" in {len(layers)} layers" if layers else "")
+            + f" ({what}{stat}, a = the strength); positions: {H.esc(settings.get('positions', 'all'))}; "
+            f"{len(f['seeds'])} random seed{'s' if len(f['seeds']) != 1 else ''}"
+            + (f"; at most {H.esc(settings['max_new_tokens'])} new tokens" if settings.get("max_new_tokens") else "")
+            + ". Target-language rate: the share of generations the sentence-level identifier labels as the target; "
+            "damage: the unsteered model's perplexity of the generated tokens (read it against random neurons at "
+            "the same strength).</p>")
+
+
+def _row_cells(rows: list[dict[str, str]], with_f1: bool) -> list[H.Cell]:
+    """Measures of one row, or the mean over several (the random seeds, with the rate's range)."""
+    rate = _mean(rows, "target_rate")
+    rates = [v for v in (as_float(r.get("target_rate")) for r in rows) if v is not None]
+    spread = f" ({sig(100 * min(rates))}–{pct(max(rates))})" if len(rates) > 1 and min(rates) != max(rates) else ""
+    n = sum(int(as_float(r.get("n")) or 0) for r in rows)
+    cells = [H.Cell(count(n) if n else "–", num=True), H.Cell(pct(rate) + spread, num=True),
+             H.Cell(pct(_mean(rows, "target_prob_mass")), num=True), H.Cell(sig(_mean(rows, "target_rank")), num=True),
+             H.Cell(sig(_mean(rows, "damage_ppl")), num=True), H.Cell(sig(_mean(rows, "distinct_2")), num=True)]
+    if with_f1:
+        cells.append(H.Cell(sig(_mean(rows, "f1")), num=True))
+    return cells
+
+
+def _measures(sec: Section, f: dict[str, Any], paper: bool) -> None:
+    anchor = sec.sub_id(f"{f['source']}-{f['target']}")
+    all_rows = [*f["specific"].values(), *(r for rs in f["random"].values() for r in rs)]
+    with_f1 = any((as_float(r.get("n_f1")) or 0) > 0 for r in all_rows)
+    body = []
+    if f["unsteered"]:
+        body.append([H.Cell("unsteered", header=True), H.Cell("–", num=True), *_row_cells([f["unsteered"]], with_f1)])
+    k = len(f["seeds"])
+    for s in f["strengths"]:
+        if s in f["specific"]:
+            body.append([H.Cell("its own neurons", header=True), H.Cell(_strength(s), num=True),
+                         *_row_cells([f["specific"][s]], with_f1)])
+        if f["random"].get(s):
+            body.append([H.Cell(f"random neurons{f' (mean of {k} seeds)' if k > 1 else ''}", header=True),
+                         H.Cell(_strength(s), num=True), *_row_cells(f["random"][s], with_f1)])
+    head = ["steered with", H.Cell("strength", num=True), H.Cell("generations", num=True),
+            H.Cell("target-language rate", num=True), H.Cell("target mass, first token", num=True),
+            H.Cell("target rank, first token", num=True), H.Cell("damage (perplexity)", num=True),
+            H.Cell("distinct bigrams", num=True)]
+    if with_f1:
+        head.append(H.Cell("F1 (target answer)", num=True))
+    sec.add(f"<div id='{anchor}'>" + H.table(
+        head, body, caption=f"{H.esc(f['source'])} prompts steered to {H.esc(f['target'])}: target-language rate (for "
+                            "random neurons in brackets the seeds' range), the probability of all target-language "
+                            "tokens at the first generated position and the median rank of the best of them (1 = "
+                            "top-1), damage = the unsteered model's perplexity of the generation (lower: more "
+                            "fluent by its measure), distinct token bigrams per generation (low: repetition)")
+        + "</div>")
+    _finding(sec, f, anchor, paper)
+
+
+def _finding(sec: Section, f: dict[str, Any], anchor: str, paper: bool) -> None:
+    s = f["strongest"]
+    spec = f["specific"].get(s)
+    if spec is None:
+        return
+    rand = f["random"].get(s) or []
+    base = f["unsteered"]
+    r_rate, r_damage = _mean(rand, "target_rate"), _mean(rand, "damage_ppl")
+    rate, damage = as_float(spec["target_rate"]), as_float(spec["damage_ppl"])
+    b_rate, b_damage = (as_float(base["target_rate"]), as_float(base["damage_ppl"])) if base else (None, None)
+    seeds = f" (mean of {len(f['seeds'])} seeds)" if len(f["seeds"]) > 1 else ""
+    text = (f"Steering {H.esc(f['source'])} prompts to {H.esc(f['target'])} with {H.esc(f['target'])}'s "
+            f"{count(f['neurons'])} neurons "
+            f"at the strongest setting ({H.esc(f['mode'])}, strength {_strength(s)}): target-language rate "
+            f"{pct(rate)}" + (f" against {pct(r_rate)} with as many random neurons{seeds}" if rand else "")
+            + (f" and {pct(b_rate)} unsteered" if base else "")
+            + f"; damage (perplexity) {sig(damage)}" + (f" against {sig(r_damage)} (random)" if rand else "")
+            + (f" and {sig(b_damage)} (unsteered)" if base else "") + ".")
+    verdict = []
+    if rate is not None and b_rate is not None and rate <= b_rate:
+        verdict.append("no more target-language output than the unsteered model")
+    if rate is not None and r_rate is not None and rate <= r_rate:
+        verdict.append("no better than random neurons")
+    if verdict:
+        text += " The language's own neurons give " + " and ".join(verdict) + " here."
+    best_s = max(f["specific"], key=lambda x: (as_float(f["specific"][x]["target_rate"]) or 0.0, -abs(x or 0.0)))
+    best_rate = as_float(f["specific"][best_s]["target_rate"])
+    if best_s != s and best_rate is not None and rate is not None and best_rate > rate:
+        text += f" The highest rate of its own neurons is {pct(best_rate)}, at strength {_strength(best_s)}."
+    sec.finding(text, anchor=anchor)
+    if paper and rand and rate is not None and r_rate is not None:
+        sec.paper("The paper switches language-specific neurons off; switching them on to steer the output language "
+                  "follows Kojima et al. (2024), Tang et al. (2024, LAPE) and Gurgurov et al. (2025), who report that "
+                  f"it changes the output language. Here, at strength {_strength(s)}, the target's own neurons give a "
+                  f"target-language rate of {pct(rate)} against {pct(r_rate)} for random neurons"
+                  + (": more than random." if rate > r_rate else ": no more than random."))
+
+
+def _short(text: Any, limit: int) -> str:
+    words = " ".join(str(text or "").split())
+    if not words:
+        return "(empty)"
+    return words if len(words) <= limit else words[:limit - 1].rstrip() + "…"
+
+
+def _text_cell(text: Any, language: Any) -> H.Cell:
+    lang = str(language or "?")
+    return H.Cell(raw=f"{H.esc(_short(text, MAX_CHARS))} <span class='sub'>[{H.esc(lang)}]</span>",
+                  style="overflow-wrap:anywhere")
+
+
+def _generations(sec: Section, generations: list[dict[str, Any]], facts: list[dict[str, Any]]) -> None:
+    """The first prompts: unsteered, the own neurons and the first random seed at the strongest setting."""
+    s = facts[0]["strongest"] if facts else max((as_float(g["strength"]) or 0.0 for g in generations), default=None)
+    first_seed = min((g["seed"] for g in generations if g["method"] == "random" and g["seed"] is not None),
+                     default=None)
+    by_prompt: dict[str, dict[str, Any]] = {}
+    for g in generations:
+        if as_float(g["strength"]) != s:
+            continue
+        pid = str(g.get("prompt_id") or g["prompt"])
+        entry = by_prompt.setdefault(pid, {"prompt": g["prompt"], "unsteered": (g["unsteered_text"],
+                                                                                g["unsteered_language"])})
+        if g["method"] == "specific":
+            entry["specific"] = (g["text"], g["detected_language"])
+        elif g["method"] == "random" and g["seed"] == first_seed:
+            entry["random"] = (g["text"], g["detected_language"])
+    shown = list(by_prompt.values())[:SHOWN_PROMPTS]
+    if not shown:
+        return
+    body = []
+    for e in shown:
+        body.append([H.Cell(_short(e["prompt"], MAX_PROMPT_CHARS), style="overflow-wrap:anywhere"),
+                     _text_cell(*e["unsteered"]), _text_cell(*e.get("specific", ("", "–"))),
+                     _text_cell(*e.get("random", ("", "–")))])
+    n_prompts = len({str(g.get("prompt_id") or g["prompt"]) for g in generations})
+    sec.table(["prompt", "unsteered", f"its own neurons, strength {_strength(s)}",
+               f"random neurons (seed {first_seed}), strength {_strength(s)}"], body,
+              caption=f"Generations of the first {len(shown)} of {n_prompts} prompts (greedy; detected language in "
+                      f"brackets; shortened to {MAX_CHARS} characters). Every generation is in "
+                      "<code>generations.jsonl</code>, prompt by prompt in <code>generations.md</code>.")
+
+
+register_results_kind(ResultsKind("steer", "Steering the output language", _recognise, render_steer, order=45,
+                                  claims_subfolders=True))
