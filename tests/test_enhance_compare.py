@@ -100,7 +100,7 @@ class NormsOnly(Method):
 
 @pytest.fixture
 def registry(monkeypatch):
-    monkeypatch.setattr(methods, "REGISTRY", dict(methods.REGISTRY))  # registrations end with the test
+    monkeypatch.setattr(methods, "REGISTRY", methods.REGISTRY.copy())  # registrations end with the test
     return methods.REGISTRY
 
 

@@ -35,6 +35,7 @@ from mwork.experiments.training import EnhanceSettings, TrainResult
 from mwork.fingerprints import neurons_digest
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
+from mwork.registry import Registry
 
 ENTRY_POINT_GROUP = "mwork.training_methods"
 TRAIN_FILE = "train.json"
@@ -134,8 +135,18 @@ class Method:
 
 # ---- the registry ---------------------------------------------------------------------------
 
-REGISTRY: dict[str, type[Method]] = {}
-_entry_points_loaded = False
+def _register_plugin(obj: Any) -> None:
+    """An entry point's object: a Method subclass is registered under its name (unless the name
+    is taken); a module registers its methods when it is imported."""
+    if isinstance(obj, type) and issubclass(obj, Method) and REGISTRY.peek(obj.name) is None:
+        register_training_method(obj)
+
+
+REGISTRY: Registry[type[Method]] = Registry(
+    "training method", ENTRY_POINT_GROUP, on_entry_point=_register_plugin,
+    unknown="unknown method {name!r}; choose from {known} "
+            "(or register one with mwork.experiments.training_methods.register_training_method)")
+"""Method classes by name: the built-ins first, in registration order."""
 
 
 def register_training_method(cls: type[Method] | None = None, *, replace: bool = False):
@@ -148,41 +159,18 @@ def register_training_method(cls: type[Method] | None = None, *, replace: bool =
         name = klass.name
         if not name or not isinstance(name, str) or "," in name or name != name.strip():
             raise ValueError(f"{klass.__name__}.name must be a non-empty name without commas or spaces, got {name!r}")
-        if name in REGISTRY and REGISTRY[name] is not klass and not replace:
-            raise ValueError(f"a method named {name!r} is already registered ({REGISTRY[name].__name__}); "
-                             "pass replace=True to override it")
-        REGISTRY[name] = klass
-        return klass
+        return REGISTRY.register(name, klass, replace=replace)
 
     return add if cls is None else add(cls)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, type) and issubclass(obj, Method) and obj.name not in REGISTRY:
-            register_training_method(obj)
-
-
 def method_names() -> tuple[str, ...]:
     """Registered methods, built-ins first, in registration order."""
-    _load_entry_points()
-    return tuple(REGISTRY)
+    return tuple(REGISTRY.names())
 
 
 def get_method(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        _load_entry_points()
-    if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_names())} "
-                         "(or register one with mwork.experiments.training_methods.register_training_method)")
-    return REGISTRY[name]
+    return REGISTRY.get(name)
 
 
 # ---- the built-in methods -------------------------------------------------------------------
@@ -312,7 +300,7 @@ class FullMethod(Method):
     name = "full"
 
 
-BUILTIN_METHODS: tuple[str, ...] = tuple(REGISTRY)  # ("neurons", "random", "lora", "full")
+BUILTIN_METHODS: tuple[str, ...] = tuple(m.name for m in (NeuronsMethod, RandomNeuronsMethod, LoraMethod, FullMethod))
 
 
 def lora_for_budget(model: nn.Module, neurons: NeuronSet | str | Path, budget: int | None = None) -> dict[str, Any]:

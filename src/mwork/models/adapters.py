@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mwork.hooks import NEURON_SITES, SITES, Site
+from mwork.registry import Registry
 
 KINDS: tuple[str, ...] = ("ffn", "q", "k", "v")
 
@@ -448,9 +449,18 @@ def attention_mask(
     return allowed[None, None] & attention_mask.bool()[:, None, None, :]
 
 
-REGISTRY: dict[str, type[Adapter]] = {}
 ENTRY_POINT_GROUP = "mwork.adapters"
-_entry_points_loaded = False
+
+
+def _register_plugin(obj: Any) -> None:
+    """An entry point's object: an Adapter subclass is registered for its model types (unless it
+    is already); a module registers its own adapters when it is imported."""
+    if isinstance(obj, type) and issubclass(obj, Adapter) and not any(c is obj for c in REGISTRY.values()):
+        register_adapter(obj)
+
+
+REGISTRY: Registry[type[Adapter]] = Registry("adapter", ENTRY_POINT_GROUP, on_entry_point=_register_plugin)
+"""Adapter classes by model type (``config.model_type``)."""
 
 
 def register_adapter(cls: type[Adapter] | None = None, *, model_types: tuple[str, ...] | None = None,
@@ -468,41 +478,26 @@ def register_adapter(cls: type[Adapter] | None = None, *, model_types: tuple[str
         types = tuple(model_types if model_types is not None else klass.model_types)
         if not types:
             raise ValueError(f"{klass.__name__} names no model_types; set the class attribute or pass model_types")
-        taken = [t for t in types if t in REGISTRY and REGISTRY[t] is not klass]
+        taken = [t for t in types if REGISTRY.peek(t) not in (None, klass)]
         if taken and not replace:
-            raise ValueError(f"model types {taken} already have an adapter ({REGISTRY[taken[0]].__name__}); "
+            raise ValueError(f"model types {taken} already have an adapter ({REGISTRY.peek(taken[0]).__name__}); "
                              "pass replace=True to override it")
         for t in types:
-            REGISTRY[t] = klass
+            REGISTRY.register(t, klass, replace=True)
         return klass
 
     return add if cls is None else add(cls)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, type) and issubclass(obj, Adapter) and not any(c is obj for c in REGISTRY.values()):
-            register_adapter(obj)
-
-
 def supported_model_types() -> list[str]:
-    _load_entry_points()
-    return sorted(REGISTRY)
+    return sorted(REGISTRY.names())
 
 
 def supported_families() -> dict[str, list[str]]:
     """``{family: [model types]}`` of every registered adapter, families sorted."""
-    _load_entry_points()
     out: dict[str, list[str]] = {}
-    for model_type in sorted(REGISTRY):
-        out.setdefault(REGISTRY[model_type].family, []).append(model_type)
+    for model_type, cls in sorted(REGISTRY.items()):
+        out.setdefault(cls.family, []).append(model_type)
     return dict(sorted(out.items()))
 
 
@@ -512,16 +507,13 @@ def get_adapter(model: nn.Module) -> Adapter:
     if cached is not None:
         return cached
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in REGISTRY:
-        _load_entry_points()
-    cls = REGISTRY.get(model_type)
-    if cls is None:
+    if model_type not in REGISTRY:  # entry points are read first
         raise UnsupportedModelError(
             f"mwork has no adapter for model_type {model_type!r}. Supported: "
             f"{', '.join(supported_model_types())}. To add one, subclass Adapter (mwork/models/adapters.py) "
             f"and register it with mwork.register_adapter (see docs/ARCHITECTURE.md)."
         )
-    adapter = cls(model)
+    adapter = REGISTRY.get(model_type)(model)
     object.__setattr__(model, "_mwork_adapter", adapter)
     return adapter
 

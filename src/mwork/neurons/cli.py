@@ -82,15 +82,16 @@ def _detect_languages(args: argparse.Namespace) -> int:
                          "xquad:LANG[A:B], hf:DATASET[:CONFIG][@SPLIT]), not with --hf-dataset/--articles/--format")
     specs = parse_corpus_specs(args.corpus or [])
     config = from_args(method.config_class, args)  # bad settings fail here, before the model is loaded
-    corpora = {lang: TextSource.parse(spec, articles=DETECTION_ARTICLES, text_field=args.text_field,
-                                      max_docs=args.max_docs) for lang, spec in specs.items()}
+    options = {"text_field": args.text_field, "max_docs": args.max_docs}
+    for spec in specs.values():  # a bad spec fails here, before the model is loaded
+        TextSource.parse(spec, articles=DETECTION_ARTICLES, **options)
     from mwork.models.loading import load_model, parse_device_map
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   device_map=parse_device_map(args.device_map))
     start = time.time()
-    sets = detect_languages(model, tokenizer, corpora, args.method, config, out_dir=args.out_dir,
-                            progress=not args.quiet, model_id=args.model)
+    sets = detect_languages(model, tokenizer, specs, args.method, config, out_dir=args.out_dir,
+                            progress=not args.quiet, model_id=args.model, corpus_options=options)
     for lang, ns in sets.items():
         per_kind = ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds if ns.count(k))
         print(f"{lang}: {ns.count()} neurons ({ns.fraction():.4%} of all; {per_kind or 'none'}) by {args.method} "

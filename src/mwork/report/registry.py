@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from mwork.registry import Registry
+
 if TYPE_CHECKING:
     from mwork.report.section import Section
 
@@ -68,7 +70,7 @@ class ResultsKind:
     claims_subfolders: bool = False
 
 
-_KINDS: dict[str, ResultsKind] = {}
+_KINDS: Registry[ResultsKind] = Registry("results kind")
 _BUILT_IN = [False]  # whether mwork's own kinds are registered (first, so a user's may replace them)
 
 
@@ -83,8 +85,7 @@ def register_results_kind(kind: ResultsKind) -> ResultsKind:
     if not isinstance(kind, ResultsKind):
         raise TypeError("register_results_kind needs a ResultsKind")
     _built_in()
-    _KINDS[kind.name] = kind
-    return kind
+    return _KINDS.register(kind.name, kind, replace=True)
 
 
 def results_kinds() -> list[ResultsKind]:

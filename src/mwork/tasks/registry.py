@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mwork.registry import Registry, UnknownName
 from mwork.tasks.common import Task
 from mwork.tasks.mgsm import MGSM
 from mwork.tasks.ppl import Perplexity
@@ -21,7 +22,8 @@ from mwork.tasks.xcsqa import XCSQA
 from mwork.tasks.xlsum import XLSum
 from mwork.tasks.xquad import XQuAD
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task")
+"""Task objects by name (lower case); ``get_task`` also takes the aliases."""
 _ALIASES = {"x-csqa": "xcsqa", "xl-sum": "xlsum", "xl_sum": "xlsum", "x_csqa": "xcsqa", "perplexity": "ppl"}
 
 
@@ -34,20 +36,18 @@ def list_tasks(benchmarks_only: bool = True) -> list[str]:
 def get_task(name: str) -> Task:
     """The task called ``name`` (case-insensitive); a ValueError lists the known tasks."""
     key = _ALIASES.get(name.lower(), name.lower())
-    if key not in TASKS:
+    if key not in TASKS:  # the list splits benchmarks from the tasks on any texts
         others = [n for n in list_tasks(benchmarks_only=False) if n not in list_tasks()]
         on_texts = f", and {', '.join(others)} (on any texts)" if others else ""
-        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}{on_texts}")
-    return TASKS[key]
+        raise UnknownName(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}{on_texts}")
+    return TASKS.get(key)
 
 
 def register_task(task: Task, replace: bool = False) -> None:
     """Add a task (an object with the ``Task`` interface) under ``task.name``."""
     if not isinstance(task, Task):
         raise TypeError(f"register_task needs a mwork.tasks.common.Task, got {type(task).__name__}")
-    if task.name in TASKS and not replace:
-        raise ValueError(f"a task named {task.name!r} is already registered (pass replace=True)")
-    TASKS[task.name] = task
+    TASKS.register(task.name, task, replace=replace)
 
 
 for _task in (MGSM(), XQuAD(), XCSQA(), XLSum(), Perplexity()):

@@ -18,13 +18,26 @@ New methods: subclass :class:`DetectionMethod` and register it with
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from mwork.neurons.methods.base import DetectionMethod, LanguageScores
+from mwork.registry import Registry
 
 ENTRY_POINT_GROUP = "mwork.detection_methods"
-_METHODS: dict[str, DetectionMethod] = {}
-_entry_points_loaded = False
+
+
+def _register_plugin(obj: Any) -> None:
+    """An entry point's object: a DetectionMethod subclass is registered under its name (unless
+    the name is taken); a module registers its methods when it is imported."""
+    if isinstance(obj, type) and issubclass(obj, DetectionMethod) and _METHODS.peek(obj.name) is None:
+        register_detection_method(obj)
+
+
+_METHODS: Registry[type[DetectionMethod]] = Registry(
+    "detection method", ENTRY_POINT_GROUP, on_entry_point=_register_plugin,
+    unknown="unknown {what} {name!r}; methods: {known}",
+    duplicate="a {what} named {name!r} is registered already ({old}); pass replace=True")
 
 
 def register_detection_method(cls: type[DetectionMethod] | None = None, *, replace: bool = False) -> Any:
@@ -35,39 +48,24 @@ def register_detection_method(cls: type[DetectionMethod] | None = None, *, repla
             raise TypeError(f"{klass!r} is not a DetectionMethod subclass")
         if not klass.name or not klass.name.isidentifier():
             raise ValueError(f"{klass.__name__}.name must be a short identifier (e.g. 'lape'), got {klass.name!r}")
-        if klass.name in _METHODS and not replace and type(_METHODS[klass.name]) is not klass:
-            raise ValueError(f"a detection method named {klass.name!r} is registered already; pass replace=True")
-        _METHODS[klass.name] = klass()
-        return klass
+        return _METHODS.register(klass.name, klass, replace=replace)
 
     return add if cls is None else add(cls)
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        if isinstance(obj, type) and issubclass(obj, DetectionMethod) and obj.name not in _METHODS:
-            register_detection_method(obj)
-
-
 def detection_methods() -> list[str]:
     """The registered method names (built-ins first)."""
-    _load_entry_points()
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def get_detection_method(name: str) -> DetectionMethod:
-    """The registered method ``name``; a clear error listing the known ones."""
-    _load_entry_points()
-    if name not in _METHODS:
-        raise ValueError(f"unknown detection method {name!r}; methods: {', '.join(_METHODS)}")
-    return _METHODS[name]
+    """The registered method ``name`` (one instance per class); a clear error listing the known ones."""
+    return _instance(_METHODS.get(name))
+
+
+@functools.cache
+def _instance(cls: type[DetectionMethod]) -> DetectionMethod:
+    return cls()
 
 
 from mwork.neurons.methods.ap import ActivationAP, ApConfig  # noqa: E402

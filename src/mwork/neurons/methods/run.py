@@ -55,15 +55,17 @@ def read_corpora(corpora: Mapping[str, Any], *, default_articles: range = DETECT
 
 
 def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
-                    config: Any = None, *, progress: bool = True, **overrides: Any) -> LanguageScores:
+                    config: Any = None, *, progress: bool = True, corpus_options: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> LanguageScores:
     """The scores of ``method`` (a registered name) for every language of ``corpora`` (see
-    :func:`read_corpora`); ``config`` / ``overrides``: the method's settings."""
+    :func:`read_corpora`; ``corpus_options``: its options, e.g. ``{"max_docs": 100}``);
+    ``config`` / ``overrides``: the method's settings."""
     from mwork.neurons.methods import get_detection_method
 
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
     check_languages(list(corpora), method)
-    texts, info = read_corpora(corpora)
+    texts, info = read_corpora(corpora, **(corpus_options or {}))
     scores = m.scores(model, tokenizer, texts, cfg, progress=progress)
     scores.meta["corpora"] = info
     return scores
@@ -71,7 +73,8 @@ def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str
 
 def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
                      config: Any = None, *, out_dir: str | Path | None = None, progress: bool = True,
-                     model_id: str | None = None, **overrides: Any) -> dict[str, NeuronSet]:
+                     model_id: str | None = None, corpus_options: Mapping[str, Any] | None = None,
+                     **overrides: Any) -> dict[str, NeuronSet]:
     """Each language's set by the method's own rule (LAPE: the authors' thresholds; AP: top and
     bottom N; PLND: the language-specific sets). With ``out_dir``, each is saved as
     ``<out_dir>/<lang>.safetensors`` (+ ``.json``); its metadata records ``method``, the rule,
@@ -82,7 +85,7 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
     cfg = m.make_config(config, **overrides)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"the output folder {out_dir} is a file; choose another (--out-dir)")
-    scores = language_scores(model, tokenizer, corpora, method, cfg, progress=progress)
+    scores = language_scores(model, tokenizer, corpora, method, cfg, progress=progress, corpus_options=corpus_options)
     sets = m.native_sets(scores, cfg)
     name = model_id or getattr(model.config, "_name_or_path", None) or "unknown"
     for lang, ns in sets.items():
