@@ -144,7 +144,8 @@ def test_backend_with_neurons_off_equals_mwork(tiny):
 
 
 def test_random_like_and_restriction(tiny):
-    from mwork.tasks.lm_eval_backend import MworkLM, neurons_to_switch_off
+    from mwork.tasks.lm_eval_backend import MworkLM
+    from mwork.tasks.switch_off import neurons_to_switch_off
 
     model, tok = tiny
     ns = _set(model)

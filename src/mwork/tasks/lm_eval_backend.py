@@ -36,8 +36,8 @@ import lm_eval.models  # noqa: F401  (lm-eval's own models first: its registry i
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from mwork.intervene import deactivate, parse_kinds, parse_layers
-from mwork.neurons.neuronset import NeuronSet
+from mwork.intervene import deactivate
+from mwork.tasks.switch_off import neurons_to_switch_off
 
 
 def _model_arg_list(value: Any) -> str | None:
@@ -45,36 +45,6 @@ def _model_arg_list(value: Any) -> str | None:
     if value is None or value == "":
         return None
     return str(value).replace("+", ",")
-
-
-def neurons_to_switch_off(model: torch.nn.Module, neurons: str | NeuronSet | None = None,
-                          random_like: str | NeuronSet | None = None, seed: int | None = None,
-                          layers: Any = None, kinds: Any = None) -> tuple[NeuronSet | None, dict[str, Any]]:
-    """The set to switch off and what to record about it, by the rules of ``mwork ppl``: a set
-    (``neurons``) or random neurons like one (``random_like``, ``seed`` default 0, never the
-    source's own neurons where enough others remain), restricted to ``layers`` / ``kinds``."""
-    if neurons is not None and random_like is not None:
-        raise ValueError("give neurons or random_like, not both")
-    if (layers is not None or kinds is not None) and neurons is None and random_like is None:
-        raise ValueError("layers/kinds restrict a neuron set: give neurons or random_like too")
-    if seed is not None and random_like is None:
-        raise ValueError("seed applies only with random_like")
-    layer_list, kind_list = parse_layers(layers), parse_kinds(kinds)
-    source_spec = neurons if neurons is not None else random_like
-    if source_spec is None:
-        return None, {}
-    source = source_spec if isinstance(source_spec, NeuronSet) else NeuronSet.load(source_spec, model)
-    chosen = source.restrict(layer_list, kind_list) if (layer_list is not None or kind_list is not None) else source
-    info: dict[str, Any] = {}
-    if random_like is not None:
-        seed = 0 if seed is None else int(seed)
-        chosen = chosen.random_like(seed, exclude=source)
-        info.update(random_like=str(random_like) if not isinstance(random_like, NeuronSet) else "NeuronSet", seed=seed)
-    else:
-        info["neurons"] = str(neurons) if not isinstance(neurons, NeuronSet) else "NeuronSet"
-    info.update(deactivated=chosen.count(), deactivated_per_kind={k: chosen.count(k) for k in chosen.kinds},
-                layers=layer_list, kinds=kind_list)
-    return chosen, info
 
 
 def _device(device: str | None) -> str | None:

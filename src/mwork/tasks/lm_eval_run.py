@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mwork.config import fingerprint, option
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.tasks.switch_off import SwitchOffOptions
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -31,20 +31,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig:
+class EvalConfig(SwitchOffOptions):
     """One lm-eval run (the options of ``mwork eval``)."""
 
-    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
     tasks: tuple[str, ...] = option((), "comma-separated lm-eval task (or group) names", parse=_names)
     include_path: str | None = option(None, "a folder of extra lm-eval task YAMLs (e.g. from --make-local-tasks)")
-    neurons: str | None = option(None, "NeuronSet to switch off")
-    random_like: str | None = option(None, "switch off random neurons, same count per layer and kind as this "
-                                     "NeuronSet (never its own neurons where enough others remain)")
-    seed: int | None = option(None, "seed of --random-like (default 0)")
-    layers: str | None = option(None, "restrict the set to these layers, e.g. 0-5 or 0,3,7-9")
-    kinds: str | None = option(None, "restrict the set to these kinds: ffn,q,k,v (attn = q,k,v)")
-    scale: float = option(0.0, "multiply the neurons by this instead of zeroing")
-    delta: str | None = option(None, "merge this enhancement delta (a folder written by `mwork enhance`) into the model")
     out: str | None = option(None, "output folder for lm-eval's results and samples files", record=False)
     limit: float | None = option(None, "documents per task (lm-eval's --limit; below 1: a fraction)")
     num_fewshot: int | None = option(None, "few-shot examples (default: each task's own)")
@@ -56,27 +47,19 @@ class EvalConfig:
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
 
     def __post_init__(self) -> None:
-        from mwork.intervene import parse_kinds, parse_layers
-
         tasks = _names(self.tasks) if isinstance(self.tasks, str) else tuple(self.tasks)
         object.__setattr__(self, "tasks", tasks)
         if not tasks:
             raise ValueError("give the lm-eval tasks to run: --tasks T1,T2")
         if not self.out:
             raise ValueError("give an output folder: --out DIR")
-        if self.neurons and self.random_like:
-            raise ValueError("give --neurons or --random-like, not both")
-        if (self.layers or self.kinds) and not (self.neurons or self.random_like):
-            raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
-        if self.seed is not None and not self.random_like:
-            raise ValueError("--seed applies only with --random-like")
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise FileNotFoundError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
         if self.limit is not None and self.limit <= 0:
             raise ValueError(f"--limit must be positive, got {self.limit}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        parse_layers(self.layers), parse_kinds(self.kinds)
+        super().__post_init__()
 
 
 def task_manager(include_path: str | Path | None = None, needed: Any = None) -> Any:

@@ -20,9 +20,9 @@ from typing import Any
 from mwork import distributed
 from mwork.config import option
 from mwork.intervene import deactivate, parse_kinds, parse_layers
-from mwork.models.loading import DEFAULT_MODEL, load_model, parse_device_map
-from mwork.neurons.neuronset import NeuronSet
+from mwork.models.loading import load_model, parse_device_map
 from mwork.tasks.perplexity import perplexity
+from mwork.tasks.switch_off import SwitchOffOptions, neurons_to_switch_off
 from mwork.texts import EVALUATION_ARTICLES, read_texts
 
 DEVICE_MAP_HELP = ("spread a model larger than one device over several (accelerate): auto, balanced, sequential, "
@@ -30,20 +30,11 @@ DEVICE_MAP_HELP = ("spread a model larger than one device over several (accelera
 
 
 @dataclass(frozen=True, kw_only=True)
-class PplConfig:
+class PplConfig(SwitchOffOptions):
     """The settings of one perplexity measurement (the options of ``mwork ppl``)."""
 
-    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
     texts: str = option(help="FILE (.txt, .jsonl, SQuAD .json) or xquad:LANG", required=True)
     articles: str | None = option(None, "XQuAD/SQuAD articles START:STOP, e.g. 24:48")
-    neurons: str | None = option(None, "NeuronSet to switch off")
-    random_like: str | None = option(None, "switch off random neurons, same count per layer and kind as this "
-                                     "NeuronSet (never its own neurons where enough others remain)")
-    seed: int | None = option(None, "seed of --random-like (default 0)")
-    layers: str | None = option(None, "restrict the set to these layers, e.g. 0-5 or 0,3,7-9")
-    kinds: str | None = option(None, "restrict the set to these kinds: ffn,q,k,v (attn = q,k,v)")
-    scale: float = option(0.0, "multiply the neurons by this instead of zeroing")
-    delta: str | None = option(None, "merge this enhancement delta (a folder written by `mwork enhance`) into the model")
     max_length: int = option(512, "tokens per window")
     stride: int | None = option(None, "new tokens per window after the first (default max-length - 1 - prefix)")
     batch_size: int = option(8, "windows per batch")
@@ -54,15 +45,9 @@ class PplConfig:
     out: str | None = option(None, "also write the JSON result to this file", record=False)
 
     def __post_init__(self) -> None:
-        if self.neurons and self.random_like:
-            raise ValueError("give --neurons or --random-like, not both")
-        if (self.layers or self.kinds) and not (self.neurons or self.random_like):
-            raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
-        if self.seed is not None and not self.random_like:
-            raise ValueError("--seed applies only with --random-like")
+        super().__post_init__()
         if self.max_texts is not None and self.max_texts < 1:
             raise ValueError("--max-texts must be at least 1")
-        parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
         parse_device_map(self.device_map)
 
 
@@ -84,16 +69,9 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     if config.delta:
         info["delta"] = config.delta
     ctx: Any = contextlib.nullcontext()
-    path = config.neurons or config.random_like
-    if path:
-        source = NeuronSet.load(path, model)
-        chosen = source.restrict(layers, kinds) if (layers is not None or kinds is not None) else source
-        if config.random_like:
-            seed = 0 if config.seed is None else config.seed
-            chosen = chosen.random_like(seed, exclude=source)
-            info.update(random_like=config.random_like, seed=seed)
-        else:
-            info["neurons"] = config.neurons
+    chosen, chosen_info = neurons_to_switch_off(model, config.neurons, config.random_like, config.seed, layers, kinds)
+    if chosen is not None:
+        info.update({k: chosen_info[k] for k in ("random_like", "seed", "neurons") if k in chosen_info})
         ctx = deactivate(model, chosen, scale=config.scale)
         info.update(deactivated=ctx.count, deactivated_per_kind={k: chosen.count(k) for k in chosen.kinds},
                     fraction=chosen.fraction(), scale=config.scale, layers=layers, kinds=kinds)

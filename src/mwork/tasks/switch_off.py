@@ -1,0 +1,71 @@
+"""Which neurons an evaluation switches off, in one place for ``mwork ppl`` and ``mwork eval``
+(and the ``lm_eval --model mwork`` backend): the options (a NeuronSet, or random neurons like
+one, restricted to layers and kinds, zeroed or scaled, on a model with a delta merged) and the
+set they name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mwork.config import option
+from mwork.intervene import parse_kinds, parse_layers
+from mwork.models.loading import DEFAULT_MODEL
+from mwork.neurons.neuronset import NeuronSet
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchOffOptions:
+    """The model and what to switch off in it: the fields every evaluation config starts with."""
+
+    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
+    neurons: str | None = option(None, "NeuronSet to switch off")
+    random_like: str | None = option(None, "switch off random neurons, same count per layer and kind as this "
+                                     "NeuronSet (never its own neurons where enough others remain)")
+    seed: int | None = option(None, "seed of --random-like (default 0)")
+    layers: str | None = option(None, "restrict the set to these layers, e.g. 0-5 or 0,3,7-9")
+    kinds: str | None = option(None, "restrict the set to these kinds: ffn,q,k,v (attn = q,k,v)")
+    scale: float = option(0.0, "multiply the neurons by this instead of zeroing")
+    delta: str | None = option(None, "merge this enhancement delta (a folder written by `mwork enhance`) into the model")
+
+    def __post_init__(self) -> None:
+        """The options' rules, checked before anything is loaded."""
+        if self.neurons and self.random_like:
+            raise ValueError("give --neurons or --random-like, not both")
+        if (self.layers or self.kinds) and not (self.neurons or self.random_like):
+            raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
+        if self.seed is not None and not self.random_like:
+            raise ValueError("--seed applies only with --random-like")
+        parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
+
+
+def neurons_to_switch_off(model: torch.nn.Module, neurons: str | NeuronSet | None = None,
+                          random_like: str | NeuronSet | None = None, seed: int | None = None,
+                          layers: Any = None, kinds: Any = None) -> tuple[NeuronSet | None, dict[str, Any]]:
+    """The set to switch off and what to record about it: a set (``neurons``) or random neurons
+    like one (``random_like``, ``seed`` default 0, never the source's own neurons where enough
+    others remain), restricted to ``layers`` / ``kinds``; ``(None, {})`` when neither is given."""
+    if neurons is not None and random_like is not None:
+        raise ValueError("give neurons or random_like, not both")
+    if (layers is not None or kinds is not None) and neurons is None and random_like is None:
+        raise ValueError("layers/kinds restrict a neuron set: give neurons or random_like too")
+    if seed is not None and random_like is None:
+        raise ValueError("seed applies only with random_like")
+    layer_list, kind_list = parse_layers(layers), parse_kinds(kinds)
+    source_spec = neurons if neurons is not None else random_like
+    if source_spec is None:
+        return None, {}
+    source = source_spec if isinstance(source_spec, NeuronSet) else NeuronSet.load(source_spec, model)
+    chosen = source.restrict(layer_list, kind_list) if (layer_list is not None or kind_list is not None) else source
+    info: dict[str, Any] = {}
+    if random_like is not None:
+        seed = 0 if seed is None else int(seed)
+        chosen = chosen.random_like(seed, exclude=source)
+        info.update(random_like=str(random_like) if not isinstance(random_like, NeuronSet) else "NeuronSet", seed=seed)
+    else:
+        info["neurons"] = str(neurons) if not isinstance(neurons, NeuronSet) else "NeuronSet"
+    info.update(deactivated=chosen.count(), deactivated_per_kind={k: chosen.count(k) for k in chosen.kinds},
+                layers=layer_list, kinds=kind_list)
+    return chosen, info
