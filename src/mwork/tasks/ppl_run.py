@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +61,19 @@ class PplConfig:
             raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
         if self.seed is not None and not self.random_like:
             raise ValueError("--seed applies only with --random-like")
+        check_scale(self.scale, self.neurons or self.random_like)
         if self.max_texts is not None and self.max_texts < 1:
             raise ValueError("--max-texts must be at least 1")
         parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
         parse_device_map(self.device_map)
+
+
+def check_scale(scale: float, neurons: str | None) -> None:
+    """``--scale``: a finite number, and only with a set to scale (else it would change nothing)."""
+    if not math.isfinite(scale):
+        raise ValueError(f"--scale must be a finite number, got {scale}")
+    if scale != 0.0 and not neurons:
+        raise ValueError(f"--scale {scale:g} scales a neuron set: give --neurons or --random-like too")
 
 
 def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
@@ -74,6 +84,8 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     texts = read_texts(config.texts, articles=config.articles, default_articles=EVALUATION_ARTICLES)
     if config.max_texts is not None:
         texts = texts[:config.max_texts]
+    if not texts:
+        raise ValueError(f"--texts {config.texts} gives no texts")
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device, delta=config.delta,
                                       device_map=parse_device_map(config.device_map))
