@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from mwork.files import output_lock
+from mwork.files import check_output_kind, output_lock
 from mwork.neurons.neuronset import other_models_allowed
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             if args.allow_other_model:
                 stack.enter_context(other_models_allowed())
-            for out in _outputs(args):
+            for flag, out, kind in _outputs(args):
+                if kind is not None:
+                    check_output_kind(out, kind, flag)
                 stack.enter_context(output_lock(out))
             return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, ImportError) as err:
@@ -66,12 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _outputs(args: argparse.Namespace) -> list[str]:
-    """The outputs this command writes (``--out``, ``--out-dir``): each locked for the run, and
-    checked before any work. Under torchrun only rank 0 writes, so only it takes the lock."""
+def _outputs(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """The outputs this command writes (``--out``, ``--out-dir``) as (flag, path, kind): each
+    locked for the run, and checked before any work. Both are folders unless the command says
+    otherwise with ``set_defaults(output_kinds={"out": "file"})`` (None: a path the command
+    checks itself). Under torchrun only rank 0 writes, so only it takes the lock."""
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return []
-    return [str(v) for v in (getattr(args, "out", None), getattr(args, "out_dir", None)) if v]
+    kinds = {"out": "folder", "out_dir": "folder", **getattr(args, "output_kinds", {})}
+    return [("--" + dest.replace("_", "-"), str(value), kind) for dest, kind in kinds.items()
+            if (value := getattr(args, dest, None))]
 
 
 if __name__ == "__main__":

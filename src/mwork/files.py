@@ -106,6 +106,18 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
     return p
 
 
+def check_output_kind(path: str | Path, kind: str, flag: str = "--out") -> Path:
+    """Refuse, before any computation, an output folder that is an existing file, or an output
+    file (``kind="file"``) that is an existing folder: both would fail only when the results are
+    written, after the whole run."""
+    p = check_output_path(path)
+    if kind == "folder" and p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {p} is a file, but this output is a folder; choose a folder")
+    if kind == "file" and p.is_dir():
+        raise ValueError(f"{flag} {p} is a folder, but this output is a file; give a file name")
+    return p
+
+
 @contextlib.contextmanager
 def output_lock(path: str | Path) -> Iterator[Path]:
     """Hold a lock on an output path (a folder or a file) for the whole run, so that a second

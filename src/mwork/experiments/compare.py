@@ -37,7 +37,7 @@ from mwork.fingerprints import model_digest, texts_digest
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
-from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES, TextSource, parse_range, read_texts
+from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES, TextSource, is_empty, parse_range, read_texts
 
 SECONDARY_METRICS = ("exact_match", "accuracy_norm")  # reported beside a task's main score when present
 COMPARE_FILE = "compare.json"
@@ -168,9 +168,13 @@ def _texts_of(value: Sequence[str] | TextSource | str, articles: str | None, def
                            default_articles=default)
         if not texts:
             raise ValueError(f"{what}: {value} gives no documents")
+        if all(is_empty(t) for t in texts):
+            raise ValueError(f"{what}: {value} has no non-empty document")
         return texts
     if not value or not all(isinstance(t, str) for t in value):
         raise ValueError(f"{what} must be a non-empty list of strings (one document each) or a text spec")
+    if all(is_empty(t) for t in value):
+        raise ValueError(f"{what}: every document is empty")
     return list(value)
 
 

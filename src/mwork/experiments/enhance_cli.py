@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mwork.config import add_arguments, from_args
 from mwork.models.loading import DEFAULT_MODEL, load_model
-from mwork.texts import read_texts
+from mwork.texts import is_empty, read_texts
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -33,16 +33,19 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def _train_cmd(args: argparse.Namespace) -> int:
     from mwork.experiments.enhance import enhance
-    from mwork.experiments.training import EnhanceSettings
+    from mwork.experiments.training import EnhanceSettings, check_run_options
     from mwork.neurons.neuronset import NeuronSet
 
     missing = [o for o, v in (("--neurons", args.neurons), ("--texts", args.texts), ("--out", args.out)) if not v]
     if missing:
         raise ValueError(f"mwork enhance needs {', '.join(missing)} (or a subcommand: apply, compare)")
     settings = from_args(EnhanceSettings, args)  # validated before anything is loaded
+    check_run_options(args.stop_after, args.checkpoint_every)
     texts = read_texts(args.texts, articles=args.articles)
     if not texts:
         raise ValueError(f"--texts {args.texts} gives no documents")
+    if all(is_empty(t) for t in texts):
+        raise ValueError(f"--texts {args.texts} has no non-empty document: nothing to train on")
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     neurons: NeuronSet | str = args.neurons
     extra = {"texts": args.texts, "articles": args.articles}

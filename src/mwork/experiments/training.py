@@ -87,17 +87,28 @@ class EnhanceSettings:
         bad = [f"{k}={v}" for k, v in positive.items() if int(v) < 1]
         if bad:
             raise ValueError(f"these settings must be at least 1: {', '.join(bad)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive (and finite), got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError("max_grad_norm must be positive (or None for no clipping)")
+        if self.max_grad_norm is not None and not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm must be positive (and finite; or None for no clipping), got "
+                             f"{self.max_grad_norm}")
         return self
+
+
+def check_run_options(stop_after: int | None, checkpoint_every: int) -> None:
+    """``stop_after`` (steps of this call, at least 1) and ``checkpoint_every`` (0: at the end only)."""
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"--stop-after must be at least 1 (steps of this call), got {stop_after}")
+    if checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {checkpoint_every}")
 
 
 def resolve_settings(settings: EnhanceSettings | None, overrides: dict[str, Any]) -> EnhanceSettings:
@@ -317,6 +328,7 @@ def train(
     ``checkpoint_every`` steps (0: only at the end); ``resume`` continues from it."""
     from transformers import get_scheduler
 
+    check_run_options(stop_after, checkpoint_every)
     run_meta = dict(run_meta or {})
     model = method.model
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):

@@ -56,6 +56,9 @@ class LensConfig:
     def __post_init__(self) -> None:
         if self.langs is not None:
             object.__setattr__(self, "langs", _codes(self.langs))
+            twice = sorted({c for c in self.langs if self.langs.count(c) > 1})
+            if twice:
+                raise ValueError(f"langs lists {', '.join(twice)} more than once; give each language once")
         object.__setattr__(self, "latin_langs", _codes(self.latin_langs))
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")

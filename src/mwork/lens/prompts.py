@@ -60,7 +60,8 @@ def read_prompts(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"prompts file {str(path)!r} {what}")
     lines = _lines(path.read_text(encoding="utf-8"))
     if not lines:
         raise ValueError(f"prompts file {str(path)!r} is empty; write one prompt per line (or JSONL with text, lang)")

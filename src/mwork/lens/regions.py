@@ -145,6 +145,19 @@ class RegionEstimateError(ValueError):
         self.estimate = estimate
 
 
+def check_region_options(lens: Any, understanding: int | None, generation: int | None) -> None:
+    """The layer-region options, before any model is loaded: U and G not negative, and ``--lens``
+    only where it is read (given U and G win over it, so with both it would be ignored)."""
+    for name, value in (("understanding", understanding), ("generation", generation)):
+        if value is not None and value < 0:
+            raise ValueError(f"--{name} must be >= 0, got {value}")
+    if lens is not None and understanding is not None and generation is not None:
+        raise ValueError("--lens estimates the missing --understanding / --generation, but both are given: "
+                         "drop --lens (or one of them)")
+    if isinstance(lens, (str, Path)) and not Path(lens).exists():
+        raise FileNotFoundError(f"--lens {lens}: no such lens result (a `mwork lens` output folder, or its lens.json)")
+
+
 def resolve_regions(
     num_layers: int,
     lens: str | Path | Mapping[str, Sequence[Any]] | None = None,

@@ -51,9 +51,24 @@ def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return check_device(device)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``--device``: a device torch knows and this machine has (one empty tensor is made there),
+    else a ValueError before the model is loaded."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
+        raise ValueError(f"device {device!r} is not usable on this machine ({reason}); use --device cpu") from None
+    return dev
 
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")

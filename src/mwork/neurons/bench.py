@@ -57,7 +57,8 @@ class BenchConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("--batch-size must be at least 1")
         if self.texts is not None and not Path(self.texts).is_file():
-            raise FileNotFoundError(f"--texts {self.texts}: no such file")
+            what = "a folder, not a text file" if Path(self.texts).is_dir() else "no such file"
+            raise FileNotFoundError(f"--texts {self.texts}: {what}")
 
 
 # ---- documents -------------------------------------------------------------------------------

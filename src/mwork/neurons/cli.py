@@ -39,16 +39,27 @@ def _detect(args: argparse.Namespace) -> int:
                          "--method lape, ap")
     config = from_args(DetectConfig, args, language=args.lang)  # bad settings fail here, before the model is loaded
     corpus = TextSource(
-        path=corpora[0] if corpora else None, format=args.format, text_field=args.text_field,
+        path=corpora[0] if corpora else None, format=args.format, text_field=args.text_field or "text",
         hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split,
         articles=parse_range(args.articles, "--articles") if args.articles else None, max_docs=args.max_docs,
     )
+    _check_text_field(args, {args.lang: corpus})
     created = distributed.init()
     try:
         return _detect_run(args, config, corpus)
     finally:
         if created:
             distributed.teardown()
+
+
+def _check_text_field(args: argparse.Namespace, corpora: dict[str, TextSource]) -> None:
+    """``--text-field`` names a field of JSONL or hub rows; for any other corpus it would be ignored."""
+    if args.text_field is None:
+        return
+    other = [f"{lang} ({source.kind()})" for lang, source in corpora.items() if source.kind() not in ("jsonl", "hf")]
+    if other:
+        raise ValueError(f"--text-field {args.text_field} names the text field of JSONL or hub data set rows; the "
+                         f"corpus of {', '.join(other)} has no fields")
 
 
 def _refuse_options(args: argparse.Namespace, method: str, config_class: type) -> None:
@@ -82,9 +93,10 @@ def _detect_languages(args: argparse.Namespace) -> int:
                          "xquad:LANG[A:B], hf:DATASET[:CONFIG][@SPLIT]), not with --hf-dataset/--articles/--format")
     specs = parse_corpus_specs(args.corpus or [])
     config = from_args(method.config_class, args)  # bad settings fail here, before the model is loaded
-    options = {"text_field": args.text_field, "max_docs": args.max_docs}
-    for spec in specs.values():  # a bad spec fails here, before the model is loaded
-        TextSource.parse(spec, articles=DETECTION_ARTICLES, **options)
+    options = {"text_field": args.text_field or "text", "max_docs": args.max_docs}
+    # a bad spec fails here, before the model is loaded
+    _check_text_field(args, {lang: TextSource.parse(spec, articles=DETECTION_ARTICLES, **options)
+                             for lang, spec in specs.items()})
     from mwork.models.loading import load_model, parse_device_map
 
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
@@ -140,6 +152,13 @@ def _specific(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     if args.router:
         return _router_stats(args)
+    from mwork.neurons.router_stats import RouterStatsConfig
+
+    stray = [f"--{name.replace('_', '-')}" for name in given(args, RouterStatsConfig)] + (["--corpus"] if args.corpus
+                                                                                          else [])
+    if stray:
+        raise ValueError(f"{', '.join(stray)}: only used for router statistics (--router); without it they would be "
+                         "ignored")
     if not args.sets:
         raise ValueError("give NeuronSet files, or --router --model M --corpus LANG=SPEC ... for router statistics")
     from mwork.neurons.stats import named_sets, write_stats
@@ -193,7 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="plnd: text file (one document per line), JSONL (.jsonl) or SQuAD JSON (.json); lape/ap: "
                    "LANG=SPEC, once per language (SPEC: a file, FILE[A:B], xquad:LANG[A:B], hf:DATASET...)")
     p.add_argument("--format", default="auto", choices=FORMATS, help="corpus file format (default: from the suffix)")
-    p.add_argument("--text-field", default="text", help="JSONL / hub data set field holding the text")
+    p.add_argument("--text-field", default=None, help="JSONL / hub data set field holding the text (default: text)")
     p.add_argument("--articles", help="SQuAD JSON only: articles START:STOP (e.g. 0:24)")
     p.add_argument("--hf-dataset", help="hub data set id or local data set folder instead of --corpus")
     p.add_argument("--hf-config")
@@ -219,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     add_device_map_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_detect)
+    p.set_defaults(func=_detect, output_kinds={"out": None})  # --out X writes X.safetensors (checked there)
 
     p = sub.add_parser("specific", help="language-specific sets: each language's set minus the shared neurons",
                        description="Writes each input's language-specific set under DIR/<input file name>.")

@@ -18,6 +18,9 @@ def _run(args: argparse.Namespace) -> int:
     direction, fmt = ("to", args.to) if args.to else ("from", args.from_)
     model = None
     if direction == "from":
+        if args.out or args.ffn_only:
+            raise ValueError("--out and --ffn-only are for exporting (--to); importing (--from) writes LANG.safetensors "
+                             "to --out-dir DIR")
         if not args.langs or not args.out_dir:
             raise ValueError("--from needs --langs LANG[,LANG...] (the file's languages, in order) and --out-dir DIR")
         from mwork.models.loading import load_model
@@ -51,4 +54,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--from: the model the neurons belong to (its shape is checked)")
     p.add_argument("--langs", help="--from: the languages, comma-separated, in the file's order")
     p.add_argument("--out-dir", help="--from: folder for LANG.safetensors")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, output_kinds={"out": "file"})

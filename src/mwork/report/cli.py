@@ -19,4 +19,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", help="results folder written by mwork commands")
     p.add_argument("--out", help="HTML file to write (default: DIR/index.html)")
     p.add_argument("--title", help="page title")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, output_kinds={"out": "file"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mwork.config import add_arguments, from_args
+from mwork.config import add_arguments, from_args, given
 from mwork.tasks.lm_eval_run import EvalConfig
 
 
@@ -21,7 +21,31 @@ def _summary(results: dict) -> dict:
             for task, values in results.get("results", {}).items()}
 
 
+DEFAULT_DATA = "../shared/data"
+
+
+def _check_actions(args: argparse.Namespace) -> None:
+    """Options of a set-up action without it (or with the other action, or with a run's
+    options) would be silently ignored: each is an error."""
+    local = [flag for flag, given_ in (("--data", args.data != DEFAULT_DATA), ("--langs", args.langs is not None),
+                                       ("--local-limit", args.local_limit is not None),
+                                       ("--sentences", args.sentences)) if given_]
+    if local and not args.make_local_tasks:
+        raise ValueError(f"{', '.join(local)}: only used with --make-local-tasks DIR; without it they would be ignored")
+    if args.site_dir is not None and not args.install_lm_eval_plugin:
+        raise ValueError("--site-dir applies only with --install-lm-eval-plugin")
+    if args.make_local_tasks and args.install_lm_eval_plugin:
+        raise ValueError("give --make-local-tasks or --install-lm-eval-plugin, not both (run them one after the other)")
+    run_options = sorted(given(args, EvalConfig))
+    if run_options and (args.make_local_tasks or args.install_lm_eval_plugin):
+        action = "--make-local-tasks" if args.make_local_tasks else "--install-lm-eval-plugin"
+        flags = ", ".join("--" + name.replace("_", "-") for name in run_options)
+        raise ValueError(f"{action} is a set-up action and exits: {flags} would be ignored; run the evaluation "
+                         "separately")
+
+
 def _run(args: argparse.Namespace) -> int:
+    _check_actions(args)
     if args.install_lm_eval_plugin:
         from mwork.tasks.lm_eval_plugin import install_lm_eval_plugin
 
@@ -55,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     setup = p.add_argument_group("set-up actions (instead of a run)")
     setup.add_argument("--make-local-tasks", metavar="DIR", default=None,
                        help="write local lm-eval tasks (YAML + JSON Lines) from --data into DIR and exit")
-    setup.add_argument("--data", default="../shared/data",
+    setup.add_argument("--data", default=DEFAULT_DATA,
                        help="folder with xquad/ and mgsm/ for --make-local-tasks (default: ../shared/data)")
     setup.add_argument("--langs", default=None, help="languages for --make-local-tasks (default: every file found)")
     setup.add_argument("--local-limit", type=int, default=None, help="at most this many items per local task")

@@ -34,4 +34,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(held-out XQuAD articles 24:48 unless --articles). Prints one JSON object as the last line.",
     )
     add_arguments(p, PplConfig)
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, output_kinds={"out": "file"})

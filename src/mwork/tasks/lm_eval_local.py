@@ -143,6 +143,8 @@ def make_local_tasks(out: str | Path, data: str | Path, *, langs: Sequence[str] 
     """Write the local tasks (module docstring) under ``out`` from the data folder ``data``;
     return their names. ``limit``: at most this many items per task (first ones); ``sentences``:
     also the ``mwork_xquad_mc_sentence_<lang>`` variant."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"the item limit (--local-limit) must be at least 1, got {limit}")
     data = Path(data)
     if not data.is_dir():
         raise FileNotFoundError(f"no data folder at {data}: give the folder with xquad/ and mgsm/ (e.g. ../shared/data)")

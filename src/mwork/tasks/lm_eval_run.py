@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -53,12 +54,23 @@ class EvalConfig(SwitchOffOptions):
             raise ValueError("give the lm-eval tasks to run: --tasks T1,T2")
         if not self.out:
             raise ValueError("give an output folder: --out DIR")
+        twice = sorted({t for t in tasks if tasks.count(t) > 1})
+        if twice:
+            raise ValueError(f"--tasks names {', '.join(twice)} more than once; give each task once")
         if self.include_path is not None and not Path(self.include_path).is_dir():
             raise FileNotFoundError(f"--include-path {self.include_path} is not a folder of lm-eval task YAMLs")
-        if self.limit is not None and self.limit <= 0:
+        if self.limit is not None and not (math.isfinite(self.limit) and self.limit > 0):
             raise ValueError(f"--limit must be positive, got {self.limit}")
+        if self.limit is not None and self.limit > 1 and self.limit != int(self.limit):
+            raise ValueError(f"--limit {self.limit}: give a fraction below 1 or a whole number of documents")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(f"--max-length must be at least 2, got {self.max_length}")
+        if self.bootstrap_iters < 0:
+            raise ValueError(f"--bootstrap-iters must be >= 0 (0: no standard errors), got {self.bootstrap_iters}")
         super().__post_init__()
 
 

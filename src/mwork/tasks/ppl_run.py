@@ -59,6 +59,8 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     texts = read_texts(config.texts, articles=config.articles, default_articles=EVALUATION_ARTICLES)
     if config.max_texts is not None:
         texts = texts[:config.max_texts]
+    if not texts:
+        raise ValueError(f"--texts {config.texts} gives no texts")
     if model is None:
         model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device, delta=config.delta,
                                       device_map=parse_device_map(config.device_map))

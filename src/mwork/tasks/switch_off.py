@@ -5,6 +5,7 @@ set they name."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,10 @@ class SwitchOffOptions:
             raise ValueError("--layers/--kinds restrict a neuron set: give --neurons or --random-like too")
         if self.seed is not None and not self.random_like:
             raise ValueError("--seed applies only with --random-like")
+        if not math.isfinite(self.scale):
+            raise ValueError(f"--scale must be a finite number, got {self.scale}")
+        if self.scale != 0.0 and not (self.neurons or self.random_like):
+            raise ValueError(f"--scale {self.scale:g} scales a neuron set: give --neurons or --random-like too")
         parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
 
 

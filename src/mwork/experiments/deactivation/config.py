@@ -10,6 +10,7 @@ from typing import Any
 
 from mwork.config import option
 from mwork.experiments.deactivation.plan import check_languages
+from mwork.lens.regions import check_region_options
 from mwork.models.loading import DEFAULT_MODEL, parse_device_map
 from mwork.tasks.ppl_run import DEVICE_MAP_HELP
 
@@ -62,10 +63,11 @@ class DeactivationConfig:
         check_languages(langs, self.english)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"--seeds must name at least one seed, each once; got {list(self.seeds)}")
-        for name in ("understanding", "generation"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"--{name} must be >= 0, got {value}")
+        check_region_options(self.lens, self.understanding, self.generation)
+        for flag, folder in (("--neurons", self.neurons), ("--texts-dir", self.texts_dir)):
+            if folder is not None and Path(folder).is_file():
+                raise ValueError(f"{flag} {folder} is a file; give the folder of <lang>"
+                                 f"{'.safetensors sets' if flag == '--neurons' else '.txt texts'}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1, got {self.limit}")
         if self.batch_size < 1:
@@ -82,6 +84,14 @@ class DeactivationConfig:
             if self.include_path or self.lm_eval_metric or self.num_fewshot is not None:
                 raise ValueError("--include-path, --lm-eval-metric and --num-fewshot apply to lm-eval:TEMPLATE tasks only")
             get_task(self.task)  # an unknown task fails here, listing the known ones
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"--num-fewshot must be >= 0, got {self.num_fewshot}")
+        ppl = not is_lm_eval_task(self.task) and get_task(self.task).name == "ppl"
+        if self.texts_dir is not None and not ppl:
+            raise ValueError(f"--texts-dir holds the texts of --task ppl; --task {self.task} does not read it")
+        if self.source is not None and (ppl or is_lm_eval_task(self.task)):
+            raise ValueError(f"--source is the data of --task mgsm, xquad, xcsqa or xlsum; --task {self.task} does "
+                             "not read it" + (" (its texts come from --texts-dir)" if ppl else ""))
         parse_device_map(self.device_map)
 
     def evaluator(self, model: Any, tokenizer: Any) -> tuple[Any, dict[str, str] | None]:

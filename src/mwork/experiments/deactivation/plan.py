@@ -52,13 +52,15 @@ def check_languages(langs: Sequence[str], english: str) -> list[str]:
     """The non-English languages; a clear error for a repeated language, no English, or English alone."""
     repeated = sorted({lang for lang in langs if list(langs).count(lang) > 1})
     if repeated:
-        raise ValueError(f"the languages name {', '.join(repeated)} more than once ({','.join(langs)}): "
+        raise ValueError(f"the languages (--langs) name {', '.join(repeated)} more than once ({','.join(langs)}): "
                          "give each language once")
     if english not in langs:
-        raise ValueError(f"the languages must include English ({english!r}) to measure ΔEng; got {', '.join(langs)}")
+        raise ValueError(f"the languages (--langs) must include English ({english!r}) to measure ΔEng; got "
+                         f"{', '.join(langs) or 'none'}")
     targets = [lang for lang in langs if lang != english]
     if not targets:
-        raise ValueError("give at least one non-English language besides English")
+        raise ValueError(f"the languages (--langs {','.join(langs)}) have none besides English: give at least one "
+                         "non-English language too")
     return targets
 
 

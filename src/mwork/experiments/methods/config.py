@@ -31,10 +31,10 @@ def parse_size(text: str) -> tuple[str, float]:
         else:
             value, kind = float(t), "fraction"
     except ValueError:
-        raise ValueError(f"set size {text!r}: give a percentage of all neurons (0.5%), a fraction (0.005) or a "
+        raise ValueError(f"--sizes: set size {text!r}: give a percentage of all neurons (0.5%), a fraction (0.005) or a "
                          "count (500)") from None
     if not (math.isfinite(value) and 0 < value < 1):
-        raise ValueError(f"set size {text!r} must be a share of all neurons between 0 and 100%")
+        raise ValueError(f"--sizes: set size {text!r} must be a share of all neurons between 0 and 100%")
     return kind, value
 
 
@@ -43,7 +43,7 @@ def size_count(text: str, total: int) -> int:
     kind, value = parse_size(text)
     n = int(value) if kind == "count" else round(value * total)
     if not 1 <= n <= total:
-        raise ValueError(f"set size {text} is {n} neurons; the model has {total}")
+        raise ValueError(f"--sizes: set size {text} is {n} neurons; the model has {total}")
     return n
 
 

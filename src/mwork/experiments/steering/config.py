@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from mwork.config import option
+from mwork.lens.regions import check_region_options
 from mwork.models.loading import DEFAULT_MODEL
 from mwork.steering import MODES, POSITIONS, parse_stat
 
@@ -91,6 +92,22 @@ class SteerConfig:
             raise ValueError("give --region or --layers, not both")
         if "{prompt}" not in self.template:
             raise ValueError(f"the template {self.template!r} has no {{prompt}} placeholder")
+        try:
+            self.template.format(prompt="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"the template {self.template!r} is not a format string with only {{prompt}} in braces "
+                             f"({type(err).__name__}: {err}); write {{{{ and }}}} for literal braces") from None
+        check_region_options(self.lens, self.understanding, self.generation)
+        if self.region == "all":
+            unused = [flag for flag, value in (("--understanding", self.understanding), ("--generation",
+                      self.generation), ("--lens", self.lens)) if value is not None]
+            if unused:
+                raise ValueError(f"{', '.join(unused)}: only used with --region understanding, task-solving or "
+                                 "generation; with --region all (the default) it would be ignored")
+        if self.source is not None and (self.prompts.startswith(("builtin:", "xquad:")) or
+                                        self.prompts.endswith(".jsonl")):
+            raise ValueError(f"--source names the language of a plain-text prompts file; {self.prompts} carries its "
+                             "own language")
         for name in ("max_new_tokens", "batch_size", "stats_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -14,7 +14,7 @@ from mwork.experiments.steering.sweep import run_steer_sweep, say
 from mwork.intervene import parse_kinds, parse_layers
 from mwork.neurons.neuronset import NeuronSet
 from mwork.steering import NEEDS_STATISTIC
-from mwork.texts import fingerprint_texts, read_texts
+from mwork.texts import fingerprint_texts, is_empty, read_texts
 
 
 def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
@@ -24,6 +24,8 @@ def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
         texts = read_texts(config.corpus)
         if config.stats_docs is not None:
             texts = texts[:config.stats_docs]
+        if all(is_empty(t) for t in texts):
+            raise ValueError(f"--corpus {config.corpus} has no non-empty document to measure the statistics on")
         return texts, {"spec": config.corpus, "max_docs": config.stats_docs}
     info = ns.meta.get("statistics") or {}
     corpus = info.get("corpus")

@@ -70,6 +70,8 @@ class ApConfig(StatsSettings):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.top + self.bottom == 0:
+            raise ValueError("top (--ap-top) and bottom (--ap-bottom) are both 0: the sets would hold no neuron")
 
     def site(self, kind: str) -> str:
         return self.ffn_site if kind == "ffn" else ATTN_SITES[kind]
