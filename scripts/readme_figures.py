@@ -4,6 +4,7 @@
     python scripts/readme_figures.py               # full-size demo into runs/readme-demo, then the figures
     python scripts/readme_figures.py --quick       # the quick demo instead
     python scripts/readme_figures.py --from DIR    # reuse a finished demo folder (runs nothing)
+    python scripts/readme_figures.py --from DIR --screenshot-only   # only explorer.png (DIR needs its lens stage)
 
 Nothing is drawn by hand: the PNGs are the demo's own plots, copied; the markdown tables and
 the headline sentences are rendered from the demo's CSV/JSON files (the headline facts by the
@@ -46,6 +47,7 @@ SCREENSHOTS = ("explorer.png",)  # of the report page rendered from the demo fol
 NEEDED = ("run.json", "lens/lens.csv", "lens/lens.json", "lens/lens_explorer.json", "neurons/summary.csv",
           "deactivation/table.md", "deactivation/headline.csv", "enhance/compare.csv", "enhance/compare.json",
           *PLOTS.values())
+LENS_NEEDED = ("lens/lens.csv", "lens/lens.json", "lens/lens_explorer.json")  # what explorer.png reads
 # the explorer's prompt in the screenshot: the first of these languages the demo has (scripts a
 # headless server may lack fonts for, such as Han, are not first choices)
 EXPLORER_LANGS = ("fr", "de", "es", "ru")
@@ -361,9 +363,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="demo model (default: the demo's, gemma-3-270m)")
     p.add_argument("--figures", type=Path, default=DEFAULT_FIGURES, help=f"where to write (default {DEFAULT_FIGURES})")
     p.add_argument("--no-screenshot", action="store_true", help="skip explorer.png (needs Chromium and playwright)")
+    p.add_argument("--screenshot-only", action="store_true",
+                   help="with --from: only retake explorer.png (the folder needs only its lens stage); the other "
+                        "figures and tables are left as they are")
     args = p.parse_args(argv)
     script_command = " ".join(["python scripts/readme_figures.py", *(argv if argv is not None else sys.argv[1:])])
     try:
+        if args.screenshot_only:
+            if args.source is None or args.no_screenshot:
+                raise ValueError("--screenshot-only retakes explorer.png from a demo folder: give --from DIR "
+                                 "(and not --no-screenshot)")
+            missing = [n for n in LENS_NEEDED if not (args.source / n).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{args.source} has no finished lens stage (missing {', '.join(missing)})")
+            args.figures.mkdir(parents=True, exist_ok=True)
+            print(f"wrote {explorer_screenshot(args.source, args.figures / 'explorer.png')}")
+            return 0
         if args.source is not None:
             if args.quick or args.model:
                 raise ValueError("--from reuses a finished demo: drop --quick/--model")
