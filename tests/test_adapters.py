@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mwork
 from mwork.hooks import Site
 from mwork.models.adapters import KINDS, AttentionContext, attention_mask, get_adapter
 from mwork.models.parity import layer_parity
@@ -33,16 +32,16 @@ def alias(request) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny64(alias):
-    return mwork.load_model(alias, dtype=torch.float64, device="cpu")
+def tiny64(alias, tiny_models):
+    return tiny_models.shared(alias, torch.float64)
 
 
 @pytest.fixture(scope="module")
-def tiny32(alias):
+def tiny32(alias, tiny_models):
     """float32, for left padding: in float64, eager attention casts the float64 mask minimum to
     float32 for its softmax (-inf), so padded query rows with nothing to attend to become NaN
     and leak into every token through 0 * NaN in the next layer (a transformers limitation)."""
-    return mwork.load_model(alias, dtype=torch.float32, device="cpu")
+    return tiny_models.shared(alias, torch.float32)
 
 
 def _batch(tok, side: str) -> dict[str, torch.Tensor]:

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-import mwork
 from mwork.cli import main as cli_main
 from mwork.neurons.convert import (
     export_lape, export_reference, import_lape, import_reference, parse_reference_line, reference_text, side_file,
@@ -18,13 +17,13 @@ from mwork.neurons.neuronset import NeuronSet
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", device="cpu")  # 3 layers, FFN 96, 4 query heads x 16, 2 KV heads
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama")  # 3 layers, FFN 96, 4 query heads x 16, 2 KV heads
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    return mwork.load_model("tiny-random-gpt2", device="cpu")  # 3 layers, FFN 96, no GQA
+def gpt2(tiny_models):
+    return tiny_models.shared("tiny-random-gpt2")  # 3 layers, FFN 96, no GQA
 
 
 def random_set(model, seed, lang, kinds=("ffn",), p=0.1):

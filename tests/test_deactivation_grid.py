@@ -29,8 +29,8 @@ TEXTS = {
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    return mwork.load_model("tiny-random-gpt2", device="cpu")
+def gpt2(tiny_models):
+    return tiny_models.shared("tiny-random-gpt2")
 
 
 def _sets(model, picks=None, kinds=("ffn", "q")):
@@ -145,8 +145,8 @@ def test_replaced_sets_and_texts_are_recomputed_not_reused(tmp_path, capsys, gpt
     assert results["original"]["zh"] != json.loads((fresh / "results.json").read_text())["original"]["zh"]
 
 
-def test_changed_weights_and_batch_size_are_recomputed(tmp_path, capsys):
-    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_changed_weights_and_batch_size_are_recomputed(tmp_path, capsys, fresh_tiny):
+    model, tok = fresh_tiny("tiny-random-gpt2")
     calls = []
     base = perplexity_evaluator(model, tok, TEXTS, batch_size=2, max_length=16)
 

@@ -35,8 +35,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def llama64(tiny_models):
+    return tiny_models.shared("tiny-random-llama", torch.float64)
 
 
 def _same(a: NeuronSet, b: NeuronSet) -> bool:
@@ -44,8 +44,8 @@ def _same(a: NeuronSet, b: NeuronSet) -> bool:
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-gemma3", "tiny-random-gpt2", "tiny-random-bloom"])
-def test_detect_end_to_end(alias):
-    model, tok = mwork.load_model(alias, device="cpu")
+def test_detect_end_to_end(alias, shared_tiny):
+    model, tok = shared_tiny(alias)
     docs = DOCS[:5]
     ns = detect(model, tok, docs, language="xx", batch_size=3, progress=False)
     counts = mwork.get_adapter(model).neuron_counts()
@@ -93,10 +93,10 @@ def test_rule_ties_go_to_lower_index():
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-gemma3"])
-def test_deterministic_and_batch_size_independent(alias):
+def test_deterministic_and_batch_size_independent(alias, shared_tiny):
     # gemma3 (sliding window 8) gives NaN for padded batches in float64 eager attention:
     # detection then scores those windows alone, with the same result
-    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny(alias, torch.float64)
     docs = DOCS[2:6]
     a = detect(model, tok, docs, language="fr", batch_size=4, buffer_docs=3, progress=False)
     b = detect(model, tok, docs, language="fr", batch_size=4, buffer_docs=3, progress=False)

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import mwork
 from mwork.cli import main as cli_main
 from mwork.config import fingerprint
 from mwork.neurons import qk_kernel
@@ -34,8 +33,8 @@ DOCS = [
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama", torch.float64)
 
 
 def _same(a: NeuronSet, b: NeuronSet) -> bool:
@@ -216,7 +215,7 @@ def test_non_positive_epsilon_warns(llama, tmp_path, capsys):
     assert rc == 0 and "is not positive" in captured.err and captured.out.startswith("fr: ")
 
 
-def test_cli_detect_matches_the_api(llama, tmp_path, capsys):
+def test_cli_detect_matches_the_api(llama, tmp_path, capsys, shared_tiny):
     corpus = tmp_path / "fr.txt"
     corpus.write_text("\n".join(DOCS[:2] + ["a"] + DOCS[2:4]) + "\n")
     out = tmp_path / "cli"
@@ -225,7 +224,7 @@ def test_cli_detect_matches_the_api(llama, tmp_path, capsys):
                      "--quiet"]) == 0
     line = capsys.readouterr().out
     assert "important in 4/5 documents, q in 3/4" in line
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = shared_tiny("tiny-random-llama")
     api = detect(model, tok, TextSource(path=corpus), language="fr", kinds=("ffn", "q"),
                  top_k={"ffn": 7, "q": 4}, min_doc_fraction=0.75, batch_size=2, model_id="tiny-random-llama",
                  progress=False)

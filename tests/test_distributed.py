@@ -118,11 +118,11 @@ def _spawn(tmp_path: Path, name: str, die_after: int | None) -> None:
     mp.spawn(_worker, args=(2, str(tmp_path / name), str(tmp_path), die_after), nprocs=2, join=True)
 
 
-def test_resume_after_one_rank_dies(tmp_path):
+def test_resume_after_one_rank_dies(tmp_path, shared_tiny):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers
     try:
-        model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+        model, tok = shared_tiny("tiny-random-llama")
         one = tmp_path / "one.safetensors"
         det.detect(model, tok, DOCS, **KW, out=one, scorer=_scorer)
     finally:
@@ -160,11 +160,11 @@ def _short_worker(rank: int, world: int, init_file: str, work: str) -> None:
         dist.destroy_process_group()
 
 
-def test_unscorable_documents_are_gathered_over_ranks(tmp_path):
+def test_unscorable_documents_are_gathered_over_ranks(tmp_path, shared_tiny):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+        model, tok = shared_tiny("tiny-random-llama")
         det.detect(model, tok, SHORT_DOCS, **SHORT_KW, out=tmp_path / "one.safetensors")
     finally:
         torch.set_num_threads(threads)
@@ -222,10 +222,10 @@ def _eval_worker(rank: int, world: int, init_file: str, work: str) -> None:
         dist.destroy_process_group()
 
 
-def test_sharded_evaluations_equal_single_process(tmp_path):
+def test_sharded_evaluations_equal_single_process(tmp_path, shared_tiny):
     """perplexity, greedy generation and log-likelihood: every rank returns the single
     process's values, bit for bit (the per-item values are gathered, not partial sums)."""
-    model, tok = mwork.load_model("tiny-random-qwen2", device="cpu")
+    model, tok = shared_tiny("tiny-random-qwen2")
     one = _evaluations(model, tok)
     assert one["ppl"]["n_windows"] > len(one["ppl"]["per_text"])  # some texts need several windows
     mp.spawn(_eval_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
@@ -339,13 +339,13 @@ def _offloaded(tmp_path: Path, alias: str, layer: int):
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3"])
-def test_hooks_live_on_the_device_their_module_computes_on(tmp_path, alias):
+def test_hooks_live_on_the_device_their_module_computes_on(tmp_path, alias, shared_tiny):
     """With an offloaded layer (weights on the meta device) every deactivation index sits on the
     module's execution device, never on the meta device nor wherever the model's first weight
     is; the deactivated outputs equal those of the plain model."""
     from mwork.hooks import module_device as _module_device
 
-    plain, tok = mwork.load_model(alias, device="cpu")
+    plain, tok = shared_tiny(alias)
     mapped, _ = _offloaded(tmp_path, alias, layer=1)
     assert get_adapter(mapped).mlp_down(1).weight.device.type == "meta"  # really offloaded
     ns = NeuronSet.from_indices(plain, {"ffn": {0: [1, 2], 1: [3, 4]}, "q": {1: [0, 5]}, "v": {1: [2]}}, {})

@@ -44,11 +44,11 @@ def _neurons(model: torch.nn.Module) -> NeuronSet:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_models):
     """One short float64 run per family: (alias, trained base model, tokenizer, result, out dir)."""
     runs = {}
     for alias in FAMILIES:
-        model, tok = mwork.load_model(alias, dtype=DTYPES.get(alias, torch.float64), device="cpu")
+        model, tok = tiny_models.fresh(alias, DTYPES.get(alias, torch.float64))
         out = tmp_path_factory.mktemp(alias)
         res = enhance(model, tok, _neurons(model), TEXTS, out, max_steps=2, **FAST)
         runs[alias] = (model, tok, res, out)
@@ -56,10 +56,10 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("alias", FAMILIES)
-def test_only_selected_slices_change(trained, alias):
+def test_only_selected_slices_change(trained, alias, shared_tiny):
     model, tok, res, out = trained[alias]
     dtype = DTYPES.get(alias, torch.float64)
-    base, _ = mwork.load_model(alias, dtype=dtype, device="cpu")
+    base, _ = shared_tiny(alias, dtype)
     merged, _ = mwork.load_model(alias, dtype=dtype, device="cpu", delta=out)
     assert all(torch.isfinite(torch.tensor(res.losses))) and res.losses[-1] != res.losses[0]
     masks = res.delta.element_masks(base)
@@ -112,9 +112,9 @@ def test_optimizer_state_matches_selected_slices(trained, alias):
     assert n < whole
 
 
-def test_resume_gives_the_identical_delta(tmp_path):
+def test_resume_gives_the_identical_delta(tmp_path, fresh_tiny):
     # gpt2 has dropout: resuming must also restore the RNG
-    model, tok = mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+    model, tok = fresh_tiny("tiny-random-gpt2", torch.float64)
     ns = _neurons(model)
     full = enhance(model, tok, ns, TEXTS, tmp_path / "full", max_steps=4, **FAST)
     part = enhance(model, tok, ns, TEXTS, tmp_path / "part", max_steps=4, stop_after=2, **FAST)
@@ -129,8 +129,8 @@ def test_resume_gives_the_identical_delta(tmp_path):
         assert torch.equal(done.delta.state_dict()[k], v), k
 
 
-def test_micro_batches_do_not_change_the_loss():
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def test_micro_batches_do_not_change_the_loss(fresh_tiny):
+    model, tok = fresh_tiny("tiny-random-llama", torch.float64)
     ns = _neurons(model)
     a = enhance(model, tok, ns, TEXTS, max_steps=2, **FAST)
     b = enhance(model, tok, ns, TEXTS, max_steps=2, micro_batch_size=1, **FAST)
@@ -139,9 +139,9 @@ def test_micro_batches_do_not_change_the_loss():
         torch.testing.assert_close(b.delta.state_dict()[k], v)
 
 
-def test_bad_input_is_a_clear_error():
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
-    other, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_bad_input_is_a_clear_error(fresh_tiny, shared_tiny):
+    model, tok = fresh_tiny("tiny-random-llama")
+    other, _ = shared_tiny("tiny-random-gpt2")
     with pytest.raises(ValueError, match="does not fit"):
         enhance(model, tok, _neurons(other), TEXTS, max_steps=1, progress=False)
     with pytest.raises(ValueError, match="empty"):
@@ -154,25 +154,25 @@ def test_bad_input_is_a_clear_error():
         enhance(model, tok, _neurons(model), "one string", max_steps=1)
 
 
-def test_delta_refuses_another_model(trained):
+def test_delta_refuses_another_model(trained, shared_tiny):
     _, _, _, out = trained["tiny-random-gpt2"]
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    model, _ = shared_tiny("tiny-random-llama")
     with pytest.raises(ValueError, match="does not fit"):
         apply_delta(model, out)
     with pytest.raises(FileNotFoundError):
         mwork.load_model("tiny-random-gpt2", device="cpu", delta=out / "nowhere")
 
 
-def test_lora_budget_matches_neuron_count():
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_lora_budget_matches_neuron_count(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     ns = _neurons(model)
     lora = lora_for_budget(model, ns, budget=10_000)
     assert abs(lora["parameters"] - 10_000) <= lora["parameters_per_rank"] / 2
     assert set(lora["target_modules"]) == {s.module for s in NeuronDelta.zeros(model, ns).slices}
 
 
-def test_cli_writes_delta_and_applies(tmp_path, capsys):
-    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_cli_writes_delta_and_applies(tmp_path, capsys, shared_tiny):
+    model, tok = shared_tiny("tiny-random-gpt2")
     _neurons(model).save(tmp_path / "ns.safetensors")
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "delta"
@@ -218,8 +218,8 @@ def _squad_folder(path):
     return path
 
 
-def test_compare_writes_a_table(tmp_path, monkeypatch):
-    ns_model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_compare_writes_a_table(tmp_path, monkeypatch, shared_tiny):
+    ns_model, _ = shared_tiny("tiny-random-llama")
     ns = _neurons(ns_model)
     evals = {"fr": TEXTS[:2], "en": ["The quick brown fox."]}
     source = _squad_folder(tmp_path / "xquad")
@@ -284,8 +284,8 @@ def test_compare_writes_a_table(tmp_path, monkeypatch):
     assert calls == ["zh", "en"]  # refused before evaluating anything
 
 
-def test_compare_task_input_errors(tmp_path):
-    ns_model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_compare_task_input_errors(tmp_path, shared_tiny):
+    ns_model, _ = shared_tiny("tiny-random-llama")
     kw = dict(max_steps=1, device="cpu", **FAST)
     with pytest.raises(ValueError, match="unknown task"):
         compare("tiny-random-llama", _neurons(ns_model), TEXTS, {"fr": TEXTS}, tmp_path, tasks={"squad9": ["en"]}, **kw)
@@ -294,8 +294,8 @@ def test_compare_task_input_errors(tmp_path):
     assert not (tmp_path / "compare.json").exists()
 
 
-def test_cli_compare_with_a_task(tmp_path, capsys):
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_cli_compare_with_a_task(tmp_path, capsys, shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     _neurons(model).save(tmp_path / "ns.safetensors")
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
     source = _squad_folder(tmp_path / "xquad")

@@ -31,9 +31,9 @@ def _neurons(model, shift=0):
 
 
 @pytest.fixture
-def model_dir(tmp_path):
+def model_dir(tmp_path, fresh_tiny):
     """tiny-random-llama saved as a local folder, so that its weights can change under the same name."""
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = fresh_tiny("tiny-random-llama")
     path = tmp_path / "model"
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -104,7 +104,7 @@ def registry(monkeypatch):
     return methods.REGISTRY
 
 
-def test_a_new_method_is_one_entry(registry, tmp_path, capsys):
+def test_a_new_method_is_one_entry(registry, tmp_path, capsys, fresh_tiny):
     from mwork.experiments.enhance import run_method
     from mwork.tasks.perplexity import perplexity
 
@@ -113,7 +113,7 @@ def test_a_new_method_is_one_entry(registry, tmp_path, capsys):
     with pytest.raises(ValueError, match="already registered"):
         register_training_method(type("Other", (Method,), {"name": "norms"}))
     # standalone: only the norm weights change, train.json is written
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = fresh_tiny("tiny-random-llama")
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     res = run_method(NormsOnly(model), tok, TEXTS, tmp_path / "alone", **{k: v for k, v in FAST.items() if k != "device"})
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, base[n])}
@@ -125,7 +125,7 @@ def test_a_new_method_is_one_entry(registry, tmp_path, capsys):
                    lrs={"norms": 2e-2}, **FAST)
     by = {r["method"]: r for r in rows}
     assert list(by) == ["neurons", "norms"] and by["norms"]["lr"] == 2e-2 and by["norms"]["lora_rank"] is None
-    fresh, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    fresh, tok = fresh_tiny("tiny-random-llama")
     run_method(NormsOnly(fresh), tok, TEXTS, **{k: v for k, v in dict(FAST, lr=2e-2).items() if k != "device"})
     for name, texts in EVALS.items():
         assert by["norms"][f"ppl_{name}_after"] == round(perplexity(fresh, tok, texts, batch_size=8, max_length=512,

@@ -28,8 +28,8 @@ def _neurons(model):
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    return mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+def gpt2(tiny_models):
+    return tiny_models.shared("tiny-random-gpt2", torch.float64)
 
 
 class _Payload:
@@ -104,8 +104,8 @@ def test_broken_checkpoint_gets_a_sentence(gpt2, tmp_path):
     assert done.meta["finished"]
 
 
-def test_resume_refuses_other_base_weights(gpt2, tmp_path):
-    model, tok = mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+def test_resume_refuses_other_base_weights(gpt2, tmp_path, fresh_tiny):
+    model, tok = fresh_tiny("tiny-random-gpt2", torch.float64)
     ns = _neurons(model)
     enhance(model, tok, ns, TEXTS, tmp_path, max_steps=3, stop_after=1, **FAST)
     with torch.no_grad():

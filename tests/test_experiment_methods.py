@@ -54,8 +54,8 @@ def rows(path):
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", device="cpu")
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama")
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +136,9 @@ def test_numbers_equal_a_direct_computation(finished, llama):
         assert float(stab["lape", lang]["jaccard"]) == pytest.approx(a.jaccard(b), abs=1e-6)
 
 
-def test_mean_patch_sets_the_neurons_to_their_means(llama):
+def test_mean_patch_sets_the_neurons_to_their_means(llama, shared_tiny):
     for alias, kind in (("tiny-random-llama", "ffn"), ("tiny-random-gpt2", "q")):
-        model, tok = mwork.load_model(alias, device="cpu")
+        model, tok = shared_tiny(alias)
         adapter = mwork.get_adapter(model)
         ns = mwork.NeuronSet.empty_for(model)
         ns.masks[kind][0, [1, 5, 7]] = True

@@ -22,7 +22,7 @@ from mwork.hooks import Hooks
 from mwork.intervene import deactivate
 from mwork.models.adapters import KINDS, attention_mask, get_adapter
 from mwork.models.parity import layer_parity
-from mwork.models.tiny import TINY_ALIASES, _common, _rope, build_tiny, tiny_tokenizer
+from mwork.models.tiny import TINY_ALIASES, _common, _rope, build_tiny
 from mwork.neurons.brute_force import brute_force
 from mwork.neurons.importance import importance, qk_paths
 from mwork.neurons.neuronset import NeuronSet
@@ -60,10 +60,11 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def variant(request):
+def variant(request, tiny_models):
     cls_name, kwargs, path = VARIANTS[request.param]
-    model = build_tiny(cls_name, kwargs, torch.float64)
-    return request.param, model, tiny_tokenizer(), path
+    model, tok = tiny_models.shared(f"variant-{request.param}", torch.float64,
+                                    build=lambda: build_tiny(cls_name, kwargs, torch.float64))
+    return request.param, model, tok, path
 
 
 def _ids(tok) -> torch.Tensor:
@@ -139,10 +140,8 @@ def test_variant_deactivation_equals_zeroed_weights(variant):
 
 
 @pytest.fixture(scope="module", params=TINY_ALIASES)
-def tiny_alias64(request):
-    from mwork.models.loading import load_model
-
-    return load_model(request.param, dtype=torch.float64, device="cpu")
+def tiny_alias64(request, tiny_models):
+    return tiny_models.shared(request.param, torch.float64)
 
 
 def test_ffn_slices_own_exactly_their_neuron(tiny_alias64):
@@ -210,13 +209,11 @@ def test_delta_attach_equals_merged_weights(tiny_alias64):
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-olmo2", "tiny-random-cohere", "tiny-random-gptj"])
-def test_approx_is_the_first_order_formula_for_new_structures(alias):
+def test_approx_is_the_first_order_formula_for_new_structures(alias, shared_tiny):
     """method="approx" = ||P * (D - rowsum(P * D))||^2 summed over every head a channel changes,
     D the exact score change (recomputed here): with a QK-norm over the whole projection
     (OLMo-2: every head changes) and with interleaved RoPE (Cohere, GPT-J partial)."""
-    from mwork.models.loading import load_model
-
-    model, tok = load_model(alias, dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny(alias, torch.float64)
     ad = get_adapter(model)
     ids = _ids(tok)[None]
     n, layer = ids.shape[1], 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mwork
 from mwork.hooks import SITES, Hooks, active_hooks, capture, pack_left, packed_ids
 from mwork.models.adapters import get_adapter
 
@@ -13,8 +12,8 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.", "Le renard brun saute."
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama", torch.float64)
 
 
 def _batch(tok):
@@ -76,8 +75,8 @@ def test_removed_after_an_exception_and_bit_identical(llama):
         assert torch.equal(model(**batch).logits, before)
 
 
-def test_capture_keeps_last_or_all_and_cuts_fused_channels():
-    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_capture_keeps_last_or_all_and_cuts_fused_channels(shared_tiny):
+    model, tok = shared_tiny("tiny-random-gpt2")
     ad = get_adapter(model)
     ids = tok(["hello there, hello world"], return_tensors="pt")["input_ids"]
     with capture(model, ["q.out", "k.out"], layers=[1], keep="all") as cap:
@@ -96,8 +95,8 @@ def test_capture_keeps_last_or_all_and_cuts_fused_channels():
         capture(model, "q.out", layers=[99])
 
 
-def test_capture_copies_what_the_model_later_changes_in_place():
-    model, tok = mwork.load_model("tiny-random-falcon", device="cpu")  # adds attention into the FFN output
+def test_capture_copies_what_the_model_later_changes_in_place(shared_tiny):
+    model, tok = shared_tiny("tiny-random-falcon")  # adds attention into the FFN output
     batch = tok(TEXTS[:1], return_tensors="pt")
     with torch.no_grad(), capture(model, "ffn.out", layers=[0]) as copied, \
             capture(model, "ffn.out", layers=[0], clone=False) as shared:
@@ -109,8 +108,8 @@ def test_capture_copies_what_the_model_later_changes_in_place():
     assert not torch.equal(copied["ffn.out", 0], shared["ffn.out", 0])
 
 
-def test_flattened_ffn_tokens_come_back_as_batch_and_tokens():
-    model, tok = mwork.load_model("tiny-random-opt", device="cpu")  # OPT runs its FFN on (B * T, F)
+def test_flattened_ffn_tokens_come_back_as_batch_and_tokens(shared_tiny):
+    model, tok = shared_tiny("tiny-random-opt")  # OPT runs its FFN on (B * T, F)
     batch = _batch(tok)
     B, T = batch["input_ids"].shape
     with torch.no_grad(), capture(model, ["ffn.in", "ffn.act"], layers=[0]) as cap:

@@ -15,7 +15,6 @@ import warnings
 import pytest
 import torch
 
-import mwork
 from mwork.models.adapters import KINDS, attention_mask, get_adapter
 from mwork.models.tiny import TINY_ALIASES
 from mwork.neurons.brute_force import brute_force
@@ -36,9 +35,9 @@ BATCH_LENGTH_DEPENDENT = {"mpt"}
 
 
 @pytest.fixture(scope="module", params=TINY_ALIASES)
-def case(request):
+def case(request, tiny_models):
     """(model, tokenizer, left-padded batch, brute-force importances per (doc, layer, kind))."""
-    model, tok = mwork.load_model(request.param, dtype=torch.float64, device="cpu")
+    model, tok = tiny_models.shared(request.param, torch.float64)
     tok.padding_side = "left"
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     ad = get_adapter(model)
@@ -167,8 +166,8 @@ def test_kernel_matches_brute_force(dtype, kind, cap, scale):
 # ---- contract details -----------------------------------------------------------------------
 
 
-def test_bad_input_is_a_clear_error():
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_bad_input_is_a_clear_error(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     with pytest.raises(ValueError, match="kinds"):
         importance(model, batch, kinds=("mlp",))
@@ -184,9 +183,9 @@ def test_bad_input_is_a_clear_error():
         importance(model, holes)
 
 
-def test_bfloat16_model_reduces_in_float32():
-    model, tok = mwork.load_model("tiny-random-gemma3", dtype=torch.bfloat16, device="cpu")
-    ref, _ = mwork.load_model("tiny-random-gemma3", dtype=torch.float32, device="cpu")
+def test_bfloat16_model_reduces_in_float32(shared_tiny):
+    model, tok = shared_tiny("tiny-random-gemma3", torch.bfloat16)
+    ref, _ = shared_tiny("tiny-random-gemma3", torch.float32)
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     got, want = importance(model, batch), importance(ref, batch)
     for kind in KINDS:
@@ -194,8 +193,8 @@ def test_bfloat16_model_reduces_in_float32():
         assert spearman(got[kind], want[kind]) > 0.95
 
 
-def test_approx_ranks_like_exact():
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def test_approx_ranks_like_exact(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     exact = importance(model, batch, kinds=("q", "k"))
     approx = importance(model, batch, kinds=("q", "k"), method="approx")
@@ -208,10 +207,10 @@ def test_approx_ranks_like_exact():
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-qwen3", "tiny-random-gemma2", "tiny-random-bloom"])
-def test_reference_scores_match_the_reference_way(alias):
+def test_reference_scores_match_the_reference_way(alias, shared_tiny):
     from mwork.neurons.reference import reference_importance, reference_way
 
-    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny(alias, torch.float64)
     ad = get_adapter(model)
     tok.padding_side = "left"
     got = reference_importance(model, tok(TEXTS, return_tensors="pt", padding=True))
@@ -253,12 +252,12 @@ def test_bench_cli_prints_json_last(capsys):
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-qwen3"])
-def test_approx_is_the_first_order_formula(alias):
+def test_approx_is_the_first_order_formula(alias, shared_tiny):
     """method="approx" = ||P * (D - rowsum(P * D))||^2 with D the exact score change of each
     zeroed channel (computed here by recomputing the scores), summed over the heads it feeds."""
     from mwork.models.adapters import AttentionContext
 
-    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny(alias, torch.float64)
     ad = get_adapter(model)
     ids = tok(TEXTS[1], return_tensors="pt").input_ids
     n, layer = ids.shape[1], 1
@@ -299,10 +298,10 @@ def test_approx_is_the_first_order_formula(alias):
         torch.testing.assert_close(approx[kind][0, layer], torch.stack(want).sqrt(), rtol=1e-6, atol=1e-12)
 
 
-def test_long_documents_take_heads_in_chunks(monkeypatch):
+def test_long_documents_take_heads_in_chunks(monkeypatch, shared_tiny):
     import mwork.neurons.qk_paths as imp
 
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")  # 2 heads per KV group
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)  # 2 heads per KV group
     batch = tok(TEXTS, return_tensors="pt", padding=True)
     whole = importance(model, batch, kinds=("q", "k"))
     monkeypatch.setattr(imp, "SCORE_ELEMENTS", 1)  # one query head at a time

@@ -8,7 +8,6 @@ import copy
 import pytest
 import torch
 
-import mwork
 from mwork.intervene import deactivate, parse_kinds, parse_layers
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet
@@ -91,8 +90,11 @@ def test_hook_equals_zeroed_weights(tiny64):
         assert not torch.allclose(hooked, before, atol=1e-6), kinds  # it did something
 
 
-def test_scale_equals_scaled_weights(tiny64):
-    model, tok = tiny64
+# Every family: test_hook_equals_zeroed_weights (the channels each adapter names). The tests below check how
+# deactivate scales, unwinds, nests, restricts and runs in generate: the same code for every family, so they
+# run on one family per layout (tests/conftest.py REPRESENTATIVE).
+def test_scale_equals_scaled_weights(rep_dense_tiny64):
+    model, tok = rep_dense_tiny64
     ns = random_set(model, seed=1)
     inputs = unmasked(tok)
     with deactivate(model, ns, scale=0.5):
@@ -101,8 +103,8 @@ def test_scale_equals_scaled_weights(tiny64):
     torch.testing.assert_close(hooked, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_exit_is_bit_identical_even_after_an_exception(tiny):
-    model, tok = tiny
+def test_exit_is_bit_identical_even_after_an_exception(rep_tiny):
+    model, tok = rep_tiny
     inputs = batch(tok)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     hooks = hook_count(model)
@@ -120,8 +122,8 @@ def test_exit_is_bit_identical_even_after_an_exception(tiny):
         assert torch.equal(v, state[k]), k  # weights never touched
 
 
-def test_nesting_composes_and_unwinds(tiny64):
-    model, tok = tiny64
+def test_nesting_composes_and_unwinds(rep_dense_tiny64):
+    model, tok = rep_dense_tiny64
     inputs = unmasked(tok)
     a, b = random_set(model, seed=3), random_set(model, seed=4)
     with deactivate(model, a):
@@ -137,8 +139,8 @@ def test_nesting_composes_and_unwinds(tiny64):
                                atol=1e-10)
 
 
-def test_restriction_by_layers_and_kinds(tiny64):
-    model, tok = tiny64
+def test_restriction_by_layers_and_kinds(rep_dense_tiny64):
+    model, tok = rep_dense_tiny64
     ns = random_set(model, seed=5)
     inputs = unmasked(tok)
     with deactivate(model, ns, layers="1-2", kinds="ffn,q") as d:
@@ -148,8 +150,8 @@ def test_restriction_by_layers_and_kinds(tiny64):
     torch.testing.assert_close(hooked, logits(edit_weights(model, sub), inputs), rtol=1e-10, atol=1e-10)
 
 
-def test_generate_with_cache_and_left_padding(tiny):
-    model, tok = tiny  # float32: see unmasked()
+def test_generate_with_cache_and_left_padding(rep_dense_tiny):
+    model, tok = rep_dense_tiny  # float32: see unmasked()
     ns = random_set(model, seed=6)
     inputs = batch(tok, "left")
     kw = dict(max_new_tokens=4, do_sample=False, use_cache=True, return_dict_in_generate=True, output_logits=True,
@@ -167,8 +169,8 @@ def test_generate_with_cache_and_left_padding(tiny):
     assert all(torch.equal(x, y) for x, y in zip(again.logits, plain.logits))
 
 
-def test_gradients_flow_through_hooks():
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_gradients_flow_through_hooks(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     ad = get_adapter(model)
     ns = NeuronSet.from_indices(model, {"q": {0: [3, 7]}, "ffn": {1: [5]}})
     inputs = batch(tok)
@@ -184,9 +186,9 @@ def test_gradients_flow_through_hooks():
         model(**inputs)
 
 
-def test_path_input_and_shape_check(tmp_path):
-    llama, tok = mwork.load_model("tiny-random-llama", device="cpu")
-    gpt2, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_path_input_and_shape_check(tmp_path, shared_tiny):
+    llama, tok = shared_tiny("tiny-random-llama")
+    gpt2, _ = shared_tiny("tiny-random-gpt2")
     ns = random_set(llama)
     path = ns.save(tmp_path / "set")
     inputs = batch(tok)
@@ -201,8 +203,8 @@ def test_path_input_and_shape_check(tmp_path):
         deactivate(llama, tmp_path / "missing")
 
 
-def test_bad_arguments_are_clear_errors():
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_bad_arguments_are_clear_errors(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     ns = random_set(model)
     with pytest.raises(ValueError, match="out of range"):
         deactivate(model, ns, layers=[7])
@@ -216,16 +218,16 @@ def test_bad_arguments_are_clear_errors():
     assert hook_count(model) == 0
 
 
-def test_empty_set_is_a_no_op():
-    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+def test_empty_set_is_a_no_op(shared_tiny):
+    model, tok = shared_tiny("tiny-random-gpt2")
     inputs = batch(tok)
     before = logits(model, inputs)
     with deactivate(model, NeuronSet.empty_for(model)) as d:
         assert d.count == 0 and torch.equal(logits(model, inputs), before)
 
 
-def test_random_baseline_matches_counts_per_layer_and_kind():
-    model, _ = mwork.load_model("tiny-random-qwen3", device="cpu")
+def test_random_baseline_matches_counts_per_layer_and_kind(shared_tiny):
+    model, _ = shared_tiny("tiny-random-qwen3")
     ns = random_set(model, fraction=0.2, seed=7)
     r1, r1b, r2 = ns.random_like(1, exclude=ns), ns.random_like(1, exclude=ns), ns.random_like(2, exclude=ns)
     assert r1.counts() == ns.counts() == r2.counts()

@@ -26,8 +26,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module", params=TINY_ALIASES)
-def tiny64(request):
-    model, tok = mwork.load_model(request.param, dtype=torch.float64, device="cpu")
+def tiny64(request, tiny_models):
+    model, tok = tiny_models.shared(request.param, torch.float64)
     return request.param, model, tok
 
 
@@ -96,8 +96,8 @@ def test_lens_padding_independent(tiny64):
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", device="cpu")
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama")
 
 
 def test_eos_stops_and_special_positions_skipped(llama):
@@ -280,14 +280,14 @@ def test_regions_flat_curve_and_errors():
 # ---- CLI ----------------------------------------------------------------------------------
 
 
-def test_cli_writes_outputs(tmp_path, capsys):
+def test_cli_writes_outputs(tmp_path, capsys, shared_tiny):
     out = tmp_path / "lens"
     rc = cli_main(["lens", "--model", "tiny-random-qwen2", "--langs", "zh,ru", "--out", str(out),
                    "--max-prompts", "3", "--max-new-tokens", "3", "--top-k", "4"])
     assert rc == 0
     lines = (out / "lens.csv").read_text().splitlines()
     assert lines[0] == "input_lang,layer,english_share,non_english_share,unknown_share,n_tokens"
-    n_layers = mwork.get_adapter(mwork.load_model("tiny-random-qwen2")[0]).num_layers + 1
+    n_layers = mwork.get_adapter(shared_tiny("tiny-random-qwen2")[0]).num_layers + 1
     assert len(lines) == 1 + 2 * n_layers
     for row in csv.DictReader(lines):
         if row["english_share"] != "nan":

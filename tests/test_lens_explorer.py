@@ -16,8 +16,8 @@ PROMPTS = [Prompt("Le renard brun saute", "fr"), Prompt("Быстрая лиса
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def llama64(tiny_models):
+    return tiny_models.shared("tiny-random-llama", torch.float64)
 
 
 def test_probabilities_are_the_softmax_of_each_layers_logits(llama64):

@@ -26,8 +26,8 @@ PAIRS = [("The capital of France is", " Paris"), ("Le chat", " noir et blanc"), 
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return mwork.load_model("tiny-random-llama", device="cpu")
+def tiny(tiny_models):
+    return tiny_models.shared("tiny-random-llama")
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ LANGS = ("en", "zh")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_models):
     from mwork.tasks.lm_eval_local import make_local_tasks
 
     root = tmp_path_factory.mktemp("grid")
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
         config["doc_to_text"] = "Q: {{question}}\nA:"
         path.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
-    model, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+    model, _ = tiny_models.shared("tiny-random-gpt2")
     picks = {"en": [1, 2], "zh": [5, 6, 7]}
     for lang, idx in picks.items():
         NeuronSet.from_indices(model, {"ffn": {0: idx, 1: idx}, "q": {1: idx}}, {"language": lang}).save(
@@ -95,10 +95,10 @@ def test_grid_on_an_lm_eval_task(setup, tmp_path, monkeypatch):
     assert mwork.cli.main(_grid(setup, out, "--limit", "3")) == 2
 
 
-def test_inputs_digest_follows_the_documents(setup):
+def test_inputs_digest_follows_the_documents(setup, shared_tiny):
     from mwork.experiments.deactivation.lm_eval_task import lm_eval_evaluator
 
-    model, tok = mwork.load_model("tiny-random-gpt2", device="cpu")
+    model, tok = shared_tiny("tiny-random-gpt2")
     two, _ = lm_eval_evaluator(model, tok, "lm-eval:mwork_xquad_mc_{lang}", ["en", "zh"],
                                include_path=str(setup / "tasks"), limit=2)
     three, _ = lm_eval_evaluator(model, tok, "lm-eval:mwork_xquad_mc_{lang}", ["en", "zh"],

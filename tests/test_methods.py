@@ -38,13 +38,13 @@ CORPORA = {
 
 
 @pytest.fixture(scope="module")
-def llama64():
-    return mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def llama64(tiny_models):
+    return tiny_models.shared("tiny-random-llama", torch.float64)
 
 
 @pytest.fixture(scope="module")
-def gpt2_64():
-    return mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+def gpt2_64(tiny_models):
+    return tiny_models.shared("tiny-random-gpt2", torch.float64)
 
 
 def bos_tokenizer():
@@ -310,7 +310,7 @@ def test_plnd_native_sets_are_detect_minus_the_shared(llama64):
 # ---- registry and CLI -----------------------------------------------------------------------------
 
 
-def test_registry_takes_a_new_method():
+def test_registry_takes_a_new_method(shared_tiny):
     assert detection_methods()[:3] == ["plnd", "lape", "ap"]
     with pytest.raises(ValueError, match="unknown detection method 'nope'; methods: plnd, lape, ap"):
         get_detection_method("nope")
@@ -326,7 +326,7 @@ def test_registry_takes_a_new_method():
             e = {lang: {"ffn": torch.ones(fp["num_layers"], 96, dtype=torch.bool)} for lang in corpora}
             return LanguageScores(self.name, tuple(corpora), fp, s, e, "index")
 
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = shared_tiny("tiny-random-llama")
     scores = language_scores(model, tok, {"en": ["a b"], "fr": ["c d"]}, "constant_test", progress=False)
     assert scores.top("fr", 2).indices("ffn", 2).tolist() == [94, 95]
     with pytest.raises(ValueError, match="registered already"):
@@ -335,7 +335,7 @@ def test_registry_takes_a_new_method():
             name = "constant_test"
 
 
-def test_cli_detect_method_writes_one_set_per_language(tmp_path, capsys):
+def test_cli_detect_method_writes_one_set_per_language(tmp_path, capsys, shared_tiny):
     files = {}
     for lang, docs in CORPORA.items():
         files[lang] = tmp_path / f"{lang}.txt"
@@ -347,7 +347,7 @@ def test_cli_detect_method_writes_one_set_per_language(tmp_path, capsys):
     assert cli_main(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:3]] == ["en", "fr", "zh"]
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = shared_tiny("tiny-random-llama")
     api = detect_languages(model, tok, {lang: str(f) for lang, f in files.items()}, "lape",
                            LapeConfig(top_rate=0.05, max_length=8), progress=False)
     for lang in CORPORA:

@@ -46,11 +46,11 @@ def test_tiny_models_are_identical_on_every_call(tiny_alias):
         assert torch.equal(p, q), n
 
 
-def test_every_family_has_a_tiny_model():
+def test_every_family_has_a_tiny_model(shared_tiny):
     from mwork.models.adapters import REGISTRY
 
     families = {cls.family for cls in REGISTRY.values()}
-    tiny_families = {get_adapter(mwork.load_model(f"tiny-random-{a}")[0]).family for a in TINY_CONFIGS}
+    tiny_families = {get_adapter(shared_tiny(f"tiny-random-{a}")[0]).family for a in TINY_CONFIGS}
     assert families == tiny_families
 
 

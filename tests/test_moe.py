@@ -31,7 +31,7 @@ from mwork.hooks import MOE_SITES, SITES, Hooks, active_hooks, capture
 from mwork.intervene import deactivate
 from mwork.models.adapters import KINDS, UnsupportedModelError, get_adapter
 from mwork.models.parity import layer_parity
-from mwork.models.tiny import MOE_ALIASES, _common, build_tiny, tiny_tokenizer
+from mwork.models.tiny import MOE_ALIASES, _common, build_tiny
 from mwork.neurons.brute_force import brute_force
 from mwork.neurons.importance import importance, qk_paths
 from mwork.neurons.neuronset import NeuronSet
@@ -67,8 +67,8 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="module", params=MOE_ALIASES)
-def moe64(request):
-    model, tok = mwork.load_model(request.param, dtype=torch.float64, device="cpu")
+def moe64(request, tiny_models):
+    model, tok = tiny_models.shared(request.param, torch.float64)
     return request.param, model, tok
 
 
@@ -78,16 +78,18 @@ def tiny64(moe64):
     return moe64
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def variant(request):
-    cls_name, kwargs, path = VARIANTS[request.param]
-    return request.param, build_tiny(cls_name, kwargs, torch.float64), tiny_tokenizer(), path
+def _variant(tiny_models, name: str):
+    cls_name, kwargs, _ = VARIANTS[name]
+    return tiny_models.shared(f"moe-variant-{name}", torch.float64,
+                              build=lambda: build_tiny(cls_name, kwargs, torch.float64))
 
 
-@pytest.fixture(params=["alias", "variant"])
-def any64(request, moe64, variant):
-    """Every alias and every variant: (name, model, tokenizer)."""
-    return moe64 if request.param == "alias" else variant[:3]
+@pytest.fixture(params=[*MOE_ALIASES, *VARIANTS])
+def any64(request, tiny_models):
+    """Every alias and every variant, each once: (name, model, tokenizer)."""
+    name = request.param
+    model, tok = _variant(tiny_models, name) if name in VARIANTS else tiny_models.shared(name, torch.float64)
+    return name, model, tok
 
 
 def _ids(tok, text=TEXTS[0]) -> torch.Tensor:
@@ -254,10 +256,10 @@ def test_recomputed_block_is_bit_identical(moe64):
     assert sum(active_hooks(m) for m in model.modules()) == 0
 
 
-def test_readers_keep_the_grouped_mm_output():
+def test_readers_keep_the_grouped_mm_output(fresh_tiny):
     """With transformers' default grouped_mm experts (another summation order), readers leave
     the module's output; an edit returns the computation's (eager) output, equal within rounding."""
-    model, tok = mwork.load_model("tiny-random-qwen2_moe", device="cpu")  # grouped_mm has no float64 kernel
+    model, tok = fresh_tiny("tiny-random-qwen2_moe")  # grouped_mm has no float64 kernel
     ad = get_adapter(model)
     ids = _ids(tok)[None]
     with torch.no_grad():
@@ -489,16 +491,16 @@ def test_delta_attach_equals_merged_weights(moe64):
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-mixtral", "tiny-random-qwen2_moe"])
-def test_enhance_trains_only_the_expert_slices(alias, tmp_path):
+def test_enhance_trains_only_the_expert_slices(alias, tmp_path, fresh_tiny, shared_tiny):
     from mwork.experiments.enhance import enhance, lora_for_budget
 
     # float32: float64 eager sliding-window attention gives NaN at padded rows (a transformers limitation)
-    model, tok = mwork.load_model(alias, device="cpu")
+    model, tok = fresh_tiny(alias)
     texts = TEXTS + ["Le renard brun saute par-dessus le chien paresseux.", "Der schnelle braune Fuchs springt."]
     res = enhance(model, tok, _expert_neurons(model), texts, tmp_path, max_steps=2, lr=1e-2, batch_size=2,
                   grad_accum=1, warmup_ratio=0.0, progress=False)
     assert all(math.isfinite(x) for x in res.losses) and res.losses[-1] != res.losses[0]
-    base, _ = mwork.load_model(alias, device="cpu")
+    base, _ = shared_tiny(alias)
     merged, _ = mwork.load_model(alias, device="cpu", delta=tmp_path)
     masks = res.delta.element_masks(base)
     assert sum(int(m.sum()) for m in masks.values()) == res.delta.num_parameters() == res.meta["trainable_parameters"]
@@ -522,10 +524,10 @@ def test_enhance_trains_only_the_expert_slices(alias, tmp_path):
         lora_for_budget(model, _expert_neurons(model))
 
 
-def test_delta_refuses_another_moe_shape(tmp_path):
-    model, _ = mwork.load_model("tiny-random-olmoe", dtype=torch.float64, device="cpu")
+def test_delta_refuses_another_moe_shape(tmp_path, shared_tiny):
+    model, _ = shared_tiny("tiny-random-olmoe", torch.float64)
     NeuronDelta.zeros(model, _expert_neurons(model)).save(tmp_path, {"fingerprint": get_adapter(model).fingerprint()})
-    other, _ = mwork.load_model("tiny-random-qwen2_moe", dtype=torch.float64, device="cpu")
+    other, _ = shared_tiny("tiny-random-qwen2_moe", torch.float64)
     with pytest.raises(ValueError, match="does not fit"):
         NeuronDelta.load(tmp_path, other)
 
@@ -563,8 +565,8 @@ def _router_counts_by_hand(model, tok, texts) -> tuple[torch.Tensor, int]:
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-olmoe", "tiny-random-qwen2_moe"])
-def test_router_statistics(alias, tmp_path):
-    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+def test_router_statistics(alias, tmp_path, shared_tiny):
+    model, tok = shared_tiny(alias, torch.float64)
     stats = router_statistics(model, tok, CORPORA, config=RouterStatsConfig(batch_size=2))
     for li, lang in enumerate(CORPORA):
         want, n = _router_counts_by_hand(model, tok, CORPORA[lang])  # the tiny tokenizer adds no BOS
@@ -590,8 +592,8 @@ def test_router_statistics(alias, tmp_path):
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 
 
-def test_router_statistics_refuse_dense_models_and_bad_corpora(tmp_path):
-    dense, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_router_statistics_refuse_dense_models_and_bad_corpora(tmp_path, shared_tiny):
+    dense, tok = shared_tiny("tiny-random-llama")
     with pytest.raises(ValueError, match="mixture-of-experts"):
         router_statistics(dense, tok, CORPORA)
     with pytest.raises(ValueError, match="LANG=SPEC"):
@@ -600,7 +602,7 @@ def test_router_statistics_refuse_dense_models_and_bad_corpora(tmp_path):
         RouterStatsConfig(corpora=("en=a.txt", "en=b.txt"))
 
 
-def test_stats_cli_router_and_per_expert_counts(tmp_path, capsys):
+def test_stats_cli_router_and_per_expert_counts(tmp_path, capsys, shared_tiny):
     for lang, texts in CORPORA.items():
         (tmp_path / f"{lang}.txt").write_text("\n".join(texts) + "\n")
     out = tmp_path / "router"
@@ -613,12 +615,12 @@ def test_stats_cli_router_and_per_expert_counts(tmp_path, capsys):
     assert main(["stats", "--router", "--model", "tiny-random-granitemoe", "--out", str(out)]) == 2
     assert "--corpus" in capsys.readouterr().err
     # NeuronSet statistics of a MoE model count neurons per expert
-    model, _ = mwork.load_model("tiny-random-qwen2_moe", device="cpu")
+    model, _ = shared_tiny("tiny-random-qwen2_moe")
     ns = _expert_neurons(model)
     ns.meta["language"] = "fr"
     # ffn {0: [1, 2I + 5], 2: [C - 1 (shared), I]}: experts 0 and 2 in layer 0, expert 1 and the shared one in layer 2
     assert ns.expert_counts().tolist() == [[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [0, 1, 0, 0, 1]]
-    assert NeuronSet.empty_for(mwork.load_model("tiny-random-llama", device="cpu")[0]).expert_counts() is None
+    assert NeuronSet.empty_for(shared_tiny("tiny-random-llama")[0]).expert_counts() is None
     ns.save(tmp_path / "fr.safetensors")
     assert main(["stats", str(tmp_path / "fr.safetensors"), "--out", str(tmp_path / "sets")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "sets" / "counts_per_expert.csv")))

@@ -8,19 +8,18 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import mwork
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
 
 @pytest.fixture(scope="module")
-def llama():
-    return mwork.load_model("tiny-random-llama", device="cpu")[0]
+def llama(tiny_models):
+    return tiny_models.shared("tiny-random-llama")[0]
 
 
 @pytest.fixture(scope="module")
-def gpt2():
-    return mwork.load_model("tiny-random-gpt2", device="cpu")[0]
+def gpt2(tiny_models):
+    return tiny_models.shared("tiny-random-gpt2")[0]
 
 
 def sample(model) -> NeuronSet:

@@ -28,8 +28,10 @@ TEXTS = [
 ]
 
 
-def load(alias: str = "tiny-random-llama", dtype=torch.float64):
-    return mwork.load_model(alias, dtype=dtype, device="cpu")
+@pytest.fixture
+def load(shared_tiny):
+    """``load(alias="tiny-random-llama", dtype=torch.float64)``: the shared tiny model (read-only)."""
+    return lambda alias="tiny-random-llama", dtype=torch.float64: shared_tiny(alias, dtype)
 
 
 def with_bos(tok):
@@ -49,7 +51,7 @@ def next_token_nll(model, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("alias,bos", [(a, False) for a in TINY_ALIASES] + [("tiny-random-llama", True)],
                          ids=lambda x: x if isinstance(x, str) else ("bos" if x else "no-bos"))
-def test_equals_manual_computation(alias, bos):
+def test_equals_manual_computation(alias, bos, load):
     model, tok = load(alias)
     tok = with_bos(tok) if bos else tok
     total, count = 0.0, 0
@@ -67,7 +69,7 @@ def test_equals_manual_computation(alias, bos):
 
 
 @pytest.mark.parametrize("bos", [False, True], ids=["no-bos", "bos"])
-def test_sliding_windows_match_the_documented_rule(bos):
+def test_sliding_windows_match_the_documented_rule(bos, load):
     """stride=1: token t is scored from the prefix plus the (max_length - prefix - 1) text
     tokens before it, computed here one token at a time."""
     model, tok = load()
@@ -107,7 +109,7 @@ def test_windows_score_every_token_once_with_enough_context():
 
 
 @pytest.mark.parametrize("alias", TINY_ALIASES)
-def test_batch_size_and_padding_do_not_change_the_result(alias):
+def test_batch_size_and_padding_do_not_change_the_result(alias, load):
     model, tok = load(alias, dtype=torch.float32)
     one = perplexity(model, tok, TEXTS, batch_size=1, max_length=16, progress=False)
     four = perplexity(model, tok, TEXTS, batch_size=4, max_length=16, progress=False)
@@ -116,7 +118,7 @@ def test_batch_size_and_padding_do_not_change_the_result(alias):
     assert perplexity(model, tok, TEXTS, batch_size=4, max_length=16, progress=False) == four  # deterministic
 
 
-def test_empty_texts_are_reported():
+def test_empty_texts_are_reported(load):
     model, tok = load()
     r = perplexity(model, tok, ["", TEXTS[0], "", TEXTS[1]], progress=False)
     assert r["empty_texts"] == [0, 2] and r["n_texts"] == 4
@@ -127,7 +129,7 @@ def test_empty_texts_are_reported():
         perplexity(model, tok, "one string", progress=False)
 
 
-def test_deactivated_perplexity_equals_edited_weights():
+def test_deactivated_perplexity_equals_edited_weights(load):
     model, tok = load("tiny-random-gpt2")
     ns = NeuronSet.from_indices(model, {"ffn": {0: [1, 2, 3]}, "v": {1: [0, 5]}})
     base = perplexity(model, tok, TEXTS, progress=False)
@@ -185,10 +187,10 @@ def run_cli(capsys, *args) -> tuple[int, str]:
     return code, out.out if code == 0 else out.err
 
 
-def test_cli_prints_json_last(tmp_path, capsys):
+def test_cli_prints_json_last(tmp_path, capsys, shared_tiny):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    model, _ = shared_tiny("tiny-random-llama")
     ns = NeuronSet.from_indices(model, {"ffn": {0: [1, 2, 3], 2: [7]}, "q": {1: [4]}}, meta={"language": "xx"})
     path = ns.save(tmp_path / "xx")
     common = ["--model", "tiny-random-llama", "--texts", str(texts), "--max-length", "16"]

@@ -31,17 +31,17 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def llama_set(corpus):
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def llama_set(corpus, tiny_models):
+    model, tok = tiny_models.shared("tiny-random-llama")
     ns = mwork.detect(model, tok, DOCS, language="fr", progress=False)
     path = ns.save(corpus / "sets" / "fr")
     return ns, path
 
 
 @pytest.mark.parametrize("other", ["tiny-random-qwen2", "tiny-random-mistral"])
-def test_a_set_of_another_family_is_refused_unless_asked(capsys, corpus, llama_set, other):
+def test_a_set_of_another_family_is_refused_unless_asked(capsys, corpus, llama_set, other, shared_tiny):
     ns, path = llama_set
-    model, _ = mwork.load_model(other, device="cpu")
+    model, _ = shared_tiny(other)
     with pytest.raises(ValueError, match="made for a llama model.*allow_other_model"):
         mwork.deactivate(model, path)
     with other_models_allowed():
@@ -54,9 +54,9 @@ def test_a_set_of_another_family_is_refused_unless_asked(capsys, corpus, llama_s
     assert code == 0 and '"ppl"' in out
 
 
-def test_a_set_of_the_same_family_but_another_model_is_refused(llama_set):
+def test_a_set_of_the_same_family_but_another_model_is_refused(llama_set, shared_tiny):
     ns, _ = llama_set
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+    model, _ = shared_tiny("tiny-random-llama")
     ns.check_compatible(model)  # its own model: fine
     renamed = NeuronSet(ns.masks, dict(ns.meta, model_id="meta-llama/Llama-2-7b-hf"))
     with pytest.raises(ValueError, match="made for meta-llama/Llama-2-7b-hf.*tiny-random-llama"):
@@ -128,11 +128,11 @@ def test_a_neuron_set_is_written_atomically(tmp_path, llama_set, monkeypatch):
 
 
 
-def test_a_whitespace_only_text_is_empty_everywhere():
+def test_a_whitespace_only_text_is_empty_everywhere(shared_tiny):
     """One rule (mwork.texts.is_empty): detection, perplexity and training all call it empty."""
     from mwork.experiments.training import _encode
 
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = shared_tiny("tiny-random-llama")
     texts = [DOCS[0], "   \t ", DOCS[1]]
     ns = mwork.detect(model, tok, texts, language="fr", progress=False)
     assert ns.meta["empty_documents"] == [1]

@@ -78,9 +78,12 @@ def left_batch(tok):
     return tok(PROMPTS, return_tensors="pt", padding=True)
 
 
+# steer's edits go through the adapter's channel sites, checked for every family in tests/test_intervene.py and
+# tests/test_adapters.py; the modes, positions and restoring are the same code for every family: one per layout
+# (tests/conftest.py REPRESENTATIVE_DENSE: steering a mixture-of-experts FFN fails, see hooks.feature_width).
 @pytest.mark.parametrize("mode", MODES)
-def test_each_mode_equals_a_hand_made_hook(tiny64, mode):
-    model, tok = tiny64
+def test_each_mode_equals_a_hand_made_hook(rep_dense_tiny64, mode):
+    model, tok = rep_dense_tiny64
     ns = steer_set(model)
     tok.padding_side = "right"
     enc = tok(PROMPTS[:1], return_tensors="pt")
@@ -100,10 +103,10 @@ def test_each_mode_equals_a_hand_made_hook(tiny64, mode):
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
 @pytest.mark.parametrize("mode", MODES)
-def test_exactly_the_chosen_neurons_positions_and_layers_change(mode, positions):
+def test_exactly_the_chosen_neurons_positions_and_layers_change(mode, positions, shared_tiny):
     """Inside generate (KV cache, left padding): the FFN value after the edit against the value the
     model computed before it (act(gate) * up, read at the same call)."""
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
     ns = steer_set(model, seed=3, kinds=("ffn",), layers=[1, 2])
     a = 2.5
     enc = left_batch(tok)
@@ -137,8 +140,8 @@ def test_exactly_the_chosen_neurons_positions_and_layers_change(mode, positions)
 
 
 @pytest.mark.parametrize("positions", ["all", "prompt", "generated"])
-def test_kv_cache_generation_equals_no_cache(tiny, positions):
-    model, tok = tiny
+def test_kv_cache_generation_equals_no_cache(rep_dense_tiny, positions):
+    model, tok = rep_dense_tiny
     ns = steer_set(model, seed=1)
     enc = left_batch(tok)
     outs = []
@@ -155,9 +158,9 @@ def test_kv_cache_generation_equals_no_cache(tiny, positions):
     assert any(not torch.allclose(a, b) for a, b in zip(plain.logits, outs[0].logits))
 
 
-def test_generated_positions_equal_a_hand_made_hook_in_generate():
+def test_generated_positions_equal_a_hand_made_hook_in_generate(shared_tiny):
     """positions='generated' under the KV cache: the prompt pass is untouched, every step steered."""
-    model, tok = mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+    model, tok = shared_tiny("tiny-random-gpt2", torch.float64)
     ns = steer_set(model, seed=2)
     enc = left_batch(tok)
     calls = {"n": 0}
@@ -185,10 +188,10 @@ def test_generated_positions_equal_a_hand_made_hook_in_generate():
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
 
-def test_a_left_padded_row_generates_what_it_generates_alone():
+def test_a_left_padded_row_generates_what_it_generates_alone(shared_tiny):
     """Under steering of all positions (padding itself is checked above, value by value; float32: float64
     eager attention turns fully masked padding rows into NaN, steered or not)."""
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    model, tok = shared_tiny("tiny-random-llama")
     ns = steer_set(model, seed=4)
     enc = left_batch(tok)
     with steer(model, ns, "set", 2.0) as st, mwork.capture(model, "ffn.in", layers=[0]) as cap, torch.no_grad():
@@ -202,8 +205,8 @@ def test_a_left_padded_row_generates_what_it_generates_alone():
     assert first.shape[1] == 1  # the last call was a step
 
 
-def test_leaving_restores_bit_identical_logits_even_after_an_error(tiny):
-    model, tok = tiny
+def test_leaving_restores_bit_identical_logits_even_after_an_error(rep_dense_tiny):
+    model, tok = rep_dense_tiny
     ns = steer_set(model)
     enc = left_batch(tok)
     with torch.no_grad():
@@ -220,8 +223,8 @@ def test_leaving_restores_bit_identical_logits_even_after_an_error(tiny):
     assert all(active_hooks(m) == 0 for m in model.modules())
 
 
-def test_composes_with_deactivate_in_registration_order():
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def test_composes_with_deactivate_in_registration_order(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
     ns = steer_set(model, seed=5, kinds=("ffn",))
     enc = tok(PROMPTS[:1], return_tensors="pt")
     with torch.no_grad():
@@ -241,8 +244,8 @@ def test_composes_with_deactivate_in_registration_order():
     assert not torch.allclose(only_set, off)
 
 
-def test_off_switches_the_source_neurons_off_after_steering():
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def test_off_switches_the_source_neurons_off_after_steering(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
     target = steer_set(model, seed=6, kinds=("ffn",), layers=[1])
     source = steer_set(model, seed=7, kinds=("ffn",), layers=[1])
     enc = tok(PROMPTS[:1], return_tensors="pt")
@@ -265,8 +268,8 @@ def test_off_switches_the_source_neurons_off_after_steering():
         assert torch.allclose(model(**enc).logits, expected, atol=1e-12)
 
 
-def test_layers_and_kinds_restrict_the_steered_neurons():
-    model, tok = mwork.load_model("tiny-random-llama", dtype=torch.float64, device="cpu")
+def test_layers_and_kinds_restrict_the_steered_neurons(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
     ns = steer_set(model, seed=8)
     enc = tok(PROMPTS[:1], return_tensors="pt")
     st = steer(model, ns, "scale", 3.0, layers="1", kinds="v")
@@ -281,8 +284,8 @@ def test_layers_and_kinds_restrict_the_steered_neurons():
     assert torch.equal(a, b)
 
 
-def test_identity_strengths_register_nothing():
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_identity_strengths_register_nothing(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     ns = steer_set(model)
     for mode, a in (("set", 0.0), ("add", 0.0), ("scale", 1.0)):
         assert is_identity(mode, a)
@@ -290,8 +293,8 @@ def test_identity_strengths_register_nothing():
             assert all(active_hooks(m) == 0 for m in model.modules())
 
 
-def test_bad_arguments_are_clear_errors():
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def test_bad_arguments_are_clear_errors(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     ns = steer_set(model)
     bare = NeuronSet(ns.masks, {"fingerprint": ns.fingerprint})
     with pytest.raises(ValueError, match="unknown steering mode"):
@@ -312,9 +315,9 @@ def test_bad_arguments_are_clear_errors():
         parse_stat("q1.5")
 
 
-def test_steer_is_the_public_function():
+def test_steer_is_the_public_function(shared_tiny):
     assert mwork.steer is steer
-    model, tok = mwork.load_model("tiny-random-qwen3", device="cpu")
+    model, tok = shared_tiny("tiny-random-qwen3")
     ns = steer_set(model)
     with mwork.steer(model, ns, mode="set", strength=1.0) as st:
         out = model.generate(**tok(PROMPTS[:1], return_tensors="pt"), max_new_tokens=3, do_sample=False,

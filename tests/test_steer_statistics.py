@@ -58,8 +58,8 @@ def direct(model, tok, texts, ns, max_length):
 
 
 @pytest.mark.parametrize("alias", ["tiny-random-llama", "tiny-random-gpt2", "tiny-random-gemma3"])
-def test_streaming_pass_equals_direct_computation(alias):
-    model, tok = mwork.load_model(alias, dtype=torch.float64, device="cpu")
+def test_streaming_pass_equals_direct_computation(alias, shared_tiny):
+    model, tok = shared_tiny(alias, torch.float64)
     ns = a_set(model)
     got, info = measure_statistics(model, tok, TEXTS, ns, STATS, max_length=24, batch_size=3, progress=False)
     ref = direct(model, tok, TEXTS, ns, 24)
@@ -79,8 +79,8 @@ def test_streaming_pass_equals_direct_computation(alias):
         assert torch.isnan(got["mean"][kind][layer, outside]).all()
 
 
-def test_batch_size_one_matches_exactly_and_other_batches_closely():
-    model, tok = mwork.load_model("tiny-random-qwen3", dtype=torch.float64, device="cpu")
+def test_batch_size_one_matches_exactly_and_other_batches_closely(shared_tiny):
+    model, tok = shared_tiny("tiny-random-qwen3", torch.float64)
     ns = a_set(model, seed=1)
     one, _ = measure_statistics(model, tok, TEXTS, ns, ("median",), max_length=16, batch_size=1, progress=False)
     ref = direct(model, tok, TEXTS, ns, 16)
@@ -102,8 +102,8 @@ def test_quantile_equals_torch_for_any_shape():
         quantile(x[:0], 0.5)
 
 
-def test_statistics_are_stored_with_the_set_and_several_sets_share_one_pass(tmp_path):
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_statistics_are_stored_with_the_set_and_several_sets_share_one_pass(tmp_path, shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     ns = a_set(model)
     ns.meta["language"] = "fr"
     rnd = ns.random_like(seed=0, exclude=ns)
@@ -127,8 +127,8 @@ def test_statistics_are_stored_with_the_set_and_several_sets_share_one_pass(tmp_
     assert torch.isnan(back.statistic("mean", "ffn")[~ns.masks["ffn"]]).all()
 
 
-def test_bad_input_is_refused_before_the_pass():
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_bad_input_is_refused_before_the_pass(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     ns = a_set(model)
     with pytest.raises(ValueError, match="statistic"):
         measure_statistics(model, tok, TEXTS, ns, ("mode",), progress=False)
@@ -136,6 +136,6 @@ def test_bad_input_is_refused_before_the_pass():
         measure_statistics(model, tok, TEXTS, NeuronSet.empty_for(model), progress=False)
     with pytest.raises(ValueError, match="none of the"):
         measure_statistics(model, tok, ["", "  "], ns, progress=False)
-    other, _ = mwork.load_model("tiny-random-gpt2", device="cpu")
+    other, _ = shared_tiny("tiny-random-gpt2")
     with pytest.raises(ValueError, match="does not fit"):
         measure_statistics(other, tok, TEXTS, ns, progress=False)

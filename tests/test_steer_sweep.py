@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-import mwork
 from mwork.cli import main
 from mwork.experiments.steering import SteerConfig, run_steer, run_steer_sweep
 from mwork.experiments.steering import sweep as sweep_module
@@ -33,8 +32,8 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def files(tmp_path):
-    model, _ = mwork.load_model("tiny-random-llama", device="cpu")
+def files(tmp_path, shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
     gen = torch.Generator().manual_seed(0)
     ns, off = NeuronSet.empty_for(model, {"language": "zh"}), NeuronSet.empty_for(model, {"language": "en"})
     for k in ns.kinds:
@@ -84,8 +83,8 @@ def test_the_command_writes_the_contract_files(files):
     assert int(zero["off"]) > 0 and base["n"] == str(len(PROMPTS))
 
 
-def test_identity_strength_rows_are_the_unsteered_model(files, tmp_path):
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_identity_strength_rows_are_the_unsteered_model(files, tmp_path, shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     prompts, _ = load_prompts(files["prompts"], "zh", source="en")
     res = run_steer_sweep(model, tok, NeuronSet.load(files["neurons"]), prompts, tmp_path / "s", target="zh",
                           strengths=(0.0, 1.5), mode="add", corpus=CORPUS, seeds=(3,), max_new_tokens=4,
@@ -98,8 +97,8 @@ def test_identity_strength_rows_are_the_unsteered_model(files, tmp_path):
     assert specific["neurons"] == NeuronSet.load(files["neurons"]).count()
 
 
-def test_random_baselines_have_the_same_counts_and_their_own_statistics(files):
-    model, tok = mwork.load_model("tiny-random-llama", device="cpu")
+def test_random_baselines_have_the_same_counts_and_their_own_statistics(files, shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
     ns = NeuronSet.load(files["neurons"])
     methods, measured = sweep_module.prepare_sets(model, tok, ns, mode="set", stat="median", seeds=(0, 1),
                                                   corpus=CORPUS, progress=False, kinds=["ffn", "v"])
@@ -203,8 +202,8 @@ def test_next_token_measures_equal_a_direct_computation():
         assert int(m["lang_rank"][t]) == 1 + ranked.index("zh")
 
 
-def test_damage_is_the_unsteered_models_nll_of_the_generated_tokens():
-    model, tok = mwork.load_model("tiny-random-gpt2", dtype=torch.float64, device="cpu")
+def test_damage_is_the_unsteered_models_nll_of_the_generated_tokens(shared_tiny):
+    model, tok = shared_tiny("tiny-random-gpt2", torch.float64)
     conts = [[5, 9, 30], [], [7]]
     got = continuation_nll(model, tok, PROMPTS, conts, batch_size=2)
     for p, c, (nll, n) in zip(PROMPTS, conts, got):
@@ -234,13 +233,13 @@ def test_aggregate_and_distinct_n():
     assert a["f1"] == 0.5 and a["n_f1"] == 1 and a["empty"] == 1
 
 
-def test_sentence_identifier_and_vocabulary_labels():
+def test_sentence_identifier_and_vocabulary_labels(shared_tiny):
     ident = default_identifier()
     assert ident.label("The weather is nice today and we will go for a walk in the park.") == "en"
     assert ident.label("今天天气很好，我们去公园散步吧。") == "zh"
     assert ident.label("Il fait beau aujourd'hui, nous allons nous promener dans le parc.") == "fr"
     assert ident.label("") == UNKNOWN and ident.label("12, 34 !") == UNKNOWN
-    _, tok = mwork.load_model("tiny-random-llama", device="cpu")
+    _, tok = shared_tiny("tiny-random-llama")
     vocab = vocab_languages(tok)
     assert vocab.names[0] == "unknown" and len(vocab.index) == len(tok)
     assert vocab.code("zh") is not None and bool(vocab.mask("zh").any())

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 
 import pytest
 
-import mwork
 from mwork.cli import main
 from mwork.neurons.neuronset import NeuronSet
 from mwork.tasks.common import Example, Task
@@ -27,8 +26,8 @@ TEXTS = ["The quick brown fox jumps over the lazy dog. Language models read and 
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return mwork.load_model("tiny-random-llama", device="cpu")
+def tiny(tiny_models):
+    return tiny_models.shared("tiny-random-llama")
 
 
 def test_map_batches_sorts_batches_and_restores_order():

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import mwork
 from mwork.tasks import metrics
 from mwork.tasks.common import Example, load_prompts, prompt_for
 from mwork.tasks.generation import cut_at_stop, encode_pair, generate, loglikelihood
@@ -22,8 +21,8 @@ needs_shared = pytest.mark.skipif(not (SHARED / "xquad").is_dir(), reason="share
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return mwork.load_model("tiny-random-llama", device="cpu")
+def tiny(tiny_models):
+    return tiny_models.shared("tiny-random-llama")
 
 
 # ---- number parsing ------------------------------------------------------------------------------
@@ -308,8 +307,8 @@ PROMPTS = ["The quick brown fox", "Hi", "Language models read and write many lan
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
-def test_generate_continuations_left_padding_batch_independent(arch):
-    model, tok = mwork.load_model(f"tiny-random-{arch}", device="cpu")
+def test_generate_continuations_left_padding_batch_independent(arch, shared_tiny):
+    model, tok = shared_tiny(f"tiny-random-{arch}")
     reference = []
     for p in PROMPTS:  # one prompt at a time: no padding at all
         enc = tok(p, return_tensors="pt")
