@@ -55,7 +55,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from mwork.hooks import DeviceCache, Hooks, Site, feature_width, module_device
+from mwork.hooks import DeviceCache, Hooks, Site, module_device, site_width
 from mwork.intervene import parse_kinds, parse_layers
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
@@ -197,7 +197,7 @@ class _ChannelSteer:
         if torch.unique(features).numel() != features.numel():
             raise ValueError(f"a neuron appears twice at {site!r}")
         device = module_device(site.module)
-        width = feature_width(site.module, site.port == "in")
+        width = site_width(site)
         self.features = features
         self._index = DeviceCache(features.to(device))
         self._keep = self._shift = None
