@@ -12,6 +12,8 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
+from typing import Any, Iterator
 
 from mwork.files import check_output_kind, output_lock
 from mwork.neurons.neuronset import other_models_allowed
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_plain_warnings(args.command))
             if args.allow_other_model:
                 stack.enter_context(other_models_allowed())
             for flag, out, kind in _outputs(args):
@@ -66,6 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         # bad input: one clear line that says what to change, no traceback
         print(f"mwork {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """Warnings as one line each, ``mwork COMMAND: warning: ...``, without Python's file and source
+    line: they are messages to the user, not to a developer."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"mwork {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _outputs(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -165,4 +166,6 @@ def render_report(results_dir: str | Path, out: str | Path | None = None, title:
     from mwork.files import write_text
 
     write_text(target, html)
+    for file, reason, _ in page.warnings:  # said where the user is too, not only on the page
+        warnings.warn(f"{root / file}: {reason} (shown on the page)", stacklevel=2)
     return target
