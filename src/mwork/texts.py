@@ -94,7 +94,7 @@ class TextSource:
         if self.max_docs is not None and self.max_docs < 1:
             raise ValueError(f"max_docs must be at least 1, got {self.max_docs}")
         if self.path is not None and not Path(self.path).is_file():
-            raise FileNotFoundError(f"no text file at {self.path}: it does not exist")
+            raise FileNotFoundError(_not_a_text_file(Path(self.path)))
         if self.articles is not None:
             if self.kind() not in ("squad", "xquad"):
                 raise ValueError("articles only apply to SQuAD-format JSON files and xquad:LANG")
@@ -298,11 +298,17 @@ def read_texts(spec: "str | Path | TextSource", *, articles: str | range | None 
     return source.texts()
 
 
+def _not_a_text_file(path: Path) -> str:
+    if path.is_dir():
+        return f"{path} is a folder; give a text file in it (.txt, .jsonl or SQuAD .json), one document per line or record"
+    return f"no text file at {path}: it does not exist"
+
+
 def load_texts(path: str | Path, field: str = "text") -> list[str]:
     """Texts of one file (``.txt``, ``.jsonl`` with ``field``, SQuAD ``.json``: all articles)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"no text file at {p}")
+        raise FileNotFoundError(_not_a_text_file(p))
     return TextSource(path=p, text_field=field).texts()
 
 
