@@ -167,5 +167,5 @@ def render_report(results_dir: str | Path, out: str | Path | None = None, title:
 
     write_text(target, html)
     for file, reason, _ in page.warnings:  # said where the user is too, not only on the page
-        warnings.warn(f"{root / file}: {reason} (shown on the page)", stacklevel=2)
+        warnings.warn(f"{root / file} {reason} (shown on the page)", stacklevel=2)
     return target
