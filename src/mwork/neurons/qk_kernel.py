@@ -317,7 +317,7 @@ def _verified(target: Path) -> bool:
     if recorded and recorded == _sha256(target):
         return True
     if recorded:
-        warnings.warn(f"mwork: the cached Q/K kernel {target} does not match the sha256 recorded when it was built "
+        warnings.warn(f"the cached Q/K kernel {target} does not match the sha256 recorded when it was built "
                       "(replaced or corrupted); not loading it, rebuilding")
     return False
 
@@ -382,7 +382,7 @@ def native_library() -> ctypes.CDLL | None:
                     _lib = _build()
                 except Exception as err:  # no compiler, read-only cache, ...: use torch instead
                     _lib_error = str(err)
-                    warnings.warn(f"mwork: native Q/K kernel unavailable ({err}); using the slower torch path")
+                    warnings.warn(f"the native Q/K kernel is unavailable ({err}); using the slower torch path")
         return _lib
 
 
