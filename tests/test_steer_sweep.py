@@ -52,6 +52,16 @@ def cli(files, out, *extra):
                  "--max-new-tokens", "5", "--device", "cpu", "--no-progress", *extra])
 
 
+def test_sets_of_every_detection_method_are_steered_and_named(files):
+    """A LAPE (or AP) set goes through the same sweep; steer.csv says which method made it."""
+    ns = NeuronSet.load(files["neurons"])
+    lape = NeuronSet(ns.masks, dict(ns.meta, method="lape"), ns.extra).save(files["dir"] / "zh_lape")
+    out = files["dir"] / "lape"
+    assert cli(dict(files, neurons=str(lape)), out, "--strengths", "1", "--seeds", "0") == 0
+    rows = read_csv(out / "steer.csv")
+    assert {r["detection"] for r in rows} == {"lape"} and {r["method"] for r in rows} == {"specific", "random"}
+
+
 def read_csv(path):
     with open(path, encoding="utf-8") as f:
         return list(csv.DictReader(f))
@@ -63,6 +73,7 @@ def test_the_command_writes_the_contract_files(files):
     rows = read_csv(out / "steer.csv")
     assert set(REQUIRED) <= set(rows[0])
     assert {r["method"] for r in rows} == {"specific", "random"}
+    assert {r["detection"] for r in rows} == {"plnd"}  # the set records no method: mwork detect's PLND
     assert len(rows) == 3 * 3 and {r["seed"] for r in rows if r["method"] == "random"} == {"0", "1"}
     assert sorted({float(r["strength"]) for r in rows}) == [0.0, 1.0, 2.0]
     for r in rows:

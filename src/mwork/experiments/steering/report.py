@@ -31,8 +31,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mwork.files import atomic_write, write_json, write_text  # noqa: E402
 from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
 
-ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "seed", "strength", "mode", "stat", "positions",
-                                "neurons", "off", "n", *METRIC_COLUMNS)
+TEXT_COLUMNS = ("target", "source", "method", "detection", "mode", "stat", "positions")
+ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "detection", "seed", "strength", "mode", "stat",
+                                "positions", "neurons", "off", "n", *METRIC_COLUMNS)
 UNSTEERED_COLUMNS: tuple[str, ...] = ("target", "source", "n", *METRIC_COLUMNS)
 
 
@@ -64,7 +65,7 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
                     row[k] = None
                 else:
                     try:
-                        row[k] = float(v) if k not in ("target", "source", "method", "mode", "stat", "positions") else v
+                        row[k] = float(v) if k not in TEXT_COLUMNS else v
                     except ValueError:
                         row[k] = v
             out.append(row)

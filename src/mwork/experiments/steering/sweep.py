@@ -219,12 +219,14 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, 
     cells = {k[3]: store.done[k[3]] for k in keys}
     base = cells[CellKey.original(source)]
     rows, generations = [], []
+    detection = methods[SPECIFIC][0].meta.get("method", "plnd")  # which detection method made the set
     for name, (ns, o) in methods.items():
         method, seed = (SPECIFIC, None) if name == SPECIFIC else (RANDOM, int(name[len(RANDOM):]))
         for s in strengths:
             same = _is_unsteered(mode, s, o)
             cell = base if same else cells[CellKey(_strength_key(s), name, target, source)]
-            rows.append({"target": target, "source": source, "method": method, "seed": seed, "strength": s,
+            rows.append({"target": target, "source": source, "method": method, "detection": detection,
+                         "seed": seed, "strength": s,
                          "mode": mode, "stat": stat, "positions": positions, "neurons": ns.count(),
                          "off": 0 if same else (o.count() if o is not None else 0),
                          **aggregate(cell["items"], target)})
