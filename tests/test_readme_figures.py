@@ -150,6 +150,18 @@ def test_unfinished_or_missing_folder_is_a_clear_error(demo_dir, tmp_path, capsy
     assert rf.main(["--from", str(demo_dir), "--quick"]) == 2
 
 
+def test_screenshot_only_needs_a_lens_stage_and_touches_nothing_else(demo_dir, tmp_path, capsys):
+    assert rf.main(["--screenshot-only", "--figures", str(tmp_path / "f")]) == 2
+    assert "give --from DIR" in capsys.readouterr().err
+    partial = tmp_path / "partial"
+    (partial / "lens").mkdir(parents=True)
+    (partial / "lens" / "lens.csv").write_bytes((demo_dir / "lens" / "lens.csv").read_bytes())
+    assert rf.main(["--from", str(partial), "--screenshot-only", "--figures", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err
+    assert "no finished lens stage" in err and "lens/lens_explorer.json" in err
+    assert not (tmp_path / "f").exists()
+
+
 def test_demo_command():
     cmd = rf.demo_command(Path("runs/x"), quick=True, model=None)
     assert cmd[-4:] == ["demo", "--quick", "--out", "runs/x"]
