@@ -27,7 +27,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mwork.hooks import ChannelScale, Hooks, site_width
+from mwork.hooks import ChannelScale, Hooks, Site, site_width
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
@@ -121,17 +121,9 @@ class Deactivation:
     @staticmethod
     def _edits(adapter, ns: NeuronSet, scale: float) -> list[ChannelScale]:
         """One edit per hooked module: the features of every kind and layer it holds."""
-        features: dict[int, tuple] = {}
-        for kind in ns.kinds:
-            for layer in range(ns.num_layers):
-                channels = ns.indices(kind, layer)
-                if channels.numel() == 0:
-                    continue
-                site = adapter.neuron_site(kind, layer)
-                entry = features.setdefault(id(site.module), (site, []))
-                entry[1].append(site.features(channels))
-        return [ChannelScale(site, torch.cat(f), scale, site_width(site))
-                for site, f in features.values()]
+        return [ChannelScale(site, torch.cat([f for *_, f in parts]), scale, site_width(site))
+                for site, parts in sites_of(adapter, ns)]
+
 
     def __enter__(self) -> "Deactivation":
         if self.active:
@@ -165,3 +157,19 @@ def deactivate(
             out = model.generate(**batch)
     """
     return Deactivation(model, neurons, layers=layers, kinds=kinds, scale=scale)
+
+
+def sites_of(adapter, ns: NeuronSet) -> list[tuple[Site, list[tuple[str, int, torch.Tensor, torch.Tensor]]]]:
+    """The set's neurons grouped by the module their hook sits on: per module its site and the
+    (kind, layer, channels, features) it holds, in kind and layer order (features: the channels'
+    positions in the module's tensor, which for a fused projection depend on the kind). One edit per module, because a
+    fused projection holds several kinds (deactivation and steering both place edits so)."""
+    grouped: dict[int, tuple[Site, list]] = {}
+    for kind in ns.kinds:
+        for layer in range(ns.num_layers):
+            channels = ns.indices(kind, layer)
+            if channels.numel():
+                site = adapter.neuron_site(kind, layer)
+                part = (kind, layer, channels, site.features(channels))
+                grouped.setdefault(id(site.module), (site, []))[1].append(part)
+    return list(grouped.values())

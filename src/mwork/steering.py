@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from mwork.hooks import DeviceCache, Hooks, Site, module_device, site_width
-from mwork.intervene import parse_kinds, parse_layers
+from mwork.intervene import parse_kinds, parse_layers, sites_of
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 
@@ -287,39 +287,24 @@ class Steering:
         return v
 
     def _steer_edits(self, adapter: Any, full: NeuronSet, ns: NeuronSet) -> list[_ChannelSteer]:
-        grouped: dict[int, tuple[Site, list, list]] = {}
-        for kind in ns.kinds:
-            for layer in range(ns.num_layers):
-                channels = ns.indices(kind, layer)
-                if channels.numel() == 0:
-                    continue
-                site = adapter.neuron_site(kind, layer)
-                entry = grouped.setdefault(id(site.module), (site, [], []))
-                entry[1].append(site.features(channels))
-                if self.mode in NEEDS_STATISTIC:
-                    entry[2].append(self._values(full, kind, layer, channels))
         a = self.strength
         edits = []
-        for site, features, values in grouped.values():
-            s = torch.cat(values) if values else None
+        for site, parts in sites_of(adapter, ns):
+            features = torch.cat([f for *_, f in parts])
+            s = (torch.cat([self._values(full, kind, layer, c) for kind, layer, c, _ in parts])
+                 if self.mode in NEEDS_STATISTIC else None)
             if self.mode == "set":
                 keep, shift = 1.0 - a, a * s
             elif self.mode == "add":
                 keep, shift = 1.0, a * s
             else:
                 keep, shift = a, None
-            edits.append(_ChannelSteer(site, torch.cat(features), keep, shift, self._calls))
+            edits.append(_ChannelSteer(site, features, keep, shift, self._calls))
         return edits
 
     def _off_edits(self, adapter: Any, off: NeuronSet) -> list[_ChannelSteer]:
-        grouped: dict[int, tuple[Site, list]] = {}
-        for kind in off.kinds:
-            for layer in range(off.num_layers):
-                channels = off.indices(kind, layer)
-                if channels.numel():
-                    site = adapter.neuron_site(kind, layer)
-                    grouped.setdefault(id(site.module), (site, []))[1].append(site.features(channels))
-        return [_ChannelSteer(site, torch.cat(f), 0.0, None, self._calls, zero=True) for site, f in grouped.values()]
+        return [_ChannelSteer(site, torch.cat([f for *_, f in parts]), 0.0, None, self._calls,
+                              zero=True) for site, parts in sites_of(adapter, off)]
 
     @property
     def active(self) -> bool:
