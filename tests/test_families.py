@@ -73,6 +73,25 @@ def _ids(tok) -> torch.Tensor:
 
 def test_variant_attention_is_recomputed_exactly(variant):
     name, model, tok, _ = variant
+    _check_attention_recomputed(name, model, tok)
+
+
+def test_falcon_alibi_under_sdpa_is_recomputed_exactly(tiny_models):
+    """Hub models load with SDPA attention; ALiBi reaches Falcon's attention through the mask then
+    (transformers 5.24: the eager path also added it to the raw scores; 5.25: the mask only)."""
+    cls_name, kwargs, _ = VARIANTS["falcon-alibi-sequential"]
+
+    def build():
+        model = build_tiny(cls_name, kwargs, torch.float64)
+        model.config._attn_implementation = "sdpa"  # read at every forward (5.24: Falcon's own switch)
+        return model
+
+    model, tok = tiny_models.shared("variant-falcon-alibi-sdpa", torch.float64, build=build)
+    assert model.config._attn_implementation == "sdpa"
+    _check_attention_recomputed("falcon-alibi-sdpa", model, tok)
+
+
+def _check_attention_recomputed(name, model, tok):
     ad = get_adapter(model)
     ids = _ids(tok)[None]
     got: dict = {}

@@ -99,7 +99,7 @@ class FalconAdapter(_FusedQKVAdapter):
     """Falcon: one fused query_key_value in three layouts -- per KV group [q_1..q_G | k | v]
     (``new_decoder_architecture``: Falcon-40B/180B, GQA), [Q | k | v] (``multi_query``:
     Falcon-7B, MQA) or per head [q | k | v]; parallel attention and FFN (one or two
-    LayerNorms) or sequential; RoPE, or ALiBi added to the unscaled scores (Falcon-RW)."""
+    LayerNorms) or sequential; RoPE, or ALiBi (Falcon-RW) carried by the causal mask."""
 
     model_types = ("falcon",)
     family = "falcon"
@@ -137,18 +137,22 @@ class FalconAdapter(_FusedQKVAdapter):
 
     def attention_context(self, layer: int, args: tuple, kwargs: dict) -> AttentionContext:
         ctx = super().attention_context(layer, args, kwargs)
-        alibi = kwargs.get("alibi")
-        if alibi is None:
+        if not self.config.alibi:
             return ctx
-        # the model adds alibi to the raw scores before scaling, and the causal mask it passes
-        # carries alibi / sqrt(head_dim) once more: both are key-only biases, kept together
-        B, L = ctx.hidden_states.shape[:2]
-        total = alibi.reshape(B, self.num_heads, 1, -1).to(torch.float64) * self.scaling(layer)
+        # the causal mask the model passes carries alibi / sqrt(head_dim), a key-only bias: the
+        # last query's row (it sees every key) holds all of it, masked keys read as 0
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.dim() == 4 and mask.is_floating_point():
-            row = mask[:, :, -1:, :].to(torch.float64)  # the last query sees every key (causal)
-            total = total + torch.where(row > torch.finfo(mask.dtype).min / 2, row, torch.zeros_like(row))
-        ctx.alibi = total.reshape(B * self.num_heads, 1, -1).to(alibi.dtype)
+        if mask is None or mask.dim() != 4 or not mask.is_floating_point():
+            raise ValueError("Falcon ALiBi: the attention call got no float 4D mask to read the ALiBi bias from")
+        row = mask[:, :, -1:, :]
+        bias = torch.where(row > torch.finfo(mask.dtype).min / 2, row, torch.zeros_like(row))
+        # transformers < 5.25 also passes `alibi` itself, and its eager path (not SDPA) adds it to
+        # the raw scores before scaling as well, so there it counts twice
+        alibi = kwargs.get("alibi")
+        sdpa = self.attention(layer).config._attn_implementation == "sdpa" and not kwargs.get("output_attentions")
+        if alibi is not None and not sdpa:
+            bias = (alibi.view_as(bias).to(torch.float64) * self.scaling(layer) + bias).to(bias.dtype)
+        ctx.alibi = bias.reshape(-1, 1, bias.shape[-1])
         return ctx
 
     def score_bias(self, layer: int, ctx: AttentionContext, heads: slice | None = None) -> torch.Tensor | None:
