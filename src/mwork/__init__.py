@@ -27,7 +27,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mwork.models import DEFAULT_MODEL, get_adapter, load_model
+from mwork.versions import warn_untested_versions
+
+warn_untested_versions()  # once, before anything imports transformers: a dependency outside the tested range
+
+from mwork.models import DEFAULT_MODEL, get_adapter, load_model  # noqa: E402
 
 __version__ = "0.1.0"
 

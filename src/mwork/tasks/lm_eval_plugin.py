@@ -4,8 +4,10 @@ lm-eval 0.4.13 finds models only in its registry (``lm_eval.api.registry.model_r
 has no plugin discovery (no entry-point group, no option that imports a module), so a model
 defined outside lm-eval is known only once its module is imported. Two ways in:
 
-* ``install_lm_eval_plugin()`` (``mwork eval --install-lm-eval-plugin``; ``scripts/setup.sh`` runs
-  it) writes ``mwork-lm-eval.pth`` into the environment's site-packages. Python runs its one line
+* ``mwork-lm-eval.pth`` in the environment's site-packages: mwork's wheel ships it (``mwork._build``
+  writes ``pth_line()`` at the wheel's root), so ``pip install mwork`` and ``pip install -e .`` put
+  it there; ``install_lm_eval_plugin()`` (``mwork eval --install-lm-eval-plugin``) writes it where
+  mwork was installed otherwise (or into another ``--site-dir``). Python runs its one line
   at start-up: it adds an import hook (standard library only, nothing imported) that, when
   ``lm_eval.models`` is imported, registers ``mwork`` as a *lazy* entry of lm-eval's registry
   (``"mwork.tasks.lm_eval_backend:MworkLM"``, lm-eval's own placeholder form), so mwork and torch
