@@ -54,7 +54,7 @@ def test_the_constraints_file_pins_versions_inside_the_tested_ranges():
 
 def test_setup_and_ci_install_through_the_constraints_file():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
-    assert re.search(r"pip install [^\n]*-c constraints\.txt[^\n]*-e \"\.\[default-model,test\]\"", setup)
+    assert re.search(r"pip install [^\n]*-c constraints\.txt[^\n]*-e \"\.\[default-model,lcb,test\]\"", setup)
     assert "scripts/setup.sh" in (ROOT / ".ci" / "run").read_text()
     newest = (ROOT / "scripts" / "test_newest.sh").read_text()
     assert "--upgrade-strategy eager" in newest and "pytest" in newest
