@@ -3,7 +3,7 @@ same model and task: one ratio per setting, measured in one run, runs interleave
 
     PYTHONPATH=src python benchmarks/eval_bench.py --model gemma-3-270m --limit 40 --repeats 3
 
-The task is the local ``mwork_xquad_mc_en`` (built from ../shared/data, offline). Timed: lm-eval's
+The task is the local ``mwork_xquad_mc_en`` (built from ``--data`` or ``$MWORK_DATA``, offline). Timed: lm-eval's
 ``simple_evaluate`` on an already loaded model (the same object for both), so the ratio is the
 cost of the backend itself: ``mwork, no neurons`` should be 1.00 (target: within 1.05x);
 ``mwork, set off`` adds the deactivation hooks (for information). Prints one JSON object.
@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    parser.add_argument("--data", default=os.environ.get("MWORK_DATA"),
+                        help="folder with xquad/xquad.en.json (default: $MWORK_DATA)")
     parser.add_argument("--limit", type=int, default=40, help="documents of the task")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--neurons", default=None, help="a NeuronSet for the 'set off' row (default: none)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
+    if not args.data:
+        parser.error("give the XQuAD data: --data FOLDER (holding xquad/xquad.en.json) or set MWORK_DATA")
 
     import lm_eval
     from lm_eval.models.huggingface import HFLM

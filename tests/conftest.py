@@ -25,16 +25,115 @@ changed it, naming it, and is replaced by a clean copy so that later tests are u
 
 Tiny-model tests run torch on one thread: their ops are too small to gain from more, and
 thread hand-offs dominate on a busy 2-core machine. Tests of the real model get all cores back
-(the ``gemma`` fixture)."""
+(the ``gemma`` fixture).
+
+Data and network: tests read data from ``TEST_DATA`` (tests/data: small XQuAD / MGSM subsets, see
+its README), never from a folder outside the checkout, and never reach the network: the Hugging
+Face libraries are put offline (here and in subprocesses) and any socket connection or name lookup
+that is not loopback or a Unix socket is refused and fails the test that tried
+(tests/test_network_guard.py)."""
 
 from __future__ import annotations
 
 import copy
+import ipaddress
 import os
+import socket
+from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
+
+# ---- data and the network: the tests need neither a workspace folder nor a connection ------------
+
+#: the data subsets the tests read (XQuAD, MGSM in the released layout; tests/data/README.md)
+TEST_DATA = Path(__file__).resolve().parent / "data"
+_GIVEN_DATA = os.environ.pop("MWORK_DATA", None)  # taken away: product defaults never depend on the shell
+#: a full data folder, when $MWORK_DATA names one: tests may run larger checks on it, none needs it
+FULL_DATA = Path(_GIVEN_DATA).resolve() if _GIVEN_DATA and (Path(_GIVEN_DATA) / "xquad").is_dir() else None
+#: the folders data tests run on: TEST_DATA, and FULL_DATA when there is one
+DATA_ROOTS = [TEST_DATA] + ([FULL_DATA] if FULL_DATA not in (None, TEST_DATA) else [])
+#: Hugging Face libraries offline, before they are imported; subprocesses inherit it
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(OFFLINE_ENV)
+
+
+class NetworkBlocked(ConnectionRefusedError):
+    """A test tried to reach the network (anything but loopback or a Unix socket)."""
+
+
+#: the blocked attempts not yet reported (the test that made them fails at its teardown)
+NETWORK_ATTEMPTS: list[str] = []
+_REAL_SOCKET = {"getaddrinfo": socket.getaddrinfo, "connect": socket.socket.connect,
+                "connect_ex": socket.socket.connect_ex}
+
+
+def is_loopback(host) -> bool:
+    """Whether a host name or address is this machine (loopback, unspecified, localhost)."""
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    if not isinstance(host, str):
+        return False
+    host = host.strip("[]").split("%")[0].lower()
+    if host in ("", "localhost", "localhost.localdomain", "ip6-localhost") or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _block(what: str) -> None:
+    NETWORK_ATTEMPTS.append(what)
+    raise NetworkBlocked(f"tests run offline: {what} blocked (tests/conftest.py); use tests/data, a fake or loopback")
+
+
+def _getaddrinfo(host, *args, **kwargs):
+    if not is_loopback(host):
+        _block(f"getaddrinfo({host!r})")
+    return _REAL_SOCKET["getaddrinfo"](host, *args, **kwargs)
+
+
+def _remote(sock: socket.socket, address) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple) and not is_loopback(address[0])
+
+
+def _connect(self, address):
+    if _remote(self, address):
+        _block(f"connect to {address!r}")
+    return _REAL_SOCKET["connect"](self, address)
+
+
+def _connect_ex(self, address):
+    if _remote(self, address):
+        _block(f"connect to {address!r}")
+    return _REAL_SOCKET["connect_ex"](self, address)
+
+
+# socket.create_connection and asyncio resolve through socket.getaddrinfo, looked up at each call
+socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex = _getaddrinfo, _connect, _connect_ex
+
+
+def check_network(test: str) -> None:
+    """Fail ``test`` if a network attempt was blocked since the last check (also one that the code
+    under test caught and shrugged off)."""
+    if NETWORK_ATTEMPTS:
+        tried = "; ".join(dict.fromkeys(NETWORK_ATTEMPTS))
+        NETWORK_ATTEMPTS.clear()
+        pytest.fail(f"{test} tried to reach the network ({tried}); tests must pass offline", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(request):
+    yield
+    check_network(request.node.nodeid)
+
+
+import torch  # noqa: E402  (after the offline variables)
 
 torch.set_num_threads(1)
 

@@ -16,10 +16,9 @@ import torch
 
 import mwork
 from mwork.neurons.neuronset import NeuronSet
+from tests.conftest import TEST_DATA as DATA
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "xquad").is_dir(), reason="shared data (../shared/data) not present")
 TEXTS = ["The quick brown fox jumps over the lazy dog. " * 6, "Le renard brun saute par-dessus le chien.", "猫が好き。"]
 PAIRS = [("The capital of France is", " Paris"), ("Le chat", " noir et blanc"), ("2 + 2 =", " 4"),
          ("Question: who?\nAnswer:", " Marie Curie")]
@@ -34,10 +33,8 @@ def tiny(tiny_models):
 def tasks_dir(tmp_path_factory):
     from mwork.tasks.lm_eval_local import make_local_tasks
 
-    if not (SHARED / "xquad").is_dir():
-        pytest.skip("shared data (../shared/data) not present")
     out = tmp_path_factory.mktemp("lm_eval_tasks")
-    make_local_tasks(out, SHARED, langs=["en", "zh", "de"], limit=6)
+    make_local_tasks(out, DATA, langs=["en", "zh", "de"], limit=6)
     return out
 
 
@@ -64,17 +61,18 @@ def _bos_tokenizer(tok):
 
 # ---- local tasks -----------------------------------------------------------------------------
 
-@needs_shared
 def test_local_tasks_are_parallel_multiple_choice(tmp_path):
     from mwork.tasks.lm_eval_local import make_local_tasks
 
-    names = make_local_tasks(tmp_path, SHARED, langs=["en", "zh"])
+    names = make_local_tasks(tmp_path, DATA, langs=["en", "zh"])
     assert names == ["mwork_xquad_mc_en", "mwork_mgsm_direct_en", "mwork_xquad_mc_zh", "mwork_mgsm_direct_zh"]
     rows = {lang: [json.loads(x) for x in (tmp_path / "data" / f"mwork_xquad_mc_{lang}.jsonl").read_text().splitlines()]
             for lang in ("en", "zh")}
-    squad = json.loads((SHARED / "xquad" / "xquad.en.json").read_text())["data"]
+    squad = json.loads((DATA / "xquad" / "xquad.en.json").read_text())["data"]
     gold = {qa["id"]: qa["answers"][0]["text"] for art in squad for p in art["paragraphs"] for qa in p["qas"]}
-    assert len(rows["en"]) > 500 and {r["article"] for r in rows["en"]} == set(range(24, 48))
+    held_out = [qa for art in squad[24:] for p in art["paragraphs"] for qa in p["qas"]]
+    # an item needs three other distinct answers of its article: most questions make one
+    assert len(rows["en"]) > 0.8 * len(held_out) and {r["article"] for r in rows["en"]} == set(range(24, 48))
     for r in rows["en"]:
         assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4 and r["choices"][r["label"]] == gold[r["id"]]
     zh = {r["id"]: r for r in rows["zh"]}
@@ -82,19 +80,45 @@ def test_local_tasks_are_parallel_multiple_choice(tmp_path):
     assert len(same) > 0.9 * len(rows["en"])
     assert sum(zh[r["id"]]["label"] == r["label"] for r in same) == len(same)  # the gold's slot is parallel
     with pytest.raises(FileNotFoundError, match="no XQuAD or MGSM file for xx"):
-        make_local_tasks(tmp_path / "x", SHARED, langs=["xx"])
+        make_local_tasks(tmp_path / "x", DATA, langs=["xx"])
     from mwork.tasks.lm_eval_local import answer_sentence, xquad_mc_rows
 
     assert answer_sentence("One. Two is 2! Three.", 5, 3) == "Two is 2!"
     assert answer_sentence("第一句。第二句有答案。第三句。", 6, 2) == "第二句有答案。"
-    short = xquad_mc_rows(SHARED / "xquad" / "xquad.zh.json", [24], sentences=True)
-    full = {r["id"]: r for r in xquad_mc_rows(SHARED / "xquad" / "xquad.zh.json", [24])}
+    short = xquad_mc_rows(DATA / "xquad" / "xquad.zh.json", [24], sentences=True)
+    full = {r["id"]: r for r in xquad_mc_rows(DATA / "xquad" / "xquad.zh.json", [24])}
+    assert short and len(short) == len(full)
     for r in short:  # the same items, the passage cut to the sentence that holds the gold
         f = full[r["id"]]
         assert (r["choices"], r["label"]) == (f["choices"], f["label"])
         assert r["choices"][r["label"]] in r["context"] and r["context"] in f["context"]
     mgsm = [json.loads(x) for x in (tmp_path / "data" / "mwork_mgsm_direct_zh.jsonl").read_text().splitlines()]
-    assert len(mgsm) == 250 and mgsm[0]["answer_number"] == 18
+    tsv = (DATA / "mgsm" / "mgsm_zh.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(mgsm) == len(tsv) and mgsm[0]["answer_number"] == 18
+
+
+def test_make_local_tasks_command_takes_the_data_from_data_or_the_environment(tmp_path, capsys, monkeypatch):
+    from mwork.cli import main
+
+    monkeypatch.delenv("MWORK_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no folder is guessed, from here or beside the checkout
+    assert main(["eval", "--make-local-tasks", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "pass --data FOLDER" in err and "or set MWORK_DATA" in err and not (tmp_path / "t").exists()
+    assert main(["eval", "--make-local-tasks", str(tmp_path / "t"), "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "no data folder at" in err and "(--data FOLDER or $MWORK_DATA)" in err
+    assert main(["eval", "--data", str(DATA)]) == 2  # a set-up option without its action
+    assert "--data: only used with --make-local-tasks" in capsys.readouterr().err
+    assert main(["eval", "--make-local-tasks", str(tmp_path / "t"), "--data", str(DATA), "--langs", "de",
+                 "--local-limit", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"] == ["mwork_xquad_mc_de",
+                                                                                     "mwork_mgsm_direct_de"]
+    monkeypatch.setenv("MWORK_DATA", str(DATA))
+    assert main(["eval", "--make-local-tasks", str(tmp_path / "u"), "--langs", "zh", "--local-limit", "2"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tasks"] == ["mwork_xquad_mc_zh",
+                                                                                     "mwork_mgsm_direct_zh"]
+    assert len((tmp_path / "u" / "data" / "mwork_xquad_mc_zh.jsonl").read_text(encoding="utf-8").splitlines()) == 2
 
 
 # ---- the backend against HFLM and against mwork ------------------------------------------------
@@ -189,7 +213,6 @@ def _samples(folder):
     return {json.loads(line)["doc_id"]: json.loads(line)["resps"] for f in files for line in f.read_text().splitlines()}
 
 
-@needs_shared
 def test_mwork_eval_equals_plain_lm_eval(tiny, tasks_dir, tmp_path):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -233,7 +256,6 @@ def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
 
 
-@needs_shared
 def test_lm_eval_finds_the_backend_through_the_plugin_hook(tiny, tasks_dir, tmp_path):
     from mwork.tasks.lm_eval_plugin import install_lm_eval_plugin
 
@@ -251,7 +273,6 @@ def test_lm_eval_finds_the_backend_through_the_plugin_hook(tiny, tasks_dir, tmp_
     assert results["config"]["mwork_intervention"]["deactivated"] == 8
 
 
-@needs_shared
 def test_installed_lm_eval_command(tiny, tasks_dir, tmp_path):
     """The ``lm_eval`` command of this environment (scripts/setup.sh installs the plugin)."""
     from mwork.tasks.lm_eval_plugin import PTH_NAME, default_site_dir

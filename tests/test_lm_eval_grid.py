@@ -1,12 +1,11 @@
 """The deactivation grid on lm-eval tasks (``--task lm-eval:TEMPLATE``): per-language names,
 cells equal to lm-eval run with the set off, content-keyed resume, clear errors. Offline: the
-tasks are local ones built from the shared XQuAD."""
+tasks are local ones built from the XQuAD subset in tests/data."""
 
 from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,10 +15,8 @@ import mwork.cli
 from mwork.experiments.deactivation import DeactivationConfig
 from mwork.experiments.deactivation.lm_eval_task import LmEvalEvaluator, task_names, template_of
 from mwork.neurons.neuronset import NeuronSet
+from tests.conftest import TEST_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not (SHARED / "xquad").is_dir(), reason="shared data (../shared/data) not present")
 LANGS = ("en", "zh")
 
 
@@ -28,7 +25,7 @@ def setup(tmp_path_factory, tiny_models):
     from mwork.tasks.lm_eval_local import make_local_tasks
 
     root = tmp_path_factory.mktemp("grid")
-    make_local_tasks(root / "tasks", SHARED, langs=list(LANGS), limit=3)
+    make_local_tasks(root / "tasks", TEST_DATA, langs=list(LANGS), limit=3)
     for lang in LANGS:  # questions without their paragraph: short prompts for the tiny model
         path = root / "tasks" / f"mwork_xquad_mc_{lang}.yaml"
         config = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -1,5 +1,6 @@
 """mwork's official scorers against the official logic, on (prediction, gold) pairs drawn from the
-real XQuAD / MGSM data plus every case of issue 14.
+real XQuAD / MGSM data (the subsets in tests/data; the full sets too when $MWORK_DATA names them)
+plus every case of issue 14.
 
 The official logic is the published scripts' algorithm, written out here as published (SQuAD
 v1.1 ``evaluate-v1.1.py``, MLQA ``mlqa_evaluation_v1.py``, the MKQA segmentation, the XL-Sum
@@ -15,15 +16,13 @@ import string
 import sys
 import unicodedata
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from mwork.tasks import metrics
+from tests.conftest import DATA_ROOTS, TEST_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "xquad").is_dir(), reason="shared data (../shared/data) not present")
+ROOTS = pytest.mark.parametrize("root", DATA_ROOTS, ids=lambda r: "test-data" if r == TEST_DATA else "full-data")
 XQUAD_LANGS = ("en", "es", "de", "ru", "zh", "ar", "vi", "th")
 
 
@@ -116,8 +115,17 @@ def official_qa(prediction, golds, lang):
 
 # ---- pairs from the data -------------------------------------------------------------------------
 
-def _xquad_questions(lang):
-    data = json.loads((SHARED / "xquad" / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"]
+def _draw(rng, items, n):
+    """``n`` of ``items`` at random: without repeats, or where there are fewer (the subsets) each
+    once in random order and then again, as often as needed (every draw is perturbed anew)."""
+    if len(items) >= n:
+        return rng.sample(items, n)
+    order = rng.sample(items, len(items))
+    return [order[i % len(order)] for i in range(n)]
+
+
+def _xquad_questions(lang, root=TEST_DATA):
+    data = json.loads((root / "xquad" / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"]
     return [(p["context"], [a["text"] for a in qa["answers"]]) for art in data for p in art["paragraphs"]
             for qa in p["qas"]]
 
@@ -137,12 +145,12 @@ def _perturb(rng, text):
     return f"({text}),"
 
 
-def qa_pairs(lang, n=240, seed=0):
+def qa_pairs(lang, n=240, seed=0, root=TEST_DATA):
     """(prediction, golds): context windows around the gold, perturbed golds, other answers."""
     rng = random.Random(f"{lang}-{seed}")
-    questions = _xquad_questions(lang)
+    questions = _xquad_questions(lang, root)
     pairs = []
-    for context, golds in rng.sample(questions, n):
+    for context, golds in _draw(rng, questions, n):
         kind = rng.randrange(4)
         gold = golds[0]
         at = max(context.find(gold), 0)
@@ -189,32 +197,32 @@ def test_issue_cases_qa():
     _check_qa(EDGE_QA)
 
 
-@needs_shared
+@ROOTS
 @pytest.mark.parametrize("lang", XQUAD_LANGS)
-def test_qa_against_the_official_scripts(lang):
-    pairs = qa_pairs(lang)
+def test_qa_against_the_official_scripts(lang, root):
+    pairs = qa_pairs(lang, root=root)
     assert len(pairs) >= 200
     _check_qa([(p, g, lang) for p, g in pairs])
 
 
-@needs_shared
-def test_zh_against_lm_eval_mlqa_utilities():
+@ROOTS
+def test_zh_against_lm_eval_mlqa_utilities(root):
     from lm_eval.tasks.mlqa import utils as mlqa
 
-    for pred, golds in qa_pairs("zh", seed=1) + [(p, g) for p, g, lang in EDGE_QA if lang == "zh"]:
+    for pred, golds in qa_pairs("zh", seed=1, root=root) + [(p, g) for p, g, lang in EDGE_QA if lang == "zh"]:
         assert metrics.qa_f1(pred, golds, "zh") == pytest.approx(
             mlqa.metric_max_over_ground_truths(mlqa.f1_score, pred, golds, "zh"), abs=1e-12)
         assert metrics.qa_exact(pred, golds, "zh") == float(
             mlqa.metric_max_over_ground_truths(mlqa.exact_match_score, pred, golds, "zh"))
 
 
-@needs_shared
-def test_ja_characters_against_the_mkqa_segmentation():
-    # XQuAD has no ja: the Japanese MGSM questions give the pairs
-    rows = [line.split("\t")[0] for line in (SHARED / "mgsm" / "mgsm_ja.tsv").read_text(encoding="utf-8").splitlines()]
+@ROOTS
+def test_ja_characters_against_the_mkqa_segmentation(root):
+    # XQuAD has no ja: the Japanese MGSM questions give the pairs (the subset's again, cut elsewhere)
+    rows = [line.split("\t")[0] for line in (root / "mgsm" / "mgsm_ja.tsv").read_text(encoding="utf-8").splitlines()]
     rng = random.Random(3)
     pairs = []
-    for q in rows[:220]:
+    for q in [rows[i % len(rows)] for i in range(220)]:
         a = rng.randrange(max(1, len(q) - 8))
         gold = q[a:a + rng.randrange(2, 9)]
         b = max(0, a + rng.randrange(-4, 5))
@@ -241,15 +249,15 @@ FORMATS = ["The answer is {n}.", "{n}", "= ${n}", "Die Antwort lautet {n}", "答
            "Total: {n}.00", "about {n},5", "{n}th", "-{n}", "we get {n}. Then {m}", "Answer: {n} apples"]
 
 
-def mgsm_pairs(n=260):
+def mgsm_pairs(n=260, root=TEST_DATA):
     rng = random.Random(0)
     rows = []
     for lang in ("en", "de", "fr", "zh", "ru", "ja"):
-        for line in (SHARED / "mgsm" / f"mgsm_{lang}.tsv").read_text(encoding="utf-8").splitlines():
+        for line in (root / "mgsm" / f"mgsm_{lang}.tsv").read_text(encoding="utf-8").splitlines():
             q, a = line.rsplit("\t", 1)
             rows.append((q, float(a.replace(",", ""))))
     pairs = []
-    for q, gold in rng.sample(rows, n):
+    for q, gold in _draw(rng, rows, n):
         value = gold if rng.random() < 0.6 else gold + rng.choice([-1, 1, 10, 0.5])
         shown = f"{value:,.0f}" if rng.random() < 0.3 and float(value).is_integer() else metrics.format_number(value)
         text = rng.choice(FORMATS).format(n=shown, m=rng.randrange(100))
@@ -262,9 +270,9 @@ EDGE_MGSM = [("The answer is .5", 0.5), ("½", 0.5), ("1 234", 1234.0), ("1,500"
              ("5-3=2", 2.0), ("-7", -7.0), ("It is 7 or maybe 8", 7.0)]
 
 
-@needs_shared
-def test_mgsm_against_lm_eval():
-    pairs = mgsm_pairs() + EDGE_MGSM
+@ROOTS
+def test_mgsm_against_lm_eval(root):
+    pairs = mgsm_pairs(root=root) + EDGE_MGSM
     assert len(pairs) >= 200
     outputs, golds = [p for p, _ in pairs], [g for _, g in pairs]
     spans, correct = _lm_eval_mgsm(outputs, golds)
@@ -337,11 +345,11 @@ class XLSumReference:
         return [t for t in cjk.split() if t]
 
 
-def rouge_pairs(lang, n=100):
+def rouge_pairs(lang, n=100, root=TEST_DATA):
     rng = random.Random(lang)
-    contexts = list(dict.fromkeys(c for c, _ in _xquad_questions(lang)))
+    contexts = list(dict.fromkeys(c for c, _ in _xquad_questions(lang, root)))
     pairs = []
-    for ctx in rng.sample(contexts, n):
+    for ctx in _draw(rng, contexts, n):
         a = rng.randrange(max(1, len(ctx) - 120))
         ref = ctx[a:a + rng.randrange(40, 160)]
         b = max(0, a + rng.randrange(-60, 60))
@@ -354,12 +362,12 @@ EDGE_ROUGE = [("€20 and 50°c", "20 € and 50 ° c", "en"), ("Hello, World!",
               ("Internet2网络", "internet 2 网络", "en"), ("a\u200bb", "ab", "en"), ("20kg", "20 kg", "en")]
 
 
-@needs_shared
-def test_rouge_against_rouge_score_with_the_xlsum_tokenizer():
+@ROOTS
+def test_rouge_against_rouge_score_with_the_xlsum_tokenizer(root):
     pytest.importorskip("pyonmttok", reason="the XL-Sum reference tokenizer needs pyonmttok (mwork[test])")
     from rouge_score import rouge_scorer
 
-    pairs = [(p, r, lang) for lang in XQUAD_LANGS for p, r in rouge_pairs(lang, 30)] + EDGE_ROUGE
+    pairs = [(p, r, lang) for lang in XQUAD_LANGS for p, r in rouge_pairs(lang, 30, root)] + EDGE_ROUGE
     assert len(pairs) >= 200
     for pred, ref, lang in pairs:
         expected = rouge_scorer.RougeScorer(["rougeL"], tokenizer=XLSumReference(lang)).score(ref, pred)["rougeL"]
@@ -369,14 +377,14 @@ def test_rouge_against_rouge_score_with_the_xlsum_tokenizer():
         assert XLSumReference(lang).tokenize(pred) == metrics.rouge_tokens(pred, lang)
 
 
-@needs_shared
-def test_rouge_equals_plain_rouge_score_on_ascii_english():
+@ROOTS
+def test_rouge_equals_plain_rouge_score_on_ascii_english(root):
     from rouge_score import rouge_scorer
 
     plain = rouge_scorer.RougeScorer(["rougeL"])  # its default tokenizer: [a-z0-9] runs, no stemming
     # the same tokens unless a letter touches a digit ("20kg": one token there, two in the XL-Sum scorer)
     mixed = re.compile(r"[a-z][0-9]|[0-9][a-z]", re.I)
-    pairs = [(p, r) for p, r in rouge_pairs("en", 220)
+    pairs = [(p, r) for p, r in rouge_pairs("en", 220, root)
              if p.isascii() and r.isascii() and not mixed.search(p + " " + r)]
     assert len(pairs) >= 150
     for pred, ref in pairs:

@@ -18,6 +18,7 @@ from mwork.models.tiny import TINY_ALIASES
 from mwork.neurons.neuronset import NeuronSet
 from mwork.tasks.perplexity import make_windows, perplexity
 from mwork.texts import data_dir, load_texts, xquad_texts
+from tests.conftest import TEST_DATA
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. Language models read and write many languages.",
@@ -170,14 +171,20 @@ def test_xquad_texts_from_a_squad_file(tmp_path):
         xquad_texts(path, articles=[4])
 
 
-@pytest.mark.skipif(data_dir() is None, reason="no local data folder (../shared/data or MWORK_DATA)")
-def test_xquad_held_out_paragraphs_from_local_data():
+def test_xquad_held_out_paragraphs_from_local_data(monkeypatch, tmp_path):
+    monkeypatch.setenv("MWORK_DATA", str(TEST_DATA))
+    assert data_dir() == TEST_DATA and data_dir(tmp_path) == tmp_path  # a folder given first
     zh = xquad_texts("zh", source="local")
-    raw = json.loads((data_dir() / "xquad" / "xquad.zh.json").read_text(encoding="utf-8"))["data"]
-    assert len(zh) == 120 and zh[0] == raw[24]["paragraphs"][0]["context"]
+    raw = json.loads((TEST_DATA / "xquad" / "xquad.zh.json").read_text(encoding="utf-8"))["data"]
+    assert zh == [p["context"] for a in raw[24:48] for p in a["paragraphs"]] and zh[0] == raw[24]["paragraphs"][0]["context"]
     assert not set(zh) & set(xquad_texts("zh", articles=range(24), source="local"))
     with pytest.raises(FileNotFoundError, match="source='hub'"):
         xquad_texts("xx", source="local")
+    monkeypatch.delenv("MWORK_DATA")
+    monkeypatch.chdir(tmp_path)
+    assert data_dir() is None  # no other folder is guessed: the hub then
+    with pytest.raises(FileNotFoundError, match="no data folder: set MWORK_DATA"):
+        xquad_texts("zh", source="local")
 
 
 def run_cli(capsys, *args) -> tuple[int, str]:

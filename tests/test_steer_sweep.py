@@ -19,6 +19,7 @@ from mwork.experiments.steering.prompts import load_prompts
 from mwork.experiments.steering.vocab import VocabLanguages, vocab_languages
 from mwork.neurons.neuronset import NeuronSet
 from mwork.sentence_langid import UNKNOWN, default_identifier
+from tests.conftest import TEST_DATA
 
 REQUIRED = ("method", "strength", "target_rate", "target_prob_mass", "damage_ppl")
 CORPUS = ["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。",
@@ -186,7 +187,8 @@ def test_scale_mode_needs_no_corpus_and_runs_on_a_region(files, tmp_path):
     assert res["info"]["settings"]["layers"] == [2]
 
 
-def test_xquad_prompts_carry_the_target_language_answers():
+def test_xquad_prompts_carry_the_target_language_answers(monkeypatch):
+    monkeypatch.setenv("MWORK_DATA", str(TEST_DATA))  # the local copy, as a user's $MWORK_DATA (no hub)
     prompts, notes = load_prompts("xquad:en[24:25]", "zh", limit=3)
     assert len(prompts) == 3 and all(p.answers for p in prompts) and all(p.lang == "en" for p in prompts)
     assert all("Question:" in p.rendered for p in prompts)

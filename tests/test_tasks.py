@@ -1,5 +1,6 @@
 """Tests of the evaluation tasks: scoring on hand-made cases, number parsing, loaders on the
-real shared data, log-likelihood scoring and batched generation on tiny models."""
+real data (the subsets in tests/data; the full sets too when $MWORK_DATA names them), log-likelihood
+scoring and batched generation on tiny models."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from mwork.tasks import metrics
 from mwork.tasks.common import Example, load_prompts, prompt_for
 from mwork.tasks.generation import cut_at_stop, encode_pair, generate, loglikelihood
 from mwork.tasks.registry import evaluate_task, get_task, list_tasks
+from tests.conftest import DATA_ROOTS, FULL_DATA, TEST_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-FIXTURES = ROOT / "tests" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "xquad").is_dir(), reason="shared data (../shared/data) not present")
+DATA = FIXTURES = TEST_DATA
+ROOTS = pytest.mark.parametrize("root", DATA_ROOTS, ids=lambda r: "test-data" if r == TEST_DATA else "full-data")
+
+
+def _squad(root: Path, lang: str) -> list[dict]:
+    """The articles of an XQuAD file, read here without the loader."""
+    return json.loads((root / "xquad" / f"xquad.{lang}.json").read_text(encoding="utf-8"))["data"]
 
 
 @pytest.fixture(scope="module")
@@ -160,44 +165,51 @@ def test_xcsqa_scoring_from_logliks():
 
 # ---- loaders on the real data --------------------------------------------------------------------
 
-@needs_shared
+@ROOTS
 @pytest.mark.parametrize("lang", ["en", "zh", "th"])
-def test_xquad_loader_counts_and_article_split(lang):
+def test_xquad_loader_counts_and_article_split(root, lang):
+    raw = _squad(root, lang)
+    questions = sum(len(p["qas"]) for a in raw for p in a["paragraphs"])
+    paragraphs = sum(len(a["paragraphs"]) for a in raw)
+    held_out_questions = sum(len(p["qas"]) for a in raw[24:] for p in a["paragraphs"])
+    if root == FULL_DATA:
+        assert (questions, paragraphs) == (1190, 240)  # the published counts
     task = get_task("xquad")
-    every = task.load(lang, SHARED, articles=None)
-    assert len(every) == 1190
-    assert len({e.meta["paragraph"] for e in every}) == 240
+    every = task.load(lang, root, articles=None)
+    assert len(every) == questions
+    assert len({e.meta["paragraph"] for e in every}) == paragraphs
     assert len({e.meta["article"] for e in every}) == 48
-    held_out = task.load(lang, SHARED)  # default: articles 24-47
-    assert {e.meta["article"] for e in held_out} == set(range(24, 48))
-    detection = task.load(lang, SHARED, articles=range(0, 24))
-    assert len(held_out) + len(detection) == 1190
+    held_out = task.load(lang, root)  # default: articles 24-47
+    assert {e.meta["article"] for e in held_out} == set(range(24, 48)) and len(held_out) == held_out_questions
+    detection = task.load(lang, root, articles=range(0, 24))
+    assert len(held_out) + len(detection) == questions
     assert not {e.fields["context"] for e in held_out} & {e.fields["context"] for e in detection}
-    assert task.load(lang, SHARED, articles=(24, 26)) == [e for e in held_out if e.meta["article"] < 26]
-    assert len(task.load(lang, SHARED / "xquad" / f"xquad.{lang}.json", limit=40)) == 40
+    assert task.load(lang, root, articles=(24, 26)) == [e for e in held_out if e.meta["article"] < 26]
+    assert len(task.load(lang, root / "xquad" / f"xquad.{lang}.json", limit=40)) == 40
     first = held_out[0]
     assert isinstance(first.target, list) and first.target and first.fields["question"]
 
 
-@needs_shared
 def test_xquad_ids_parallel_and_paragraphs():
     from mwork.tasks.xquad import load_paragraphs
-    en, zh = get_task("xquad").load("en", SHARED), get_task("xquad").load("zh", SHARED)
+    en, zh = get_task("xquad").load("en", DATA), get_task("xquad").load("zh", DATA)
     assert [e.id for e in en] == [e.id for e in zh]
-    assert len(load_paragraphs("zh", SHARED)) == 120  # articles 0-23
+    detection = [p["context"] for a in _squad(DATA, "zh")[:24] for p in a["paragraphs"]]  # articles 0-23
+    assert load_paragraphs("zh", DATA) == detection and len(detection) == 24  # the subset: one paragraph each
     with pytest.raises(ValueError, match="articles are 0-47"):
-        get_task("xquad").load("en", SHARED, articles=[50])
+        get_task("xquad").load("en", DATA, articles=[50])
 
 
-@needs_shared
+@ROOTS
 @pytest.mark.parametrize("lang", ["en", "zh", "bn"])
-def test_mgsm_loader(lang):
+def test_mgsm_loader(root, lang):
     task = get_task("mgsm")
-    ex = task.load(lang, SHARED)
-    assert len(ex) == 250
+    ex = task.load(lang, root)
+    lines = (root / "mgsm" / f"mgsm_{lang}.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(ex) == len(lines) and (root != FULL_DATA or len(ex) == 250)
     assert ex[0].target == 18 and ex[0].id == "mgsm-en-0000".replace("en", lang)
     assert 2125 in {e.target for e in ex}  # "2,125" in the file
-    assert [e.id for e in task.load(lang, SHARED, start=5, limit=3)] == [e.id for e in ex[5:8]]
+    assert [e.id for e in task.load(lang, root, start=5, limit=3)] == [e.id for e in ex[5:8]]
 
 
 def test_loader_errors(tmp_path):
@@ -283,12 +295,11 @@ def test_few_shot_prompts_and_overlap():
         task.build_prompts([Example("q", "sw", {"question": "?"}, 1.0)], "sw", few_shot=1)
 
 
-@needs_shared
 def test_xquad_shots_come_from_detection_articles():
-    shots = get_task("xquad").load_shots("en", SHARED, k=3)
+    shots = get_task("xquad").load_shots("en", DATA, k=3)
     assert len(shots) == 3 and all(s.meta["article"] < 24 for s in shots)
     assert len({s.meta["paragraph"] for s in shots}) == 3
-    ex = get_task("xquad").load("en", SHARED, limit=1)
+    ex = get_task("xquad").load("en", DATA, limit=1)
     texts, _ = get_task("xquad").build_prompts(ex, "en", few_shot=2, shots=shots)
     assert texts[0].count("\nAnswer:") == 3 and f"Answer: {shots[0].target[0]}\n\n" in texts[0]
 
@@ -388,10 +399,9 @@ def test_xcsqa_higher_likelihood_choice_wins(tiny, lang):
     assert res["score"] == 0.0 and res["chance"] == pytest.approx(0.2)
 
 
-@needs_shared
 def test_generation_tasks_end_to_end_on_tiny_model(tiny):
     model, tok = tiny
-    for name, source, lang in [("mgsm", SHARED, "zh"), ("xquad", SHARED, "zh"), ("xlsum", FIXTURES, "en")]:
+    for name, source, lang in [("mgsm", DATA, "zh"), ("xquad", DATA, "zh"), ("xlsum", FIXTURES, "en")]:
         res = evaluate_task(name, model, tok, lang, source, limit=2, max_new_tokens=4, progress=False)
         assert res["n"] == 2 and 0.0 <= res["score"] <= 1.0 and len(res["records"]) == 2
         json.dumps(res)  # results are plain JSON
@@ -434,18 +444,33 @@ def test_mgsm_from_hub(fake_hub):
         get_task("mgsm").load("en", "hub")
 
 
-@needs_shared
-def test_xquad_from_hub_recovers_articles(fake_hub):
-    local = json.loads((SHARED / "xquad" / "xquad.en.json").read_text(encoding="utf-8"))["data"]
+def _five_paragraphs_an_article(folder: Path) -> Path:
+    """A data folder whose xquad.en.json has the full set's shape, 48 articles of 5 paragraphs:
+    the full file when $MWORK_DATA has one, else the subset's paragraph of each article and four
+    copies of it told apart (a suffix to the context, to the question ids)."""
+    if FULL_DATA is not None:
+        return FULL_DATA
+    articles = [{"title": a["title"], "paragraphs": [
+        {"context": p["context"] + (f" ({k})" if k else ""), "qas": [{**qa, "id": f"{qa['id']}-{k}"} for qa in p["qas"]]}
+        for k in range(5) for p in a["paragraphs"][:1]]} for a in _squad(TEST_DATA, "en")]
+    (folder / "xquad").mkdir(parents=True)
+    (folder / "xquad" / "xquad.en.json").write_text(json.dumps({"data": articles}, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+def test_xquad_from_hub_recovers_articles(fake_hub, tmp_path):
+    source = _five_paragraphs_an_article(tmp_path / "full")
+    local = _squad(source, "en")
+    assert len(local) == 48 and {len(a["paragraphs"]) for a in local} == {5}
     fake_hub[("google/xquad", "xquad.en", "validation")] = [
         {"id": qa["id"], "context": p["context"], "question": qa["question"],
          "answers": {"text": [a["text"] for a in qa["answers"]], "answer_start": [a["answer_start"] for a in qa["answers"]]}}
         for art in local for p in art["paragraphs"] for qa in p["qas"]
     ]
-    assert get_task("xquad").load("en", "hub") == get_task("xquad").load("en", SHARED)
+    assert get_task("xquad").load("en", "hub") == get_task("xquad").load("en", source)
     from mwork.texts import xquad_texts  # the held-out texts come from the same loader
 
-    assert xquad_texts("en", source="hub") == xquad_texts(SHARED / "xquad" / "xquad.en.json")
+    assert xquad_texts("en", source="hub") == xquad_texts(source / "xquad" / "xquad.en.json")
     fake_hub[("google/xquad", "xquad.en", "validation")] = fake_hub[("google/xquad", "xquad.en", "validation")][:50]
     with pytest.raises(ValueError, match="cannot recover articles"):
         get_task("xquad").load("en", "hub")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mwork.files import parse_names
 from mwork.models.loading import DEFAULT_MODEL
 
 XQUAD_LANGS = ("en", "zh", "es", "de", "ru")
@@ -19,9 +20,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides["langs"] = XQUAD_LANGS
         overrides["deact_langs"] = tuple(x for x in defaults.deactivation_langs if x in XQUAD_LANGS)
     if args.latin_langs:
-        overrides["lens_latin_langs"] = tuple(x.strip() for x in args.latin_langs.split(",") if x.strip())
+        overrides["lens_latin_langs"] = parse_names(args.latin_langs, flag="--latin-langs")
     if args.langs:
-        overrides["langs"] = tuple(x.strip() for x in args.langs.split(",") if x.strip())
+        overrides["langs"] = parse_names(args.langs, flag="--langs")  # each names files: checked before any work
         overrides["deact_langs"] = None  # --langs names the deactivation languages too
     # every setting is checked here, before the first stage (a ValueError: one line, exit 2)
     run_demo(args.out, quick=args.quick, **overrides)

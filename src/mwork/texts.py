@@ -6,24 +6,30 @@ A spec is one string (``--corpus``, ``--texts``, ``--eval``, ``--heldout`` all t
   ``text_field``, or a JSON string per line), ``.json`` (SQuAD format: every paragraph's
   ``context``); ``FILE[A:B]`` keeps documents A..B-1 (for SQuAD JSON: articles A..B-1);
 * ``xquad:LANG`` / ``xquad:LANG[A:B]``: XQuAD paragraphs of articles A..B-1, from the local data
-  folder (``$MWORK_DATA`` or ``../shared/data``) or else the hub (``google/xquad``); without
+  folder ``$MWORK_DATA`` (``xquad/xquad.LANG.json`` under it) or else the hub (``google/xquad``); without
   ``[A:B]`` the caller's default articles (detection and training: 0-23, evaluation: 24-47);
 * ``builtin:LANG`` / ``builtin:LANG:heldout``: the built-in prose of the ``dataset-build``
   package (its detection/training pool or its held-out pool, see :mod:`mwork.corpora`);
-* ``hf:DATASET[:CONFIG][@SPLIT]``: a Hugging Face data set (hub id or local folder), streamed.
+* ``hf:DATASET[:CONFIG][@SPLIT]``: a Hugging Face data set (hub id or local folder), streamed;
+  offline (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``, or a hub that does not answer at once):
+  a cached copy, else one line saying so (as for models).
 
 Every source yields *every* document in order, empty ones included, so that nothing is dropped
 silently: callers report empty documents (:func:`is_empty`: nothing but whitespace) by number.
 Document numbers are 0-based positions (for text and JSONL files: line number - 1). Ranges are
-always ``START:STOP`` (stop excluded), as in Python.
+always ``START:STOP`` (stop excluded), as in Python; a range that selects nothing (START >= STOP,
+or past the end) is an error that names it and the document count, one that runs past the end
+reads what there is, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -51,10 +57,9 @@ def parse_range(text: str, what: str = "range") -> tuple[int, int]:
 
 
 def data_dir(path: str | Path | None = None) -> Path | None:
-    """Where local data sets live: ``path``, ``$MWORK_DATA``, or ``../shared/data`` next to the
-    working directory or the source checkout; None if none exists."""
-    candidates = [path, os.environ.get("MWORK_DATA"), Path.cwd().parent / "shared" / "data",
-                  Path(__file__).resolve().parents[2].parent / "shared" / "data"]
+    """Where local data sets live: ``path`` (a folder the user gives), else ``$MWORK_DATA``; None
+    if neither names an existing folder (then data comes from the hub)."""
+    candidates = [path, os.environ.get("MWORK_DATA")]
     for c in candidates:
         if c and Path(c).is_dir():
             return Path(c)
@@ -118,7 +123,13 @@ class TextSource:
             lang = body[len("xquad:"):]
             if not lang:
                 raise ValueError(f"{text!r}: name the language, e.g. xquad:zh")
+            from mwork.files import check_name
+
+            check_name(lang, "language code", text)  # it names the file xquad/xquad.LANG.json
             chosen = range(span[0] or 0, span[1] if span[1] is not None else 48) if bracket else articles
+            if bracket and not chosen:
+                raise ValueError(f"{text}: the article range [{lo}:{hi}] is empty (START:STOP, stop excluded: need "
+                                 "START < STOP; XQuAD has articles 0-47)")
             return cls(xquad=lang, articles=chosen, **options)
         if body.startswith("builtin:"):
             lang, _, split = body[len("builtin:"):].partition(":")
@@ -130,8 +141,14 @@ class TextSource:
                        docs=span if bracket else None, **options)
         source = cls(path=body, **options)
         if bracket and source.kind() == "squad":
-            stop = span[1] if span[1] is not None else len(_squad_articles(body))
-            return replace(source, articles=range(span[0] or 0, stop))
+            count = len(_squad_articles(body))
+            chosen = range(span[0] or 0, span[1] if span[1] is not None else count)
+            if not chosen or chosen.start >= count:
+                why = "starts past the end" if chosen.start >= count and (span[1] is None or chosen) else \
+                    "is empty (START:STOP, stop excluded: need START < STOP)"
+                raise ValueError(f"{text}: the article range [{lo}:{hi}] {why}; {body} has {count} articles "
+                                 f"({_numbers(count)})")
+            return replace(source, articles=chosen)
         return replace(source, docs=span) if bracket else source
 
     def kind(self) -> str:
@@ -153,12 +170,42 @@ class TextSource:
                   "hf": _hf}[self.kind()]
         source: Iterable[str] = reader(self)
         if self.docs is not None:
-            start, stop = self.docs
-            source = list(source)[start:stop]
+            source = self._slice(list(source))
         for n, doc in enumerate(source):
             if self.max_docs is not None and n >= self.max_docs:
                 break
             yield doc
+
+    def _slice(self, docs: list[str]) -> list[str]:
+        """``docs[start:stop]`` as ``self.docs`` says; a range that selects nothing (START >= STOP,
+        or past the end) is an error naming it and the document count; one that runs past the
+        end, a warning."""
+        start, stop = self.docs
+        n = len(docs)
+        first, end, _ = slice(start, stop).indices(n)
+        where = f"{self.name()}[{'' if start is None else start}:{'' if stop is None else stop}]"
+        if not n:
+            raise ValueError(f"{where}: {self.name()} has no documents at all")
+        backwards = start is not None and stop is not None and (start < 0) == (stop < 0) and start >= stop
+        if first >= end:
+            why = "is empty (START:STOP, stop excluded: need START < STOP)" if backwards or first < n else \
+                "starts past the end"
+            raise ValueError(f"{where}: the range {why}; {self.name()} has {n} documents ({_numbers(n)})")
+        if stop is not None and stop > n:
+            shown = f"document {first}" if end - first == 1 else f"documents {first}-{end - 1}"
+            warnings.warn(f"{where}: {self.name()} has only {n} documents; reading {shown}")
+        return docs[first:end]
+
+    def name(self) -> str:
+        """The source as its spec names it (without a range)."""
+        kind = self.kind()
+        if kind == "hf":
+            return f"hf:{self.hf_dataset}" + (f":{self.hf_config}" if self.hf_config else "")
+        if kind == "xquad":
+            return f"xquad:{self.xquad}"
+        if kind == "builtin":
+            return f"builtin:{self.builtin}" + (":heldout" if self.builtin_split == "heldout" else "")
+        return str(self.path)
 
     def texts(self) -> list[str]:
         return list(self)
@@ -183,6 +230,12 @@ class TextSource:
         if self.docs is not None:
             info["docs"] = list(self.docs)
         return info
+
+
+def _numbers(n: int, start: int = 0) -> str:
+    """``"0-9"`` for 10 items (``start``: the first shown), ``"none"`` for 0."""
+    start = start if start >= 0 else max(n + start, 0)
+    return "none" if start >= n else str(start) if start == n - 1 else f"{start}-{n - 1}"
 
 
 def _article_tuple(articles: Any) -> tuple[int, ...]:
@@ -268,9 +321,46 @@ def _hf(c: TextSource) -> Iterator[str]:
         import datasets
     except ImportError as err:
         raise ImportError("reading a hub data set needs the 'datasets' package: pip install datasets") from err
-    ds = datasets.load_dataset(c.hf_dataset, c.hf_config, split=c.hf_split, streaming=True)
-    for n, row in enumerate(ds):
-        yield _field(row, c.text_field, f"{c.hf_dataset} row {n}")
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import httpx
+
+    from mwork.hub import offline_reason
+
+    # offline (the variables, or a hub that does not answer at once): a cached copy or one clear
+    # line, never a ConnectionError traceback after a minute of retries (as for models)
+    reason = None if Path(c.hf_dataset).exists() else offline_reason(datasets=True)
+    rows = 0
+    try:
+        with _hub_offline(reason is not None):
+            ds = datasets.load_dataset(c.hf_dataset, c.hf_config, split=c.hf_split, streaming=True)
+            for row in ds:
+                yield _field(row, c.text_field, f"{c.hf_dataset} row {rows}")
+                rows += 1
+    except (ConnectionError, TimeoutError, LocalEntryNotFoundError, httpx.TransportError) as err:
+        fix = "pass a local copy instead: a text or JSONL file, or hf:FOLDER with the data files (parquet, JSON, CSV)"
+        if rows:
+            raise ValueError(f"hub data set {c.hf_dataset}: the connection failed after {rows} rows "
+                             f"({type(err).__name__}); rerun when online, or {fix}") from None
+        why = reason or "the Hugging Face hub cannot be reached"
+        raise ValueError(f"offline: no cached copy of the data set {c.hf_dataset} and {why}; {fix}") from None
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """``datasets`` and ``huggingface_hub`` in offline mode for the block (cached copies only, no
+    retries) when ``offline``; as they are otherwise."""
+    if not offline:
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def _field(row: Any, field: str, where: str) -> str:

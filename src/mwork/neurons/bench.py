@@ -44,7 +44,7 @@ class BenchConfig:
     seq_len: int = 512
     docs: int = 1
     batch_size: int | None = None  # None: all documents in one batch
-    texts: str | None = None  # text file (one document per line); None: the shared English corpus or random ids
+    texts: str | None = None  # text file (one document per line); None: $MWORK_DATA/corpora/english.txt or random ids
     repeats: int = 3
     reference: bool = True
     approx: bool = True
@@ -65,12 +65,10 @@ class BenchConfig:
 
 
 def default_texts() -> Path | None:
-    """The paper's English detection corpus, if a shared data folder is around."""
-    checkout = Path(__file__).resolve().parents[3].parent  # next to a source checkout
-    for root in (os.environ.get("MWORK_DATA"), Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data",
-                 checkout / "shared" / "data"):
-        if root and (Path(root) / "corpora" / "english.txt").is_file():
-            return Path(root) / "corpora" / "english.txt"
+    """The paper's English detection corpus, ``corpora/english.txt`` under ``$MWORK_DATA``, if there."""
+    root = os.environ.get("MWORK_DATA")
+    if root and (Path(root) / "corpora" / "english.txt").is_file():
+        return Path(root) / "corpora" / "english.txt"
     return None
 
 

@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seq-len", type=int, default=512, help="tokens per document")
     d.add_argument("--docs", type=int, default=1, help="number of documents")
     d.add_argument("--batch-size", type=int, default=None, help="documents per batch (default: all)")
-    d.add_argument("--texts", default=None, help="text file, one document per line (default: the shared English "
-                   "corpus if found, else random token ids)")
+    d.add_argument("--texts", default=None, help="text file, one document per line (default: the paper's English "
+                   "corpus at $MWORK_DATA/corpora/english.txt if there, else random token ids)")
     d.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats (median reported)")
     d.add_argument("--dtype", default=None, help="model dtype (default float32)")
     d.add_argument("--no-reference", action="store_true", help="skip the reference code's way (d)")

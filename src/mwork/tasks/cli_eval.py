@@ -3,15 +3,19 @@
 A thin shim over ``mwork.tasks.lm_eval_run.run_eval`` (options from ``EvalConfig``), plus two
 set-up actions: ``--make-local-tasks DIR`` (``lm_eval_local.make_local_tasks``: offline lm-eval
 tasks from XQuAD / MGSM files) and ``--install-lm-eval-plugin`` (``lm_eval_plugin``: makes
-``lm_eval --model mwork`` work). The last line printed is one JSON object.
+``lm_eval --model mwork`` work where mwork's install did not already). The last line printed is one
+JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from mwork.config import add_arguments, from_args, given
+from mwork.files import parse_names
+from mwork.tasks.common import DATA_ENV
 from mwork.tasks.lm_eval_run import EvalConfig
 
 
@@ -21,13 +25,10 @@ def _summary(results: dict) -> dict:
             for task, values in results.get("results", {}).items()}
 
 
-DEFAULT_DATA = "../shared/data"
-
-
 def _check_actions(args: argparse.Namespace) -> None:
     """Options of a set-up action without it (or with the other action, or with a run's
     options) would be silently ignored: each is an error."""
-    local = [flag for flag, given_ in (("--data", args.data != DEFAULT_DATA), ("--langs", args.langs is not None),
+    local = [flag for flag, given_ in (("--data", args.data is not None), ("--langs", args.langs is not None),
                                        ("--local-limit", args.local_limit is not None),
                                        ("--sentences", args.sentences)) if given_]
     if local and not args.make_local_tasks:
@@ -54,8 +55,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.make_local_tasks:
         from mwork.tasks.lm_eval_local import make_local_tasks
 
-        langs = [x.strip() for x in args.langs.split(",") if x.strip()] if args.langs else None
-        names = make_local_tasks(args.make_local_tasks, args.data, langs=langs, limit=args.local_limit,
+        data = args.data or os.environ.get(DATA_ENV)
+        if not data:
+            raise ValueError("--make-local-tasks needs the XQuAD / MGSM files: pass --data FOLDER (holding "
+                             f"xquad/xquad.<lang>.json and/or mgsm/mgsm_<lang>.tsv) or set {DATA_ENV} to that folder")
+        langs = list(parse_names(args.langs, flag="--langs")) if args.langs else None
+        names = make_local_tasks(args.make_local_tasks, data, langs=langs, limit=args.local_limit,
                                  sentences=args.sentences)
         print(json.dumps({"include_path": args.make_local_tasks, "tasks": names}, ensure_ascii=False))
         return 0
@@ -73,19 +78,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Runs lm-eval's simple_evaluate on the mwork-loaded model, with --neurons (or --random-like) "
         "switched off around every request, and writes lm-eval's own results and samples files under --out. "
         "--make-local-tasks DIR writes offline lm-eval tasks from XQuAD / MGSM files (then --include-path DIR); "
-        "--install-lm-eval-plugin makes `lm_eval --model mwork` work in this environment.",
+        "`lm_eval --model mwork` works once mwork is pip-installed (its wheel ships mwork-lm-eval.pth); "
+        "--install-lm-eval-plugin writes that file where mwork was installed some other way.",
     )
     add_arguments(p, EvalConfig)
     setup = p.add_argument_group("set-up actions (instead of a run)")
     setup.add_argument("--make-local-tasks", metavar="DIR", default=None,
                        help="write local lm-eval tasks (YAML + JSON Lines) from --data into DIR and exit")
-    setup.add_argument("--data", default=DEFAULT_DATA,
-                       help="folder with xquad/ and mgsm/ for --make-local-tasks (default: ../shared/data)")
+    setup.add_argument("--data", default=None, metavar="FOLDER",
+                       help=f"folder with xquad/ and mgsm/ for --make-local-tasks (default: ${DATA_ENV})")
     setup.add_argument("--langs", default=None, help="languages for --make-local-tasks (default: every file found)")
     setup.add_argument("--local-limit", type=int, default=None, help="at most this many items per local task")
     setup.add_argument("--sentences", action="store_true",
                        help="--make-local-tasks: also mwork_xquad_mc_sentence_<lang> (the answer's sentence as the passage)")
     setup.add_argument("--install-lm-eval-plugin", action="store_true",
-                       help="write mwork-lm-eval.pth into this environment's site-packages and exit")
+                       help="write mwork-lm-eval.pth (what makes `lm_eval --model mwork` work) into this "
+                       "environment's site-packages and exit; not needed after `pip install mwork` or "
+                       "`pip install -e .`, which install it")
     setup.add_argument("--site-dir", default=None, help="site-packages folder for --install-lm-eval-plugin")
     p.set_defaults(func=_run)

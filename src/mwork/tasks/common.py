@@ -11,8 +11,9 @@ Data sources (``source`` argument of every ``load``):
 * a file or a folder: read locally (each task documents the file names it looks for);
 * ``"hub"``: the task's Hugging Face dataset, through the ``datasets`` package (imported
   only then; ``pip install datasets``);
-* ``None``: the folder in the environment variable ``MWORK_DATA`` when it is set (the same
-  layout as the project's shared data: ``$MWORK_DATA/mgsm/mgsm_en.tsv`` ...), else the hub.
+* ``None``: the folder in the environment variable ``MWORK_DATA`` when it is set (the layout of
+  the released files: ``$MWORK_DATA/mgsm/mgsm_en.tsv``, ``$MWORK_DATA/xquad/xquad.en.json`` ...),
+  else the hub.
 
 Prompts are data: ``mwork/data/task_prompts/<task>.json`` holds, per language, the prompt
 template, the few-shot target format, the stop strings and optional few-shot examples. Pass

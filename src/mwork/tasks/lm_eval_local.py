@@ -15,7 +15,8 @@ under ``out``; pass ``out`` to lm-eval as ``--include_path`` (``mwork eval --inc
   flexible-extract filter and exact match, on the local MGSM TSV.
 
 Data: ``data`` is a folder holding ``xquad/xquad.<lang>.json`` and/or ``mgsm/mgsm_<lang>.tsv``
-(the project's shared data layout); languages default to every file found.
+(the layout of the released files, as ``$MWORK_DATA`` holds them); languages default to every
+file found.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
 
-from mwork.files import make_folder, write_text
+from mwork.files import make_folder, parse_names, write_text
 from mwork.texts import EVALUATION_ARTICLES
 
 XQUAD_MC = "mwork_xquad_mc_{lang}"
@@ -62,19 +64,40 @@ def answer_sentence(context: str, start: int, length: int) -> str:
 
 def xquad_mc_rows(squad_json: str | Path, articles: Sequence[int], sentences: bool = False) -> list[dict[str, Any]]:
     """Multiple-choice items of the chosen articles (module docstring); ``sentences``: the passage
-    is the answer's sentence only."""
-    data = json.loads(Path(squad_json).read_text(encoding="utf-8"))["data"]
-    rows = []
+    is the answer's sentence only. A question with no answer (SQuAD 2.0's unanswerable ones) has no
+    gold to offer: it is skipped (a warning counts them), the other items unchanged."""
+    from mwork.texts import _squad_articles
+
+    data = _squad_articles(squad_json)
+    missing = [a for a in articles if not 0 <= a < len(data)]
+    if missing:
+        have = f"articles 0-{len(data) - 1}" if data else "no articles"
+        why = " (the held-out XQuAD ones; 0-23 are for detection)" if list(articles) == list(EVALUATION_ARTICLES) else ""
+        raise ValueError(f"{squad_json} has {have}; the local tasks need articles {_span(articles)}{why}: missing "
+                         f"{_span(missing)}. Use the full XQuAD file")
+    rows, unanswered = [], 0
     for a in articles:
-        qas = [(p["context"], qa) for p in data[a]["paragraphs"] for qa in p["qas"]]
-        answers = [qa["answers"][0]["text"] for _, qa in qas]
+        try:
+            qas = [(p["context"], qa) for p in data[a]["paragraphs"] for qa in p["qas"]]
+            answers = [qa["answers"][0]["text"] if qa["answers"] else None for _, qa in qas]
+            absent = next((repr(k) for _, qa in qas for k in ("id", "question") if k not in qa), None)
+            if absent:
+                raise KeyError(absent)
+        except (KeyError, TypeError, IndexError) as err:
+            raise ValueError(f"{squad_json}, article {a}: not SQuAD format (missing {err}); each article needs "
+                             "paragraphs of context and qas (id, question, answers)") from None
         for i, (context, qa) in enumerate(qas):
             rng = random.Random(f"xquad-mc-{a}-{i}")  # by position: the same in every language
             gold = answers[i]
+            if gold is None:
+                unanswered += 1
+                continue
             others = [j for j in rng.sample(range(len(qas)), len(qas)) if j != i]
             distractors: list[str] = []
             for j in others:
                 text = answers[j]
+                if text is None:
+                    continue
                 if text.strip().lower() != gold.strip().lower() and text not in distractors:
                     distractors.append(text)
                 if len(distractors) == N_CHOICES - 1:
@@ -90,7 +113,18 @@ def xquad_mc_rows(squad_json: str | Path, articles: Sequence[int], sentences: bo
                 context = answer_sentence(context, at, len(gold)) if at >= 0 else context
             rows.append({"id": qa["id"], "article": a, "context": context, "question": qa["question"],
                          "choices": choices, "label": label})
+    if unanswered:
+        warnings.warn(f"{squad_json}: skipped {unanswered} question(s) with no answer (unanswerable, as in SQuAD "
+                      "2.0): a multiple-choice item needs a gold answer")
     return rows
+
+
+def _span(numbers: Sequence[int]) -> str:
+    """``[24, 25, ..., 47]`` -> ``"24-47"``; otherwise the list."""
+    numbers = list(numbers)
+    if numbers and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}-{numbers[-1]}" if len(numbers) > 1 else str(numbers[0])
+    return ", ".join(map(str, numbers))
 
 
 def mgsm_rows(tsv: str | Path) -> list[dict[str, Any]]:
@@ -145,9 +179,12 @@ def make_local_tasks(out: str | Path, data: str | Path, *, langs: Sequence[str] 
     also the ``mwork_xquad_mc_sentence_<lang>`` variant."""
     if limit is not None and limit < 1:
         raise ValueError(f"the item limit (--local-limit) must be at least 1, got {limit}")
+    if langs is not None:
+        langs = parse_names(langs)  # each names task files: a bad code fails before anything is written
     data = Path(data)
     if not data.is_dir():
-        raise FileNotFoundError(f"no data folder at {data}: give the folder with xquad/ and mgsm/ (e.g. ../shared/data)")
+        raise FileNotFoundError(f"no data folder at {data}: give the folder holding xquad/xquad.<lang>.json and/or "
+                                "mgsm/mgsm_<lang>.tsv (--data FOLDER or $MWORK_DATA)")
     out = make_folder(out)
     rows_dir = make_folder(out / "data")
     found = {"xquad": sorted(p.name[len("xquad."):-len(".json")] for p in (data / "xquad").glob("xquad.*.json")),

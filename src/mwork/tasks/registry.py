@@ -57,7 +57,8 @@ for _task in (MGSM(), XQuAD(), XCSQA(), XLSum(), Perplexity()):
 def evaluate_task(name: str, model: Any, tokenizer: Any, lang: str, source: str | Path | None = None, *,
                   limit: int | None = None, load_kwargs: dict[str, Any] | None = None,
                   **evaluate_kwargs: Any) -> TaskResult:
-    """Load and evaluate in one call: ``evaluate_task("xquad", model, tok, "zh", "../shared/data", limit=40)``."""
+    """Load and evaluate in one call: ``evaluate_task("xquad", model, tok, "zh", "data/", limit=40)`` (a folder,
+    a file, ``"hub"``, or None: ``$MWORK_DATA`` else the hub)."""
     task = get_task(name)
     examples = task.load(lang, source, limit=limit, **(load_kwargs or {}))
     return task.evaluate(model, tokenizer, examples, lang, **evaluate_kwargs)
