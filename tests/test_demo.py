@@ -62,6 +62,23 @@ def test_time_left_is_rescaled_by_the_speed_so_far():
     assert 60 < sum(_nominal_seconds(s).values()) < 300 < sum(_nominal_seconds(DemoSettings()).values()) < 1200
 
 
+def test_the_first_estimate_comes_from_this_machines_measured_forward_time(shared_tiny, tmp_path, capsys):
+    from mwork.demo import (PROBE_SECONDS, PROBE_SHAPE, STAGES, DemoSettings, _forward_probe, _nominal_seconds,
+                            _time_left, run_demo)
+
+    s = DemoSettings.quick()
+    nominal = sum(_nominal_seconds(s).values())
+    assert _time_left(s, [], list(_nominal_seconds(s)), probe_speed=3.0) == pytest.approx(3 * nominal)
+    model, _ = shared_tiny("tiny-random-llama")
+    seconds = _forward_probe(model)
+    assert 0 < seconds < 30 * PROBE_SECONDS and PROBE_SHAPE[0] * PROBE_SHAPE[1] >= 256
+    out = tmp_path / "demo"
+    run_demo(out, quick=True, **TINY)
+    estimate = json.loads((out / "run.json").read_text())["estimate"]
+    assert estimate["probe_seconds"] > 0 and [e["before"] for e in estimate["said"]] == list(STAGES)
+    assert all(e["seconds_left"] > 0 for e in estimate["said"])
+
+
 # ---- settings checked before any stage; stages keyed by content --------------------------------
 
 TINY = dict(model="tiny-random-llama", lens_langs=("zh", "fr"), lens_prompts=1, lens_new_tokens=1,

@@ -417,17 +417,16 @@ def test_real_producers_folders(tmp_path, monkeypatch):
                     seeds=(0,), corpus=["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。"],
                     max_new_tokens=4, progress=False)
     assert (root / "steer" / "neurons.json").is_file()  # the set with its statistics: still the steer section
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    if (shared / "xquad").is_dir():
-        from mwork.tasks.lm_eval_local import make_local_tasks
-        from mwork.tasks.lm_eval_run import EvalConfig, run_eval
+    from mwork.tasks.lm_eval_local import make_local_tasks
+    from mwork.tasks.lm_eval_run import EvalConfig, run_eval
+    from tests.conftest import TEST_DATA
 
-        make_local_tasks(tmp_path / "tasks", shared, langs=["zh"], limit=4)
-        path = ns.save(tmp_path / "zh.safetensors")
-        for name, extra in (("base", {}), ("zh-off", {"neurons": str(path)})):
-            run_eval(EvalConfig(model="tiny-random-llama", tasks=(XQUAD,), include_path=str(tmp_path / "tasks"),
-                                limit=2, batch_size=2, bootstrap_iters=0, out=str(root / "eval" / name), **extra),
-                     model=model, tokenizer=tok)
+    make_local_tasks(tmp_path / "tasks", TEST_DATA, langs=["zh"], limit=4)
+    path = ns.save(tmp_path / "zh.safetensors")
+    for name, extra in (("base", {}), ("zh-off", {"neurons": str(path)})):
+        run_eval(EvalConfig(model="tiny-random-llama", tasks=(XQUAD,), include_path=str(tmp_path / "tasks"),
+                            limit=2, batch_size=2, bootstrap_iters=0, out=str(root / "eval" / name), **extra),
+                 model=model, tokenizer=tok)
     html = render_report(root).read_text(encoding="utf-8")
     findings = _findings(html)
     assert "problem" not in findings
@@ -439,7 +438,6 @@ def test_real_producers_folders(tmp_path, monkeypatch):
     assert f"(set, strength 4): target-language rate {pct(steer['target_rate'])}" in findings
     assert "<h2>Neuron sets</h2>" not in html
     assert f"damage (perplexity) {sig(steer['damage_ppl'])}" in findings
-    if (root / "eval").is_dir():
-        base = json.loads((root / "eval" / "base" / "mwork_eval.json").read_text())["results"][XQUAD]["acc,none"]
-        off = json.loads((root / "eval" / "zh-off" / "mwork_eval.json").read_text())["results"][XQUAD]["acc,none"]
-        assert f"{XQUAD} acc {sig(base)} → {sig(off)}" in findings
+    base = json.loads((root / "eval" / "base" / "mwork_eval.json").read_text())["results"][XQUAD]["acc,none"]
+    off = json.loads((root / "eval" / "zh-off" / "mwork_eval.json").read_text())["results"][XQUAD]["acc,none"]
+    assert f"{XQUAD} acc {sig(base)} → {sig(off)}" in findings

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mwork.demo_settings import ENGLISH, DemoSettings, check_settings
+from mwork.files import child_path
 
 __all__ = ["Demo", "DemoSettings", "STAGES", "check_settings", "run_demo"]
 
@@ -36,10 +37,14 @@ STAGES = ("lens", "neurons", "deactivation", "enhance")
 
 
 # Seconds of each stage on two CPU cores = fixed + per_unit * _work_units, fitted to a full and a
-# quick run of gemma-3-270m (model cached); only used for the "time left" estimate, which also
-# rescales them by how fast the stages of this run have gone so far.
+# quick run of gemma-3-270m (model cached); only used for the "time left" estimate. Before the
+# first stage the estimate is rescaled by this machine's measured forward throughput
+# (_forward_probe, against PROBE_SECONDS measured with the fit), then by how fast the stages of
+# this run have gone so far.
 STAGE_SECONDS = {"lens": (7.4, 0.088), "neurons": (12.7, 5.4e-4), "deactivation": (24.4, 3.7e-3),
                  "enhance": (10.9, 2.8e-3)}
+PROBE_SECONDS = 1.0  # _forward_probe on gemma-3-270m where STAGE_SECONDS were fitted
+PROBE_SHAPE = (4, 128)  # the probe's batch: documents x tokens
 
 
 def _work_units(s: DemoSettings) -> dict[str, float]:
@@ -63,13 +68,36 @@ def _nominal_seconds(s: DemoSettings) -> dict[str, float]:
     return {name: fixed + per_unit * units[name] for name, (fixed, per_unit) in STAGE_SECONDS.items()}
 
 
-def _time_left(s: DemoSettings, done: list["_Stage"], upcoming: list[str]) -> float:
-    """Seconds the ``upcoming`` stages should take, rescaled by this run's speed so far."""
+def _time_left(s: DemoSettings, done: list["_Stage"], upcoming: list[str], probe_speed: float = 1.0) -> float:
+    """Seconds the ``upcoming`` stages should take, rescaled by this run's speed so far, or before
+    any stage has run by ``probe_speed`` (this machine's measured forward time / the fit's)."""
     nominal = _nominal_seconds(s)
     ran = [st for st in done if not st.cached]
     predicted = sum(nominal[st.name] for st in ran)
-    speed = sum(st.seconds for st in ran) / predicted if ran and predicted > 0 else 1.0
+    speed = sum(st.seconds for st in ran) / predicted if ran and predicted > 0 else probe_speed
     return speed * sum(nominal[name] for name in upcoming)
+
+
+def _forward_probe(model: Any) -> float:
+    """Seconds of one pass of the decoder layers over a PROBE_SHAPE batch on this machine now (the
+    first batch of real work, measured; without the LM head, whose cost the fit already holds): a
+    short warm-up, then the best of two timed passes."""
+    import torch
+
+    from mwork.models.adapters import get_adapter
+
+    adapter = get_adapter(model)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    device = next(model.parameters()).device
+    ids = torch.randint(0, vocab, PROBE_SHAPE, generator=torch.Generator().manual_seed(0)).to(device)
+    best = float("inf")
+    with torch.no_grad():
+        adapter.body(input_ids=ids[:, :8], **adapter.forward_kwargs(torch.ones_like(ids[:, :8])))
+        for _ in range(2):
+            start = time.perf_counter()
+            adapter.body(input_ids=ids, **adapter.forward_kwargs(torch.ones_like(ids)))
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 @dataclass
@@ -88,6 +116,9 @@ class Demo:
     _model: Any = None
     _tokenizer: Any = None
     _texts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    _probe_speed: float | None = None  # this machine's forward time / the fit's, measured once
+    _probe_seconds: float | None = None
+    _estimates: list[dict[str, Any]] = field(default_factory=list)  # "time left" as said before each stage
 
     # ---- plumbing ---------------------------------------------------------------------------
     def model(self) -> tuple[Any, Any]:
@@ -107,7 +138,11 @@ class Demo:
             print(f"[demo {n}/4] {name}: cached in {folder}", flush=True)
             self.stages.append(_Stage(name, status.seconds, cached=True))
             return
-        left = _time_left(self.settings, self.stages, STAGES[n - 1:])
+        if self._probe_speed is None and not any(not st.cached for st in self.stages):
+            self._probe_seconds = _forward_probe(self.model()[0])
+            self._probe_speed = self._probe_seconds / PROBE_SECONDS
+        left = _time_left(self.settings, self.stages, STAGES[n - 1:], self._probe_speed or 1.0)
+        self._estimates.append({"before": name, "seconds_left": round(left, 1)})
         print(f"[demo {n}/4] {name} ... ({_minutes(left)} left for the whole demo)", flush=True)
         if status.reason:
             print(f"[demo {n}/4] {name}: running again: {status.reason}", flush=True)
@@ -121,7 +156,7 @@ class Demo:
         if self.settings.xquad:
             return TextSource(xquad=lang, articles=DETECTION_ARTICLES if split == "detect" else EVALUATION_ARTICLES).texts()
         if self.settings.corpus_dir:
-            path = Path(self.settings.corpus_dir) / f"{lang}.{'txt' if split == 'detect' else 'heldout.txt'}"
+            path = child_path(self.settings.corpus_dir, lang, ".txt" if split == "detect" else ".heldout.txt")
             if not path.exists():
                 raise FileNotFoundError(f"--corpus-dir needs {path} (one document per line)")
             return TextSource(path=path).texts()
@@ -255,11 +290,12 @@ class Demo:
         sets = []
         for lang in s.langs:
             docs = self.texts(lang, "detect")[: s.detect_docs]
-            sets.append(detect(model, tok, docs, self.detect_config(lang), model_id=s.model, out=folder / "detected" / lang,
+            sets.append(detect(model, tok, docs, self.detect_config(lang), model_id=s.model,
+                               out=child_path(folder / "detected", lang),
                                corpus_info={"source": s.corpus_dir or "dataset-build (built-in)", "lang": lang}))
         specific = language_specific(sets)
         for lang, ns in zip(s.langs, specific):
-            ns.save(folder / "specific" / lang)
+            ns.save(child_path(folder / "specific", lang))
         write_stats(specific, folder, list(s.langs))
 
     def deactivation(self, folder: Path) -> None:
@@ -311,6 +347,8 @@ class Demo:
             "notes": notes,
             "stages": [asdict(st) for st in self.stages],
             "total_seconds": sum(st.seconds for st in self.stages),
+            "estimate": {"probe_seconds": self._probe_seconds, "probe_shape": list(PROBE_SHAPE),
+                         "said": self._estimates},
             "this_run_seconds": time.time() - start,
             "versions": _versions(),
         }

@@ -84,6 +84,15 @@ def check_settings(s: DemoSettings) -> None:
     if not isinstance(s.model, str) or not s.model:
         problems.append("model must be a model alias, folder or hub id")
     prompt_langs = builtin_languages()
+    from mwork.files import check_name
+
+    for name in ("lens_langs", "langs", "deact_langs", "lens_latin_langs", "enhance_lang"):
+        value = getattr(s, name)
+        for code in ((value,) if isinstance(value, str) else value or ()):
+            try:
+                check_name(code)  # a language code names files (corpus_dir/LANG.txt, specific/LANG.safetensors)
+            except ValueError as err:
+                problems.append(f"{name}: {err}")
     for name in ("lens_langs", "langs", "detect_kinds", "seeds", "deact_langs", "lens_latin_langs"):
         value = getattr(s, name)
         if value is None and name in ("deact_langs", "lens_latin_langs"):

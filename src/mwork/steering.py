@@ -33,7 +33,8 @@ steered.
 
 **Switching off at the same time.** ``off``: neurons (e.g. the source language's) set to exactly
 zero at the same positions, layers and kinds; their edits are registered after the steering
-edits, so a neuron in both sets is off.
+edits, so a neuron in both sets is off. An ``off`` set holding every steered neuron (e.g. the
+steered set itself) would cancel the steering entirely: it is refused (``steered_and_off``).
 
 **Order.** Edits at one site run in registration order (``mwork.hooks``): inside
 ``mwork.deactivate`` the deactivation edits first, then these; in the other nesting, these
@@ -70,6 +71,23 @@ def is_identity(mode: str, strength: float) -> bool:
     return float(strength) == (1.0 if mode == "scale" else 0.0)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+
+
+def strength_problem(values: Iterable[float]) -> str | None:
+    """Why strengths cannot be used (None when they can): not finite, or beyond what float32 can
+    hold -- the activations would overflow before anything is measured."""
+    values = [float(v) for v in values]
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        return f"{bad[0]!r} is not a finite number: give finite strengths"
+    huge = [v for v in values if abs(v) > FLOAT32_MAX]
+    if huge:
+        return (f"{huge[0]:g} is beyond float32's range (|strength| <= {FLOAT32_MAX:.3g}): the edited activations "
+                "could not be represented; give sensible strengths (e.g. 0,1,2,4)")
+    return None
+
+
 def parse_stat(name: str) -> str:
     """``mean``, ``median`` or a quantile ``qX`` (0 <= X <= 1, e.g. ``q0.9``), canonical form."""
     text = str(name).strip().lower()
@@ -83,6 +101,21 @@ def parse_stat(name: str) -> str:
         if 0.0 <= q <= 1.0:
             return f"q{q!r}"
     raise ValueError(f"unknown statistic {name!r}: use mean, median or a quantile such as q0.9 (0 <= q <= 1)")
+
+
+def steered_and_off(neurons: NeuronSet, off: NeuronSet | None) -> int:
+    """How many steered neurons are also in ``off`` (its zeros come after the steering edits: those
+    neurons are switched off, not steered). A ValueError when that is every steered neuron (e.g.
+    ``off`` is the steered set itself): the off edit would cancel the steering entirely while the
+    results are labelled as steering."""
+    if off is None or neurons.count() == 0:
+        return 0
+    both = (neurons & off).count()
+    if both == neurons.count():
+        raise ValueError(f"every steered neuron ({both}) is also in the off set, whose zeros come after the steering "
+                         "edits and cancel it: the results would be the switched-off model labelled as steering; "
+                         "give --off another language's set (e.g. the source language's)")
+    return both
 
 
 # ---- which positions of a forward call are steered ---------------------------------------------
@@ -240,8 +273,9 @@ class Steering:
         if mode not in MODES:
             raise ValueError(f"unknown steering mode {mode!r}; use one of {', '.join(MODES)}")
         strength = float(strength)
-        if not math.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
+        problem = strength_problem([strength])
+        if problem:
+            raise ValueError(f"strength {problem}")
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         adapter = get_adapter(model)
@@ -262,6 +296,8 @@ class Steering:
         self.stat = parse_stat(stat)
         self.count = ns.count()
         self.identity = is_identity(mode, strength)
+        if not self.identity:
+            steered_and_off(ns, off_set)
         self._calls = _CallTracker(positions)
         self._hooks = Hooks()
         edits = [] if self.identity else self._steer_edits(adapter, full, ns)

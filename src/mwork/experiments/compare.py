@@ -29,7 +29,7 @@ from torch import nn
 from mwork.config import fingerprint, option
 from mwork.experiments.checkpoints import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILE
 from mwork.experiments.delta import NeuronDelta
-from mwork.files import make_folder, read_json, write_bytes, write_json, write_text
+from mwork.files import make_folder, parse_names, read_json, write_bytes, write_json, write_text
 from mwork.experiments.training_methods import (BUILTIN_METHODS, ComparisonContext, get_method, lora_for_budget,
                                        method_names, neuron_summary)
 from mwork.experiments.training import EnhanceSettings, prepare_out, resolve_settings, train
@@ -137,9 +137,7 @@ _CONFIG_FIELDS = {f.name for f in fields(CompareConfig)}
 def tasks_for(names: Sequence[str] | None, langs: str | Sequence[str] | None) -> dict[str, tuple[str, ...]] | None:
     """``["xquad", "mgsm"]`` x ``"zh,en"`` -> ``{"xquad": ("zh", "en"), "mgsm": ("zh", "en")}``
     (the ``--task`` / ``--task-langs`` options); None without names."""
-    if isinstance(langs, str):
-        langs = [x.strip() for x in langs.split(",") if x.strip()]
-    langs = tuple(langs or ())
+    langs = parse_names(langs or (), flag="--task-langs")
     if not names:
         if langs:
             raise ValueError("--task-langs needs --task NAME")

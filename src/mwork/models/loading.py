@@ -155,22 +155,27 @@ def _hub_access(repo: str) -> dict[str, bool]:
 
     if isinstance(try_to_load_from_cache(repo, "config.json"), str):
         return {"local_files_only": True}
-    import socket
-    from urllib.parse import urlparse
+    from mwork.hub import hub_reachable, offline_env  # the hub or the mirror HF_ENDPOINT names, one quick try
 
-    from huggingface_hub import constants
-
-    reachable = not constants.HF_HUB_OFFLINE
-    if reachable:
-        url = urlparse(constants.ENDPOINT)  # the hub or the mirror HF_ENDPOINT names
-        try:
-            socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
-        except OSError:
-            reachable = False
-    if not reachable:
+    if offline_env() or not hub_reachable():
         raise ValueError(f"offline: no cached copy of {repo} and the Hugging Face hub cannot be reached; pass a local "
                          "folder (saved with save_pretrained) or a built-in alias (mwork models)")
     return {}
+
+
+def _check_config_json(path: Path) -> None:
+    """A model folder's config.json must be a JSON object: else a ValueError naming the file and
+    why (transformers would only say "not a valid JSON file")."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): the model "
+                         "folder is damaged or half-written; save it again with save_pretrained") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason}): not a model config") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a JSON {type(config).__name__}, not an object of model settings: not a "
+                         "model config")
 
 
 def load_model(
@@ -218,6 +223,8 @@ def load_model(
         elif Path(name).exists() and not (Path(name) / "config.json").is_file():
             raise ValueError(f"no config.json in {name}: not a model folder (save one with save_pretrained, or give a "
                              "built-in alias or a hub id)")
+        elif Path(name).exists():
+            _check_config_json(Path(name) / "config.json")
         kwargs = {"dtype": torch_dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation

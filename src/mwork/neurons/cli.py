@@ -33,6 +33,9 @@ def _detect(args: argparse.Namespace) -> int:
         raise ValueError("--method plnd needs --out (the NeuronSet to write)")
     if args.lang is None:
         raise ValueError("--method plnd needs --lang LANG (the language of the corpus)")
+    from mwork.files import check_name
+
+    check_name(args.lang, "language code", "--lang")  # the one rule for language codes
     corpora = args.corpus or []
     if len(corpora) > 1:
         raise ValueError("--method plnd reads one corpus (--corpus FILE); the LANG=FILE corpora are for "

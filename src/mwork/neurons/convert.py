@@ -43,6 +43,7 @@ LAPE_FORMAT = "LAPE neuron indices: List[List[LongTensor]], language x layer, FF
 REFERENCE_FORMAT = ("PLND reference dictionaries: five lines of {layer: {neuron, ...}} for FFN up, FFN down, Q, K, V; "
                     "K and V in the query-head index space")
 REFERENCE_LINES = ("ffn_up", "ffn_down", "q", "k", "v")
+LAPE_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8)
 
 
 def side_file(path: str | Path) -> Path:
@@ -99,12 +100,23 @@ def lape_bytes(sets: Sequence[NeuronSet]) -> bytes:
 
 
 def export_lape(sets: Sequence[NeuronSet | str | Path], out: str | Path, *, ffn_only: bool = False) -> Path:
-    """Write ``sets`` (one per language, in order) as a LAPE neuron file ``out`` and its side file."""
+    """Write ``sets`` (one per language, in order) as a LAPE neuron file ``out`` and its side file.
+    Refused before anything is read: an ``out`` (or side file) that would replace one of ``sets``,
+    a file of another kind or a NeuronSet's ``.json`` (``mwork.files.check_output_file``)."""
+    from mwork.files import check_output_file
+
+    check_output_file(out, "torch", inputs=sets, also={side_file(out): "json"}, what="LAPE neuron file")
     loaded = [as_neuron_set(s) for s in sets]
     if not loaded:
         raise ValueError("give at least one NeuronSet to export")
     fp = _same_model(loaded)
     langs = [_label(ns, i) for i, ns in enumerate(loaded)]
+    repeated = sorted({lang for lang in langs if langs.count(lang) > 1})
+    if repeated:  # import names each language once: such a file could not be read back
+        shown = "; ".join(f"{lang}: " + ", ".join(str(sets[i]) if isinstance(sets[i], (str, Path)) else f"set {i + 1}"
+                                                  for i, x in enumerate(langs) if x == lang) for lang in repeated)
+        raise ValueError(f"more than one set of the same language ({shown}): a LAPE file holds one entry per "
+                         "language and could not be imported again; export each language once")
     attention = {lang: {k: ns.count(k) for k in ns.kinds if k != "ffn" and ns.count(k)}
                  for lang, ns in zip(langs, loaded)}
     attention = {lang: c for lang, c in attention.items() if c}
@@ -137,8 +149,13 @@ def load_lape_file(path: str | Path) -> list[list[torch.Tensor]]:
                          f"LongTensors, got {type(data).__name__}")
     for i, per_layer in enumerate(data):
         for j, t in enumerate(per_layer):
-            if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or t.is_complex():
-                raise ValueError(f"{path}: entry [{i}][{j}] is not a 1-D integer tensor of neuron indices")
+            where = f"{path}: language {i}, layer {j}"
+            if not isinstance(t, torch.Tensor) or t.dim() != 1:
+                raise ValueError(f"{where} is not a 1-D integer tensor of neuron indices")
+            if t.dtype not in LAPE_INDEX_DTYPES:
+                what = {torch.bool: " (a mask, not indices)", torch.uint8: " (a mask, not indices?)"}.get(t.dtype, "")
+                raise ValueError(f"{where} holds {str(t.dtype).removeprefix('torch.')} values{what}; LAPE neuron "
+                                 "indices are integers (int64, as torch.nonzero gives them)")
     return [list(x) for x in data]
 
 
@@ -175,15 +192,23 @@ def import_lape(path: str | Path, model: torch.nn.Module, langs: Sequence[str], 
         reordered = False
         for layer, t in enumerate(per_layer):
             idx = t.to(torch.int64)
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= width):
-                bad = int(idx.max()) if int(idx.max()) >= width else int(idx.min())
-                raise ValueError(f"{path}: language {i} ({lang}), layer {layer} lists FFN neuron {bad}, but this "
-                                 f"model's FFN layers have {width} neurons (0..{width - 1}): it was made for "
-                                 "another model")
+            if idx.numel() and int(idx.min()) < 0:
+                raise ValueError(f"{path}: language {i} ({lang}), layer {layer} lists FFN neuron {int(idx.min())}: "
+                                 "neuron indices are 0 or more")
+            if idx.numel() and int(idx.max()) >= width:
+                raise ValueError(f"{path}: language {i} ({lang}), layer {layer} lists FFN neuron {int(idx.max())}, "
+                                 f"but this model's FFN layers have {width} neurons (0..{width - 1}): it was made "
+                                 "for another model")
+            values, counts = torch.unique(idx, return_counts=True)
+            if bool((counts > 1).any()):
+                twice = values[counts > 1].tolist()
+                raise ValueError(f"{path}: language {i} ({lang}), layer {layer} lists FFN neuron"
+                                 f"{'s' if len(twice) > 1 else ''} {', '.join(map(str, twice[:10]))} more than once: "
+                                 "a LAPE file lists each neuron once")
             ns.masks["ffn"][layer, idx] = True
             reordered |= not torch.equal(idx, ns.indices("ffn", layer))
         if reordered:
-            ns.meta["imported_from"]["note"] = "indices were not sorted and unique in the file; kept as a set"
+            ns.meta["imported_from"]["note"] = "indices were not sorted in the file; kept as a set"
         out[lang] = ns
     return out
 
@@ -200,7 +225,11 @@ def _literal(node: ast.AST, where: str) -> Any:
     if isinstance(node, ast.Dict):
         if any(k is None for k in node.keys):
             raise ValueError(f"{where}: '**' in a dictionary is not a neuron dictionary")
-        return {_literal(k, where): _literal(v, where) for k, v in zip(node.keys, node.values)}
+        keys = [_literal(k, where) for k in node.keys]
+        twice = [k for i, k in enumerate(keys) if k in keys[:i] and isinstance(k, int)]
+        if twice:
+            raise ValueError(f"{where} lists layer {twice[0]} more than once")
+        return {k: _literal(v, where) for k, v in zip(keys, node.values)}
     if isinstance(node, (ast.Set, ast.List, ast.Tuple)):
         return [_literal(e, where) for e in node.elts]
     if isinstance(node, ast.Call) and not node.keywords:
@@ -260,7 +289,11 @@ def reference_text(ns: NeuronSet) -> str:
 
 
 def export_reference(neurons: NeuronSet | str | Path, out: str | Path) -> Path:
-    """Write one language's set as a reference dictionary file ``out`` (and its side file)."""
+    """Write one language's set as a reference dictionary file ``out`` (and its side file); the
+    same refusals as :func:`export_lape`."""
+    from mwork.files import check_output_file
+
+    check_output_file(out, ("text", "json"), inputs=[neurons], also={side_file(out): "json"}, what="reference neuron file")
     ns = as_neuron_set(neurons)
     out = Path(out)
     _write_atomically(out, reference_text(ns).encode("utf-8"))
@@ -300,8 +333,15 @@ def import_reference(path: str | Path, model: torch.nn.Module, lang: str, *,
             if not 0 <= layer < adapter.num_layers:
                 raise ValueError(f"{path}, line {n} ({name}) has layer {layer}; this model has layers "
                                  f"0..{adapter.num_layers - 1}: the file was made for another model")
-            idx = torch.tensor(sorted(set(neurons)), dtype=torch.int64)
-            if idx.numel() and (int(idx[0]) < 0 or int(idx[-1]) >= width[name]):
+            twice = sorted({x for x in neurons if neurons.count(x) > 1})
+            if twice:
+                raise ValueError(f"{path}, line {n} ({name}), layer {layer} lists neuron"
+                                 f"{'s' if len(twice) > 1 else ''} {', '.join(map(str, twice[:10]))} more than once")
+            idx = torch.tensor(sorted(neurons), dtype=torch.int64)
+            if idx.numel() and int(idx[0]) < 0:
+                raise ValueError(f"{path}, line {n} ({name}), layer {layer} lists neuron {int(idx[0])}: neuron "
+                                 "indices are 0 or more")
+            if idx.numel() and int(idx[-1]) >= width[name]:
                 raise ValueError(f"{path}, line {n} ({name}), layer {layer} lists neuron {int(idx[-1])}, beyond this "
                                  f"model's {width[name]} (0..{width[name] - 1}): the file was made for another model")
             if name in ("k", "v"):
@@ -337,6 +377,9 @@ def convert_files(direction: str, fmt: str, inputs: Sequence[str | Path], *, out
         raise ValueError(f"direction must be 'to' or 'from', got {direction!r}")
     if model is None or out_dir is None or not langs:
         raise ValueError("importing needs --model M, --langs LANG[,LANG...] and --out-dir DIR")
+    from mwork.files import child_path, parse_names
+
+    langs = parse_names(langs, flag="--langs")  # each names a file LANG.safetensors in out_dir
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"the output folder {out_dir} is a file; choose another (--out-dir)")
@@ -348,5 +391,5 @@ def convert_files(direction: str, fmt: str, inputs: Sequence[str | Path], *, out
         if len(inputs) != len(langs):
             raise ValueError(f"give one language per reference file: {len(inputs)} files, {len(langs)} languages")
         sets = {lang: import_reference(p, model, lang, model_id=model_id) for p, lang in zip(inputs, langs)}
-    return [ns.save(out_dir / f"{lang}.safetensors") for lang, ns in sets.items()]
+    return [ns.save(child_path(out_dir, lang, ".safetensors")) for lang, ns in sets.items()]
 

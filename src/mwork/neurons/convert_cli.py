@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 
+from mwork.files import parse_names
 from mwork.models.loading import DEFAULT_MODEL
 
 
 def _langs(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    """The codes of --langs, each checked (it names a file LANG.safetensors), before any work."""
+    return list(parse_names(text, flag="--langs"))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -23,6 +25,7 @@ def _run(args: argparse.Namespace) -> int:
                              "to --out-dir DIR")
         if not args.langs or not args.out_dir:
             raise ValueError("--from needs --langs LANG[,LANG...] (the file's languages, in order) and --out-dir DIR")
+        _langs(args.langs)  # a bad code fails here, before the model is loaded
         from mwork.models.loading import load_model
 
         model, _ = load_model(args.model, device="cpu")

@@ -369,3 +369,16 @@ def as_neuron_set(neurons: "NeuronSet | str | Path", model: torch.nn.Module | No
             neurons.check_compatible(model)
         return neurons
     return NeuronSet.load(neurons, model)
+
+
+def require_neurons(ns: NeuronSet, action: str, source: str | None = None, restricted: bool = False) -> NeuronSet:
+    """The one rule of every command that acts on a set (``mwork steer``, ``eval``, ``ppl``): a set
+    with no neuron (after ``--layers`` / ``--kinds`` when ``restricted``) is refused, since the run
+    would measure the untouched model while its results are labelled as an intervention.
+    ``action``: what would be done to the neurons ("steer", "switch off"); ``source``: the set's
+    file, for the message."""
+    if ns.count() == 0:
+        named = f"the NeuronSet {source}" if source else "the NeuronSet"
+        where = " in the chosen layers and kinds" if restricted else ""
+        raise ValueError(f"{named} has no neuron{where}: nothing to {action} (the run would be the unchanged model)")
+    return ns

@@ -43,11 +43,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mwork.config import option
-from mwork.files import atomic_write, make_folder, write_json, write_text
+from mwork.files import atomic_write, check_name, make_folder, write_json, write_text
 from mwork.fingerprints import texts_digest
 from mwork.hooks import MOE_SITES, Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import DEFAULT_MODEL, input_device
+from mwork.plotting import plain_text
 from mwork.texts import is_empty, read_texts
 
 FILES = {"frequency": "router_frequency.csv", "specificity": "router_specificity.csv", "plot": "router.png",
@@ -87,6 +88,7 @@ def parse_corpora(items: Sequence[str]) -> dict[str, str]:
         lang, sep, spec = item.partition("=")
         if not sep or not lang.strip() or not spec.strip():
             raise ValueError(f"--corpus takes LANG=SPEC (e.g. fr=texts/fr.txt or zh=xquad:zh), got {item!r}")
+        check_name(lang.strip(), "language code", "--corpus")
         if lang.strip() in out:
             raise ValueError(f"language {lang.strip()!r} is given twice in --corpus; give each language once")
         out[lang.strip()] = spec.strip()
@@ -249,6 +251,7 @@ def write_router_stats(stats: RouterStats, out_dir: str | Path, meta: Mapping[st
     return paths
 
 
+@plain_text
 def _plot(stats: RouterStats, path: Path) -> None:
     """One heatmap per language (layers x experts) of log2(f / mean f), and the specificity."""
     import matplotlib

@@ -70,6 +70,7 @@ class BlockScorer:
 
     def _windows(self, start: int, texts: Sequence[str], out: BlockScores, errors: dict[int, str]) -> list[Window]:
         windows: list[Window] = []
+        lengths: dict[int, int] = {}
         for j, text in enumerate(texts):
             doc = start + j
             if is_empty(text):
@@ -85,7 +86,10 @@ class BlockScorer:
                 out.empty.append(doc)
                 self.log(f"document {doc} has no tokens; it is not counted")
                 continue
+            lengths[doc] = len(ids)
             windows.extend(self.windowing.split(doc, ids))
+        # a document far longer than the others of its block: warned about (it alone takes the time)
+        self.windowing.survey(lengths, f"documents {start}-{start + len(texts) - 1}")
         windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
         return windows
 

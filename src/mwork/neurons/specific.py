@@ -89,7 +89,9 @@ def save_language_specific(
         if p is not None and not p.exists():
             raise FileNotFoundError(f"no NeuronSet at {p} (expected a .safetensors file written by mwork)")
     loaded = [s if isinstance(s, NeuronSet) else NeuronSet.load(p) for s, p in zip(sets, paths)]
-    names = [p.name if p is not None else f"{_label(ns, i)}.safetensors"
+    from mwork.files import child_path
+
+    names = [p.name if p is not None else child_path(".", _label(ns, i), ".safetensors", "set name").name
              for i, (ns, p) in enumerate(zip(loaded, paths))]
     if len(set(names)) != len(names):
         raise ValueError(f"input file names must differ (outputs are written under the same names): {names}")

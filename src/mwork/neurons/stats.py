@@ -22,6 +22,7 @@ from typing import Sequence
 
 from mwork.models.adapters import KINDS
 from mwork.neurons.neuronset import NeuronSet, set_path
+from mwork.plotting import plain_text
 
 
 def _kinds(sets: Sequence[NeuronSet]) -> list[str]:
@@ -87,8 +88,23 @@ def jaccard_matrix(sets: Sequence[NeuronSet]) -> list[list[float]]:
     return [[a.jaccard(b) for b in sets] for a in sets]
 
 
+def _save_png(fig, path: Path) -> None:
+    """Write the figure atomically (a full disk: one line naming the file) and close it."""
+    import matplotlib.pyplot as plt
+
+    from mwork.files import atomic_write
+
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    from mwork.files import atomic_write
+
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -139,6 +155,7 @@ def write_stats(sets: Sequence[NeuronSet], out_dir: str | Path, names: Sequence[
     return paths
 
 
+@plain_text
 def _plot_layers(sets: Sequence[NeuronSet], names: Sequence[str], path: Path) -> None:
     import matplotlib
 
@@ -160,10 +177,10 @@ def _plot_layers(sets: Sequence[NeuronSet], names: Sequence[str], path: Path) ->
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
+@plain_text
 def _plot_jaccard(matrix: list[list[float]], names: Sequence[str], path: Path) -> None:
     import matplotlib
 
@@ -182,5 +199,4 @@ def _plot_jaccard(matrix: list[list[float]], names: Sequence[str], path: Path) -
     ax.set_title("Jaccard overlap")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_png(fig, path)

@@ -7,8 +7,10 @@ A document longer than ``max_length`` tokens is cut into consecutive windows of 
 
 from __future__ import annotations
 
+import statistics
+import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -18,6 +20,10 @@ WINDOW_RULE = (
     "importance is sqrt(sum over its windows of the squared window importance), the norm over all its tokens"
 )
 TRUNCATE_RULE = "truncate: only the first max_length tokens (special tokens included) of each document are scored"
+#: a document far longer than the others -- more than LONG_FACTOR times the median document's tokens
+#: and more than LONG_TOKENS tokens -- alone takes most of a pass's time: warned about (Windowing.survey)
+LONG_FACTOR = 20
+LONG_TOKENS = 10_000
 
 
 def special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
@@ -70,6 +76,32 @@ class Windowing:
             ids = ids[:step]
         prefix, suffix = list(self.prefix), list(self.suffix)
         return [Window(doc, p, prefix + ids[s:s + step] + suffix) for p, s in enumerate(range(0, len(ids), step))]
+
+    def count(self, n_tokens: int) -> int:
+        """How many windows a document of ``n_tokens`` tokens (no special tokens) makes."""
+        step = self.max_length - len(self.prefix) - len(self.suffix)
+        return 0 if n_tokens <= 0 else 1 if self.truncate else -(-n_tokens // step)
+
+    def survey(self, lengths: Mapping[int, int], what: str) -> str:
+        """Before a pass: one line saying how many windows the documents make (``lengths``:
+        document number -> its token count); warns (UserWarning) about documents far longer than
+        the others (LONG_FACTOR x the median and LONG_TOKENS), which alone take most of the time."""
+        total = sum(self.count(n) for n in lengths.values())
+        line = (f"{what}: {len(lengths):,} documents, {sum(lengths.values()):,} tokens -> {total:,} windows of at "
+                f"most {self.max_length} tokens")
+        if self.truncate or not lengths:
+            return line
+        median = statistics.median(lengths.values())
+        long = [d for d, n in lengths.items() if n > LONG_TOKENS and n > LONG_FACTOR * median]
+        if long:
+            shown = ", ".join(f"document {d} ({lengths[d]:,} tokens, {self.count(lengths[d]):,} windows)"
+                              for d in long[:5]) + (f" and {len(long) - 5} more" if len(long) > 5 else "")
+            share = sum(self.count(lengths[d]) for d in long)
+            warnings.warn(f"{what}: {shown} far longer than the others (median {median:,.0f} tokens): "
+                          f"{share:,} of the {total:,} windows, most of the time; split long documents (one per "
+                          f"line) or pass --truncate to score only each document's first {self.max_length} tokens",
+                          stacklevel=2)
+        return line
 
     def pad(self, windows: Sequence[Window]) -> dict[str, torch.Tensor]:
         """A batch: input_ids and attention_mask, padded on the tokenizer's side."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mwork.report import html as H
 from mwork.report.format import LANGUAGE_NAMES
+from mwork.report.html import Markup, el
 
 PROMPTS_PER_LANGUAGE = 3
 TOP_K = 5
@@ -110,32 +110,38 @@ def _regions(info: dict[str, Any] | None) -> dict[str, Any]:
             "mean": [_num(x) for x in reg.get("curve") or []]}
 
 
-def explorer_html(sid: str, data_id: str, value: dict[str, Any]) -> str:
-    """The explorer's skeleton; the page's script draws the grid and the curve into it."""
+def explorer_html(sid: str, data_id: str, value: dict[str, Any]) -> Markup:
+    """The explorer's skeleton; the page's script draws the grid and the curve into it (with
+    textContent and setAttribute only: no value of the JSON is ever parsed as HTML)."""
     cut = sum(1 for p in value["prompts"] if p["cut"])
     k = value["k"]
-    legend = "".join(
-        f"<span class='sw c-{c}'>{H.esc(t)}</span>"
-        for c, t in (("en", "English (solid)"), ("input", "the input language (striped)"),
-                     ("other", "another language (dotted)"), ("unknown", "unknown: punctuation, numbers, fragments (grey)")))
-    return (
-        f"<section id='{sid}' class='lx' data-source='{data_id}'>"
-        "<h3>Layer explorer: what each layer decodes</h3>"
-        "<p>Rows are lens layers (0 = the embeddings, layer <var>i</var> = the output of decoder layer <var>i</var>−1), "
-        "columns the prompt's tokens and then the generated ones; each cell is the token that layer's hidden state "
-        "decodes to first (final norm + LM head), coloured and patterned by its language. Hover, tap or focus a cell "
-        f"(arrow keys move between cells) for its top {k} tokens with their probabilities (softmax over the whole "
-        "vocabulary). Beside the grid: the share of English and of the input language among each layer's decoded "
-        "tokens, with the estimated understanding and generation boundaries.</p>"
-        "<div class='lx-controls'>"
-        f"<label for='{sid}-lang'>Input language</label> <select id='{sid}-lang' class='lx-lang'></select> "
-        f"<label for='{sid}-prompt'>Prompt</label> <select id='{sid}-prompt' class='lx-prompt'></select></div>"
-        f"<p class='lx-legend'>{legend}</p>"
-        "<div class='lx-body'><div class='lx-scroll'><div class='lx-grid' role='grid'></div></div>"
-        "<figure class='lx-curve'><svg role='img' aria-label='share of English and of the input language per layer'>"
-        "</svg><figcaption class='lx-curve-legend'></figcaption></figure></div>"
-        f"<div class='lx-tip' id='{sid}-tip' role='tooltip' hidden></div><p class='lx-status sub' aria-live='polite'></p>"
-        + (f"<p class='sub'>{cut} long prompt{'s are' if cut > 1 else ' is'} shown up to position {MAX_POSITIONS}; "
-           "lens_explorer.json holds every position.</p>" if cut else "")
-        + "<noscript><p class='note'>The layer explorer is drawn by the page's script; with scripts off, "
-          "lens_explorer.json holds the same tokens.</p></noscript></section>")
+    legend = [el("span", t, class_=f"sw c-{c}")
+              for c, t in (("en", "English (solid)"), ("input", "the input language (striped)"),
+                           ("other", "another language (dotted)"),
+                           ("unknown", "unknown: punctuation, numbers, fragments (grey)"))]
+    i = el("var", "i")
+    return el(
+        "section",
+        el("h3", "Layer explorer: what each layer decodes"),
+        el("p", Markup(
+            "Rows are lens layers (0 = the embeddings, layer {i} = the output of decoder layer {i}−1), columns the "
+            "prompt's tokens and then the generated ones; each cell is the token that layer's hidden state decodes "
+            "to first (final norm + LM head), coloured and patterned by its language. Hover, tap or focus a cell "
+            "(arrow keys move between cells) for its top {k} tokens with their probabilities (softmax over the whole "
+            "vocabulary). Beside the grid: the share of English and of the input language among each layer's "
+            "decoded tokens, with the estimated understanding and generation boundaries.").format(i=i, k=k)),
+        el("div", el("label", "Input language", for_=f"{sid}-lang"), " ",
+           el("select", id=f"{sid}-lang", class_="lx-lang"), " ",
+           el("label", "Prompt", for_=f"{sid}-prompt"), " ", el("select", id=f"{sid}-prompt", class_="lx-prompt"),
+           class_="lx-controls"),
+        el("p", legend, class_="lx-legend"),
+        el("div", el("div", el("div", class_="lx-grid", role="grid"), class_="lx-scroll"),
+           el("figure", el("svg", role="img", aria_label="share of English and of the input language per layer"),
+              el("figcaption", class_="lx-curve-legend"), class_="lx-curve"), class_="lx-body"),
+        el("div", class_="lx-tip", id=f"{sid}-tip", role="tooltip", hidden=True),
+        el("p", class_="lx-status sub", aria_live="polite"),
+        el("p", f"{cut} long prompt{'s are' if cut > 1 else ' is'} shown up to position {MAX_POSITIONS}; "
+                "lens_explorer.json holds every position.", class_="sub") if cut else None,
+        el("noscript", el("p", Markup("The layer explorer is drawn by the page's script; with scripts off, "
+                                      "lens_explorer.json holds the same tokens."), class_="note")),
+        id=sid, class_="lx", data_source=data_id)

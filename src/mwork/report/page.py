@@ -11,6 +11,7 @@ the registry of results kinds (:mod:`mwork.report.registry`).
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import warnings
 from importlib import resources
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mwork.report import html as H
+from mwork.report.html import Markup, el
 from mwork.report.format import count, seconds
 from mwork.report.read import BadResultFile, read_json
 from mwork.report.registry import assign
@@ -51,18 +53,18 @@ def _value(v: Any) -> str:
     return "–" if v is None else str(v)
 
 
-def _run_section(run: dict[str, Any], root: Path, run_problem: str) -> str:
-    parts = ["<section id='run'><h2>Settings and versions</h2>"]
+def _run_section(run: dict[str, Any], root: Path, run_problem: Markup) -> Markup:
+    parts = [el("h2", "Settings and versions")]
     if run_problem:
         parts.append(H.warning(run_problem))
     command = run.get("command") or f"mwork report {root}"
-    parts.append(f"<p>Reproduce with <code class='cmd'>{H.esc(command)}</code>.</p>")
+    parts.append(el("p", "Reproduce with ", el("code", command, class_="cmd"), "."))
     if "total_seconds" in run:
         extra = (f" ({seconds(run['this_run_seconds'])} in the run that drew this page; cached stages are not "
                  "recomputed)") if "this_run_seconds" in run else ""
-        parts.append(f"<p>Compute time of the results: {seconds(run['total_seconds'])}{extra}.</p>")
+        parts.append(el("p", f"Compute time of the results: {seconds(run['total_seconds'])}{extra}."))
     for note in run.get("notes") or []:
-        parts.append(H.note(H.esc(note)))
+        parts.append(H.note(note))
     stages = run.get("stages") or []
     if stages:
         rows = [[st.get("name", "?"), H.Cell(seconds(st.get("seconds")), num=True), "cached" if st.get("cached") else
@@ -76,31 +78,32 @@ def _run_section(run: dict[str, Any], root: Path, run_problem: str) -> str:
     versions = run.get("versions") if isinstance(run.get("versions"), dict) else _versions()
     parts.append(H.table(["package", "version"], [[k, v] for k, v in versions.items()], caption="Versions",
                          cls="kv"))
-    parts.append(f"<p class='sub'>Page rendered {_dt.datetime.now().isoformat(timespec='seconds')} from "
-                 f"<code>{H.esc(str(root.resolve()))}</code>.</p></section>")
-    return "".join(parts)
+    parts.append(el("p", f"Page rendered {_dt.datetime.now().isoformat(timespec='seconds')} from ",
+                    el("code", str(root.resolve())), ".", class_="sub"))
+    return el("section", parts, id="run")
 
 
-def _findings(sections: list[Section], page: Page) -> str:
+def _findings(sections: list[Section], page: Page) -> Markup:
     items = []
     for sec in sections:
         for f in sec.findings:
-            items.append(f"<li>{f.html} <a class='ev' href='#{f.anchor}' aria-label='evidence: {H.esc(sec.title)}'>"
-                         "evidence</a></li>")
-    parts = ["<section id=\"findings\"><h2>Findings</h2>"]
+            items.append(el("li", f.html, " ", el("a", "evidence", class_="ev", href=f"#{f.anchor}",
+                                                  aria_label=f"evidence: {sec.title}")))
+    parts = [el("h2", "Findings")]
     if items:
-        parts.append(f"<ul class='findings'>{''.join(items)}</ul>")
+        parts.append(el("ul", items, class_="findings"))
     else:
-        parts.append("<p>No finding could be computed from these results; the sections below show what there "
-                     "is.</p>")
+        parts.append(el("p", "No finding could be computed from these results; the sections below show what there "
+                             "is."))
     if page.warnings:
-        lines = "".join(f"<li><code>{H.esc(f)}</code> {H.esc(r)} (<a href='#{sid}'>section</a>)</li>"
-                        for f, r, sid in page.warnings)
-        parts.append(f"<div class='warn' role='note'><strong>{count(len(page.warnings))} "
-                     f"problem{'s' if len(page.warnings) > 1 else ''} with the result files</strong>; the findings "
-                     f"leave out what these files would have said:<ul>{lines}</ul></div>")
-    parts.append("</section>")
-    return "".join(parts)
+        lines = [el("li", el("code", f), " ", r, " (", el("a", "section", href=f"#{sid}"), ")")
+                 for f, r, sid in page.warnings]
+        n = len(page.warnings)
+        parts.append(el("div", el("strong", f"{count(n)} problem{'s' if n > 1 else ''} with the result files"),
+                        "; the findings leave out what these files would have said:", el("ul", lines),
+                        class_="warn", role="note"))
+    # double-quoted, as it always was: the one section that is not a results folder's (id='...')
+    return el("section", parts, id="findings", quote='"')
 
 
 def render_report(results_dir: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
@@ -112,22 +115,28 @@ def render_report(results_dir: str | Path, out: str | Path | None = None, title:
     if not root.is_dir():
         raise FileNotFoundError(f"no results folder at {root}")
     target = Path(out) if out else root / "index.html"
-    if target.exists() and target.is_dir():
-        raise ValueError(f"the page's path {target} is a folder; give --out a file name such as {target}/index.html")
+    if target.is_dir() or str(out or "").endswith(("/", os.sep)):
+        target = target / "index.html"  # a folder: the page is its index.html
+    from mwork.files import check_output_file
+
+    # a page only ever goes to a .html name, never over a CSV or an input the report reads
+    check_output_file(target, "html", suffixes=(".html", ".htm"), or_else=" (or a folder, for FOLDER/index.html)",
+                      what="page")
     page = Page(root, target)
     page.ids.update(RESERVED_IDS)
 
     run: dict[str, Any] = {}
-    run_problem = ""
+    run_problem = Markup()
     if (root / "run.json").is_file():
         try:
             value = read_json(root / "run.json")
             if isinstance(value, dict):
                 run = value
             else:
-                run_problem = "<code>run.json</code> is not a JSON object; the run's settings are not shown"
+                run_problem = Markup("{} is not a JSON object; the run's settings are not shown").format(
+                    el("code", "run.json"))
         except BadResultFile as err:
-            run_problem = f"<code>run.json</code> {H.esc(err.reason)}; the run's settings are not shown"
+            run_problem = Markup("{} {}; the run's settings are not shown").format(el("code", "run.json"), err.reason)
             page.warnings.append(("run.json", err.reason, "run"))
 
     assigned = assign(root)
@@ -147,22 +156,20 @@ def render_report(results_dir: str | Path, out: str | Path | None = None, title:
         sections.append(section)
 
     page_title = title or run.get("title") or "mwork results"
-    body = [f"<header><h1>{H.esc(page_title)}</h1>"]
     model = (run.get("settings") or {}).get("model") if isinstance(run.get("settings"), dict) else None
-    body.append(f"<p class='sub'>{'Model <code>' + H.esc(model) + '</code>. ' if model else ''}Results in "
-                f"<code>{H.esc(root.name or str(root))}</code>; settings and versions at the end.</p>")
     nav = [("findings", "Findings"), *((s.id, s.title) for s in sections), ("run", "Settings and versions")]
-    body.append("<nav id='contents' aria-label='Sections'>" + "".join(
-        f"<a href='#{sid}'>{H.esc(t)}</a>" for sid, t in nav) + "</nav></header><main>")
+    header = el("header", el("h1", page_title),
+                el("p", ["Model ", el("code", model), ". "] if model else None, "Results in ",
+                   el("code", root.name or str(root)), "; settings and versions at the end.", class_="sub"),
+                el("nav", [el("a", t, href=f"#{sid}") for sid, t in nav], id="contents", aria_label="Sections"))
     rendered = [s.render() for s in sections]  # before the findings: rendering may add warnings
-    body.append(_findings(sections, page))
-    body.extend(rendered)
-    body.append(_run_section(run, root, run_problem))
-    body.append("</main>")
-    html = ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{H.esc(page_title)}</title><style>{asset('report.css')}</style></head><body>"
-            + "".join(body) + dump_data(page.data) + f"<script>{asset('report.js')}</script></body></html>")
+    main_ = el("main", _findings(sections, page), rendered, _run_section(run, root, run_problem))
+    # the page's own style and script (package files, not results) are trusted as they are
+    head = el("head", el("meta", charset="utf-8"),
+              el("meta", name="viewport", content="width=device-width, initial-scale=1"),
+              el("title", page_title), el("style", Markup(asset("report.css"))))
+    body = el("body", header, main_, dump_data(page.data), el("script", Markup(asset("report.js"))))
+    html = Markup("<!doctype html>") + el("html", head, body, lang="en")
     from mwork.files import write_text
 
     write_text(target, html)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import urllib.parse
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from mwork.report import html as H
+from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_csv, read_json, read_jsonl
 from mwork.report.registry import FolderView, ResultsKind
 
@@ -24,9 +24,9 @@ def slug(text: str) -> str:
 
 @dataclass
 class Finding:
-    """One sentence of the findings section (HTML) and the id of the element holding its evidence."""
+    """One sentence of the findings section (Markup) and the id of the element holding its evidence."""
 
-    html: str
+    html: Markup
     anchor: str
 
 
@@ -64,22 +64,26 @@ class Page:
             return str(path)
 
     def href(self, path: Path) -> str:
-        """A link from the page to ``path`` (relative, so the folder can move)."""
+        """A link from the page to ``path`` (relative, so the folder can move): every character
+        of a file name but letters, digits and ``_.-~/`` percent-encoded, so no name (one such
+        as ``javascript:alert(1)``) can read as a URL scheme."""
         rel = os.path.relpath(path.resolve(), self.target.parent.resolve())
-        return urllib.parse.quote(Path(rel).as_posix())
+        return H.safe_url(urllib.parse.quote(Path(rel).as_posix(), safe="/"))
 
 
 class Section:
     """What a :class:`~mwork.report.registry.ResultsKind` renders into: HTML parts, findings
     and warnings. Readers (:meth:`csv`, :meth:`json`) turn an unreadable file into a visible
-    warning naming it and return None."""
+    warning naming it and return None. What a kind adds is built with
+    :func:`mwork.report.html.el` (Markup); a plain str given to :meth:`add`, :meth:`finding`,
+    :meth:`paper`, :meth:`image` or :meth:`table` is text, escaped."""
 
     def __init__(self, page: Page, view: FolderView, kind: ResultsKind, sid: str):
         self.page, self.view, self.kind, self.id = page, view, kind, sid
         self.title = kind.title
-        self.parts: list[str] = []
+        self.parts: list[Markup] = []
         self.findings: list[Finding] = []
-        self.warnings: list[str] = []
+        self.warnings: list[Markup] = []
 
     @property
     def folder(self) -> Path:
@@ -95,7 +99,7 @@ class Section:
     def warn(self, path: Path, reason: str) -> None:
         """A visible warning in this section (and in the findings section) naming ``path``."""
         rel = self.page.rel(path)
-        self.warnings.append(f"<code>{H.esc(rel)}</code> {H.esc(reason)}")
+        self.warnings.append(H.concat(el("code", rel), " ", reason))
         self.page.warnings.append((rel, reason, self.id))
 
     def csv(self, name: str, required: Iterable[str] = (), numeric: Iterable[str] = ()) -> list[dict[str, str]] | None:
@@ -136,16 +140,18 @@ class Section:
                 self.json(name)
 
     # ---- writing -------------------------------------------------------------------------------
-    def add(self, html: str) -> None:
-        self.parts.append(html)
+    def add(self, html: object) -> None:
+        """Append Markup (text is escaped)."""
+        self.parts.append(H.esc(html))
 
-    def finding(self, html: str, anchor: str | None = None) -> None:
-        self.findings.append(Finding(html, anchor or self.id))
+    def finding(self, html: object, anchor: str | None = None) -> None:
+        """A sentence of the findings section (Markup, or text, escaped)."""
+        self.findings.append(Finding(H.esc(html), anchor or self.id))
 
-    def paper(self, html: str) -> None:
+    def paper(self, html: object) -> None:
         self.add(H.paper(html))
 
-    def image(self, name: str, alt: str, caption: str = "") -> bool:
+    def image(self, name: str, alt: str, caption: object = "") -> bool:
         """Embed the PNG ``name`` of this folder, if it is there and is a PNG (else a warning)."""
         path = self.path(name)
         if not path.is_file():
@@ -156,7 +162,7 @@ class Section:
         self.add(H.figure(path, alt, caption))
         return True
 
-    def table(self, head: Sequence[object], rows: Iterable[Sequence[object]], caption: str = "",
+    def table(self, head: Sequence[object], rows: Iterable[Sequence[object]], caption: object = "",
               cls: str = "") -> None:
         self.add(H.table(head, rows, caption, cls))
 
@@ -164,7 +170,7 @@ class Section:
         """A unique id for an element of this section (a table a finding links to)."""
         return self.page.unique_id(f"{self.id}-{name}")
 
-    def raw_files(self) -> str:
+    def raw_files(self) -> Markup:
         """Links to every file of the folder (and, for a kind that claims them, its sub-folders)."""
         files = sorted(self.folder / n for n in self.view.names)
         if self.kind.claims_subfolders:
@@ -172,22 +178,21 @@ class Section:
                             and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)
                             and p.name not in ("stage.json",) and not p.name.endswith(".tmp"))
         if not files:
-            return ""
+            return Markup()
         items = []
         for p in files[:MAX_RAW_LINKS]:
             size = p.stat().st_size
-            items.append(f"<li><a href='{H.esc(self.page.href(p))}'>{H.esc(p.relative_to(self.folder).as_posix())}"
-                         f"</a> <span class='sub'>{_size(size)}</span></li>")
+            items.append(el("li", el("a", p.relative_to(self.folder).as_posix(), href=self.page.href(p)), " ",
+                            el("span", _size(size), class_="sub")))
         more = len(files) - MAX_RAW_LINKS
         if more > 0:
-            items.append(f"<li>… and {more} more in <code>{H.esc(self.page.rel(self.folder))}</code></li>")
-        return H.details(f"Raw files ({len(files)}) in <code>{H.esc(self.view.rel)}</code>",
-                         f"<ul class='files'>{''.join(items)}</ul>")
+            items.append(el("li", f"… and {more} more in ", el("code", self.page.rel(self.folder))))
+        return H.details(H.concat(f"Raw files ({len(files)}) in ", el("code", self.view.rel)),
+                         el("ul", items, class_="files"))
 
-    def render(self) -> str:
-        warn = "".join(H.warning(w) for w in self.warnings)
-        return (f"<section id='{self.id}'><h2>{H.esc(self.title)}</h2>"
-                f"{warn}{''.join(self.parts)}{self.raw_files()}</section>")
+    def render(self) -> Markup:
+        return el("section", el("h2", self.title), [H.warning(w) for w in self.warnings], self.parts,
+                  self.raw_files(), id=self.id)
 
 
 def _size(n: int) -> str:
@@ -198,12 +203,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def dump_data(data: dict[str, Any]) -> str:
-    """The embedded JSON values as ``<script type='application/json'>`` elements."""
-    out = []
-    for sid, value in data.items():
-        # "<" only occurs inside JSON strings: as \u003c no token text ("</script>", "<!--") can end or
-        # confuse the script element
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
-        out.append(f"<script type='application/json' id='{sid}'>{text}</script>")
-    return "".join(out)
+def dump_data(data: dict[str, Any]) -> Markup:
+    """The embedded JSON values as ``<script type='application/json'>`` elements (their text
+    escaped so that no value can end the element: :func:`mwork.report.html.script_json`)."""
+    return H.concat(el("script", H.script_json(value), type="application/json", id=sid) for sid, value in data.items())

@@ -19,6 +19,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from mwork.models.loading import input_device
+from mwork.numerics import NONFINITE, NonFiniteError, unusable_logits
 from mwork.tasks.runtime import map_batches, padding_side, right_padded
 
 
@@ -153,6 +154,9 @@ def loglikelihood(
         for r, i in enumerate(rows):
             ctx, cont = encoded[i]
             pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device) - offset
+            if bool(unusable_logits(logits[r, pos]).any()):
+                raise NonFiniteError(f"{NONFINITE} while scoring request {i}: no log-likelihood can be computed; "
+                                     "an intervention this strong (e.g. --scale) overflows")
             logp = logits[r, pos].float().log_softmax(-1)
             target = torch.tensor(cont, device=logits.device)
             values.append((float(logp.gather(-1, target[:, None]).sum()), len(cont)))

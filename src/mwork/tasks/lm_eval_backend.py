@@ -30,8 +30,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-import torch
-
 import lm_eval.models  # noqa: F401  (lm-eval's own models first: its registry is filled on this import)
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -48,10 +46,12 @@ def _model_arg_list(value: Any) -> str | None:
 
 
 def _device(device: str | None) -> str | None:
-    """lm-eval passes ``cuda:0`` by default; like HFLM, fall back when there is no such device."""
-    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
-        return None
-    return device
+    """``--device`` (or lm-eval's ``device``) under mwork's one device rule, as for every other
+    command (``mwork.models.loading.check_device``): a device this machine does not have is
+    refused, never replaced by the CPU behind the user's back; None picks CUDA when available."""
+    from mwork.models.loading import check_device
+
+    return None if device is None or device == "" else str(check_device(device))
 
 
 @register_model("mwork")
@@ -103,6 +103,17 @@ class MworkLM(HFLM):
         if self._rolling and add_special_tokens is None and self.tokenizer_adds_bos and ids[:1] == [self.prefix_token_id]:
             return ids[1:]  # the rolling windows' prefix token is the BOS already
         return ids
+
+    def _model_call(self, inps: Any, attn_mask: Any = None, labels: Any = None) -> Any:
+        """HFLM's forward pass, with mwork's rule for logits that cannot be measured
+        (``mwork.numerics``): NaN / inf / all-equal logits are an error, not scores."""
+        from mwork.numerics import NONFINITE, NonFiniteError, unusable_logits
+
+        logits = super()._model_call(inps, attn_mask, labels)
+        if bool(unusable_logits(logits).any()):
+            raise NonFiniteError(f"{NONFINITE} in lm-eval's requests: no log-likelihood can be computed; an "
+                                 "intervention this strong (e.g. --scale) overflows")
+        return logits
 
     def loglikelihood(self, requests: Any, disable_tqdm: bool = False) -> Any:
         with self._intervening():

@@ -121,7 +121,11 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
     from lm_eval.loggers import EvaluationTracker
 
     from mwork.files import make_folder, write_json
+    from mwork.models.loading import check_device
 
+    if model is None and config.device is not None:
+        check_device(config.device)  # the one device rule of every command, before lm-eval's slow set-up
+    config.check_set()  # a set with no neuron is refused, as by steer and ppl (require_neurons)
     out = make_folder(config.out)
     manager = task_manager(config.include_path, lambda m: set(config.tasks) <= set(m.all_tasks))
     check_tasks(manager, config.tasks)

@@ -40,6 +40,7 @@ from mwork.texts import is_empty
 from mwork.hooks import Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
+from mwork.numerics import NONFINITE, NonFiniteError, unusable_logits
 from mwork.tasks.runtime import map_batches
 
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
@@ -109,7 +110,8 @@ def _window_nll(model: torch.nn.Module, batch: list[tuple[list[int], int]], pad_
         h = hidden[rows_t[s:s + chunk], pos_t[s:s + chunk]]
         logits = adapter.decode(h)
         logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        token_nll[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], reduction="none").double().cpu()
+        nll = F.cross_entropy(logits, targets[s:s + chunk], reduction="none").double()
+        token_nll[s:s + chunk] = nll.masked_fill(unusable_logits(logits), math.nan).cpu()  # NaN: not measured
     sums, s = [], 0
     for _, n in batch:
         sums.append(float(token_nll[s:s + n].sum()))
@@ -163,6 +165,12 @@ def perplexity(
                                  desc="perplexity", progress=progress)
     finally:
         model.train(was_training)
+    broken = [i for i, v in enumerate(window_nll) if not math.isfinite(v)]
+    if broken:
+        texts_hit = sorted({owner[i] for i in broken})
+        raise NonFiniteError(f"{NONFINITE} in {len(broken)} of {len(windows)} windows (texts "
+                             f"{', '.join(map(str, texts_hit[:8]))}{', ...' if len(texts_hit) > 8 else ''}): no "
+                             "perplexity can be computed; an intervention this strong (e.g. --scale) overflows")
     for i, t in enumerate(owner):
         nll_sum[t] += window_nll[i]
     tokens = sum(n_tok)

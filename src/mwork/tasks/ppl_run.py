@@ -12,7 +12,6 @@ rank returns the single process's result; rank 0 alone writes ``out``.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +55,11 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     switched off, ``model``, ``texts``, ``batch_size`` and ``seconds`` (``processes`` under torchrun).
 
     ``model``/``tokenizer``: an already loaded model to use instead of loading ``config.model``."""
+    if config.out and distributed.rank() == 0:
+        from mwork.files import check_output_file
+
+        check_output_file(config.out, ("json", "text"), what="result",
+                          inputs=[config.texts, config.neurons, config.random_like])
     texts = read_texts(config.texts, articles=config.articles, default_articles=EVALUATION_ARTICLES)
     if config.max_texts is not None:
         texts = texts[:config.max_texts]
@@ -86,7 +90,7 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     if distributed.world_size() > 1:
         out["processes"] = distributed.world_size()
     if config.out and distributed.rank() == 0:
-        with open(config.out, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
-            f.write("\n")
+        from mwork.files import write_json
+
+        write_json(config.out, out, indent=2)  # atomic; a full disk is one line naming the file
     return out

@@ -14,7 +14,7 @@ import torch
 from mwork.config import option
 from mwork.intervene import parse_kinds, parse_layers
 from mwork.models.loading import DEFAULT_MODEL
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.neuronset import NeuronSet, require_neurons
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,9 +41,24 @@ class SwitchOffOptions:
             raise ValueError("--seed applies only with --random-like")
         if not math.isfinite(self.scale):
             raise ValueError(f"--scale must be a finite number, got {self.scale}")
+        if abs(self.scale) > 3.4028234663852886e38:  # torch.finfo(torch.float32).max
+            raise ValueError(f"--scale {self.scale:g} is beyond float32's range (|scale| <= 3.4e+38): the scaled "
+                             "activations could not be represented")
         if self.scale != 0.0 and not (self.neurons or self.random_like):
             raise ValueError(f"--scale {self.scale:g} scales a neuron set: give --neurons or --random-like too")
         parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
+
+    def check_set(self) -> None:
+        """The set's rules that need no model (``require_neurons``: a set with no neuron in the
+        chosen layers and kinds is refused), for a run to check before anything slow is loaded;
+        ``neurons_to_switch_off`` applies the same rule again with the model."""
+        spec = self.neurons or self.random_like
+        if spec:
+            layer_list, kind_list = parse_layers(self.layers), parse_kinds(self.kinds)
+            restricted = layer_list is not None or kind_list is not None
+            ns = NeuronSet.load(spec)
+            require_neurons(ns.restrict(layer_list, kind_list) if restricted else ns, "switch off", str(spec),
+                            restricted)
 
 
 def neurons_to_switch_off(model: torch.nn.Module, neurons: str | NeuronSet | None = None,
@@ -63,7 +78,10 @@ def neurons_to_switch_off(model: torch.nn.Module, neurons: str | NeuronSet | Non
     if source_spec is None:
         return None, {}
     source = source_spec if isinstance(source_spec, NeuronSet) else NeuronSet.load(source_spec, model)
-    chosen = source.restrict(layer_list, kind_list) if (layer_list is not None or kind_list is not None) else source
+    restricted = layer_list is not None or kind_list is not None
+    chosen = source.restrict(layer_list, kind_list) if restricted else source
+    # the one rule of steer, eval and ppl: a set with no neuron is refused, not run as the unchanged model
+    require_neurons(chosen, "switch off", None if isinstance(source_spec, NeuronSet) else str(source_spec), restricted)
     info: dict[str, Any] = {}
     if random_like is not None:
         seed = 0 if seed is None else int(seed)

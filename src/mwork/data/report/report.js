@@ -1,4 +1,7 @@
-/* mwork report: the layer explorer and the neuron explorer. Ours, small, no dependencies. */
+/* mwork report: the layer explorer and the neuron explorer. Ours, small, no dependencies.
+   The explorers' data is read from results files that researchers share: every value reaches the DOM
+   as text (textContent, createTextNode) or as an attribute value (setAttribute, a property); no value is
+   ever parsed as HTML (no innerHTML, outerHTML, insertAdjacentHTML or document.write). */
 (function () {
   "use strict";
   var SVGNS = "http://www.w3.org/2000/svg";
@@ -15,6 +18,9 @@
     var e = document.createElementNS(SVGNS, tag);
     for (var k in attrs) if (Object.prototype.hasOwnProperty.call(attrs, k)) e.setAttribute(k, attrs[k]);
     return e;
+  }
+  function own(obj, key) {  /* a value's own entry: "__proto__" or "constructor" as a key is just a key */
+    return obj && Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined;
   }
   function readData(id) {
     var s = id && document.getElementById(id);
@@ -61,7 +67,7 @@
     var names = d.names || {};
     var current = null, tipCell = null;
 
-    function nameOf(code) { return names[code] || code; }
+    function nameOf(code) { return String(own(names, code) || code); }
     var langs = [];
     d.prompts.forEach(function (p) { if (langs.indexOf(p.lang) < 0) langs.push(p.lang); });
     langs.forEach(function (code) {
@@ -344,7 +350,8 @@
     var sel = root.querySelector(".nx-lang"), box = root.querySelector(".nx-table"), detail = root.querySelector(".nx-detail");
     if (!d || !d.langs || !d.langs.length) { detail.textContent = "The explorer's data is missing from this page."; return; }
     d.langs.forEach(function (code) {
-      var o = el("option", null, (d.names[code] && d.names[code] !== code ? d.names[code] + " (" + code + ")" : code));
+      var name = own(d.names, code);
+      var o = el("option", null, (name && name !== code ? name + " (" + code + ")" : String(code)));
       o.value = code;
       sel.appendChild(o);
     });

@@ -171,8 +171,8 @@ class CellStore:
             say(f"{path}: {stale} finished cell(s) were computed from other inputs ({why}): they are recomputed")
         distributed.barrier()  # every rank has read the files before rank 0 writes
         if distributed.rank() == 0:
-            settings_path.write_text(json.dumps({"fingerprint": fingerprint, **settings, "inputs": inputs.to_json()},
-                                                indent=2, default=str) + "\n")
+            write_text(settings_path, json.dumps({"fingerprint": fingerprint, **settings, "inputs": inputs.to_json()},
+                                                 indent=2, default=str) + "\n")
             if rewrite or stale or older:
                 _write_lines(path, kept)
 
@@ -183,6 +183,7 @@ class CellStore:
     def add(self, record: dict[str, Any]) -> None:
         """Keep a finished cell (rank 0 appends it to the file)."""
         if distributed.rank() == 0:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            from mwork.files import append_text
+
+            append_text(self.path, json.dumps(record) + "\n")  # a full disk: the file keeps its earlier cells
         self.done[CellKey.from_json(record["key"])] = record

@@ -10,6 +10,7 @@ from typing import Any
 
 from mwork.config import option
 from mwork.experiments.deactivation.plan import check_languages
+from mwork.files import parse_names
 from mwork.lens.regions import check_region_options
 from mwork.models.loading import DEFAULT_MODEL, parse_device_map
 from mwork.tasks.ppl_run import DEVICE_MAP_HELP
@@ -57,7 +58,7 @@ class DeactivationConfig:
     def __post_init__(self) -> None:
         from mwork.tasks.registry import get_task
 
-        langs = _langs(self.langs) if isinstance(self.langs, str) else tuple(self.langs)
+        langs = parse_names(self.langs, flag="--langs")  # each names files (<lang>.safetensors, <lang>.txt)
         object.__setattr__(self, "langs", langs)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         check_languages(langs, self.english)

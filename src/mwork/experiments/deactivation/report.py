@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mwork.files import atomic_write, write_bytes
+from mwork.plotting import plain_text
 
 GRID_COLUMNS = ["region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ",
                 "Eng_std", "n-Eng_std", "ΔEng_std", "Δn-Eng_std", "Δ_std", "mean_neurons", "share_off"]
@@ -78,6 +79,7 @@ def write_outputs(out: Path, result: dict[str, Any]) -> None:
     plot(out / "deactivation.png", result)
 
 
+@plain_text
 def plot(path: Path, result: dict[str, Any]) -> None:
     """Left: each language with its own neurons off; right: Δ by layer region, specific vs random."""
     import matplotlib

@@ -22,6 +22,7 @@ from mwork.experiments.deactivation.config import DeactivationConfig
 from mwork.experiments.deactivation.execute import execute
 from mwork.experiments.deactivation.plan import Cell, GridSpec, kinds_switched_off, layer_regions, plan_cells
 from mwork.experiments.deactivation.report import write_outputs
+from mwork.files import child_path
 from mwork.intervene import deactivate
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
@@ -34,7 +35,7 @@ def load_language_sets(folder: str | Path, langs: Iterable[str], model: torch.nn
     folder = Path(folder)
     sets = {}
     for lang in langs:
-        path = folder / f"{lang}.safetensors"
+        path = child_path(folder, lang, ".safetensors")
         if not path.exists():
             have = sorted(p.stem for p in folder.glob("*.safetensors"))
             raise FileNotFoundError(f"no NeuronSet for {lang!r} at {path}; the folder has: {', '.join(have) or 'none'}")

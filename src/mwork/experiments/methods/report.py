@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mwork.files import write_text
+from mwork.plotting import plain_text
 
 SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
                        "random_std", "random_max", "own_minus_random", "beyond_rule", "kinds")
@@ -124,6 +125,7 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@plain_text
 def plot_selectivity(path: Path, result: Mapping[str, Any]) -> None:
     """Per intervention: selectivity (own - others) and own - random by method and size."""
     import matplotlib
@@ -153,6 +155,7 @@ def plot_selectivity(path: Path, result: Mapping[str, Any]) -> None:
     _save(fig, path)
 
 
+@plain_text
 def plot_agreement(path: Path, result: Mapping[str, Any]) -> None:
     """Per size: the Jaccard between two methods' sets by layer (mean over languages)."""
     import matplotlib

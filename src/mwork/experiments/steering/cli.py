@@ -8,6 +8,11 @@ import argparse
 from mwork.config import add_arguments, from_args
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A measure for the table; an unmeasured one (None) as ``-``."""
+    return "-" if value is None else format(value, spec)
+
+
 def _steer(args: argparse.Namespace) -> int:
     from mwork.experiments.steering.config import SteerConfig
     from mwork.experiments.steering.runner import run_steer
@@ -15,13 +20,21 @@ def _steer(args: argparse.Namespace) -> int:
     config = from_args(SteerConfig, args)  # bad settings fail here, before anything is loaded
     result = run_steer(config)
     u = result["unsteered"]
-    print(f"unsteered: target_rate {u['target_rate']:.3f}, target_prob_mass {u['target_prob_mass']:.4f}, "
-          f"damage_ppl {u['damage_ppl'] or float('nan'):.2f}")
+    if u.get("nonfinite"):
+        print("unsteered: non-finite logits (not measured)")
+    else:
+        print(f"unsteered: target_rate {u['target_rate']:.3f}, target_prob_mass {u['target_prob_mass']:.4f}, "
+              f"damage_ppl {_num(u['damage_ppl'], '.2f')}")
     print(f"{'method':<9} {'seed':>4} {'strength':>8} {'rate':>6} {'mass':>7} {'rank':>6} {'ppl':>8}")
     for r in result["rows"]:
         seed = "" if r["seed"] is None else r["seed"]
-        print(f"{r['method']:<9} {seed!s:>4} {r['strength']:>8g} {r['target_rate']:>6.3f} "
-              f"{r['target_prob_mass']:>7.4f} {r['target_rank']:>6g} {r['damage_ppl'] or float('nan'):>8.2f}")
+        if r.get("nonfinite"):
+            print(f"{r['method']:<9} {seed!s:>4} {r['strength']:>8g}  non-finite logits in {r['nonfinite']} of "
+                  f"{r['n']} generations: not measured")
+            continue
+        print(f"{r['method']:<9} {seed!s:>4} {r['strength']:>8g} {_num(r['target_rate'], '.3f'):>6} "
+              f"{_num(r['target_prob_mass'], '.4f'):>7} {_num(r['target_rank'], 'g'):>6} "
+              f"{_num(r['damage_ppl'], '.2f'):>8}")
     print(f"wrote {config.out}/steer.csv, generations.jsonl, steer.png")
     return 0
 

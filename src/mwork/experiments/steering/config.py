@@ -6,13 +6,12 @@ resumed sweep must match and the settings recorded with the results.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from mwork.config import option
 from mwork.lens.regions import check_region_options
 from mwork.models.loading import DEFAULT_MODEL
-from mwork.steering import MODES, POSITIONS, parse_stat
+from mwork.steering import MODES, POSITIONS, parse_stat, strength_problem
 
 REGIONS = ("understanding", "task-solving", "generation", "all")
 
@@ -26,6 +25,9 @@ def _strengths(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    problem = strength_problem(values)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return values
 
 
@@ -76,8 +78,11 @@ class SteerConfig:
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "stat", parse_stat(self.stat))
-        if not self.strengths or not all(math.isfinite(s) for s in self.strengths):
-            raise ValueError(f"give finite strengths, got {list(self.strengths)}")
+        if not self.strengths:
+            raise ValueError("give at least one strength (--strengths A,B,...)")
+        problem = strength_problem(self.strengths)
+        if problem:
+            raise ValueError(f"--strengths: {problem}")
         if len(set(self.strengths)) != len(self.strengths):
             raise ValueError(f"the strengths {list(self.strengths)} repeat a value: give each once")
         if len(set(self.seeds)) != len(self.seeds):
@@ -104,6 +109,11 @@ class SteerConfig:
             if unused:
                 raise ValueError(f"{', '.join(unused)}: only used with --region understanding, task-solving or "
                                  "generation; with --region all (the default) it would be ignored")
+        from mwork.files import check_name
+
+        check_name(self.target, "language code", "--target")  # codes obey one rule (they name files elsewhere)
+        if self.source is not None:
+            check_name(self.source, "language code", "--source")
         if self.source is not None and (self.prompts.startswith(("builtin:", "xquad:")) or
                                         self.prompts.endswith(".jsonl")):
             raise ValueError(f"--source names the language of a plain-text prompts file; {self.prompts} carries its "

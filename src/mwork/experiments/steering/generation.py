@@ -20,6 +20,7 @@ A generation records them at its first position and their mean over its position
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +28,7 @@ from transformers import GenerationConfig
 
 from mwork.experiments.steering.vocab import VocabLanguages
 from mwork.models.loading import input_device
+from mwork.numerics import unusable_logits
 from mwork.tasks.runtime import map_batches, padding_side, right_padded
 
 
@@ -67,7 +69,9 @@ def generate_measured(model: Any, tokenizer: Any, prompts: Sequence[str], vocab:
                       desc: str = "generating") -> list[dict[str, Any]]:
     """For each prompt: ``ids`` (generated, to the first EOS included), ``text`` (decoded without
     special tokens), ``mass_first``, ``mass_mean``, ``rank_first``, ``lang_rank_first`` and
-    ``lang_rank_mean`` (module docstring)."""
+    ``lang_rank_mean`` (module docstring), and ``nonfinite``: True when the logits of any of its
+    positions are NaN / inf / all equal (``mwork.numerics``; then every measure is None, never a
+    rank or a mass of such logits)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not prompts:
@@ -88,10 +92,16 @@ def generate_measured(model: Any, tokenizer: Any, prompts: Sequence[str], vocab:
         new = out.sequences[:, ids.shape[1]:].tolist()
         logits = torch.stack(list(out.logits), dim=1)  # (rows, steps, vocab)
         values = []
+        bad = unusable_logits(logits)  # (rows, steps): NaN / inf / all-equal logits, never measured
         for r in range(len(rows)):
             gen = _cut(new[r], eos_set)
+            text = tokenizer.decode(gen, skip_special_tokens=True)
+            if bool(bad[r, :len(gen)].any()):
+                values.append({"ids": gen, "text": text, "nonfinite": True, "mass_first": None, "mass_mean": None,
+                               "rank_first": None, "lang_rank_first": None, "lang_rank_mean": None})
+                continue
             m = position_measures(logits[r, :len(gen)], vocab, target)
-            values.append({"ids": gen, "text": tokenizer.decode(gen, skip_special_tokens=True),
+            values.append({"ids": gen, "text": text, "nonfinite": False,
                            "mass_first": float(m["mass"][0]), "mass_mean": float(m["mass"].mean()),
                            "rank_first": int(m["rank"][0]), "lang_rank_first": int(m["lang_rank"][0]),
                            "lang_rank_mean": float(m["lang_rank"].float().mean())})
@@ -104,7 +114,8 @@ def generate_measured(model: Any, tokenizer: Any, prompts: Sequence[str], vocab:
 def continuation_nll(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[Sequence[int]], *,
                      batch_size: int = 8, progress: bool = False) -> list[tuple[float, int]]:
     """For each (prompt, generated ids): the sum of -log p(generated token | prompt, earlier ones)
-    in nats under the model as it is now, and the number of tokens scored (0 for an empty one)."""
+    in nats under the model as it is now, and the number of tokens scored (0 for an empty one); the
+    sum is NaN when the logits are non-finite (``mwork.numerics``)."""
     contexts = [list(tokenizer(p).input_ids) for p in prompts]
     if any(not c for c in contexts):
         raise ValueError("a prompt has no tokens (this tokenizer adds no BOS): give non-empty prompts")
@@ -127,6 +138,9 @@ def continuation_nll(model: Any, tokenizer: Any, prompts: Sequence[str], continu
         for r, i in enumerate(items):
             ctx, cont = contexts[i], list(continuations[i])
             pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1, device=logits.device) - offset
+            if bool(unusable_logits(logits[r, pos]).any()):
+                values.append((math.nan, len(cont)))  # non-finite: no NLL (mwork.numerics)
+                continue
             logp = logits[r, pos].double().log_softmax(-1)
             target = torch.tensor(cont, device=logits.device)
             values.append((float(-logp.gather(-1, target[:, None]).sum()), len(cont)))

@@ -20,7 +20,8 @@ each generation's mean over positions), ``target_rank`` (median rank of the best
 the first position), ``target_lang_rank`` (mean rank of the target among languages at the first
 position), ``damage_ppl`` (exp of the unsteered model's token-weighted mean NLL of the generated
 tokens given the prompt), ``distinct_1`` / ``distinct_2`` (means), ``f1`` (mean over prompts
-with gold answers), ``empty`` (generations with no text).
+with gold answers), ``empty`` (generations with no text), ``nonfinite`` (generations that met
+non-finite logits, ``mwork.numerics``: when it is above 0 the row's measures are left empty).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from mwork.tasks.metrics import qa_f1
 
 METRIC_COLUMNS: tuple[str, ...] = (
     "target_rate", "target_prob_mass", "damage_ppl", "target_prob_mass_mean", "target_rank", "target_lang_rank",
-    "token_target_share", "distinct_1", "distinct_2", "f1", "n_f1", "empty",
+    "token_target_share", "distinct_1", "distinct_2", "f1", "n_f1", "empty", "nonfinite",
 )
 
 
@@ -66,11 +67,24 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
+def is_nonfinite(item: dict[str, Any]) -> bool:
+    """Whether a generation met non-finite logits (``mwork.numerics``): steered (no measures) or
+    when the unsteered model scored it (no NLL)."""
+    nll = item.get("nll")
+    return bool(item.get("nonfinite")) or item.get("rank_first") is None or nll is None or not math.isfinite(nll)
+
+
 def aggregate(items: Sequence[dict[str, Any]], target: str) -> dict[str, Any]:
-    """One ``steer.csv`` row's measures from its generations' records (module docstring)."""
+    """One ``steer.csv`` row's measures from its generations' records (module docstring). A row
+    with any generation that met non-finite logits is not measured: its measures are None (empty
+    cells) and ``nonfinite`` counts those generations -- text generated from NaN logits is no
+    result, and averaging over the rest would hide the overflow."""
     n = len(items)
     if n == 0:
         raise ValueError("no generations to aggregate")
+    bad = sum(is_nonfinite(it) for it in items)
+    if bad:
+        return {"n": n, **{c: None for c in METRIC_COLUMNS}, "n_f1": 0, "nonfinite": bad}
     nll = sum(it["nll"] for it in items)
     scored = sum(it["scored"] for it in items)
     labelled = sum(it["labelled_tokens"] for it in items)
@@ -90,4 +104,5 @@ def aggregate(items: Sequence[dict[str, Any]], target: str) -> dict[str, Any]:
         "f1": _mean(f1s),
         "n_f1": len(f1s),
         "empty": sum(not it["text"].strip() for it in items),
+        "nonfinite": 0,
     }

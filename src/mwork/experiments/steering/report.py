@@ -30,6 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mwork.files import atomic_write, write_json, write_text  # noqa: E402
 from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
+from mwork.plotting import plain_text  # noqa: E402
 
 TEXT_COLUMNS = ("target", "source", "method", "detection", "mode", "stat", "positions")
 ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "detection", "seed", "strength", "mode", "stat",
@@ -76,6 +77,7 @@ def _num(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+@plain_text
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | Path,
                   unsteered: Sequence[Mapping[str, Any]] = (), title: str = "") -> Path:
     """``steer.png`` (module docstring) from ``steer.csv`` rows of one or several targets."""

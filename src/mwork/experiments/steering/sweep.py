@@ -12,6 +12,12 @@ itself: its rows reuse the unsteered cell (no neuron is switched off either).
 Random baselines (``method="random"``, one per seed): neurons drawn with ``random_like`` (the same
 count per layer and kind, never the set's own), steered with *their* statistics on the same corpus;
 with ``off``, a random set of the off set's size is switched off instead of it.
+
+Refused before any generation: a set with no neuron (``require_neurons``, the rule of eval and ppl
+too), an ``off`` set holding every steered neuron (``mwork.steering.steered_and_off``). Warned: a
+partial overlap with ``off``, a set whose recorded language is not the target. A row whose
+generations met non-finite logits (``mwork.numerics``) is not measured: empty measures, its
+``nonfinite`` count, and a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,14 +36,16 @@ from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.plan import CellKey
 from mwork.files import make_folder
 from mwork.experiments.steering.generation import continuation_nll, generate_measured
-from mwork.experiments.steering.metrics import aggregate, item_metrics
+from mwork.experiments.steering.metrics import aggregate, is_nonfinite, item_metrics
 from mwork.experiments.steering.prompts import SteerPrompt, prompts_record, source_language
 from mwork.experiments.steering.vocab import vocab_languages
 from mwork.fingerprints import model_digest, neurons_digest
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.neuronset import NeuronSet, require_neurons
+from mwork.numerics import NONFINITE
 from mwork.neurons.statistics import add_statistics, statistics_digest
 from mwork.sentence_langid import default_identifier
-from mwork.steering import MODES, NEEDS_STATISTIC, is_identity, parse_stat, steer
+from mwork.steering import (MODES, NEEDS_STATISTIC, is_identity, parse_stat, steer, steered_and_off,
+                            strength_problem)
 
 SPECIFIC, RANDOM, UNSTEERED = "specific", "random", "unsteered"
 
@@ -66,6 +75,20 @@ def _has_stat(ns: NeuronSet, stat: str) -> bool:
     return True
 
 
+def _lang(code: str) -> str:
+    return code.strip().lower().replace("_", "-").split("-")[0]
+
+
+def language_mismatch(neurons: NeuronSet, target: str) -> str | None:
+    """A sentence when the steered set records another language than ``target`` (its metadata's
+    ``language``): the rows are labelled with the target either way, so the user is told."""
+    lang = neurons.meta.get("language")
+    if not isinstance(lang, str) or not lang.strip() or _lang(lang) == _lang(target):
+        return None
+    return (f"the steered NeuronSet is {lang}'s (its metadata records language {lang!r}), but the target is "
+            f"{target!r}: the rows are labelled target {target}; steer with {target}'s set, or give --target {lang}")
+
+
 def _keep_extra(restricted: NeuronSet, full: NeuronSet) -> NeuronSet:
     return NeuronSet(restricted.masks, dict(full.meta, restricted=restricted.meta.get("restricted")), full.extra)
 
@@ -82,12 +105,18 @@ def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, 
     restricted = layers is not None or kinds is not None
     spec = _keep_extra(neurons.restrict(layers, kinds), neurons) if restricted else neurons
     off_spec = (off.restrict(layers, kinds) if restricted else off) if off is not None else None
-    if spec.count() == 0:
-        raise ValueError("the NeuronSet has no neuron in the chosen layers and kinds: nothing to steer")
+    require_neurons(spec, "steer", restricted=restricted)
+    both = steered_and_off(spec, off_spec)
+    if both:
+        warnings.warn(f"{both} of the {spec.count()} steered neurons are also in --off: they are switched off, "
+                      "not steered", stacklevel=2)
     methods: dict[str, tuple[NeuronSet, NeuronSet | None]] = {SPECIFIC: (spec, off_spec)}
     for s in seeds:
         r_off = off_spec.random_like(seed=10_000 + s, exclude=off_spec) if off_spec is not None else None
         methods[_variant(RANDOM, s)] = (spec.random_like(seed=s, exclude=spec), r_off)
+        if r_off is not None and (methods[_variant(RANDOM, s)][0] - r_off).count() == 0:
+            raise ValueError(f"the random baseline of seed {s} drew only neurons that its random off set switches "
+                             "off: its steering would be cancelled; choose other --seeds")
     measured_full = None
     if mode in NEEDS_STATISTIC:
         need = {name: ns for name, (ns, _) in methods.items() if not _has_stat(ns, stat)}
@@ -150,13 +179,20 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, 
         raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     stat = parse_stat(stat)
     strengths = [float(s) for s in strengths]
-    if not strengths or len(set(strengths)) != len(strengths) or not all(math.isfinite(s) for s in strengths):
+    if strength_problem(strengths):
+        raise ValueError(f"strengths: {strength_problem(strengths)}")
+    if not strengths or len(set(strengths)) != len(strengths):
         raise ValueError(f"give distinct finite strengths, got {strengths}")
     if not prompts:
         raise ValueError("no prompts to generate from")
     neurons.check_compatible(model)
     if off is not None:
         off.check_compatible(model)
+    notes = list(notes)
+    mismatch = language_mismatch(neurons, target)
+    if mismatch:
+        warnings.warn(mismatch, stacklevel=2)
+        notes.append(mismatch)
     out = make_folder(out_dir)
     vocab = vocab_languages(tokenizer, progress=progress)
     if vocab.code(target) is None:
@@ -205,7 +241,9 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, 
             items.append({"prompt_id": p.id, "prompt": p.text, "lang": p.lang, "text": g["text"], "ids": g["ids"],
                           "mass_first": g["mass_first"], "mass_mean": g["mass_mean"], "rank_first": g["rank_first"],
                           "lang_rank_first": g["lang_rank_first"], "lang_rank_mean": g["lang_rank_mean"],
-                          "nll": nll, "scored": n, **item_metrics(g, p, target, vocab, identifier)})
+                          "nonfinite": g["nonfinite"] or not math.isfinite(nll),
+                          "nll": nll if math.isfinite(nll) else None, "scored": n,
+                          **item_metrics(g, p, target, vocab, identifier)})
         rate = sum(it["detected_language"] == target for it in items) / len(items)
         return {"score": rate, "n": len(items), "metric": "target_rate", "higher_is_better": True, "off": count,
                 "items": items}
@@ -235,8 +273,17 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, 
                                     "method": method, "seed": seed, "text": it["text"],
                                     "detected_language": it["detected_language"], "lid_score": it["lid_score"],
                                     "token_target_share": it["token_target_share"], "f1": it["f1"],
+                                    "nonfinite": is_nonfinite(it),
                                     "unsteered_text": b["text"], "unsteered_language": b["detected_language"]})
     unsteered = {"target": target, "source": source, **aggregate(base["items"], target)}
+    overflowed = [f"{_variant(r['method'], r['seed'])} at {r['strength']:g}" for r in rows if r["nonfinite"]]
+    if unsteered["nonfinite"]:
+        overflowed.insert(0, "the unsteered model")
+    if overflowed:
+        warnings.warn(f"{NONFINITE} in {len(overflowed)} row{'s' if len(overflowed) > 1 else ''} "
+                      f"({', '.join(overflowed[:6])}{', ...' if len(overflowed) > 6 else ''}): their measures are "
+                      "left empty in steer.csv, the column nonfinite counts the generations; use smaller strengths",
+                      stacklevel=2)
     info = {"settings": recorded, "notes": list(notes), "elapsed_s": time.time() - start,
             "sets": {name: {"neurons": ns.count(), "off": o.count() if o is not None else 0}
                      for name, (ns, o) in methods.items()},

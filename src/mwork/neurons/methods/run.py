@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from mwork.files import check_name, child_path
 from mwork.fingerprints import texts_digest
 from mwork.neurons.methods.base import LanguageScores, check_languages
 from mwork.neurons.neuronset import NeuronSet
 from mwork.texts import DETECTION_ARTICLES, TextSource
-
-_LANG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-
 
 def parse_corpus_specs(specs: Iterable[str], what: str = "--corpus") -> dict[str, str]:
     """``["en=FILE", "zh=xquad:zh"]`` -> ``{"en": "FILE", "zh": "xquad:zh"}`` (order kept)."""
@@ -22,8 +19,9 @@ def parse_corpus_specs(specs: Iterable[str], what: str = "--corpus") -> dict[str
     for spec in specs:
         lang, sep, text = str(spec).partition("=")
         lang = lang.strip()
-        if not sep or not _LANG.match(lang) or not text:
+        if not sep or not text:
             raise ValueError(f"{what} {spec!r}: expected LANG=FILE (e.g. fr=corpus/fr.txt or zh=xquad:zh)")
+        check_name(lang, "language code", what)  # it names the file LANG.safetensors
         if lang in out:
             raise ValueError(f"{what} names {lang} twice: give each language once")
         out[lang] = text
@@ -85,6 +83,9 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
     cfg = m.make_config(config, **overrides)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ValueError(f"the output folder {out_dir} is a file; choose another (--out-dir)")
+    if out_dir is not None:
+        for lang in corpora:  # each names a file in out_dir: a bad one fails before the scores, not after
+            child_path(out_dir, lang, ".safetensors")
     scores = language_scores(model, tokenizer, corpora, method, cfg, progress=progress, corpus_options=corpus_options)
     sets = m.native_sets(scores, cfg)
     name = model_id or getattr(model.config, "_name_or_path", None) or "unknown"
@@ -94,5 +95,5 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
                        method_meta={k: v for k, v in scores.meta.items() if k != "corpora"})
     if out_dir is not None:
         for lang, ns in sets.items():
-            ns.save(Path(out_dir) / f"{lang}.safetensors")
+            ns.save(child_path(out_dir, lang, ".safetensors"))
     return sets

@@ -26,6 +26,7 @@ pass, and their sum is the whole corpus.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -174,7 +175,7 @@ def collect_statistics(
     model.eval()
     try:
         for lang in langs:
-            windows, doc_index, empty = _windows(tokenizer, windowing, corpora[lang])
+            windows, doc_index, empty = _windows(tokenizer, windowing, corpora[lang], f"statistics {lang}", progress)
             slots = {d: i for i, d in enumerate(doc_index)}
             n_docs = len(doc_index)
             out.tokens[lang] = torch.zeros(parts, dtype=torch.int64)
@@ -211,11 +212,14 @@ def collect_statistics(
     return out
 
 
-def _windows(tokenizer: Any, windowing: Windowing,
-             documents: Sequence[str]) -> tuple[list[Window], list[int], list[int]]:
+def _windows(tokenizer: Any, windowing: Windowing, documents: Sequence[str], what: str = "statistics",
+             progress: bool = False) -> tuple[list[Window], list[int], list[int]]:
+    """The documents' windows, longest first; says how many (with ``progress``) and warns about a
+    document far longer than the others (``Windowing.survey``)."""
     windows: list[Window] = []
     doc_index: list[int] = []
     empty: list[int] = []
+    lengths: dict[int, int] = {}
     for i, text in enumerate(documents):
         if is_empty(text):
             empty.append(i)
@@ -225,7 +229,11 @@ def _windows(tokenizer: Any, windowing: Windowing,
             empty.append(i)
             continue
         doc_index.append(i)
+        lengths[i] = len(ids)
         windows.extend(windowing.split(i, ids))
+    line = windowing.survey(lengths, what)
+    if progress:
+        tqdm.write(f"[mwork] {line}", file=sys.stderr)
     windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
     return windows, doc_index, empty
 

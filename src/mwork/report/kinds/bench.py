@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mwork.report import html as H
 from mwork.report.format import as_float, seconds, sig, times
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -22,9 +23,10 @@ def render_bench(sec: Section) -> None:
     r = sec.json("bench.json", required=("forward_s", "importance_s"))
     if not isinstance(r, dict):
         return
-    sec.add(f"<p>Model <code>{H.esc(r.get('model', '?'))}</code>, {H.esc(r.get('docs', '?'))} document(s) of "
-            f"{H.esc(r.get('seq_len', '?'))} tokens, {H.esc(r.get('threads', '?'))} threads, Q/K kernel "
-            f"{H.esc(r.get('qk_kernel', '?'))}; medians over {H.esc(r.get('repeats', '?'))} interleaved repeats.</p>")
+    sec.add(el("p", Markup("Model {}, {} document(s) of {} tokens, {} threads, Q/K kernel {}; medians over {} "
+                           "interleaved repeats.").format(
+        el("code", r.get("model", "?")), r.get("docs", "?"), r.get("seq_len", "?"), r.get("threads", "?"),
+        r.get("qk_kernel", "?"), r.get("repeats", "?"))))
     rows = [["plain forward pass", seconds(r.get("forward_s")), "1×", _mb(r.get("peak_mem_forward_mb"))],
             ["importance, FFN + V", seconds(r.get("ffn_v_s")), times(r.get("ffn_v_overhead")),
              _mb(r.get("peak_mem_ffn_v_mb"))],
@@ -37,12 +39,12 @@ def render_bench(sec: Section) -> None:
     sec.table(["phase", H.Cell("time", num=True), H.Cell("against the forward pass", num=True),
                H.Cell("peak memory", num=True)], rows, caption="Time and peak resident memory per phase")
     if r.get("reference_s") is None and r.get("reference_status"):
-        sec.add(H.note("Reference code's way: " + H.esc(r["reference_status"])))
-    text = f"Neuron importance for every kind costs {times(r.get('overhead'))} a plain forward pass"
+        sec.add(H.note(Markup("Reference code's way: {}").format(r["reference_status"])))
+    text = Markup("Neuron importance for every kind costs {} a plain forward pass").format(times(r.get("overhead")))
     if as_float(r.get("ffn_v_overhead")) is not None:
         text += f" (FFN + V only: {times(r.get('ffn_v_overhead'))})"
     if as_float(r.get("speedup_vs_reference")) is not None:
-        text += f", {times(r.get('speedup_vs_reference'))} faster than the reference code's way"
+        text += Markup(", {} faster than the reference code's way").format(times(r.get("speedup_vs_reference")))
     sec.finding(text + ".")
 
 

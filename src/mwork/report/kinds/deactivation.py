@@ -9,6 +9,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, count, language_name, pct, sig, times
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -62,11 +63,11 @@ def render_deactivation(sec: Section) -> None:
     matrix = sec.csv("matrix.csv", required=MATRIX_COLUMNS, numeric=MATRIX_COLUMNS[2:])
     if isinstance(info, dict):
         seeds = info.get("seeds") or []
-        sec.add(f"<p>Metric: {H.esc(metric.name)} ({'lower' if metric.lower_better else 'higher'} is better) on "
-                f"held-out texts; English = <code>{H.esc(info.get('english', 'en'))}</code>; U = "
-                f"{H.esc(info.get('understanding', '?'))}, G = {H.esc(info.get('generation', '?'))}; random neurons: "
-                f"the same count per layer and kind, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-                f"{' (mean)' if len(seeds) > 1 else ''}.</p>")
+        sec.add(el("p", Markup("Metric: {} ({} is better) on held-out texts; English = {}; U = {}, G = {}; random "
+                               "neurons: the same count per layer and kind, {} seed{}{}.").format(
+            metric.name, "lower" if metric.lower_better else "higher", el("code", info.get("english", "en")),
+            info.get("understanding", "?"), info.get("generation", "?"), len(seeds), "s" if len(seeds) != 1 else "",
+            " (mean)" if len(seeds) > 1 else "")))
     sec.image("deactivation.png", "left: each language's perplexity with no neurons, random neurons and its own "
               "neurons off; right: the change by layer region", "Left: each language with its own neurons off "
               "against as many random ones. Right: Δ = ΔEng − Δn-Eng by layer region (larger: non-English hit harder).")
@@ -108,33 +109,34 @@ def _headline(sec: Section, head: list[dict[str, str]], metric: _Metric) -> None
                      H.Cell(f"{sig(r['random_mean'])} ({metric.effect_text(rand)})", num=True),
                      H.Cell(f"{sig(r['specific'])} ({metric.effect_text(spec)})", num=True)])
     unit = metric.name
-    sec.add(f"<div id='{anchor}'>" + H.table(
+    sec.add(el("div", H.table(
         ["language", H.Cell("neurons off (share of all)", num=True), H.Cell(f"original {unit}", num=True),
          H.Cell("as many random neurons off", num=True), H.Cell("its own neurons off", num=True)], body,
         caption=f"Each language with its own language-specific neurons off, all layers ({unit}; in brackets: "
-                + ("the factor against the original)" if metric.lower_better else "the change against the original)"))
-        + "</div>")
+                + ("the factor against the original)" if metric.lower_better else "the change against the original)")),
+        id=anchor))
     own = [(r["lang"], metric.effect(r["original"], r["specific"])) for r in head]
     rand = [metric.effect(r["original"], r["random_mean"]) for r in head]
     shares = [as_float(r["share_off"]) for r in head if as_float(r["share_off"]) is not None]
     verb = f"multiplies its {metric.name} by" if metric.lower_better else f"changes its {metric.name} by"
     span = f" ({pct(min(shares))}–{pct(max(shares))} of all neurons)" if shares else ""
-    sec.finding(f"Switching off a language's own neurons{span} {verb} "
-                + _series([f"{metric.effect_text(x)} ({H.esc(lang)})" for lang, x in own])
-                + "; as many random neurons: " + _series([metric.effect_text(x) for x in rand]) + ".", anchor=anchor)
+    sec.finding(Markup("Switching off a language's own neurons{} {} {}; as many random neurons: {}.").format(
+        span, verb, _series([f"{metric.effect_text(x)} ({lang})" for lang, x in own]),
+        _series([metric.effect_text(x) for x in rand])), anchor=anchor)
     hurts = [(lang, x, y) for (lang, x), y in zip(own, rand) if x is not None and y is not None]
     if hurts:
         worse = [lang for lang, x, y in hurts if (metric.harm(x) or 0) > 2 * max(metric.harm(y) or 0, 0) + 1e-12]
-        sec.paper("Tables 1–2 find that deactivating a language's specific neurons harms that language far more than "
-                  "deactivating as many random neurons. Here its own neurons hurt more than random ones for "
-                  + (_series([H.esc(x) for x in worse]) if worse else "none of the languages")
-                  + f" ({len(worse)} of {len(hurts)}).")
+        sec.paper(Markup("Tables 1–2 find that deactivating a language's specific neurons harms that language far "
+                         "more than deactivating as many random neurons. Here its own neurons hurt more than random "
+                         "ones for {} ({} of {}).").format(_series(worse) if worse else "none of the languages", len(worse),
+                                                      len(hurts)))
 
 
-def _series(items: list[str]) -> str:
+def _series(items: list[str]) -> Markup:
+    """``a``, ``a and b``, ``a, b and c`` (text escaped)."""
     if len(items) <= 2:
-        return " and ".join(items)
-    return ", ".join(items[:-1]) + " and " + items[-1]
+        return Markup(" and ").join(items)
+    return Markup(", ").join(items[:-1]) + Markup(" and ") + items[-1]
 
 
 def _heatmap(sec: Section, head: list[dict[str, str]] | None, matrix: list[dict[str, str]] | None,
@@ -152,15 +154,15 @@ def _heatmap(sec: Section, head: list[dict[str, str]] | None, matrix: list[dict[
                 x = effects.get((t, ev))
                 r = cell.get((t, ev))
                 rnd = metric.effect(r["original"], r["random_mean"]) if r else None
-                row.append(H.Cell(raw=f"{metric.effect_text(x)}<br><span class='sub'>random "
-                                      f"{metric.effect_text(rnd)}</span>", num=True,
+                row.append(H.Cell(raw=H.concat(metric.effect_text(x), el("br"),
+                                               el("span", f"random {metric.effect_text(rnd)}", class_="sub")), num=True,
                                   style=H.shade(max(metric.harm(x) or 0, 0) / top, H.ORANGES),
                                   title=f"{t}'s neurons off, evaluated on {ev}"))
             body.append(row)
         sec.table(["", *(H.Cell(f"on {ev}", num=True) for ev in langs)], body, cls="heat",
-                  caption=f"Every language with each language's neurons off (all layers): the {metric.name} {label} "
-                          "against the unmodified model (darker = more harm; below it, the same for as many random "
-                          "neurons)")
+                  caption=Markup("Every language with each language's neurons off (all layers): the {} {} against the "
+                                 "unmodified model (darker = more harm; below it, the same for as many random "
+                                 "neurons)").format(metric.name, label))
         return
     if not head:
         return
@@ -171,9 +173,10 @@ def _heatmap(sec: Section, head: list[dict[str, str]] | None, matrix: list[dict[
              *(H.Cell(metric.effect_text(x), num=True, style=H.shade(max(metric.harm(x) or 0, 0) / top, H.ORANGES))
                for x in (a, b))] for lang, a, b in effects]
     sec.table(["evaluated on", H.Cell("as many random neurons off", num=True), H.Cell("its own neurons off", num=True)],
-              body, cls="heat", caption=f"Deactivation heatmap: the {metric.name} {label} of each language "
-                                        "against the unmodified model (darker = more harm). Every language against "
-                                        "every other's neurons needs <code>mwork experiment --matrix</code>.")
+              body, cls="heat", caption=Markup("Deactivation heatmap: the {} {} of each language against the "
+                                               "unmodified model (darker = more harm). Every language against every "
+                                               "other's neurons needs {}.").format(
+                  metric.name, label, el("code", "mwork experiment --matrix")))
 
 
 def _grid(sec: Section, grid: list[dict[str, str]], metric: _Metric) -> None:
@@ -194,12 +197,12 @@ def _grid(sec: Section, grid: list[dict[str, str]], metric: _Metric) -> None:
         note = (f" Unmodified model: English {sig(original['Eng'])}, non-English {sig(original['n-Eng'])} "
                 f"({'geometric mean' if metric.lower_better else 'mean'} over the languages).")
     delta = "−ln of the perplexity ratio" if metric.lower_better and metric.name == "perplexity" else "metric units"
-    sec.add(f"<div id='{anchor}'>" + H.table(
+    sec.add(el("div", H.table(
         ["region", "layers", "kinds", H.Cell("neurons off (mean)", num=True), H.Cell(f"non-English {metric.name}",
                                                                                      num=True),
          H.Cell(f"English {metric.name}", num=True), H.Cell("Δ = ΔEng − Δn-Eng", num=True)], body,
         caption=f"Language-specific neurons off by layer region (in brackets: as many random neurons); Δ in {delta}, "
-                "larger when non-English suffers more than English." + note) + "</div>")
+                "larger when non-English suffers more than English." + note), id=anchor))
     parts = [(region, as_float(by[(region, "specific")]["Δ"])) for region in regions if region != "all layers"]
     parts = [(r, d) for r, d in parts if d is not None]
     if parts and original:
@@ -209,10 +212,10 @@ def _grid(sec: Section, grid: list[dict[str, str]], metric: _Metric) -> None:
         rnd_d = f" (random neurons: {sig(rnd_delta)})" if rnd_delta is not None else ""
         if rnd_delta is not None and d <= 2 * max(rnd_delta, 0.0):
             rnd_d += ", not clearly more than random neurons"
-        sec.finding(f"Of the layer regions, switching off the {H.esc(region)} layers' ({H.esc(s['layers'])}) "
-                    f"language-specific neurons hurts non-English most against English: non-English {metric.name} "
-                    f"{sig(original['n-Eng'])} → {sig(s['n-Eng'])}, English {sig(original['Eng'])} → {sig(s['Eng'])}, "
-                    f"Δ = {sig(d)}{rnd_d}.", anchor=anchor)
+        sec.finding(Markup("Of the layer regions, switching off the {} layers' ({}) language-specific neurons hurts "
+                           "non-English most against English: non-English {} {} → {}, English {} → {}, Δ = {}{}.").format(
+            region, s["layers"], metric.name, sig(original["n-Eng"]), sig(s["n-Eng"]), sig(original["Eng"]),
+            sig(s["Eng"]), sig(d), rnd_d), anchor=anchor)
 
 
 def _pair(specific: Any, random: Any) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, change_pct, count, seconds, sig
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -39,9 +40,10 @@ def render_compare(sec: Section) -> None:
     n_neurons = (info.get("neurons") or {}).get("count")
     lr = (info.get("settings") or {}).get("lr")
     if info:
-        sec.add(f"<p>Trained on {H.esc(info.get('n_docs', '?'))} <code>{H.esc(lang or '?')}</code> documents"
-                + (f" at learning rate {lr:g}" if isinstance(lr, (int, float)) else "")
-                + "; held-out perplexity (lower is better) before and after, per evaluation set.</p>")
+        sec.add(el("p", Markup("Trained on {} {} documents{}; held-out perplexity (lower is better) before and after, "
+                               "per evaluation set.").format(
+            info.get("n_docs", "?"), el("code", lang or "?"),
+            f" at learning rate {lr:g}" if isinstance(lr, (int, float)) else "")))
     if not rows:
         return
     for r in rows:
@@ -63,38 +65,38 @@ def render_compare(sec: Section) -> None:
                                f"({'+' if delta and delta > 0 else ''}{sig(delta)})", num=True))
         body.append(line)
     anchor = sec.sub_id("table")
-    sec.add(f"<div id='{anchor}'>" + H.table(
+    sec.add(el("div", H.table(
         ["trained", H.Cell("trainable parameters", num=True), H.Cell("steps", num=True),
          *(H.Cell(f"{ev} perplexity", num=True) for ev in langs), *(H.Cell(t, num=True) for t in tasks)], body,
         caption="Held-out perplexity before → after fine-tuning (change in %)"
-                + ("; task scores before → after (change)" if tasks else "")) + "</div>")
+                + ("; task scores before → after (change)" if tasks else "")), id=anchor))
     by = {r["method"]: r for r in rows}
     target = lang if lang in langs else langs[0]
     others = [ev for ev in langs if ev != target]
 
     def changes(r: dict[str, str]) -> str:
-        return " and ".join(f"{change_pct(r.get(f'ppl_{ev}_change_pct'))} on {H.esc(ev)}" for ev in [target, *others])
+        return " and ".join(f"{change_pct(r.get(f'ppl_{ev}_change_pct'))} on {ev}" for ev in [target, *others])
 
     if "neurons" in by:
         r = by["neurons"]
-        who = f"{H.esc(lang)}'s {count(n_neurons)} language-specific neurons" if lang and n_neurons else \
-            "the language-specific neurons"
-        steps = f"{H.esc(r['steps'])} step{'' if str(r['steps']).strip() == '1' else 's'}"
-        text = (f"Fine-tuning only {who} ({count(r['trainable_parameters'])} parameters, {steps}) "
-                f"changes held-out perplexity by {changes(r)}")
+        who = (Markup("{}'s {} language-specific neurons").format(lang, count(n_neurons)) if lang and n_neurons
+               else "the language-specific neurons")
+        steps = f"{r['steps']} step{'' if str(r['steps']).strip() == '1' else 's'}"
+        text = Markup("Fine-tuning only {} ({} parameters, {}) changes held-out perplexity by {}").format(
+            who, count(r["trainable_parameters"]), steps, changes(r))
         rest = [m for m in by if m != "neurons"]
         if rest:
-            text += "; " + "; ".join(f"{H.esc(METHOD_NAMES.get(m, m))}: {changes(by[m])}" for m in rest)
+            text += "; " + "; ".join(f"{METHOD_NAMES.get(m, m)}: {changes(by[m])}" for m in rest)
         sec.finding(text + ".", anchor=anchor)
         gain = as_float(r.get(f"ppl_{target}_change_pct"))
         en = as_float(r.get("ppl_en_change_pct")) if "en" in langs and target != "en" else None
         verdict = ""
         if gain is not None:
-            verdict = (f" Here {H.esc(target)} perplexity {'falls' if gain < 0 else 'rises'} by "
+            verdict = (f" Here {target} perplexity {'falls' if gain < 0 else 'rises'} by "
                        f"{sig(abs(gain))} %" + (f" and English {'falls' if en < 0 else 'rises'} by {sig(abs(en))} %"
                                                if en is not None else "") + ".")
-        sec.paper("§5 (Table 7) fine-tunes only a language's neurons on a little text of that language, which improves "
-                  "that language while leaving English about as it was." + verdict)
+        sec.paper(Markup("§5 (Table 7) fine-tunes only a language's neurons on a little text of that language, which "
+                         "improves that language while leaving English about as it was.{}").format(verdict))
 
 
 def _recognise_run(folder: FolderView) -> bool:

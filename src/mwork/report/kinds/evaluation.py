@@ -10,6 +10,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, count, sig
+from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_json
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
@@ -83,27 +84,27 @@ def role(record: dict[str, Any]) -> str:
     return "none"
 
 
-def describe(record: dict[str, Any]) -> str:
-    """What the run switched off, in words (HTML)."""
+def describe(record: dict[str, Any]) -> Markup:
+    """What the run switched off, in words (Markup)."""
     iv = record.get("intervention") if isinstance(record.get("intervention"), dict) else {}
     n = count(iv.get("deactivated"))
     scale = as_float(iv.get("scale"))
     how = "switched off" if not scale else f"scaled by {sig(scale)}"
     where = []
     if iv.get("layers"):
-        where.append(f"layers {H.esc(','.join(map(str, iv['layers'])))}")
+        where.append(f"layers {','.join(map(str, iv['layers']))}")
     if iv.get("kinds"):
-        where.append(f"kinds {H.esc(','.join(map(str, iv['kinds'])))}")
+        where.append(f"kinds {','.join(map(str, iv['kinds']))}")
     place = f" ({'; '.join(where)})" if where else ""
     delta = (record.get("settings") or {}).get("delta") if isinstance(record.get("settings"), dict) else None
-    merged = f", the delta <code>{H.esc(_stem(delta))}</code> merged" if delta else ""
+    merged = Markup(", the delta {} merged").format(el("code", _stem(delta))) if delta else ""
     kind = role(record)
     if kind == "specific":
-        return f"<code>{H.esc(_stem(iv['neurons']))}</code>'s {n} neurons {how}{place}{merged}"
+        return Markup("{}'s {} neurons {}{}{}").format(el("code", _stem(iv["neurons"])), n, how, place, merged)
     if kind == "random":
-        return (f"{n} random neurons like <code>{H.esc(_stem(iv['random_like']))}</code>'s (seed "
-                f"{H.esc(iv.get('seed', 0))}) {how}{place}{merged}")
-    return "the unmodified model" + (f"{merged}" if delta else "")
+        return Markup("{} random neurons like {}'s (seed {}) {}{}{}").format(
+            n, el("code", _stem(iv["random_like"])), iv.get("seed", 0), how, place, merged)
+    return Markup("the unmodified model") + merged
 
 
 # ---- comparable runs beside this one ----------------------------------------------------------
@@ -157,8 +158,8 @@ def _lm_results(sec: Section, record: dict[str, Any]) -> dict[str, Any] | None:
     if not listed:
         listed = sorted(p.relative_to(sec.folder).as_posix() for p in sec.folder.rglob("results_*.json"))
     if not listed:
-        sec.add(H.note("lm-eval's <code>results_*.json</code> is missing from this folder; the scores are "
-                       f"<code>{RECORD}</code>'s."))
+        sec.add(H.note(Markup("lm-eval's {} is missing from this folder; the scores are {}'s.").format(
+            el("code", "results_*.json"), el("code", RECORD))))
         return None
     newest = max(listed, key=lambda f: Path(f).name)
     value = sec.json(newest, required=("results",))
@@ -189,13 +190,13 @@ def render_eval(sec: Section) -> None:
     scores = run_scores(record, _lm_results(sec, record))
     settings = record.get("settings") if isinstance(record.get("settings"), dict) else {}
     limit = settings.get("limit")
-    sec.add(f"<p>Model <code>{H.esc(settings.get('model', '?'))}</code>, lm-eval "
-            f"{H.esc(record.get('lm_eval_version', '?'))}; {describe(record)}; "
-            + (f"at most {H.esc(limit)} documents per task" if limit else "every document")
-            + (f", {H.esc(settings['num_fewshot'])}-shot" if settings.get("num_fewshot") is not None else "")
-            + (f"; {sig(record['seconds'])} s" if as_float(record.get("seconds")) is not None else "") + ".</p>")
+    sec.add(el("p", Markup("Model {}, lm-eval {}; {}; {}{}{}.").format(
+        el("code", settings.get("model", "?")), record.get("lm_eval_version", "?"), describe(record),
+        f"at most {limit} documents per task" if limit else "every document",
+        f", {settings['num_fewshot']}-shot" if settings.get("num_fewshot") is not None else "",
+        f"; {sig(record['seconds'])} s" if as_float(record.get("seconds")) is not None else "")))
     if not scores:
-        sec.add(H.note(f"<code>{RECORD}</code> holds no task scores."))
+        sec.add(H.note(Markup("{} holds no task scores.").format(el("code", RECORD))))
         return
     others = siblings(sec)
     base = next(((rel, r) for rel, r in others if _is_baseline_of(r, record)), None)
@@ -205,10 +206,10 @@ def render_eval(sec: Section) -> None:
     rand_scores = [(rel, run_scores(r, None)) for rel, r in randoms]
     head = ["task", "metric", H.Cell("this run", num=True), H.Cell("documents", num=True)]
     if base:
-        head += [H.Cell(raw=f"without neurons off (<code>{H.esc(base[0])}</code>)", num=True),
+        head += [H.Cell(H.concat("without neurons off (", el("code", base[0]), ")"), num=True),
                  H.Cell("change", num=True)]
     for rel, _ in rand_scores:
-        head.append(H.Cell(raw=f"random neurons (<code>{H.esc(rel)}</code>)", num=True))
+        head.append(H.Cell(H.concat("random neurons (", el("code", rel), ")"), num=True))
     body = []
     for task, sc in scores.items():
         line = [task, f"{sc['metric']} ({sc['filter']}; {'higher' if sc['higher'] else 'lower'} is better)",
@@ -220,17 +221,17 @@ def render_eval(sec: Section) -> None:
             line.append(H.Cell(_value(rs.get(task)), num=True))
         body.append(line)
     anchor = sec.sub_id("scores")
-    sec.add(f"<div id='{anchor}'>" + H.table(
-        head, body, caption="Each task's main metric (lm-eval's first metric of the task, first filter; ± its "
-                            "bootstrap standard error where lm-eval computed one)"
+    sec.add(el("div", H.table(
+        head, body, caption=Markup("Each task's main metric (lm-eval's first metric of the task, first filter; ± its "
+                                   "bootstrap standard error where lm-eval computed one)")
                             + (", beside the same evaluation in the folders next to this one" if base or randoms
-                               else "")) + "</div>")
+                               else "")), id=anchor))
     _findings(sec, record, scores, base, base_scores, rand_scores, others, anchor)
 
 
 def _task_text(task: str, sc: dict[str, Any], before: dict[str, Any] | None,
                randoms: list[dict[str, Any] | None]) -> str:
-    text = f"{H.esc(task)} {H.esc(sc['metric'])} "
+    text = f"{task} {sc['metric']} "
     text += f"{sig(before['value'])} → {sig(sc['value'])}" if before and before["value"] is not None else sig(sc["value"])
     rand = [r["value"] for r in randoms if r and r["value"] is not None]
     if rand:
@@ -243,7 +244,7 @@ def _findings(sec: Section, record: dict[str, Any], scores: dict[str, dict[str, 
               rand_scores: list[tuple[str, dict[str, dict[str, Any]]]], others: list[tuple[str, dict[str, Any]]],
               anchor: str) -> None:
     kind = role(record)
-    here = f"<code>{H.esc(sec.view.rel if sec.view.rel != '.' else sec.folder.resolve().name)}</code>"
+    here = el("code", sec.view.rel if sec.view.rel != "." else sec.folder.resolve().name)
     docs = sorted({sc["n"] for sc in scores.values() if sc["n"] is not None})
     n_docs = (f"; {count(docs[0])} documents per task" if len(docs) == 1 else
               f"; {count(docs[0])}–{count(docs[-1])} documents per task" if docs else "")
@@ -252,20 +253,21 @@ def _findings(sec: Section, record: dict[str, Any], scores: dict[str, dict[str, 
         # said by the runs that compare with it, unless none does
         if any(role(r) != "none" and _is_baseline_of(record, r) for _, r in others):
             return
-        sec.finding(f"lm-eval on {describe(record)} ({here}): " + "; ".join(tasks) + n_docs + ".", anchor=anchor)
+        sec.finding(Markup("lm-eval on {} ({}): {}{}.").format(describe(record), here, "; ".join(tasks), n_docs),
+                    anchor=anchor)
         return
     if kind == "random" and any(role(r) == "specific" and _comparable(r, record) and _same_off(r, record)
                                 for _, r in others):
         return  # the run with the set's own neurons off says it
-    text = f"lm-eval with {describe(record)} ({here}): " + "; ".join(tasks) + n_docs
+    text = Markup("lm-eval with {} ({}): {}{}").format(describe(record), here, "; ".join(tasks), n_docs)
     if base is None:
         sec.finding(text + " (no run without neurons off beside it to compare with).", anchor=anchor)
         return
-    text += f"; without neurons off: <code>{H.esc(base[0])}</code>."
+    text += Markup("; without neurons off: {}.").format(el("code", base[0]))
     compared = [(t, _change(sc, base_scores.get(t)), sc["higher"]) for t, sc in scores.items()
                 if _change(sc, base_scores.get(t)) is not None]
     worse = [t for t, d, higher in compared if (d < 0 if higher else d > 0)]
-    verdict = f" The score is worse in {len(worse)} of {len(compared)} tasks"
+    verdict = Markup(" The score is worse in {} of {} tasks").format(len(worse), len(compared))
     beats = 0
     if kind == "specific" and rand_scores:
         for t, d, higher in compared:
@@ -275,15 +277,15 @@ def _findings(sec: Section, record: dict[str, Any], scores: dict[str, dict[str, 
                 own_harm = -d if higher else d
                 rand_harm = max(-x if higher else x for x in r)
                 beats += own_harm > rand_harm
-        verdict += f"; the set's own neurons hurt more than random ones in {beats} of {len(compared)}"
+        verdict += Markup("; the set's own neurons hurt more than random ones in {} of {}").format(beats, len(compared))
         if beats == 0:
             verdict += ": no better than random here"
     text += verdict + "." if compared else ""
     sec.finding(text, anchor=anchor)
     if kind == "specific" and compared:
-        sec.paper("The paper evaluates tasks (XQuAD, MGSM, ...) with a language's specific neurons switched off and "
-                  "finds that language's scores drop while random neurons leave them about as they were. Here the "
-                  f"main metric is worse in {len(worse)} of {len(compared)} tasks"
+        sec.paper(Markup("The paper evaluates tasks (XQuAD, MGSM, ...) with a language's specific neurons switched off "
+                         "and finds that language's scores drop while random neurons leave them about as they were. "
+                         "Here the main metric is worse in {} of {} tasks").format(len(worse), len(compared))
                   + (f", and worse than with as many random neurons in {beats} of {len(compared)}."
                      if rand_scores else " (no random-neuron run beside it to compare with)."))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mwork.report import html as H
 from mwork.report.format import as_float, sig
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -25,7 +26,7 @@ def compact_table(sec: Section, name: str) -> None:
     if rows is None:
         return
     if not rows:
-        sec.add(H.note(f"<code>{H.esc(name)}</code> has a header and no rows."))
+        sec.add(H.note(Markup("{} has a header and no rows.").format(el("code", name))))
         return
     head = list(rows[0])
     shown = head[:MAX_COLUMNS]
@@ -37,13 +38,13 @@ def compact_table(sec: Section, name: str) -> None:
     if len(head) > MAX_COLUMNS:
         cut.append(f"first {MAX_COLUMNS} of {len(head)} columns")
     sec.table([H.Cell(c, num=c in numeric) for c in shown], body,
-              caption=f"<code>{H.esc(name)}</code>" + (f" ({', '.join(cut)}; the rest is in the file)" if cut else ""))
+              caption=H.concat(el("code", name), f" ({', '.join(cut)}; the rest is in the file)" if cut else None))
 
 
 def render_generic(sec: Section) -> None:
     sec.title = f"Results in {sec.view.rel}" if sec.view.rel != "." else "Results"
     for name in sec.view.with_suffix(".png"):
-        sec.image(name, name[:-4].replace("_", " "), H.esc(name))
+        sec.image(name, name[:-4].replace("_", " "), name)
     for name in sec.view.with_suffix(".csv"):
         compact_table(sec, name)
     sec.check_json_files(sec.view.with_suffix(".json"))

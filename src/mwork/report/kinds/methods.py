@@ -10,6 +10,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, count, language_name, sig, times
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -85,14 +86,14 @@ def method_facts(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _size_text(size: str, neurons: Any) -> str:
     n = as_float(neurons)
-    return f"{H.esc(size)} ({count(n)} neurons)" if n is not None else H.esc(size)
+    return f"{size} ({count(n)} neurons)" if n is not None else str(size)
 
 
 def _verdict(best: dict[str, Any]) -> str:
-    """Whether the most selective set beats random neurons of the same layers and kinds."""
+    """Whether the most selective set beats random neurons of the same layers and kinds (text)."""
     vs = _num(best.get("own_minus_random"))
     above, langs = best.get("langs_above_random"), best.get("langs")
-    per_lang = (f"; its own language worse than with every random seed in {H.esc(above)} of {H.esc(langs)} languages"
+    per_lang = (f"; its own language worse than with every random seed in {above} of {langs} languages"
                 if str(above).strip() not in ("", "None") and str(langs).strip() not in ("", "None") else "")
     if vs is None:
         return ""
@@ -104,15 +105,16 @@ def _verdict(best: dict[str, Any]) -> str:
 
 
 def _size_sentence(fact: dict[str, Any]) -> str:
+    """One size's result (text)."""
     ranked = fact["ranked"]
     best = ranked[0]
     where = f"at {_size_text(fact['size'], fact['neurons'])}"
-    rest = ", ".join(f"{H.esc(_method(r['method']))} {sig(r['selectivity'])}" for r in ranked[1:])
+    rest = ", ".join(f"{_method(r['method'])} {sig(r['selectivity'])}" for r in ranked[1:])
     rest = f" ({rest})" if rest else ""
     if (_num(best["selectivity"]) or 0.0) <= 0:
-        return (f"{where} no method is selective: the best, {H.esc(_method(best['method']))}, has selectivity "
+        return (f"{where} no method is selective: the best, {_method(best['method'])}, has selectivity "
                 f"{sig(best['selectivity'])}{rest}")
-    return (f"{where} {H.esc(_method(best['method']))} is the most selective, {sig(best['selectivity'])}{rest}"
+    return (f"{where} {_method(best['method'])} is the most selective, {sig(best['selectivity'])}{rest}"
             + _verdict(best))
 
 
@@ -131,9 +133,9 @@ def render_methods(sec: Section) -> None:
     sec.csv("matrix.csv", required=MATRIX_COLUMNS, numeric=("ln_ppl_ratio",))  # linked; a damaged one is said
     _settings(sec, info)
     sec.image("selectivity.png", "selectivity (own minus others) and own minus random per method and size",
-              "Per intervention: selectivity = ln ppl ratio on the set's own language − on the other languages, and "
-              "own − random (random sets of the same count per layer and kind), mean over the languages; bars: "
-              "their spread.")
+              Markup("Per intervention: selectivity = ln ppl ratio on the set's own language − on the other "
+                     "languages, and own − random (random sets of the same count per layer and kind), mean over the "
+                     "languages; bars: their spread."))
     if summary:
         _summary(sec, summary, computed)
     if selectivity:
@@ -141,8 +143,8 @@ def render_methods(sec: Section) -> None:
     if stability:
         _stability(sec, stability)
     sec.image("agreement.png", "Jaccard overlap of two methods' sets per layer",
-              "Agreement: the Jaccard overlap of two methods' sets of one language and size, per layer (mean over "
-              "the languages).")
+              Markup("Agreement: the Jaccard overlap of two methods' sets of one language and size, per layer (mean "
+                     "over the languages)."))
     if agreement:
         _agreement(sec, agreement)
     if cost:
@@ -154,13 +156,12 @@ def _settings(sec: Section, info: dict[str, Any]) -> None:
         return
     sizes = info.get("sizes") if isinstance(info.get("sizes"), dict) else {}
     seeds = info.get("seeds") or []
-    sec.add(f"<p>Model <code>{H.esc(info.get('model', '?'))}</code>; methods "
-            f"{H.esc(', '.join(_method(m) for m in info.get('methods') or []))}; languages "
-            f"{H.esc(', '.join(info.get('langs') or []))}; sizes "
-            + H.esc(", ".join(f"{s} = {count(n)}" for s, n in sizes.items()))
-            + (f" of {count(info['total_neurons'])} neurons" if info.get("total_neurons") else "")
-            + f"; {len(seeds)} random seed{'s' if len(seeds) != 1 else ''}. Every number is a ln(ppl ratio) on "
-            "held-out texts (nats per token; 0: no effect).</p>")
+    sec.add(el("p", Markup("Model {}; methods {}; languages {}; sizes {}{}; {} random seed{}. Every number is a ln(ppl "
+                           "ratio) on held-out texts (nats per token; 0: no effect).").format(
+        el("code", info.get("model", "?")), ", ".join(_method(m) for m in info.get("methods") or []),
+        ", ".join(info.get("langs") or []), ", ".join(f"{s} = {count(n)}" for s, n in sizes.items()),
+        f" of {count(info['total_neurons'])} neurons" if info.get("total_neurons") else "", len(seeds),
+        "s" if len(seeds) != 1 else "")))
 
 
 def _summary(sec: Section, summary: list[dict[str, Any]], computed: bool) -> None:
@@ -171,34 +172,35 @@ def _summary(sec: Section, summary: list[dict[str, Any]], computed: bool) -> Non
     for r in summary:
         iv = r.get("intervention") or "zero"
         top = best.get((iv, r["size"])) == r["method"]
-        name = H.esc(_method(r["method"]))
+        name = _method(r["method"])
         std = _num(r.get("selectivity_std"))
         above, langs = r.get("langs_above_random"), r.get("langs")
-        body.append([INTERVENTIONS.get(iv, iv), H.Cell(raw=f"<strong>{name}</strong>" if top else name),
-                     H.Cell(raw=_size_text(r["size"], r.get("neurons")), num=True),
+        body.append([INTERVENTIONS.get(iv, iv), H.Cell(el("strong", name) if top else name),
+                     H.Cell(_size_text(r["size"], r.get("neurons")), num=True),
                      H.Cell(sig(r["own"]), num=True), H.Cell(sig(r["others"]), num=True),
                      H.Cell(sig(r["random"]), num=True),
                      H.Cell(sig(r["selectivity"]) + (f" ± {sig(std)}" if std is not None else ""), num=True),
                      H.Cell(_signed(r["own_minus_random"]), num=True),
                      H.Cell(f"{above} of {langs}" if str(above or "").strip() and str(langs or "").strip() else "–",
                             num=True)])
-    sec.add(f"<div id='{anchor}'>" + H.table(
+    sec.add(el("div", H.table(
         ["intervention", "method", H.Cell("size", num=True), H.Cell("own", num=True), H.Cell("others", num=True),
          H.Cell("random", num=True), H.Cell("selectivity", num=True), H.Cell("own − random", num=True),
          H.Cell("above every random seed", num=True)], body,
-        caption="Mean over the languages (ln ppl ratio, nats/token): own = on the set's language, others = on the "
-                "other languages, random = random sets of the same count per layer and kind on the own language; "
-                "selectivity = own − others (± its standard deviation over the languages); in bold the most "
-                "selective method at each size" + ("; computed from <code>selectivity.csv</code>, as "
-                                                    "<code>summary.csv</code> could not be used" if computed else ""))
-        + "</div>")
+        caption=Markup("Mean over the languages (ln ppl ratio, nats/token): own = on the set's language, others = on "
+                       "the other languages, random = random sets of the same count per layer and kind on the own "
+                       "language; selectivity = own − others (± its standard deviation over the languages); in bold "
+                       "the most selective method at each size")
+        + (Markup("; computed from {}, as {} could not be used").format(el("code", "selectivity.csv"),
+                                                                         el("code", "summary.csv"))
+           if computed else "")), id=anchor))
     by_iv: dict[str, list[dict[str, Any]]] = {}
     for f in facts:
         by_iv.setdefault(f["intervention"], []).append(f)
     for iv, fs in by_iv.items():
-        sec.finding(f"Detection methods at equal set sizes, sets {H.esc(INTERVENTIONS.get(iv, iv))} (selectivity = "
-                    "ln ppl ratio on the set's own language − on the others, nats/token, mean over the languages): "
-                    + "; ".join(_size_sentence(f) for f in fs) + ".", anchor=anchor)
+        sec.finding(Markup("Detection methods at equal set sizes, sets {} (selectivity = ln ppl ratio on the set's own "
+                           "language − on the others, nats/token, mean over the languages): {}.").format(
+            INTERVENTIONS.get(iv, iv), "; ".join(_size_sentence(f) for f in fs)), anchor=anchor)
     wins: dict[str, int] = {}
     beats = 0
     for f in facts:
@@ -208,11 +210,12 @@ def _summary(sec: Section, summary: list[dict[str, Any]], computed: bool) -> Non
     if facts:
         methods = list(dict.fromkeys(r["method"] for r in summary))
         lead = "plnd" if "plnd" in methods else max(wins, key=wins.get)
-        sec.paper("The paper detects language-specific neurons with PLND and validates them by switching them off "
-                  "(Tables 1–2); LAPE (Tang et al., 2024) and activation AP (Kojima et al., 2024) are the other common "
-                  f"detectors. Here, at equal sizes, {H.esc(_method(lead))} is the most selective in "
-                  f"{wins.get(lead, 0)} of {len(facts)} settings (intervention × size), and the most selective set "
-                  f"hurts its own language more than random neurons in {beats} of {len(facts)}.")
+        sec.paper(Markup("The paper detects language-specific neurons with PLND and validates them by switching them "
+                         "off (Tables 1–2); LAPE (Tang et al., 2024) and activation AP (Kojima et al., 2024) are the "
+                         "other common detectors. Here, at equal sizes, {} is the most selective in {} of {} settings "
+                         "(intervention × size), and the most selective set hurts its own language more than random "
+                         "neurons in {} of {}.").format(_method(lead), wins.get(lead, 0), len(facts), beats,
+                                                         len(facts)))
 
 
 def _per_language(sec: Section, rows: list[dict[str, str]]) -> None:
@@ -229,13 +232,13 @@ def _per_language(sec: Section, rows: list[dict[str, str]]) -> None:
                 continue
             vs = (_num(r.get("own_minus_random")) if _num(r.get("own_minus_random")) is not None
                   else (_num(r["own"]) or 0.0) - (_num(r["random"]) or 0.0))
-            line.append(H.Cell(raw=f"{sig(r['selectivity'])}<br><span class='sub'>vs random {_signed(vs)}</span>",
-                               num=True))
+            line.append(H.Cell(raw=H.concat(sig(r["selectivity"]), el("br"),
+                                            el("span", f"vs random {_signed(vs)}", class_="sub")), num=True))
         body.append(line)
     sec.add(H.details("Selectivity per language", H.table(
         ["intervention", "method", H.Cell("size", num=True), *(H.Cell(f"{lang} ({language_name(lang)})", num=True)
                                                          for lang in langs)], body,
-        caption="Selectivity (own − others, nats/token) of each language's set; below it own − random")))
+        caption=Markup("Selectivity (own − others, nats/token) of each language's set; below it own − random"))))
 
 
 def _stability(sec: Section, rows: list[dict[str, str]]) -> None:
@@ -256,17 +259,17 @@ def _stability(sec: Section, rows: list[dict[str, str]]) -> None:
     if not body:
         return
     anchor = sec.sub_id("stability")
-    sec.add(f"<div id='{anchor}'>" + H.table(
+    sec.add(el("div", H.table(
         ["method", H.Cell("size", num=True), H.Cell("Jaccard, mean", num=True), H.Cell("range", num=True),
          H.Cell("chance", num=True)], body,
         caption="Stability: Jaccard overlap of the sets detected on the even and on the odd documents of each corpus "
-                "(over the languages), beside what random sets of those counts per layer and kind would share")
-        + "</div>")
+                "(over the languages), beside what random sets of those counts per layer and kind would share"),
+        id=anchor))
     last = facts[-1][1]
     at = [(m, mean, ch) for m, size, mean, ch in facts if size == last]
-    sec.finding(f"Stability at size {H.esc(last)}: the sets detected on the two halves of each corpus overlap with "
-                "Jaccard " + ", ".join(f"{sig(mean)} ({H.esc(_method(m))}; chance {sig(ch)})" for m, mean, ch in at)
-                + ".", anchor=anchor)
+    sec.finding(Markup("Stability at size {}: the sets detected on the two halves of each corpus overlap with Jaccard "
+                       "{}.").format(last, ", ".join(f"{sig(mean)} ({_method(m)}; chance {sig(ch)})"
+                                                     for m, mean, ch in at)), anchor=anchor)
 
 
 def _agreement(sec: Section, rows: list[dict[str, str]]) -> None:
@@ -279,7 +282,8 @@ def _agreement(sec: Section, rows: list[dict[str, str]]) -> None:
     if body:
         sec.table([H.Cell("size", num=True), "methods", H.Cell("Jaccard, mean", num=True),
                    H.Cell("range over the languages", num=True)], body,
-                  caption="Agreement: Jaccard overlap of two methods' sets of the same language and size (all layers)")
+                  caption=Markup("Agreement: Jaccard overlap of two methods' sets of the same language and size "
+                                 "(all layers)"))
 
 
 def _cost(sec: Section, rows: list[dict[str, str]]) -> None:

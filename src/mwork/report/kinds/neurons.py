@@ -12,6 +12,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, count, language_name, pct, sig
+from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_json, read_neuron_masks
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
@@ -37,14 +38,17 @@ def _recognise(folder: FolderView) -> bool:
 
 
 def _set_file(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / "specific" / f"{name}.safetensors", folder / f"{name}.safetensors"):
-        if candidate.is_file():
+    """The NeuronSet file of set ``name`` in this results folder; None where there is none, or
+    where the name would lead outside the folder (a results file written by someone else)."""
+    for sub in ("specific", "."):
+        candidate = folder / sub / f"{name}.safetensors"
+        if "\x00" not in name and candidate.parent.resolve() == (folder / sub).resolve() and candidate.is_file():
             return candidate
     return None
 
 
 def _how(sec: Section, names: list[str]) -> str:
-    """The detection settings, as recorded in the first set's JSON beside it."""
+    """The detection settings, as recorded in the first set's JSON beside it (text)."""
     for name in names:
         path = _set_file(sec.folder, name)
         if path is None or not path.with_suffix(".json").is_file():
@@ -66,8 +70,7 @@ def _how(sec: Section, names: list[str]) -> str:
         if across.get("min_doc_fraction") is not None:
             parts.append(f"kept if important in at least {pct(across['min_doc_fraction'])} of the documents")
         desc = (meta.get("specific") or {}).get("description")
-        text = "; ".join(parts) + (f"; then each language's set {desc}" if desc else "") + "."
-        return H.esc(text)
+        return "; ".join(parts) + (f"; then each language's set {desc}" if desc else "") + "."
     return ""
 
 
@@ -78,7 +81,7 @@ def render_neurons(sec: Section) -> None:
     names = list(dict.fromkeys(r["set"] for r in rows or layer_rows or []))
     how = _how(sec, names)
     if how:
-        sec.add(f"<p>{how}</p>")
+        sec.add(el("p", how))
     sec.image("per_layer.png", "language-specific neurons per layer, one panel per kind, one line per language",
               "Language-specific neurons per layer, one panel per kind (FFN, Q, K, V), one line per language.")
     if rows:
@@ -102,10 +105,12 @@ def render_neurons(sec: Section) -> None:
             sec.paper(f"§2.2 finds about {PAPER_SHARE_TEXT} of all neurons specific to each language; here "
                       f"{pct(min(shares))}–{pct(max(shares))}, {pct(facts['mean_share'])} on average.")
             overlap = _overlap_range(jaccard)
-            sec.finding(f"Language-specific neurons are {pct(facts['mean_share'])} of all neurons per language on "
-                        f"average ({pct(min(shares))}–{pct(max(shares))}; the paper: about {PAPER_SHARE_TEXT})"
-                        + (f"; two languages' sets overlap by a Jaccard index of {sig(overlap[0])}–{sig(overlap[1])}"
-                           if overlap else "") + ".")
+            sec.finding(Markup("Language-specific neurons are {} of all neurons per language on average ({}–{}; the "
+                               "paper: about {}){}.").format(
+                pct(facts["mean_share"]), pct(min(shares)), pct(max(shares)), PAPER_SHARE_TEXT,
+                Markup("; two languages' sets overlap by a Jaccard index of {}–{}").format(sig(overlap[0]),
+                                                                                            sig(overlap[1]))
+                if overlap else ""))
     if jaccard:
         _overlap_heatmap(sec, jaccard)
     if layer_rows:
@@ -177,15 +182,17 @@ def _explorer(sec: Section, names: list[str], layer_rows: list[dict[str, str]]) 
              "max_listed": MAX_LISTED}
     data_id = sec.page.add_data(f"{sec.id}-neuron-data", value)
     sid = sec.page.unique_id("neuron-explorer")
-    sec.add(f"<section id='{sid}' class='nx' data-source='{data_id}'><h3>Neuron explorer</h3>"
-            "<p>Choose a language to see its language-specific neurons per layer and kind (darker = more); choose a "
-            "layer (its button) to list that layer's neurons, each with the number of detection documents in which "
-            "it was important.</p>"
-            f"<div class='nx-controls'><label for='{sid}-lang'>Language</label> "
-            f"<select id='{sid}-lang' class='nx-lang'></select></div>"
-            "<div class='nx-body'><div class='tbl nx-table'></div><div class='nx-detail' aria-live='polite'>"
-            "</div></div><noscript><p class='note'>The neuron explorer is drawn by the page's script.</p></noscript>"
-            "</section>")
+    # drawn by the page's script with textContent and setAttribute only: no value is parsed as HTML
+    sec.add(el("section", el("h3", "Neuron explorer"),
+               el("p", Markup("Choose a language to see its language-specific neurons per layer and kind (darker = "
+                              "more); choose a layer (its button) to list that layer's neurons, each with the number "
+                              "of detection documents in which it was important.")),
+               el("div", el("label", "Language", for_=f"{sid}-lang"), " ",
+                  el("select", id=f"{sid}-lang", class_="nx-lang"), class_="nx-controls"),
+               el("div", el("div", class_="tbl nx-table"), el("div", class_="nx-detail", aria_live="polite"),
+                  class_="nx-body"),
+               el("noscript", el("p", Markup("The neuron explorer is drawn by the page's script."), class_="note")),
+               id=sid, class_="nx", data_source=data_id))
 
 
 register_results_kind(ResultsKind("neurons", "Language-specific neurons", _recognise, render_neurons, order=20,

@@ -10,6 +10,7 @@ from typing import Any
 
 from mwork.report import html as H
 from mwork.report.format import as_float, count, language_name, pct, sig
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -79,10 +80,11 @@ def render_steer(sec: Section) -> None:
     facts = steer_facts(rows, unsteered) if rows else []
     _settings(sec, facts, settings)
     sec.image("steer.png", "target-language rate against damage over the steering strength, the language's neurons "
-              "against random ones", "Target-language rate against damage (the unsteered model's perplexity of the "
-              "generated text) over the strength: the target language's neurons (red) against random neurons of "
-              "the same count per layer and kind (grey, mean of the seeds, their range as bars); the unsteered "
-              "model as a star.")
+              "against random ones", Markup("Target-language rate against damage (the unsteered model's perplexity "
+                                            "of the generated text) over the strength: the target language's neurons "
+                                            "(red) against random neurons of the same count per layer and kind "
+                                            "(grey, mean of the seeds, their range as bars); the unsteered model as "
+                                            "a star."))
     for i, fact in enumerate(facts):
         _measures(sec, fact, paper=i == 0)
     if generations:
@@ -94,20 +96,20 @@ def _settings(sec: Section, facts: list[dict[str, Any]], settings: dict[str, Any
         return
     f = facts[0]
     edit = {"set": "x ← (1 − a)·x + a·s", "add": "x ← x + a·s", "scale": "x ← a·x"}.get(f["mode"])
-    what = (f"mode {H.esc(f['mode'])}, each neuron's activation {edit}" if edit else f"mode {H.esc(f['mode'])}")
-    stat = f", s = the target language's {H.esc(f['stat'])} activation" if f["mode"] in ("set", "add") else ""
+    what = (Markup("mode {}, each neuron's activation {}").format(f["mode"], edit) if edit else f"mode {f['mode']}")
+    stat = (Markup(", s = the target language's {} activation").format(f["stat"]) if f["mode"] in ("set", "add")
+            else "")
     kinds = settings.get("kinds")
     layers = settings.get("layers")
-    sec.add(f"<p>Prompts in <code>{H.esc(f['source'])}</code>, steered to <code>{H.esc(f['target'])}</code> "
-            f"({H.esc(language_name(f['target']))}) with {count(f['neurons'])} neurons"
-            + (f" of the kinds {H.esc(', '.join(kinds))}" if kinds else "")
-            + (f" in {len(layers)} layers" if layers else "")
-            + f" ({what}{stat}, a = the strength); positions: {H.esc(settings.get('positions', 'all'))}; "
-            f"{len(f['seeds'])} random seed{'s' if len(f['seeds']) != 1 else ''}"
-            + (f"; at most {H.esc(settings['max_new_tokens'])} new tokens" if settings.get("max_new_tokens") else "")
-            + ". Target-language rate: the share of generations the sentence-level identifier labels as the target; "
-            "damage: the unsteered model's perplexity of the generated tokens (read it against random neurons at "
-            "the same strength).</p>")
+    sec.add(el("p", Markup(
+        "Prompts in {}, steered to {} ({}) with {} neurons{}{} ({}{}, a = the strength); positions: {}; {} random "
+        "seed{}{}. Target-language rate: the share of generations the sentence-level identifier labels as the "
+        "target; damage: the unsteered model's perplexity of the generated tokens (read it against random neurons "
+        "at the same strength).").format(
+        el("code", f["source"]), el("code", f["target"]), language_name(f["target"]), count(f["neurons"]),
+        f" of the kinds {', '.join(kinds)}" if kinds else "", f" in {len(layers)} layers" if layers else "",
+        what, stat, settings.get("positions", "all"), len(f["seeds"]), "s" if len(f["seeds"]) != 1 else "",
+        f"; at most {settings['max_new_tokens']} new tokens" if settings.get("max_new_tokens") else "")))
 
 
 def _row_cells(rows: list[dict[str, str]], with_f1: bool) -> list[H.Cell]:
@@ -145,13 +147,13 @@ def _measures(sec: Section, f: dict[str, Any], paper: bool) -> None:
             H.Cell("distinct bigrams", num=True)]
     if with_f1:
         head.append(H.Cell("F1 (target answer)", num=True))
-    sec.add(f"<div id='{anchor}'>" + H.table(
-        head, body, caption=f"{H.esc(f['source'])} prompts steered to {H.esc(f['target'])}: target-language rate (for "
-                            "random neurons in brackets the seeds' range), the probability of all target-language "
-                            "tokens at the first generated position and the median rank of the best of them (1 = "
-                            "top-1), damage = the unsteered model's perplexity of the generation (lower: more "
-                            "fluent by its measure), distinct token bigrams per generation (low: repetition)")
-        + "</div>")
+    sec.add(el("div", H.table(
+        head, body, caption=Markup(
+            "{} prompts steered to {}: target-language rate (for random neurons in brackets the seeds' range), the "
+            "probability of all target-language tokens at the first generated position and the median rank of the "
+            "best of them (1 = top-1), damage = the unsteered model's perplexity of the generation (lower: more "
+            "fluent by its measure), distinct token bigrams per generation (low: repetition)").format(
+            f["source"], f["target"])), id=anchor))
     _finding(sec, f, anchor, paper)
 
 
@@ -166,10 +168,10 @@ def _finding(sec: Section, f: dict[str, Any], anchor: str, paper: bool) -> None:
     rate, damage = as_float(spec["target_rate"]), as_float(spec["damage_ppl"])
     b_rate, b_damage = (as_float(base["target_rate"]), as_float(base["damage_ppl"])) if base else (None, None)
     seeds = f" (mean of {len(f['seeds'])} seeds)" if len(f["seeds"]) > 1 else ""
-    text = (f"Steering {H.esc(f['source'])} prompts to {H.esc(f['target'])} with {H.esc(f['target'])}'s "
-            f"{count(f['neurons'])} neurons "
-            f"at the strongest setting ({H.esc(f['mode'])}, strength {_strength(s)}): target-language rate "
-            f"{pct(rate)}" + (f" against {pct(r_rate)} with as many random neurons{seeds}" if rand else "")
+    text = (Markup("Steering {source} prompts to {target} with {target}'s {n} neurons at the strongest setting "
+                   "({mode}, strength {s}): target-language rate {rate}").format(
+        source=f["source"], target=f["target"], n=count(f["neurons"]), mode=f["mode"], s=_strength(s), rate=pct(rate))
+            + (f" against {pct(r_rate)} with as many random neurons{seeds}" if rand else "")
             + (f" and {pct(b_rate)} unsteered" if base else "")
             + f"; damage (perplexity) {sig(damage)}" + (f" against {sig(r_damage)} (random)" if rand else "")
             + (f" and {sig(b_damage)} (unsteered)" if base else "") + ".")
@@ -179,18 +181,18 @@ def _finding(sec: Section, f: dict[str, Any], anchor: str, paper: bool) -> None:
     if rate is not None and r_rate is not None and rate <= r_rate:
         verdict.append("no better than random neurons")
     if verdict:
-        text += " The language's own neurons give " + " and ".join(verdict) + " here."
+        text += Markup(" The language's own neurons give {} here.").format(" and ".join(verdict))
     best_s = max(f["specific"], key=lambda x: (as_float(f["specific"][x]["target_rate"]) or 0.0, -abs(x or 0.0)))
     best_rate = as_float(f["specific"][best_s]["target_rate"])
     if best_s != s and best_rate is not None and rate is not None and best_rate > rate:
         text += f" The highest rate of its own neurons is {pct(best_rate)}, at strength {_strength(best_s)}."
     sec.finding(text, anchor=anchor)
     if paper and rand and rate is not None and r_rate is not None:
-        sec.paper("The paper switches language-specific neurons off; switching them on to steer the output language "
-                  "follows Kojima et al. (2024), Tang et al. (2024, LAPE) and Gurgurov et al. (2025), who report that "
-                  f"it changes the output language. Here, at strength {_strength(s)}, the target's own neurons give a "
-                  f"target-language rate of {pct(rate)} against {pct(r_rate)} for random neurons"
-                  + (": more than random." if rate > r_rate else ": no more than random."))
+        sec.paper(Markup("The paper switches language-specific neurons off; switching them on to steer the output "
+                         "language follows Kojima et al. (2024), Tang et al. (2024, LAPE) and Gurgurov et al. (2025), "
+                         "who report that it changes the output language. Here, at strength {}, the target's own "
+                         "neurons give a target-language rate of {} against {} for random neurons{}").format(
+            _strength(s), pct(rate), pct(r_rate), ": more than random." if rate > r_rate else ": no more than random."))
 
 
 def _short(text: Any, limit: int) -> str:
@@ -202,7 +204,7 @@ def _short(text: Any, limit: int) -> str:
 
 def _text_cell(text: Any, language: Any) -> H.Cell:
     lang = str(language or "?")
-    return H.Cell(raw=f"{H.esc(_short(text, MAX_CHARS))} <span class='sub'>[{H.esc(lang)}]</span>",
+    return H.Cell(raw=H.concat(_short(text, MAX_CHARS), " ", el("span", f"[{lang}]", class_="sub")),
                   style="overflow-wrap:anywhere")
 
 
@@ -233,9 +235,9 @@ def _generations(sec: Section, generations: list[dict[str, Any]], facts: list[di
     n_prompts = len({str(g.get("prompt_id") or g["prompt"]) for g in generations})
     sec.table(["prompt", "unsteered", f"its own neurons, strength {_strength(s)}",
                f"random neurons (seed {first_seed}), strength {_strength(s)}"], body,
-              caption=f"Generations of the first {len(shown)} of {n_prompts} prompts (greedy; detected language in "
-                      f"brackets; shortened to {MAX_CHARS} characters). Every generation is in "
-                      "<code>generations.jsonl</code>, prompt by prompt in <code>generations.md</code>.")
+              caption=Markup("Generations of the first {} of {} prompts (greedy; detected language in brackets; "
+                             "shortened to {} characters). Every generation is in {}, prompt by prompt in {}.").format(
+                  len(shown), n_prompts, MAX_CHARS, el("code", "generations.jsonl"), el("code", "generations.md")))
 
 
 register_results_kind(ResultsKind("steer", "Steering the output language", _recognise, render_steer, order=45,
