@@ -174,6 +174,23 @@ COMMANDS: dict[str, Command] = {
         bad("--prompts", "<folder>"), bad("--prompts", "<empty>"), bad("--prompts", "<prompts>", "--langs", "fr,en"),
         bad("--out", "<afile>/x"), bad("--out", "<afile>"), bad("--device-map", "nonsense"), *COMMON_BAD, *DEVICE_BAD,
     ), valid_draws=1),
+    "latent": Command(("latent",), ("--model", M, "--out", "<fresh>", "--task", "repetition", "--targets", "de",
+                                    "--limit", "2", "--shots", "1"), slots(
+        [["--lens", "logit,patchscope"]], [["--task", "translation", "--source", "fr", "--targets", "zh"]],
+        [["--batch-size", "1"]],
+    ), bad=(
+        bad("--task", "nope"), bad("--targets", "en"), bad("--targets", "de,de"), bad("--lens", "nope"),
+        bad("--lens", "tuned", names=["--tuned-lens"]), bad("--tuned-lens", "<nope>", "--lens", "tuned"),
+        bad("--limit", "0"), bad("--shots", "-1"), bad("--words", "<nope>.txt"), bad("--batch-size", "0"),
+        bad("--out", "<afile>"), *COMMON_BAD,
+    ), valid_draws=1),
+    "lens-train": Command(("lens-train",), ("--model", M, "--out", "<fresh>", "--steps", "2", "--langs", "en,fr",
+                                            "--window", "8", "--windows-per-lang", "1", "--heldout-windows", "1"), slots(
+        [["--vocab", "full"]], [["--batch-positions", "4"]],
+    ), bad=(
+        bad("--steps", "0"), bad("--lr", "0"), bad("--vocab", "nope"), bad("--langs", "xx"), bad("--window", "0"),
+        bad("--texts", "<nope>.txt"), bad("--out", "<afile>"), *COMMON_BAD,
+    ), valid_draws=1),
     "steer": Command(("steer",), ("--model", M, "--neurons", "<set_fr>", "--target", "fr", "--prompts", "builtin:en",
                                   "--out", "<fresh>", "--limit", "1", "--max-new-tokens", "2", "--strengths", "0,1",
                                   "--seeds", "0", "--corpus", "<fr>", "--no-progress"), slots(

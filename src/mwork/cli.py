@@ -15,13 +15,15 @@ import sys
 import warnings
 from typing import Any, Iterator
 
-from mwork.files import check_output_kind, output_lock
+from mwork.files import WRITE_ERRNOS, OutputError, check_output_kind, os_error_message, output_lock
 from mwork.neurons.neuronset import other_models_allowed
 
 COMMAND_MODULES: tuple[str, ...] = (
     "mwork.models.cli",
     "mwork.demo_cli",
     "mwork.lens.cli",
+    "mwork.lens.train_cli",
+    "mwork.latent.cli",
     "mwork.report.cli",
     "mwork.experiments.cli",
     "mwork.tasks.cli_ppl",
@@ -31,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.neurons.convert_cli",
     "mwork.experiments.steering.cli",
     "mwork.tasks.cli_eval",
+    "mwork.confusion.cli",
 )
 
 
@@ -49,9 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: two-word commands: ``mwork lens train ...`` is ``mwork lens-train ...``
+SUBACTIONS: dict[tuple[str, str], str] = {("lens", "train"): "lens-train"}
+
+
+def _subactions(argv: list[str]) -> list[str]:
+    """``argv`` with a two-word command (:data:`SUBACTIONS`) joined into its one-word name."""
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and tuple(argv[first:first + 2]) in SUBACTIONS:
+        return argv[:first] + [SUBACTIONS[tuple(argv[first:first + 2])]] + argv[first + 2:]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_subactions(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
@@ -65,9 +80,19 @@ def main(argv: list[str] | None = None) -> int:
                     check_output_kind(out, kind, flag)
                 stack.enter_context(output_lock(out))
             return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        # bad input: one clear line that says what to change, no traceback
+    except KeyboardInterrupt:
+        # Ctrl-C: what is finished is kept (cells, checkpoints, atomic writes); no traceback, the shell's 130
+        print(f"mwork {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError, OutputError) as err:
+        # bad input, or an output that cannot be written: one clear line that says what to change, no traceback
         print(f"mwork {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        # a full disk or a permission outside mwork.files' writers: the file and the reason, in one line
+        print(f"mwork {args.command}: error: {os_error_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "lens", help="decode every layer to tokens and plot their language per layer (logit lens)",
         description="Layer-wise decoding: for prompts in each language, the share of English / non-English "
         "tokens among each layer's top-k decoded tokens. Writes lens.csv, lens.json, lens.png and "
-        "lens_topk.safetensors to --out.",
+        "lens_topk.safetensors to --out. `mwork lens train` trains a tuned lens for --lens tuned.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="output folder")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mwork.config import option
 from mwork.lens.langid import CLASSIC_LATIN_LANGUAGES, WORDFREQ_LATIN_LANGUAGES
+from mwork.lens.lenses import LENSES
 from mwork.lens.prompts import builtin_languages
 
 DEFAULT_LANGS: tuple[str, ...] = ("zh", "ru", "fr", "de", "es")
@@ -23,10 +24,12 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n")
 
 
-def _codes(value) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split(",")
-    return tuple(c.strip() for c in value if c and c.strip())
+def _codes(value, flag: str = "--langs") -> tuple[str, ...]:
+    from mwork.files import parse_names
+
+    if not isinstance(value, str):
+        value = [c for c in value if not (isinstance(c, str) and not c.strip())]
+    return parse_names(value, flag=flag)  # a code names a prompts file: checked like every language code
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class LensConfig:
         WORDFREQ_LATIN_LANGUAGES, "wordfreq languages that Latin-script tokens are looked up in (every one "
         f"wordfreq has; mwork's old list was {','.join(CLASSIC_LATIN_LANGUAGES)})")
     include_special: bool = option(False, "also decode the positions of special tokens such as BOS")
+    lens: str = option("logit", "how a layer is decoded: logit (final norm + LM head), tuned (a tuned lens, "
+                       "--tuned-lens) or patchscope (patched into an identity prompt); see docs/latent.md",
+                       choices=LENSES)
+    tuned_lens: str | None = option(None, "folder of a tuned lens written by `mwork lens train` (for --lens tuned)",
+                                    metavar="DIR")
     decode_chunk: int = option(256, "hidden states decoded through the LM head at once", cli=False, record=False)
     progress: bool = option(True, "show a progress bar", cli=False, record=False)
 
@@ -59,7 +67,7 @@ class LensConfig:
             twice = sorted({c for c in self.langs if self.langs.count(c) > 1})
             if twice:
                 raise ValueError(f"langs lists {', '.join(twice)} more than once; give each language once")
-        object.__setattr__(self, "latin_langs", _codes(self.latin_langs))
+        object.__setattr__(self, "latin_langs", _codes(self.latin_langs, "--latin-langs"))
         if self.max_prompts is not None and self.max_prompts < 1:
             raise ValueError(f"max_prompts must be >= 1, got {self.max_prompts}")
         if self.top_k < 1:
@@ -74,6 +82,10 @@ class LensConfig:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         if "{prompt}" not in self.template:
             raise ValueError("template must contain '{prompt}'")
+        if self.lens not in LENSES:
+            raise ValueError(f"lens must be one of {', '.join(LENSES)}, got {self.lens!r}")
+        if self.lens == "tuned" and not self.tuned_lens:
+            raise ValueError("--lens tuned needs --tuned-lens DIR (write one with `mwork lens train`)")
         if not self.latin_langs:
             raise ValueError("latin_langs is empty; give at least one wordfreq language code, e.g. en")
         twice = sorted({c for c in self.latin_langs if self.latin_langs.count(c) > 1})

@@ -31,8 +31,9 @@ from mwork.lens.logit_lens import LensResult
 
 FORMAT = "mwork-lens-explorer"
 VERSION = 1
-PROBABILITY = ("softmax over the whole vocabulary of the lens layer's logits (final norm + LM head), "
-               "4 significant digits")
+PROBABILITY = ("softmax over the whole vocabulary of the lens layer's logits (the lens named in 'lens': logit = "
+               "final norm + LM head, tuned = a tuned lens's translator first, patchscope = patched into an "
+               "identity prompt), 4 significant digits")
 
 
 def _prob(x: float) -> float:
@@ -63,7 +64,8 @@ def explorer_data(result: LensResult, labeler: TokenLabeler) -> dict[str, Any]:
             "prob": [_prob(x) for x in probs.flatten().tolist()],
         })
     return {"format": FORMAT, "version": VERSION, "model": result.model_name, "num_layers": result.num_layers,
-            "top_k": result.top_k, "lens_layers": "0 = input of decoder layer 0 (embedding output); "
+            "top_k": result.top_k, "lens": result.settings.get("lens", {"lens": "logit"}),
+            "lens_layers": "0 = input of decoder layer 0 (embedding output); "
             "i = output of decoder layer i-1", "probability": PROBABILITY, "vocab": vocab, "prompts": prompts}
 
 

@@ -111,14 +111,14 @@ class LensResult:
 
     def save(self, path: str | Path) -> Path:
         """Write the top-k tensors to a safetensors file (metadata in its header)."""
-        from safetensors.torch import save_file
+        from mwork.files import save_safetensors
 
         tensors = {}
         for i, p in enumerate(self.prompts):
             tensors[f"{i}.topk_ids"] = p.topk_ids.contiguous()
             tensors[f"{i}.topk_logits"] = p.topk_logits.contiguous()
         path = Path(path)
-        save_file(tensors, str(path), metadata={"mwork_lens": json.dumps(self.meta())})
+        save_safetensors(path, tensors, metadata={"mwork_lens": json.dumps(self.meta())})  # atomic, usual permissions
         return path
 
     @classmethod
@@ -157,13 +157,15 @@ def _step_kwargs(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
 
 
 def _decode_topk(
-    adapter: Adapter, hidden: torch.Tensor, top_k: int, chunk: int
+    adapter: Adapter, hidden: torch.Tensor, top_k: int, chunk: int, decode: Callable | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, D) hidden states -> top-k ids and logits and the log-sum-exp over the vocabulary,
-    in chunks so (chunk, vocab) stays small."""
+    in chunks so (chunk, vocab) stays small. ``decode`` (default ``adapter.decode``) maps a chunk
+    of hidden states to logits."""
+    decode = decode or adapter.decode
     ids, vals, lse = [], [], []
     for start in range(0, hidden.shape[0], chunk):
-        logits = adapter.decode(hidden[start:start + chunk]).float()
+        logits = decode(hidden[start:start + chunk]).float()
         v, i = logits.topk(top_k, dim=-1)
         ids.append(i.cpu())
         vals.append(v.cpu())
@@ -186,7 +188,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 @torch.inference_mode()
 def _run_batch(
     model, adapter: Adapter, sequences: list[list[int]], *, pad_id: int, eos: set[int], special: set[int],
-    top_k: int, max_new_tokens: int, chunk: int, on_step: Callable[[], None] = lambda: None,
+    top_k: int, max_new_tokens: int, chunk: int, on_step: Callable[[], None] = lambda: None, lens: Any = None,
 ) -> list[tuple[list[int], list[int], torch.Tensor, torch.Tensor]]:
     """Greedy generation with a KV cache over one left-padded batch, decoding every layer.
 
@@ -234,10 +236,18 @@ def _run_batch(
                 # (layers+1, n, D); under a device_map the layers' states live on several devices
                 hidden = torch.stack([s[rows.to(s.device), cols.to(s.device)].to(device) for s in states])
                 n_layers = hidden.shape[0]
-                top_ids, top_vals, top_lse = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
-                top_ids = top_ids.view(n_layers, -1, top_k)
-                top_vals = top_vals.view(n_layers, -1, top_k)
-                top_lse = top_lse.view(n_layers, -1)
+                if lens is not None and lens.through_head:  # logit / tuned: translate, then the usual decode
+                    hidden = torch.stack([lens.translate(i, hidden[i]) for i in range(n_layers)])
+                if lens is None or lens.through_head:
+                    top_ids, top_vals, top_lse = _decode_topk(adapter, hidden.flatten(0, 1), top_k, chunk)
+                    top_ids = top_ids.view(n_layers, -1, top_k)
+                    top_vals = top_vals.view(n_layers, -1, top_k)
+                    top_lse = top_lse.view(n_layers, -1)
+                else:  # a lens of mwork.lens.lenses, layer by layer (a patchscope runs the model: no padding edit then)
+                    pad[0] = None
+                    parts = [_decode_topk(adapter, hidden[i], top_k, chunk, lambda h, i=i: lens.decode(i, h))
+                             for i in range(n_layers)]
+                    top_ids, top_vals, top_lse = (torch.stack([p[k] for p in parts]) for k in range(3))
                 first_col = mask.shape[1] - width
                 for j, (r, c) in enumerate(zip(rows.tolist(), cols.tolist())):
                     positions[r].append(first_col + c + offsets[r])
@@ -283,6 +293,7 @@ def logit_lens(
     decode_chunk: int = 256,
     progress: bool = True,
     model_name: str | None = None,
+    lens: Any = None,
 ) -> LensResult:
     """Decode every layer's hidden state to its top-k tokens, over each prompt and over up to
     ``max_new_tokens`` greedily generated tokens.
@@ -290,6 +301,9 @@ def logit_lens(
     ``prompts``: :class:`Prompt` objects, or plain strings (language ``"?"``). ``template``
     wraps each prompt text (``{prompt}`` is replaced). Prompts are batched by length with left
     padding; position ids come from the adapter, so padding never changes a result.
+
+    ``lens``: how each layer is decoded (a :class:`mwork.lens.lenses.Lens`: logit, tuned or
+    patchscope); None is the logit lens (``Adapter.decode``).
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -327,12 +341,14 @@ def logit_lens(
             batch = _run_batch(
                 model, adapter, [encoded[i] for i in idx], pad_id=pad_id, eos=eos, special=special,
                 top_k=top_k, max_new_tokens=max_new_tokens, chunk=decode_chunk, on_step=lambda: bar.update(1),
+                lens=lens,
             )
             for i, (tokens, pos, t_ids, t_vals, t_lse) in zip(idx, batch):
                 out[i] = PromptLens(prompts[i].text, prompts[i].lang, tokens, len(encoded[i]), pos, t_ids, t_vals,
                                     t_lse)
             bar.update((b0 // batch_size + 1) * steps - bar.n)  # steps skipped when all rows ended
     settings = {"batch_size": batch_size, "template": template, "include_special": include_special,
-                "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+                "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                "lens": lens.settings() if lens is not None else {"lens": "logit"}}
     name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
     return LensResult(name, adapter.num_layers, top_k, max_new_tokens, out, time.time() - start, settings)

@@ -123,10 +123,15 @@ def run_lens(
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
 
+    lens = None
+    if config.lens != "logit":  # the logit lens is logit_lens's own decode
+        from mwork.lens.lenses import make_lens
+
+        lens = make_lens(config.lens, model, tokenizer, tuned_lens=config.tuned_lens)
     result = logit_lens(model, tokenizer, as_prompts, top_k=config.top_k, max_new_tokens=config.max_new_tokens,
                         batch_size=config.batch_size, template=config.template,
                         include_special=config.include_special, decode_chunk=config.decode_chunk,
-                        progress=config.progress, model_name=model_name)
+                        progress=config.progress, model_name=model_name, lens=lens)
     start = time.time()
     labeler = TokenLabeler(tokenizer, identifier)
     shares = language_shares(result, labeler, segment=config.positions)

@@ -12,12 +12,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mwork.plotting import plain_text  # noqa: E402
+
 
 def _get(row: Any, key: str) -> float:
     value = row[key] if isinstance(row, Mapping) else getattr(row, key)
     return math.nan if value is None else float(value)
 
 
+@plain_text
 def plot_shares(
     shares: Mapping[str, Sequence[Any]], path: str | Path, title: str = "", show_unknown: bool = True
 ) -> Path:
@@ -53,6 +56,11 @@ def plot_shares(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1))
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from mwork.files import atomic_write
+
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path

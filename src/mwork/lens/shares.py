@@ -88,7 +88,9 @@ def write_csv(shares: dict[str, list[LayerShares]], path: str | Path) -> Path:
     """``input_lang,layer,english_share,non_english_share,unknown_share,n_tokens`` (one row per
     input language and lens layer)."""
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as f:
+    from mwork.files import atomic_write
+
+    with atomic_write(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(CSV_HEADER)
         for lang, rows in shares.items():
@@ -200,5 +202,7 @@ def write_json(
     if extra:
         data.update(extra)
     path = Path(path)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+    from mwork.files import write_text
+
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
     return path

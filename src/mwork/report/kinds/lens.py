@@ -9,6 +9,7 @@ from typing import Any
 from mwork.report import html as H
 from mwork.report.explorer import explorer_html, explorer_value
 from mwork.report.format import as_float, language_name, sig
+from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
@@ -49,7 +50,7 @@ def _regions_text(reg: dict[str, Any] | None) -> str:
     if not isinstance(reg, dict):
         return ""
     if not reg.get("found"):
-        return f"No layer regions were estimated from this curve ({H.esc(reg.get('reason') or 'no estimate')})."
+        return f"No layer regions were estimated from this curve ({reg.get('reason') or 'no estimate'})."
     n, u, g = int(reg["num_layers"]), int(reg["understanding"]), int(reg["generation"])
     return (f"From this curve: understanding = the first U = {u} decoder layers (0–{u - 1}), task-solving = "
             f"{n - u - g} layers ({u}–{n - g - 1}), generation = the last G = {g} ({n - g}–{n - 1}) of {n}.")
@@ -63,11 +64,11 @@ def render_lens(sec: Section) -> None:
     rows = sec.csv("lens.csv", required=LENS_COLUMNS, numeric=("layer", "english_share", "unknown_share"))
     info = sec.json("lens.json", required=("shares",)) if sec.exists("lens.json") else None
     info = info if isinstance(info, dict) else None
-    model = f" of <code>{H.esc(info['model'])}</code>" if info and info.get("model") else ""
+    model = Markup(" of {}").format(el("code", info["model"])) if info and info.get("model") else ""
     top_k = info.get("top_k") if info else None
     sec.image("lens.png", "English, non-English and unknown share of the decoded tokens per layer, one panel per "
-              "input language", f"Language of the top-{top_k or 'k'} decoded tokens per layer{model}, one panel per "
-              "input language (the paper's Figure 1).")
+              "input language", Markup("Language of the top-{} decoded tokens per layer{}, one panel per input "
+                                       "language (the paper's Figure 1).").format(top_k or "k", model))
     reg = info.get("regions") if info else None
     facts = lens_facts(rows) if rows else None
     if facts:
@@ -89,38 +90,39 @@ def render_lens(sec: Section) -> None:
                    H.Cell("own-language share, last layer", num=True)], body,
                   caption="Share of English among the decoded tokens whose language is known (0–1), per input "
                           "language")
-        sec.add(f"<p>{_regions_text(reg)}</p>" if reg else "")
+        if reg:
+            sec.add(el("p", _regions_text(reg)))
         shape = english_phase(facts)
         langs = ", ".join(facts["langs"])
-        sec.paper("Figure 1 shows, for non-English input, English tokens dominating the middle layers and the input "
-                  "language the first and last ones. "
-                  + (f"Here the mean English share over {H.esc(langs)} peaks at {sig(facts['peak'])} at layer "
-                     f"{facts['peak_layer']}, above {sig(facts['first'])} at layer 0 and {sig(facts['last'])} at the "
-                     "last layer: the same shape." if shape else
-                     f"Here the mean English share over {H.esc(langs)} peaks at {sig(facts['peak'])} at layer "
-                     f"{facts['peak_layer']} ({sig(facts['first'])} at layer 0, {sig(facts['last'])} at the last "
-                     "layer): no clear English phase in the middle layers."))
+        here = ("Here the mean English share over {langs} peaks at {peak} at layer {layer}, above {first} at layer 0 "
+                "and {last} at the last layer: the same shape." if shape else
+                "Here the mean English share over {langs} peaks at {peak} at layer {layer} ({first} at layer 0, "
+                "{last} at the last layer): no clear English phase in the middle layers.")
+        sec.paper(Markup("Figure 1 shows, for non-English input, English tokens dominating the middle layers and the "
+                         "input language the first and last ones. " + here).format(
+            langs=langs, peak=sig(facts["peak"]), layer=facts["peak_layer"], first=sig(facts["first"]),
+            last=sig(facts["last"])))
         sec.finding(_lens_sentence(facts, reg, shape), anchor=sec.id)
         per_layer = [[str(layer), *(H.Cell(sig(facts["share"].get((lang, layer), math.nan))) for lang in facts["all_langs"])]
                      for layer in facts["layers"]]
         sec.add(H.details("English share per layer and input language", H.table(
             ["layer", *(H.Cell(lang, num=True) for lang in facts["all_langs"])], per_layer)))
     for warning in (info or {}).get("warnings") or []:
-        sec.add(H.note("The lens run warned: " + H.esc(warning)))
+        sec.add(H.note(H.concat("The lens run warned: ", warning)))
     _explorer(sec, info, rows)
 
 
-def _lens_sentence(facts: dict[str, Any], reg: Any, shape: bool) -> str:
-    langs = ", ".join(facts["langs"])
+def _lens_sentence(facts: dict[str, Any], reg: Any, shape: bool) -> Markup:
+    values = dict(langs=", ".join(facts["langs"]), first=sig(facts["first"]), peak=sig(facts["peak"]),
+                  layer=facts["peak_layer"], last=sig(facts["last"]), last_layer=facts["last_layer"])
     if shape:
-        text = (f"For prompts in {H.esc(langs)}, the share of English among the decoded tokens rises from "
-                f"{sig(facts['first'])} at layer 0 to {sig(facts['peak'])} at layer {facts['peak_layer']} and falls "
-                f"to {sig(facts['last'])} at the last layer ({facts['last_layer']}): the middle layers lean to English, "
-                "as the paper reports.")
+        text = Markup("For prompts in {langs}, the share of English among the decoded tokens rises from {first} at "
+                      "layer 0 to {peak} at layer {layer} and falls to {last} at the last layer ({last_layer}): the "
+                      "middle layers lean to English, as the paper reports.").format(**values)
     else:
-        text = (f"For prompts in {H.esc(langs)}, the English share of the decoded tokens is {sig(facts['first'])} at "
-                f"layer 0, {sig(facts['peak'])} at its peak (layer {facts['peak_layer']}) and {sig(facts['last'])} at "
-                "the last layer: no clear English phase in the middle layers.")
+        text = Markup("For prompts in {langs}, the English share of the decoded tokens is {first} at layer 0, {peak} "
+                      "at its peak (layer {layer}) and {last} at the last layer: no clear English phase in the middle "
+                      "layers.").format(**values)
     if isinstance(reg, dict) and reg.get("found"):
         n, u, g = int(reg["num_layers"]), int(reg["understanding"]), int(reg["generation"])
         text += (f" The estimated regions: understanding in the first {u} of {n} decoder layers, generation in the "
@@ -133,8 +135,9 @@ def _explorer(sec: Section, info: dict[str, Any] | None, rows: list[dict[str, st
 
     path = sec.path("lens_explorer.json")
     if not path.is_file():
-        sec.add(H.note("No layer explorer: this lens folder has no <code>lens_explorer.json</code> (written by "
-                       "<code>mwork lens</code> since the report shows the explorer); run the lens again to get it."))
+        sec.add(H.note(Markup("No layer explorer: this lens folder has no {} (written by {} since the report shows "
+                              "the explorer); run the lens again to get it.").format(
+            el("code", "lens_explorer.json"), el("code", "mwork lens"))))
         return
     try:
         data = read_explorer(path)
@@ -149,6 +152,9 @@ def _explorer(sec: Section, info: dict[str, Any] | None, rows: list[dict[str, st
     if not value["prompts"]:
         sec.add(H.note("The layer explorer has no prompts to show."))
         return
+    lens = data.get("lens") if isinstance(data.get("lens"), dict) else {}
+    sec.add(el("p", f"The layer explorer below decodes every layer with the {lens.get('lens', 'logit')} lens "
+                    "(mwork lens --lens logit|tuned|patchscope; see docs/latent.md)."))
     data_id = sec.page.add_data(f"{sec.id}-explorer-data", value)
     sec.add(explorer_html(sec.page.unique_id("layer-explorer"), data_id, value))
 
