@@ -84,11 +84,12 @@ def test_item_filter_and_start_tokens_against_a_direct_computation(shared_tiny):
         assert counts["kept"] == len(kept) and counts["candidates"] == len(words.pair("fr", target))
 
     table = token_bytes(tok)
+    texts = [tok.decode([token]) for token in range(len(tok))]
+    special = set(tok.all_special_ids)
     for word in ("flower", "Blume", "цветок", "花"):
         starts = table.starts(word)
-        for token in range(len(tok)):
-            text = tok.decode([token])
-            if "\ufffd" in text or token in tok.all_special_ids or not text:
+        for token, text in enumerate(texts):
+            if "\ufffd" in text or token in special or not text:
                 continue
             stripped = text[1:] if text.startswith(" ") else text
             expected = bool(stripped) and word.startswith(stripped)

@@ -22,7 +22,7 @@ from mwork.models.loading import input_device
 
 @dataclass
 class LayerProbs:
-    """(prompts, num_layers + 1) tensors, float64."""
+    """(prompts, num_layers + 1) tensors, float64 (computed in float32)."""
 
     p_target: torch.Tensor
     p_english: torch.Tensor
@@ -66,12 +66,13 @@ def layer_probs(lens: Lens, states: torch.Tensor, prompts: list[WordPrompt]) -> 
     prompt's target and English start tokens per layer."""
     n, layers = states.shape[0], states.shape[1]
     pt, pe, ent = (torch.zeros(n, layers, dtype=torch.float64) for _ in range(3))
+    target = [torch.tensor(p.target_tokens, dtype=torch.long) for p in prompts]
+    english = [torch.tensor(p.english_tokens, dtype=torch.long) for p in prompts]
     for layer in range(layers):
-        logp = torch.log_softmax(lens.decode(layer, states[:, layer]).double(), -1)
-        ent[:, layer] = -(logp.exp() * logp).sum(-1).cpu()
-        for r, p in enumerate(prompts):
-            if p.target_tokens:
-                pt[r, layer] = logp[r, list(p.target_tokens)].exp().sum().cpu()
-            if p.english_tokens:
-                pe[r, layer] = logp[r, list(p.english_tokens)].exp().sum().cpu()
+        logp = torch.log_softmax(lens.decode(layer, states[:, layer]).float(), -1)
+        prob = logp.exp()
+        ent[:, layer] = -(prob * logp).sum(-1).double().cpu()
+        for r in range(n):  # start-token sets differ per prompt
+            pt[r, layer] = float(prob[r, target[r].to(prob.device)].sum())
+            pe[r, layer] = float(prob[r, english[r].to(prob.device)].sum())
     return LayerProbs(pt, pe, ent)

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from mwork.plotting import plain_text  # noqa: E402
 
@@ -39,8 +40,9 @@ def plot_latent(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
         ax.set_title(f"{lens} lens")
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("probability (solid: target word, dashed: English)")
+    axes[0, 0].set_ylabel("P(word): solid target, dashed English")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, fontsize=8)
     if title:

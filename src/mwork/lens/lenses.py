@@ -22,6 +22,7 @@ layer 0 (the embedding output), ``i >= 1`` the output of decoder layer ``i - 1``
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -95,6 +96,7 @@ class PatchscopeLens(Lens):
         self.ids = list(tokenizer(prompt).input_ids)
         self.patch_position = self._placeholder_position(tokenizer)
         self.read_position = len(self.ids) - 1
+        self._prefix: Any = None  # the KV cache of the prompt before the placeholder (computed once)
 
     def _placeholder_position(self, tokenizer) -> int:
         """The index of the token that holds the placeholder's last occurrence."""
@@ -128,12 +130,14 @@ class PatchscopeLens(Lens):
         cached = pos == self.read_position and pos > 0
         cache = None
         if cached:
-            prefix = torch.tensor([self.ids[:pos]], dtype=torch.long, device=device)
-            cache = self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
-                               **keep).get(cache_kw)
-            if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            if self._prefix is None:  # the prompt before the placeholder never changes: run it once
+                prefix = torch.tensor([self.ids[:pos]], dtype=torch.long, device=device)
+                self._prefix = self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
+                                          **keep).get(cache_kw)
+            if self._prefix is None or not hasattr(self._prefix, "batch_repeat_interleave"):
                 cached = False
             else:
+                cache = copy.deepcopy(self._prefix)
                 cache.batch_repeat_interleave(n)
         if cached:
             ids = torch.tensor([self.ids[pos:]] * n, dtype=torch.long, device=device)

@@ -334,7 +334,7 @@ def logit_lens(
     out: list[PromptLens | None] = [None] * len(prompts)
     n_batches = -(-len(prompts) // batch_size)
     steps = max(max_new_tokens, 1)
-    with tqdm(total=n_batches * steps, desc=f"logit lens ({len(prompts)} prompts)", unit="step",
+    with tqdm(total=n_batches * steps, desc=f"{lens.name if lens is not None else 'logit'} lens ({len(prompts)} prompts)", unit="step",
               disable=not progress) as bar:
         for b0 in range(0, len(order), batch_size):
             idx = order[b0:b0 + batch_size]
