@@ -71,7 +71,7 @@ def test_the_first_estimate_comes_from_this_machines_measured_forward_time(share
     assert _time_left(s, [], list(_nominal_seconds(s)), probe_speed=3.0) == pytest.approx(3 * nominal)
     model, _ = shared_tiny("tiny-random-llama")
     seconds = _forward_probe(model)
-    assert 0 < seconds < 30 * PROBE_SECONDS and PROBE_SHAPE[0] * PROBE_SHAPE[1] >= 256
+    assert 0 < seconds < 30 * PROBE_SECONDS and PROBE_SHAPE[0] * PROBE_SHAPE[1] >= 64
     out = tmp_path / "demo"
     run_demo(out, quick=True, **TINY)
     estimate = json.loads((out / "run.json").read_text())["estimate"]

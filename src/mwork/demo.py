@@ -36,14 +36,15 @@ __all__ = ["Demo", "DemoSettings", "STAGES", "check_settings", "run_demo"]
 STAGES = ("lens", "neurons", "deactivation", "enhance")
 
 
-# Seconds of each stage on two CPU cores = fixed + per_unit * _work_units, fitted to a full and a
-# quick run of gemma-3-270m (model cached); only used for the "time left" estimate. Before the
-# first stage the estimate is rescaled by this machine's measured forward throughput
-# (_forward_probe, against PROBE_SECONDS measured with the fit), then by how fast the stages of
-# this run have gone so far.
-STAGE_SECONDS = {"lens": (7.4, 0.088), "neurons": (12.7, 5.4e-4), "deactivation": (24.4, 3.7e-3),
-                 "enhance": (10.9, 2.8e-3)}
-PROBE_SECONDS = 0.6  # _forward_probe on gemma-3-270m on two idle cores, where STAGE_SECONDS hold
+# Seconds of each stage on two idle CPU cores = fixed + per_unit * _work_units, for gemma-3-270m
+# (model cached): per_unit from a full run, fixed from a quick run of 2026-12-06 (lens 10 s,
+# neurons 23 s, deactivation 138 s, enhance 32 s); only used for the "time left" estimate. Before
+# the first stage the estimate is rescaled by this machine's measured forward time
+# (_forward_probe against PROBE_SECONDS, measured in that quick run), then by how fast the stages
+# of this run have gone so far.
+STAGE_SECONDS = {"lens": (7.4, 0.088), "neurons": (15.7, 5.4e-4), "deactivation": (89.0, 3.7e-3),
+                 "enhance": (24.0, 2.8e-3)}
+PROBE_SECONDS = 0.2  # _forward_probe on gemma-3-270m on two idle cores (0.196-0.212 s)
 PROBE_SHAPE = (2, 64)  # the probe's batch: documents x tokens
 
 

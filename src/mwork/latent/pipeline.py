@@ -30,7 +30,7 @@ from mwork.latent.config import LatentConfig
 from mwork.latent.measure import last_states, layer_probs
 from mwork.latent.tasks import WordPrompt, build_prompts
 from mwork.latent.words import load_words
-from mwork.lens.lenses import make_lens
+from mwork.lens.make import make_lens
 
 COLUMNS = ("task", "source", "target", "lens", "layer", "p_target", "p_target_lo", "p_target_hi", "p_english",
            "p_english_lo", "p_english_hi", "target_share", "log_ratio", "entropy", "n_items")

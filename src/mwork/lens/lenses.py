@@ -17,7 +17,7 @@ layer 0 (the embedding output), ``i >= 1`` the output of decoder layer ``i - 1``
   ``layer.in`` / ``layer.out``); it costs one forward pass of the identity prompt per lens layer
   and batch of hidden states.
 
-``make_lens(name, model, tokenizer, tuned_lens=DIR)`` builds one by name (:data:`LENSES`).
+``mwork.lens.make.make_lens(name, model, tokenizer, tuned_lens=DIR)`` builds one by name (:data:`LENSES`).
 """
 
 from __future__ import annotations
@@ -156,22 +156,3 @@ class PatchscopeLens(Lens):
         with Hooks().edit(lens_site(self.adapter, layer), patch):
             logits = self.model(input_ids=ids, attention_mask=mask, **extra).logits
         return logits[:, -1].float()
-
-
-def make_lens(name: str, model, tokenizer=None, *, tuned_lens: str | None = None,
-              patchscope_prompt: str = IDENTITY_PROMPT) -> Lens:
-    """The lens called ``name`` (:data:`LENSES`) for ``model``; ``tuned`` needs ``tuned_lens``
-    (a folder written by ``mwork lens train``), ``patchscope`` the tokenizer."""
-    if name == "logit":
-        return LogitLens(get_adapter(model))
-    if name == "tuned":
-        if not tuned_lens:
-            raise ValueError("the tuned lens needs --tuned-lens DIR (a folder written by `mwork lens train`)")
-        from mwork.lens.tuned import TunedLens
-
-        return TunedLens.load(tuned_lens, model)
-    if name == "patchscope":
-        if tokenizer is None:
-            raise ValueError("the patchscope lens needs the tokenizer")
-        return PatchscopeLens(model, tokenizer, patchscope_prompt)
-    raise ValueError(f"unknown lens {name!r}; choose one of {', '.join(LENSES)}")

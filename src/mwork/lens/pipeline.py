@@ -125,7 +125,7 @@ def run_lens(
 
     lens = None
     if config.lens != "logit":  # the logit lens is logit_lens's own decode
-        from mwork.lens.lenses import make_lens
+        from mwork.lens.make import make_lens
 
         lens = make_lens(config.lens, model, tokenizer, tuned_lens=config.tuned_lens)
     result = logit_lens(model, tokenizer, as_prompts, top_k=config.top_k, max_new_tokens=config.max_new_tokens,
