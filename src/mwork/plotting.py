@@ -10,6 +10,7 @@ would show the backslash)."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -27,3 +28,20 @@ def plain_text(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 120, **savefig: Any) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (:func:`mwork.files.atomic_write`: a killed or
+    failed write leaves the old file) and close it, whatever happens; ``savefig``: more options
+    of matplotlib's ``savefig`` (e.g. ``metadata={"Software": None}`` for reproducible bytes)."""
+    import matplotlib.pyplot as plt
+
+    from mwork.files import atomic_write
+
+    path = Path(path)
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png", **savefig)
+    finally:
+        plt.close(fig)
+    return path

@@ -8,7 +8,7 @@ import time
 
 from mwork.config import add_arguments, from_args
 from mwork.latent.config import LatentConfig
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.models.loading import add_model_arguments
 
 
 def _latent(args: argparse.Namespace) -> int:
@@ -39,9 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of the target word and of its English translation. Writes latent.csv, latent_summary.csv, latent.json "
         "and latent_<task>.png to --out.",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
     add_arguments(p, LatentConfig)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_latent)

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mwork.plotting import plain_text  # noqa: E402
+from mwork.plotting import plain_text, save_figure  # noqa: E402
 
 
 @plain_text
@@ -49,12 +49,4 @@ def plot_latent(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "
         fig.suptitle(title)
     rows_of_legend = (len(labels) + 5) // 6
     fig.tight_layout(rect=(0, 0.06 * rows_of_legend + 0.02, 1, 1))
-    path = Path(path)
-    from mwork.files import atomic_write
-
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

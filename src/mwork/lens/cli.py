@@ -8,7 +8,7 @@ import time
 
 from mwork.config import add_arguments, from_args
 from mwork.lens.config import LensConfig
-from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
+from mwork.models.loading import add_device_map_argument, add_model_arguments
 
 
 def _lens(args: argparse.Namespace) -> int:
@@ -40,10 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "tokens among each layer's top-k decoded tokens. Writes lens.csv, lens.json, lens.png and "
         "lens_topk.safetensors to --out. `mwork lens train` trains a tuned lens for --lens tuned.",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
     add_arguments(p, LensConfig)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     add_device_map_argument(p)
     p.set_defaults(func=_lens)

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mwork.plotting import plain_text  # noqa: E402
+from mwork.plotting import plain_text, save_figure  # noqa: E402
 
 
 def _get(row: Any, key: str) -> float:
@@ -55,12 +55,4 @@ def plot_shares(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07 if nrows == 1 else 0.04, 1, 1))
-    path = Path(path)
-    from mwork.files import atomic_write
-
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,7 +8,7 @@ import time
 
 from mwork.config import add_arguments, from_args
 from mwork.lens.tuned_config import TunedLensConfig
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.models.loading import add_model_arguments
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -37,9 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "layer's. Writes tuned_lens.safetensors, tuned_lens.json and tuned_lens_kl.csv (held-out KL per layer, "
         "logit lens vs tuned lens) to --out; use it with --lens tuned --tuned-lens DIR.",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(p)
     add_arguments(p, TunedLensConfig)
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_train)

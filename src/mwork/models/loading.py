@@ -91,6 +91,15 @@ def parse_device_map(text: str | None) -> DeviceMap | None:
     return value
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str = "output folder") -> None:
+    """``--model``, ``--out``, ``--dtype`` and ``--device``: the options of a command that loads a
+    model and writes a results folder (the config's own options come from ``mwork.config``)."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+
+
 def add_device_map_argument(parser: argparse.ArgumentParser) -> None:
     """``--device-map`` for a command that loads a model (see ``parse_device_map``)."""
     parser.add_argument("--device-map", default=None,

@@ -43,12 +43,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mwork.config import option
-from mwork.files import atomic_write, check_name, make_folder, write_json, write_text
+from mwork.files import check_name, make_folder, write_json, write_text
 from mwork.fingerprints import texts_digest
 from mwork.hooks import MOE_SITES, Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import DEFAULT_MODEL, input_device
-from mwork.plotting import plain_text
+from mwork.plotting import plain_text, save_figure
 from mwork.texts import is_empty, read_texts
 
 FILES = {"frequency": "router_frequency.csv", "specificity": "router_specificity.csv", "plot": "router.png",
@@ -282,6 +282,4 @@ def _plot(stats: RouterStats, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("layer")
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 from mwork.models.adapters import KINDS
 from mwork.neurons.neuronset import NeuronSet, set_path
-from mwork.plotting import plain_text
+from mwork.plotting import plain_text, save_figure
 
 
 def _kinds(sets: Sequence[NeuronSet]) -> list[str]:
@@ -90,15 +90,7 @@ def jaccard_matrix(sets: Sequence[NeuronSet]) -> list[list[float]]:
 
 def _save_png(fig, path: Path) -> None:
     """Write the figure atomically (a full disk: one line naming the file) and close it."""
-    import matplotlib.pyplot as plt
-
-    from mwork.files import atomic_write
-
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from mwork.files import atomic_write, write_bytes
-from mwork.plotting import plain_text
+from mwork.files import write_bytes
+from mwork.plotting import plain_text, save_figure
 
 GRID_COLUMNS = ["region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ",
                 "Eng_std", "n-Eng_std", "ΔEng_std", "Δn-Eng_std", "Δ_std", "mean_neurons", "share_off"]
@@ -116,6 +116,4 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ax.set_title("by layer region (larger: non-English hit harder)")
     ax.legend()
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mwork.files import write_text
-from mwork.plotting import plain_text
+from mwork.plotting import plain_text, save_figure
 
 SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
                        "random_std", "random_max", "own_minus_random", "beyond_rule", "kinds")
@@ -117,12 +116,7 @@ def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
 
 
 def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110, metadata={"Software": None})  # no version in the bytes: reruns compare equal
 
 
 @plain_text

@@ -28,9 +28,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mwork.files import atomic_write, write_json, write_text  # noqa: E402
+from mwork.files import write_json, write_text  # noqa: E402
 from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
-from mwork.plotting import plain_text  # noqa: E402
+from mwork.plotting import plain_text, save_figure  # noqa: E402
 
 TEXT_COLUMNS = ("target", "source", "method", "detection", "mode", "stat", "positions")
 ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "detection", "seed", "strength", "mode", "stat",
@@ -127,10 +127,7 @@ def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: str | Path,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def generations_markdown(generations: Sequence[Mapping[str, Any]], target: str, limit: int = 12) -> str:
