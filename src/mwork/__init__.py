@@ -17,7 +17,8 @@ The public API (each has a ``mwork`` command over it):
   for the comparison (``mwork enhance``, ``enhance compare``);
 * ``render_report`` / ``run_demo``: the HTML report (``mwork report``, ``mwork demo``);
 * ``register_results_kind``: a new kind of results folder on the report's page (``mwork.report.registry``);
-* ``run_eval`` / ``EvalConfig`` / ``make_local_tasks``: lm-evaluation-harness tasks with neurons off (``mwork eval``).
+* ``run_eval`` / ``EvalConfig`` / ``make_local_tasks``: lm-evaluation-harness tasks with neurons off (``mwork eval``);
+* ``run_latent`` / ``LatentConfig``: latent language by word tasks under three lenses (``mwork latent``).
 
 Submodules are imported lazily, so ``import mwork`` stays fast.
 """
@@ -79,6 +80,8 @@ _LAZY = {
     "EvalConfig": "mwork.tasks.lm_eval_run",
     "run_eval": "mwork.tasks.lm_eval_run",
     "make_local_tasks": "mwork.tasks.lm_eval_local",
+    "run_latent": "mwork.latent",
+    "LatentConfig": "mwork.latent",
 }
 
 __all__ = ["DEFAULT_MODEL", "get_adapter", "load_model", "__version__", *_LAZY]
