@@ -137,8 +137,8 @@ import torch  # noqa: E402  (after the offline variables)
 
 torch.set_num_threads(1)
 
-import mwork
-from mwork.models.tiny import TINY_ALIASES
+import mwork  # noqa: E402  (after the thread count)
+from mwork.models.tiny import TINY_ALIASES  # noqa: E402
 
 ALL_TINY = list(TINY_ALIASES)
 #: one family per layout: separate q/k/v and gate/up (llama); sliding windows, QK-norm, layer types

@@ -191,6 +191,14 @@ COMMANDS: dict[str, Command] = {
         bad("--steps", "0"), bad("--lr", "0"), bad("--vocab", "nope"), bad("--langs", "xx"), bad("--window", "0"),
         bad("--texts", "<nope>.txt"), bad("--out", "<afile>"), *COMMON_BAD,
     ), valid_draws=1),
+    "vectors": Command(("vectors",), ("--model", M, "--corpus", "fr=<fr>", "--corpus", "en=<en>", "--out", "<fresh>",
+                                      "--max-length", "16", "--layers", "0", "--no-progress"), slots(
+        [["--site", "layer.in"]], [["--batch-size", "1"]], [["--max-docs", "1"]], [["--layers", "0-1"]],
+    ), bad=(
+        bad("--layers", "99"), bad("--layers", "x"), bad("--max-length", "0"), bad("--batch-size", "0"),
+        bad("--max-docs", "0"), bad("--site", "ffn.in"), bad("--corpus", "fr=<en>"), bad("--corpus", "xx"),
+        bad("--corpus", "de=<nope>.txt"), bad("--out", "<afile>"), *COMMON_BAD, *DEVICE_BAD,
+    ), append=frozenset({"--corpus"})),
     "steer": Command(("steer",), ("--model", M, "--neurons", "<set_fr>", "--target", "fr", "--prompts", "builtin:en",
                                   "--out", "<fresh>", "--limit", "1", "--max-new-tokens", "2", "--strengths", "0,1",
                                   "--seeds", "0", "--corpus", "<fr>", "--no-progress"), slots(

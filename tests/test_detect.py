@@ -16,9 +16,9 @@ import torch
 
 import mwork
 from mwork.cli import main as cli_main
+from mwork.fingerprints import fingerprint_texts as fingerprint_documents
 from mwork.neurons import detect as det
 from mwork.texts import TextSource as Corpus
-from mwork.texts import fingerprint_texts as fingerprint_documents
 from mwork.neurons.detect import DocumentRule, detect
 from mwork.neurons.importance import importance
 from mwork.neurons.neuronset import NeuronSet

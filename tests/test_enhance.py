@@ -9,7 +9,7 @@ import torch
 
 import mwork
 from mwork.cli import main
-from mwork.experiments.delta import NeuronDelta, apply_delta
+from mwork.neurons.delta import NeuronDelta, apply_delta
 from mwork.experiments.enhance import CHECKPOINT_FILE, compare, enhance, lora_for_budget, read_checkpoint
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet

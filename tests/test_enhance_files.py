@@ -11,7 +11,7 @@ import torch
 import mwork
 from mwork.cli import main
 from mwork.experiments.checkpoints import LEGACY_CHECKPOINT_FILE, read_checkpoint, save_checkpoint
-from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
+from mwork.neurons.delta import DELTA_FILE, META_FILE, NeuronDelta
 from mwork.experiments.enhance import CHECKPOINT_FILE, enhance
 from mwork.files import atomic_write, write_text
 from mwork.models.adapters import get_adapter

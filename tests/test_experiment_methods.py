@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import mwork
+from mwork.capturing import capture
 from mwork.cli import main as cli_main
 from mwork.experiments.methods import MeanPatch, MethodsConfig, run_methods, size_count
-from mwork.hooks import capture
 from mwork.neurons.methods import language_scores
 from mwork.neurons.methods.stats import StatsRequest, collect_statistics
 from mwork.tasks.perplexity import perplexity

@@ -17,7 +17,7 @@ import warnings
 import pytest
 import torch
 
-from mwork.experiments.delta import NeuronDelta
+from mwork.neurons.delta import NeuronDelta
 from mwork.hooks import Hooks
 from mwork.intervene import deactivate
 from mwork.models.adapters import KINDS, attention_mask, get_adapter

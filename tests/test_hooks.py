@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mwork.hooks import SITES, Hooks, active_hooks, capture, pack_left, packed_ids
+from mwork.capturing import capture
+from mwork.hooks import SITES, Hooks, active_hooks, pack_left, packed_ids
 from mwork.models.adapters import get_adapter
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Le renard brun saute."]

@@ -436,7 +436,7 @@ def test_a_failing_write_names_the_file_and_keeps_the_old_one(work, capsys, monk
 
 
 def test_an_os_error_outside_mwork_files_is_one_line_too(work, capsys, monkeypatch):
-    from mwork.neurons import stats
+    from mwork.neurons import overlap as stats
 
     def full(rows, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "dl5/summary.csv")

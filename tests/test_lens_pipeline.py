@@ -17,7 +17,7 @@ import mwork
 from mwork.cli import main as cli_main
 from mwork.config import add_arguments, fingerprint, from_args
 from mwork.lens import (
-    WORDFREQ_LATIN_LANGUAGES, LensConfig, LensResult, Prompt, ScriptWordfreqIdentifier, TokenLabeler,
+    WORDFREQ_LATIN_LANGUAGES, LensConfig, Prompt, ScriptWordfreqIdentifier, TokenLabeler,
     coverage_warnings, estimate_regions, language_shares, logit_lens, read_prompts, run_lens,
 )
 from mwork.lens.langid import CLASSIC_LATIN_LANGUAGES, char_script

@@ -12,8 +12,8 @@ import torch
 from tokenizers.processors import TemplateProcessing
 
 import mwork
+from mwork.capturing import capture
 from mwork.cli import main as cli_main
-from mwork.hooks import capture
 from mwork.models.tiny import tiny_tokenizer
 from mwork.neurons.detect import detect
 from mwork.neurons.methods import (

@@ -25,14 +25,15 @@ import pytest
 import torch
 
 import mwork
+from mwork.capturing import capture
 from mwork.cli import main
-from mwork.experiments.delta import NeuronDelta
-from mwork.hooks import MOE_SITES, SITES, Hooks, active_hooks, capture
+from mwork.hooks import MOE_SITES, SITES, Hooks, active_hooks
 from mwork.intervene import deactivate
 from mwork.models.adapters import KINDS, UnsupportedModelError, get_adapter
 from mwork.models.parity import layer_parity
 from mwork.models.tiny import MOE_ALIASES, _common, build_tiny
 from mwork.neurons.brute_force import brute_force
+from mwork.neurons.delta import NeuronDelta
 from mwork.neurons.importance import importance, qk_paths
 from mwork.neurons.neuronset import NeuronSet
 from mwork.neurons.router_stats import RouterStatsConfig, router_statistics, write_router_stats

@@ -10,7 +10,7 @@ import torch
 from mwork.cli import main as cli_main
 from mwork.neurons.neuronset import NeuronSet
 from mwork.neurons.specific import language_specific
-from mwork.neurons.stats import write_stats
+from mwork.neurons.overlap import write_stats
 
 FP = {"family": "llama", "model_type": "llama", "num_layers": 2, "hidden_size": 8, "num_heads": 2, "num_kv_heads": 1,
       "head_dim": 4, "neurons_per_layer": {"ffn": 6, "q": 8, "k": 4, "v": 4}}
@@ -120,7 +120,7 @@ def test_cli_specific_and_stats(three, tmp_path, capsys):
 
 def test_save_language_specific_is_what_the_cli_does(three, tmp_path, capsys):
     from mwork.neurons.specific import save_language_specific
-    from mwork.neurons.stats import named_sets
+    from mwork.neurons.overlap import named_sets
 
     inputs = [ns.save(tmp_path / "sets" / f"{ns.meta['language']}.safetensors") for ns in three]
     api = save_language_specific(inputs, tmp_path / "api", rule="others")

@@ -4,7 +4,7 @@ The public API (each has a ``mwork`` command over it):
 
 * ``load_model`` / ``get_adapter`` / ``register_adapter``: models of every supported family, where
   things live in them, and new families from outside mwork;
-* ``capture`` / ``Hooks``: read and edit any named site of a model (``mwork.hooks``);
+* ``capture`` / ``Hooks``: read and edit any named site of a model (``mwork.capturing``, ``mwork.hooks``);
 * ``TextSource`` / ``read_texts``: every way of naming documents (``mwork.texts``);
 * ``run_lens`` / ``LensConfig`` / ``logit_lens`` / ``estimate_regions``: layer-wise decoding by
   language (``mwork lens``);
@@ -12,6 +12,10 @@ The public API (each has a ``mwork`` command over it):
 * ``router_statistics``: how often a mixture-of-experts model's router picks each expert per language (``mwork stats --router``);
 * ``detect_languages`` / ``language_scores`` / ``run_methods``: PLND, LAPE, AP head to head (``mwork experiment methods``);
 * ``deactivate`` / ``perplexity`` / ``get_task``: interventions and evaluation (``mwork ppl``, ``experiment``);
+* ``load_units`` / ``Directions`` / ``UnitSet`` / ``register_unit_kind``: every kind of unit (neurons,
+  directions, new kinds) read from its file and edited by the one intervention primitive (``mwork.units``);
+* ``VectorsConfig`` / ``language_vectors``: residual-stream language vectors, DiffMean (``mwork vectors``);
+* ``mwork.corpus_pass.corpus_pass``: any registered statistic of any site over a corpus, in one pass;
 * ``steer`` / ``add_statistics`` / ``run_steer``: turn a language's neurons on and measure what it does (``mwork steer``);
 * ``enhance`` / ``register_training_method``: fine-tune only the selected neurons, and new training methods
   for the comparison (``mwork enhance``, ``enhance compare``);
@@ -38,7 +42,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "register_adapter": "mwork.models.adapters",
-    "capture": "mwork.hooks",
+    "capture": "mwork.capturing",
+    "Capture": "mwork.capturing",
     "Hooks": "mwork.hooks",
     "TextSource": "mwork.texts",
     "read_texts": "mwork.texts",
@@ -56,6 +61,10 @@ _LAZY = {
     "save_language_specific": "mwork.neurons.specific",
     "deactivate": "mwork.intervene",
     "steer": "mwork.steering",
+    "load_units": "mwork.units",
+    "Directions": "mwork.units",
+    "UnitSet": "mwork.units",
+    "register_unit_kind": "mwork.units",
     "add_statistics": "mwork.neurons.statistics",
     "perplexity": "mwork.tasks.perplexity",
     "get_task": "mwork.tasks.registry",
@@ -82,6 +91,8 @@ _LAZY = {
     "make_local_tasks": "mwork.tasks.lm_eval_local",
     "run_latent": "mwork.latent",
     "LatentConfig": "mwork.latent",
+    "VectorsConfig": "mwork.vectors",
+    "language_vectors": "mwork.vectors",
 }
 
 __all__ = ["DEFAULT_MODEL", "get_adapter", "load_model", "__version__", *_LAZY]

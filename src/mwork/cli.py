@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.experiments.enhance_cli",
     "mwork.neurons.convert_cli",
     "mwork.experiments.steering.cli",
+    "mwork.vectors",
     "mwork.tasks.cli_eval",
     "mwork.confusion.cli",
 )

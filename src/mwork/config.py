@@ -47,11 +47,13 @@ def option(
     record: bool = True,
     required: bool = False,
     default_factory: Callable[[], Any] | None = None,
+    repeat: bool = False,
 ) -> Any:
     """A config field: its default, its help (one sentence, no default: that is added), and how
-    the command line reads it (``parse``, ``flag`` instead of ``--field-name``, ``choices``)."""
+    the command line reads it (``parse``, ``flag`` instead of ``--field-name``, ``choices``;
+    ``repeat``: a ``tuple[str, ...]`` given once per item, ``--corpus en=A --corpus fr=B``)."""
     meta = {"help": help, "parse": parse, "flag": flag, "metavar": metavar, "choices": choices, "cli": cli,
-            "record": record, "required": required}
+            "record": record, "required": required, "repeat": repeat}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if default is _UNSET:
@@ -130,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, exclude: 
         if base is bool and meta.get("parse") is None:
             kwargs["action"] = argparse.BooleanOptionalAction
             shown = "yes" if default else "no"
+        elif meta.get("repeat"):
+            kwargs.update(action="append", type=meta.get("parse") or str, metavar=meta.get("metavar"))
+            shown = None if not default or default is _UNSET else _show(default)
         else:
             parse = meta.get("parse") or _parser_for(tp)
             if parse is None:
@@ -160,6 +165,7 @@ def _default_of(f: dataclasses.Field) -> Any:
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     """The dataclass from parsed arguments: given options, then ``overrides``, then defaults."""
     values = {f.name: getattr(args, f.name) for f in cli_fields(cls) if hasattr(args, f.name)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # repeated options
     values.update(overrides)
     return cls(**values)
 

@@ -284,7 +284,7 @@ class Demo:
     def neurons(self, folder: Path) -> None:
         from mwork.neurons.detect import detect
         from mwork.neurons.specific import language_specific
-        from mwork.neurons.stats import write_stats
+        from mwork.neurons.overlap import write_stats
 
         s = self.settings
         model, tok = self.model()

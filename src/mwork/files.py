@@ -27,7 +27,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -170,6 +170,42 @@ def write_json(path: str | Path, value: Any, **dump: Any) -> None:
     write_text(path, json.dumps(value, **dump) + "\n")
 
 
+def csv_text(rows: Sequence[Any], columns: Sequence[str] | None = None,
+             cell: Callable[[Any], Any] | None = None) -> str:
+    """Rows (mappings) as CSV text with a header: ``columns`` in that order (default: every key in
+    the order first seen), each value through ``cell`` (default: None as an empty cell)."""
+    import csv
+    import io
+
+    if columns is None:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+    fmt = cell or (lambda v: "" if v is None else v)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([fmt(row.get(c)) for c in columns])
+    return buf.getvalue()
+
+
+def float_cell(spec: str) -> Callable[[Any], str]:
+    """A :func:`csv_text` cell: None empty, a float by the format ``spec`` (".6f"), else ``str``."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        return format(value, spec) if isinstance(value, float) else str(value)
+
+    return cell
+
+
+def write_csv(path: str | Path, rows: Sequence[Any], columns: Sequence[str] | None = None,
+              cell: Callable[[Any], Any] | None = None) -> Path:
+    """:func:`csv_text` written atomically (UTF-8); returns ``path``."""
+    write_text(path, csv_text(rows, columns, cell))
+    return Path(path)
+
+
 def save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
@@ -195,6 +231,26 @@ def read_safetensors(path: str | Path, what: str, remedy: str) -> tuple[dict[str
         raise ValueError(f"{p} is not a readable {what} (it is truncated or not a safetensors file: {reason}); "
                          f"{remedy}") from None
     return tensors, metadata
+
+
+def read_set_file(path: Path, what: str, remedy: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON metadata (the header's ``mwork`` entry) of a set file mwork wrote
+    (a NeuronSet, a unit set): a missing file, a folder, garbage, another safetensors file or bad
+    metadata is an error that names ``what`` and says ``remedy`` (what to do)."""
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path} (expected a .safetensors file written by mwork)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a {what} file")
+    tensors, header = read_safetensors(path, what, remedy)
+    if "mwork" not in header:
+        raise ValueError(f"{path} is a safetensors file but not a {what} written by mwork")
+    try:
+        meta = json.loads(header["mwork"])
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its {what} metadata is not a valid JSON object; {remedy}")
+    return tensors, meta
 
 
 def read_json(path: str | Path, what: str, remedy: str) -> Any:

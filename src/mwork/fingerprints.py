@@ -7,7 +7,7 @@ weights, the NeuronSets, the texts and the settings. Each has one digest here:
   values), so any retrained, merged or differently converted weight changes it. It costs about
   a second per GB of weights, once: the digest is kept on the model until a weight changes.
 * :func:`neurons_digest`: the masks of a NeuronSet (and its kinds), not its file name.
-* :func:`texts_digest`: documents in order (``mwork.texts.TextHasher``).
+* :func:`texts_digest`: documents in order (:class:`TextHasher`).
 * :func:`file_digest`: the bytes of a file.
 """
 
@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-
-from mwork.texts import fingerprint_texts
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -59,6 +57,33 @@ def neurons_digest(neurons: Any) -> str:
 
 def texts_digest(texts: Iterable[str]) -> str:
     return fingerprint_texts(texts)
+
+
+class TextHasher:
+    """sha256 of documents in order, each as its UTF-8 length (8 bytes, little endian) then
+    its bytes, so that no two different document lists share a fingerprint."""
+
+    RULE = ("sha256 over the documents in order, each as its UTF-8 length (8 bytes, little endian) then its "
+            "UTF-8 bytes")
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, doc: str) -> None:
+        data = doc.encode("utf-8")
+        self._h.update(len(data).to_bytes(8, "little"))
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def fingerprint_texts(docs: Iterable[str]) -> str:
+    """The content fingerprint of a list of documents (:class:`TextHasher`)."""
+    h = TextHasher()
+    for d in docs:
+        h.update(d)
+    return h.hexdigest()
 
 
 def file_digest(path: str | Path) -> str:

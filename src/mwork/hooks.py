@@ -9,9 +9,12 @@ positional argument (or its keyword, e.g. ``hidden_states``), the output is the 
 
 **Verbs.** ``Hooks.read(site, fn)`` calls ``fn(value)`` on every forward call, ``Hooks.edit(site,
 fn)`` replaces the value with ``fn(value)`` (with ``call=True`` at an output, ``fn(input, value)``
-gets the module's input too, e.g. to add ``x @ W.T`` to a projection's output). :func:`capture` keeps values for the caller.
-Deactivation, steering, deltas, importance, the reference scores, brute force, the lens and the
-log-likelihood functions are all clients.
+gets the module's input too, e.g. to add ``x @ W.T`` to a projection's output). ``mwork.capture``
+(:mod:`mwork.capturing`, a client above the adapters) keeps values for the caller.
+Every edit of activations by units (deactivation, steering, mean-patching: neurons, directions
+or any unit kind) is placed by one client, the intervention primitive ``mwork.units.edit``;
+deltas, importance, the reference scores, brute force, the lens and the log-likelihood
+functions are the other clients.
 
 **Order.** At one point (a module's input or output) there is one torch hook, whatever the
 number of clients: it applies every edit in registration order, then gives every reader the
@@ -53,7 +56,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -397,102 +400,6 @@ class Hooks:
             self.active = False
 
 
-# ---- capture ------------------------------------------------------------------------------------
-
-
-class Capture:
-    """Values of sites during forward passes, kept for the caller (see :func:`capture`)."""
-
-    def __init__(self, model: nn.Module, sites: str | Sequence[str], layers: Iterable[int] | None = None, *,
-                 keep: str = "last", detach: bool = True, device: str | torch.device | None = None,
-                 channels: bool = True, clone: bool = True):
-        from mwork.models.adapters import get_adapter
-
-        if keep not in ("last", "all"):
-            raise ValueError(f"keep must be 'last' or 'all', got {keep!r}")
-        names = [sites] if isinstance(sites, str) else list(sites)
-        unknown = [n for n in names if n not in SITES and n not in MOE_SITES]
-        if unknown:
-            raise ValueError(f"unknown site {unknown[0]!r}; sites are {', '.join(SITES)} "
-                             f"(and in mixture-of-experts layers {', '.join(MOE_SITES)})")
-        adapter = get_adapter(model)
-        layer_list = list(range(adapter.num_layers)) if layers is None else sorted(set(int(i) for i in layers))
-        bad = [i for i in layer_list if not 0 <= i < adapter.num_layers]
-        if bad:
-            raise ValueError(f"layers {bad} out of range: the model has layers 0..{adapter.num_layers - 1}")
-        self.keep, self.detach, self.device, self.channels, self.clone = keep, detach, device, channels, clone
-        self._values: dict[tuple[str, int | None], list[Any]] = {}
-        self.hooks = Hooks()
-        for name in names:
-            for layer in ([None] if name == "final_norm.in" else layer_list):
-                site = adapter.site(name, layer)
-                self._values[name, layer] = []
-                self.hooks.read(site, self._keeper(site))
-
-    def _keeper(self, site: Site) -> Callable[[Any], None]:
-        store = self._values[site.name, site.layer]
-
-        def keep(value: Any) -> None:
-            raw = value
-            if isinstance(value, torch.Tensor):
-                if self.channels:
-                    value = site.channels(value)
-                if self.detach:
-                    value = value.detach()
-                if self.device is not None:
-                    value = value.to(self.device)
-                if self.clone and value.data_ptr() == getattr(raw, "data_ptr", lambda: None)():
-                    value = value.clone()
-            if self.keep == "last":
-                store[:] = [value]
-            else:
-                store.append(value)
-
-        return keep
-
-    def __enter__(self) -> "Capture":
-        self.hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.hooks.__exit__(*exc)
-
-    def __getitem__(self, key: str | tuple[str, int | None]) -> Any:
-        """``cap["ffn.in", 3]``: the last value at that site (``cap["final_norm.in"]`` has no layer)."""
-        name, layer = (key, None) if isinstance(key, str) else key
-        values = self.values(name, layer)
-        if not values:
-            raise KeyError(f"nothing captured at {name}[{layer}]: did the forward pass run through it?")
-        return values[-1]
-
-    def values(self, name: str, layer: int | None = None) -> list[Any]:
-        """Every value kept at a site (one per forward call with ``keep="all"``)."""
-        if (name, layer) not in self._values:
-            raise KeyError(f"{name}[{layer}] is not captured here; captured: "
-                           + ", ".join(f"{n}[{i}]" for n, i in self._values))
-        return self._values[name, layer]
-
-    def clear(self) -> None:
-        for v in self._values.values():
-            v.clear()
-
-
-def capture(model: nn.Module, sites: str | Sequence[str], layers: Iterable[int] | None = None, **options: Any) -> Capture:
-    """Context manager that keeps the values of ``sites`` (names in :data:`SITES`) in ``layers``
-    (default: all) during the forward passes run inside it::
-
-        with mwork.capture(model, "ffn.in", layers=range(3, 8)) as cap:
-            model(**batch)
-        h = cap["ffn.in", 3]            # (batch, tokens, FFN neurons) of layer 3
-
-    Options: ``keep="all"`` keeps every call's value (e.g. each step of ``generate``), not only
-    the last; ``detach`` (default True); ``device`` to move values (e.g. "cpu"); ``channels``
-    (default True) gives the site's channels only (q of a fused projection, not q|k|v);
-    ``clone`` (default True): values are copies, so what the model later does in place (Falcon
-    adds its attention output into the FFN output) does not show in them."""
-    return Capture(model, sites, layers, **options)
-
-
 # ---- devices --------------------------------------------------------------------------------------
 
 
@@ -526,29 +433,7 @@ class DeviceCache:
         return t
 
 
-# ---- channel edits ----------------------------------------------------------------------------
-
-
-class ChannelScale:
-    """An edit that multiplies some features of a site's tensor by ``scale`` (0: exact zeros,
-    even where the value is inf or NaN). Features are given in the module's tensor (for a fused
-    projection, several kinds' features may share one edit)."""
-
-    def __init__(self, site: Site, features: torch.Tensor, scale: float, width: int):
-        self.site, self.module, self.scale = site, site.module, float(scale)
-        device = module_device(site.module)
-        self.index = torch.unique(features).to(device)
-        self._index = DeviceCache(self.index)
-        self._vector = None
-        if self.scale != 0.0:
-            vec = torch.ones(width, device=device)
-            vec[self.index] = self.scale
-            self._vector = DeviceCache(vec, keep_dtype=False)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._vector is None:
-            return x.index_fill(-1, self._index.on(x), 0)
-        return x * self._vector.on(x)
+# ---- widths ----------------------------------------------------------------------------
 
 
 def site_width(site: Site) -> int:

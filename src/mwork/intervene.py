@@ -15,7 +15,9 @@ Where the hooks sit (the adapter's neuron sites, registered through ``mwork.hook
 
 Edits are out-of-place (autograd-safe, usable with gradients) and cheap: the feature indices
 and per-feature scale vectors are computed once per context, not per call; the kinds of one
-fused projection share one edit.
+fused projection share one edit. Any unit set works the same way (``mwork.units``): a set of
+directions is switched off by removing each one's component (``scale``: multiplying it). The
+edits are placed by the one intervention primitive, :class:`mwork.units.edit.Intervention`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-import torch
 from torch import nn
 
-from mwork.hooks import ChannelScale, Hooks, Site, site_width
 from mwork.models.adapters import KINDS, get_adapter
-from mwork.neurons.neuronset import NeuronSet, as_neuron_set
+from mwork.neurons.neuronset import NeuronSet
+from mwork.units.base import UnitSet
+from mwork.units.edit import Intervention, UnitEdit, check_layers
+from mwork.units.files import as_units
+from mwork.units.neurons import NeuronUnits
 
 
 def parse_layers(spec: str | Iterable[int] | None) -> list[int] | None:
@@ -78,16 +82,19 @@ def parse_kinds(spec: str | Iterable[str] | None) -> list[str] | None:
     return kinds
 
 
-class Deactivation:
+class Deactivation(Intervention):
     """Context manager returned by :func:`deactivate`; see there.
 
-    Attributes: ``neurons`` (the NeuronSet actually switched off, after restriction),
-    ``scale``, ``count`` (neurons affected), ``active`` (inside the context)."""
+    Attributes: ``units`` (the unit set actually switched off, after restriction), ``neurons``
+    (the same as a NeuronSet, for neurons; None for other unit kinds), ``scale``, ``count`` (units
+    affected), ``active`` (inside the context)."""
+
+    what = "deactivation"
 
     def __init__(
         self,
         model: nn.Module,
-        neurons: NeuronSet | str | Path,
+        neurons: UnitSet | NeuronSet | str | Path,
         layers: str | Iterable[int] | None = None,
         kinds: str | Iterable[str] | None = None,
         scale: float = 0.0,
@@ -96,58 +103,35 @@ class Deactivation:
         if not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale}")
         adapter = get_adapter(model)
-        ns = as_neuron_set(neurons, model)
+        units = as_units(neurons, model)
         layer_list = parse_layers(layers)
         kind_list = parse_kinds(kinds)
-        if layer_list is not None:
-            bad = [i for i in layer_list if not 0 <= i < adapter.num_layers]
-            if bad:
-                raise ValueError(f"layers {bad} out of range: the model has layers 0..{adapter.num_layers - 1}")
+        check_layers(adapter.num_layers, layer_list)
         if layer_list is not None or kind_list is not None:
-            ns = ns.restrict(layer_list, kind_list)
-        self.model = model
-        self.neurons = ns
+            units = units.restrict(layer_list, kind_list)
+        self.units = units
+        self.neurons = units.neurons if isinstance(units, NeuronUnits) else None
         self.scale = scale
-        self.count = ns.count()
-        self._sites = self._edits(adapter, ns, scale)
-        self._hooks = Hooks()
-        for edit in self._sites:
-            self._hooks.edit(edit.site, edit)
-
-    @property
-    def active(self) -> bool:
-        return self._hooks.active
-
-    @staticmethod
-    def _edits(adapter, ns: NeuronSet, scale: float) -> list[ChannelScale]:
-        """One edit per hooked module: the features of every kind and layer it holds."""
-        return [ChannelScale(site, torch.cat([f for *_, f in parts]), scale, site_width(site))
-                for site, parts in sites_of(adapter, ns)]
-
-
-    def __enter__(self) -> "Deactivation":
-        if self.active:
-            raise RuntimeError("this deactivation context is already active; create a new one to nest")
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
+        self.count = units.count()
+        op = "zero" if scale == 0.0 else "affine"
+        self._sites = units.groups(model)  # one group per hooked module
+        super().__init__(model, [UnitEdit(g, op, keep=scale) for g in self._sites])
 
     def __repr__(self) -> str:
-        return f"Deactivation({self.neurons!r}, scale={self.scale}, active={self.active})"
+        return f"Deactivation({self.units!r}, scale={self.scale}, active={self.active})"
 
 
 def deactivate(
     model: nn.Module,
-    neurons: NeuronSet | str | Path,
+    neurons: UnitSet | NeuronSet | str | Path,
     layers: str | Iterable[int] | None = None,
     kinds: str | Iterable[str] | None = None,
     scale: float = 0.0,
 ) -> Deactivation:
     """Context manager: inside it, ``neurons`` of ``model`` are zeroed (or multiplied by ``scale``).
 
-    ``neurons`` is a NeuronSet or a path to one (checked against the model's shape).
+    ``neurons`` is a NeuronSet, any unit set (``mwork.load_units``: directions lose their
+    component) or a path to one (checked against the model's shape).
     ``layers`` ("0-5", [0, 1, 2]) and ``kinds`` ("ffn,q", ["v"], "attn") restrict the set.
     Works in plain forward passes, with gradients, and in ``generate`` (KV cache, batches,
     left padding). Contexts nest: both sets are switched off, scales multiply. Weights are
@@ -157,19 +141,3 @@ def deactivate(
             out = model.generate(**batch)
     """
     return Deactivation(model, neurons, layers=layers, kinds=kinds, scale=scale)
-
-
-def sites_of(adapter, ns: NeuronSet) -> list[tuple[Site, list[tuple[str, int, torch.Tensor, torch.Tensor]]]]:
-    """The set's neurons grouped by the module their hook sits on: per module its site and the
-    (kind, layer, channels, features) it holds, in kind and layer order (features: the channels'
-    positions in the module's tensor, which for a fused projection depend on the kind). One edit per module, because a
-    fused projection holds several kinds (deactivation and steering both place edits so)."""
-    grouped: dict[int, tuple[Site, list]] = {}
-    for kind in ns.kinds:
-        for layer in range(ns.num_layers):
-            channels = ns.indices(kind, layer)
-            if channels.numel():
-                site = adapter.neuron_site(kind, layer)
-                part = (kind, layer, channels, site.features(channels))
-                grouped.setdefault(id(site.module), (site, []))[1].append(part)
-    return list(grouped.values())

@@ -25,14 +25,17 @@ reads what there is, with a warning.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
+
+from mwork.data_sources import load_articles
+from mwork.files import check_name
+from mwork.fingerprints import TextHasher, fingerprint_texts, texts_digest  # noqa: F401  (here too: its users import them from texts)
 
 FORMATS = ("auto", "text", "jsonl", "squad")
 DETECTION_ARTICLES = range(0, 24)  # XQuAD articles for detection and training
@@ -302,8 +305,6 @@ def _squad(c: TextSource) -> Iterator[str]:
 
 
 def _xquad(c: TextSource) -> Iterator[str]:
-    from mwork.tasks.xquad import load_articles
-
     root = data_dir()
     local = root / "xquad" / f"xquad.{c.xquad}.json" if root else None
     articles = load_articles(c.xquad, local if local is not None and local.is_file() else "hub")
@@ -433,8 +434,6 @@ def xquad_texts(
                 f"no local XQuAD file for {lang!r} (looked for xquad/xquad.{lang}.json under "
                 f"{root or 'no data folder: set MWORK_DATA'}); use source='hub' to download google/xquad"
             )
-    from mwork.tasks.xquad import load_articles
-
     return list(_contexts(load_articles(lang, "hub"), chosen, f"google/xquad {lang}"))
 
 
@@ -455,28 +454,43 @@ def heldout_texts(lang: str, texts_dir: str | Path | None = None, limit: int | N
     return (texts[:limit] if limit else texts), source
 
 
-class TextHasher:
-    """sha256 of documents in order, each as its UTF-8 length (8 bytes, little endian) then
-    its bytes, so that no two different document lists share a fingerprint."""
-
-    RULE = ("sha256 over the documents in order, each as its UTF-8 length (8 bytes, little endian) then its "
-            "UTF-8 bytes")
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-
-    def update(self, doc: str) -> None:
-        data = doc.encode("utf-8")
-        self._h.update(len(data).to_bytes(8, "little"))
-        self._h.update(data)
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+# ---- corpora by language (LANG=SPEC) -------------------------------------------------------
 
 
-def fingerprint_texts(docs: Iterable[str]) -> str:
-    """The content fingerprint of a list of documents (:class:`TextHasher`)."""
-    h = TextHasher()
-    for d in docs:
-        h.update(d)
-    return h.hexdigest()
+def parse_corpus_specs(specs: Iterable[str], what: str = "--corpus") -> dict[str, str]:
+    """``["en=FILE", "zh=xquad:zh"]`` -> ``{"en": "FILE", "zh": "xquad:zh"}`` (order kept)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        lang, sep, text = str(spec).partition("=")
+        lang = lang.strip()
+        if not sep or not text:
+            raise ValueError(f"{what} {spec!r}: expected LANG=FILE (e.g. fr=corpus/fr.txt or zh=xquad:zh)")
+        check_name(lang, "language code", what)  # it names the file LANG.safetensors
+        if lang in out:
+            raise ValueError(f"{what} names {lang} twice: give each language once")
+        out[lang] = text
+    if not out:
+        raise ValueError(f"give at least one {what} LANG=FILE")
+    return out
+
+
+def read_corpora(corpora: Mapping[str, Any], *, default_articles: range = DETECTION_ARTICLES,
+                 **options: Any) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """Every language's documents and what they are: ``corpora`` maps a language to a text spec
+    (``mwork.texts``: a file, ``xquad:LANG[A:B]`` ...), a ``TextSource`` or a list of documents.
+    ``options`` (``max_docs``, ``text_field``) apply to specs; XQuAD specs without articles get
+    ``default_articles`` (detection: 0-23)."""
+    texts: dict[str, list[str]] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for lang, corpus in corpora.items():
+        if isinstance(corpus, (str, Path, TextSource)):
+            source = TextSource.parse(corpus, articles=default_articles,
+                                      **{k: v for k, v in options.items() if v is not None})
+            texts[lang] = source.texts()
+            info[lang] = {"spec": str(corpus) if not isinstance(corpus, TextSource) else None, **source.describe()}
+        else:
+            texts[lang] = [str(t) for t in corpus]
+            info[lang] = {"format": "documents given in Python"}
+        info[lang]["n_docs"] = len(texts[lang])
+        info[lang]["sha256"] = texts_digest(texts[lang])
+    return texts, info

@@ -28,7 +28,7 @@ from torch import nn
 
 from mwork.config import fingerprint, option
 from mwork.experiments.checkpoints import CHECKPOINT_FILE, LEGACY_CHECKPOINT_FILE
-from mwork.experiments.delta import NeuronDelta
+from mwork.neurons.delta import NeuronDelta
 from mwork.files import make_folder, parse_names, read_json, write_bytes, write_json, write_text
 from mwork.experiments.training_methods import (BUILTIN_METHODS, ComparisonContext, get_method, lora_for_budget,
                                        method_names, neuron_summary)

@@ -1,7 +1,7 @@
 """Enhancement (paper §5): fine-tune only a language's specific neurons, and the baselines.
 
 ``enhance`` trains, for the neurons of a NeuronSet, only the parameters that belong to them
-(see :mod:`mwork.experiments.delta`): small delta tensors added through forward hooks, so the
+(see :mod:`mwork.neurons.delta`): small delta tensors added through forward hooks, so the
 base weights are never touched and AdamW keeps state only for those slices. The result is a
 folder with ``delta.safetensors`` + ``delta.json`` that ``mwork.load_model(..., delta=DIR)``
 merges into a freshly loaded model.

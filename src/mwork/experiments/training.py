@@ -44,8 +44,8 @@ from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 
 if TYPE_CHECKING:
-    from mwork.experiments.delta import NeuronDelta
     from mwork.experiments.training_methods import Method
+    from mwork.neurons.delta import NeuronDelta
 
 SCHEDULES = ("cosine", "linear", "constant")
 _LOGIT_BUDGET = 1 << 26  # vocabulary x tokens decoded at once in the loss (256 MiB in float32)

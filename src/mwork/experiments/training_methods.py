@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Iterator
 import torch
 from torch import nn
 
-from mwork.experiments.delta import DELTA_FILE, META_FILE, NeuronDelta
+from mwork.neurons.delta import DELTA_FILE, META_FILE, NeuronDelta
 from mwork.files import write_json
 from mwork.experiments.training import EnhanceSettings, TrainResult
 from mwork.fingerprints import neurons_digest
@@ -187,7 +187,7 @@ def neuron_summary(ns: NeuronSet, path: str | Path | None) -> dict[str, Any]:
 @register_training_method
 class NeuronsMethod(Method):
     """The paper's method: only the parameters that belong to the neurons of a NeuronSet, as small
-    delta tensors added through forward hooks (:mod:`mwork.experiments.delta`); the base weights
+    delta tensors added through forward hooks (:mod:`mwork.neurons.delta`); the base weights
     are never touched. Saves ``delta.safetensors`` + ``delta.json``; resumable."""
 
     name = "neurons"

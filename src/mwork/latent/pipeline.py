@@ -15,8 +15,6 @@ et al.'s figure: a panel per lens, per target language its P(target) and P(Engli
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 
 from mwork.config import fingerprint
+from mwork.files import csv_text, float_cell
 from mwork.latent.config import LatentConfig
 from mwork.latent.measure import last_states, layer_probs
 from mwork.latent.tasks import WordPrompt, build_prompts
@@ -79,21 +78,11 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+_fmt = float_cell(".6g")
 
 
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    for r in rows:
-        writer.writerow([_fmt(r[c]) for c in columns])
-    return buf.getvalue()
+    return csv_text(rows, columns, _fmt)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mwork.layer_regions import GENERATION, TASK_SOLVING, UNDERSTANDING, region_layers
 from mwork.lens.langid import ENGLISH
 
 
@@ -46,9 +47,10 @@ class RegionEstimate:
         """Decoder-layer indices of each region (empty dict when nothing was found)."""
         if not self.found:
             return {}
-        n, u, g = self.num_layers, self.understanding, self.generation
-        return {"understanding": list(range(u)), "task_solving": list(range(u, n - g)),
-                "generation": list(range(n - g, n))}
+        spans = region_layers(self.num_layers, self.understanding, self.generation)
+        # lens.json's keys (a file format): task_solving, with an underscore
+        return {"understanding": list(spans[UNDERSTANDING]), "task_solving": list(spans[TASK_SOLVING]),
+                "generation": list(spans[GENERATION])}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

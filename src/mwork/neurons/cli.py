@@ -1,8 +1,9 @@
 """``mwork detect`` / ``mwork specific`` / ``mwork stats``: thin shims over the Python API.
 
-``detect``'s settings are ``DetectConfig``'s fields (options and help generated from them) for
-``--method plnd`` and each registered method's config fields for the others
-(``mwork.neurons.methods``); the rest says where the documents and the model come from.
+``detect``'s settings are each registered method's config fields (``mwork.neurons.methods``;
+PLND's: ``DetectConfig``), options and help generated from them; the rest says where the
+documents and the model come from. A method says how it runs (``DetectionMethod.one_language``):
+one language's corpus per run (PLND) or every language at once (LAPE, AP).
 """
 
 from __future__ import annotations
@@ -11,36 +12,54 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mwork.config import add_arguments, from_args, given
 from mwork.models.loading import DEFAULT_MODEL, add_device_map_argument
 from mwork.neurons.detect_config import RULE_VALUES, DetectConfig
 from mwork.texts import FORMATS, TextSource, parse_range
 
+if TYPE_CHECKING:
+    from mwork.neurons.methods.base import DetectionMethod
+
 
 def _detect(args: argparse.Namespace) -> int:
-    """``--method plnd`` (default): one language, as always; other methods: one set per language.
-    Under torchrun (WORLD_SIZE > 1) the ranks share PLND's corpus; rank 0 writes and prints."""
+    """Every method alike: its options checked, then its way of running (``one_language``)."""
+    from mwork.neurons.methods import get_detection_method
+
+    method = get_detection_method(args.method)
+    _refuse_options(args, args.method, method.config_class)
+    return (_detect_one_language if method.one_language else _detect_languages)(args, method)
+
+
+def _several_languages_methods() -> str:
+    from mwork.neurons.methods import detection_methods, get_detection_method
+
+    return ", ".join(m for m in detection_methods() if not get_detection_method(m).one_language)
+
+
+def _detect_one_language(args: argparse.Namespace, method: DetectionMethod) -> int:
+    """``--method plnd`` (default): one language's corpus, one set. Under torchrun (WORLD_SIZE >
+    1) the ranks share the corpus; rank 0 writes and prints."""
     from mwork import distributed
 
-    if args.method != "plnd":
-        return _detect_languages(args)
-    _refuse_options(args, "plnd", DetectConfig)
+    name = args.method
     if args.out_dir is not None:
-        raise ValueError("--out-dir is for the methods that detect several languages at once (--method lape, ap); "
-                         "--method plnd writes one language's set to --out")
+        raise ValueError("--out-dir is for the methods that detect several languages at once (--method "
+                         f"{_several_languages_methods()}); --method {name} writes one language's set to --out")
     if args.out is None:
-        raise ValueError("--method plnd needs --out (the NeuronSet to write)")
+        raise ValueError(f"--method {name} needs --out (the NeuronSet to write)")
     if args.lang is None:
-        raise ValueError("--method plnd needs --lang LANG (the language of the corpus)")
+        raise ValueError(f"--method {name} needs --lang LANG (the language of the corpus)")
     from mwork.files import check_name
 
     check_name(args.lang, "language code", "--lang")  # the one rule for language codes
     corpora = args.corpus or []
     if len(corpora) > 1:
-        raise ValueError("--method plnd reads one corpus (--corpus FILE); the LANG=FILE corpora are for "
-                         "--method lape, ap")
-    config = from_args(DetectConfig, args, language=args.lang)  # bad settings fail here, before the model is loaded
+        raise ValueError(f"--method {name} reads one corpus (--corpus FILE); the LANG=FILE corpora are for "
+                         f"--method {_several_languages_methods()}")
+    # bad settings fail here, before the model is loaded
+    config = from_args(method.config_class, args, language=args.lang)
     corpus = TextSource(
         path=corpora[0] if corpora else None, format=args.format, text_field=args.text_field or "text",
         hf_dataset=args.hf_dataset, hf_config=args.hf_config, hf_split=args.hf_split,
@@ -79,13 +98,12 @@ def _refuse_options(args: argparse.Namespace, method: str, config_class: type) -
             raise ValueError(f"{flags} does not apply to --method {method}")
 
 
-def _detect_languages(args: argparse.Namespace) -> int:
-    from mwork.neurons.methods import detect_languages, get_detection_method
+def _detect_languages(args: argparse.Namespace, method: DetectionMethod) -> int:
+    """``--method lape`` / ``ap``: every language at once, one set per language."""
+    from mwork.neurons.methods import detect_languages
     from mwork.neurons.methods.run import parse_corpus_specs
     from mwork.texts import DETECTION_ARTICLES
 
-    method = get_detection_method(args.method)
-    _refuse_options(args, args.method, method.config_class)
     if args.out is not None or args.lang is not None:
         raise ValueError(f"--method {args.method} writes one set per language: give --corpus LANG=FILE for each "
                          "language and --out-dir DIR (not --out / --lang)")
@@ -164,7 +182,7 @@ def _stats(args: argparse.Namespace) -> int:
                          "ignored")
     if not args.sets:
         raise ValueError("give NeuronSet files, or --router --model M --corpus LANG=SPEC ... for router statistics")
-    from mwork.neurons.stats import named_sets, write_stats
+    from mwork.neurons.overlap import named_sets, write_stats
 
     sets, names = named_sets(args.sets)
     paths = write_stats(sets, args.out, names)

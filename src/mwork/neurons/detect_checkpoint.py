@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 from mwork.config import digest
 from mwork.files import save_safetensors
+from mwork.fingerprints import TextHasher
 from mwork.neurons.neuronset import set_path
-from mwork.texts import TextHasher
 
 
 @dataclass

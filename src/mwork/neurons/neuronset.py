@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
-from mwork.models.adapters import KINDS, get_adapter
+from mwork.models.adapters import KINDS, get_adapter, model_name
 
 FORMAT_VERSION = 1
 _ALLOW_OTHER_MODEL: contextvars.ContextVar[bool] = contextvars.ContextVar("mwork_allow_other_model", default=False)
@@ -287,8 +287,6 @@ class NeuronSet:
             raise ValueError(f"this NeuronSet was made for a {mine['model_type']} model ({made_for}), and this model is "
                              f"a {fp['model_type']}: its neurons are not this model's, even at the same shape. Pass "
                              "allow_other_model=True (mwork --allow-other-model COMMAND ...) if you mean it")
-        from mwork.models.loading import model_name
-
         here, made = _identity(model_name(model)), _identity(self.meta.get("model_id"))
         if made not in (None, "", "unknown") and here and here != made:
             raise ValueError(f"this NeuronSet was made for {self.meta['model_id']}, and this model is {here}. Pass "
@@ -331,20 +329,9 @@ class NeuronSet:
     @classmethod
     def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> "NeuronSet":
         """Read a NeuronSet; with ``model``, also check that it fits that model."""
-        st = set_path(path)
-        if not st.exists():
-            raise FileNotFoundError(f"no NeuronSet at {st} (expected a .safetensors file written by mwork)")
-        from mwork.files import read_safetensors
+        from mwork.files import read_set_file
 
-        if st.is_dir():
-            raise ValueError(f"{st} is a folder, not a NeuronSet file")
-        tensors, header = read_safetensors(st, "NeuronSet", "detect the set again (mwork detect) or restore the file")
-        if "mwork" not in header:
-            raise ValueError(f"{st} is a safetensors file but not a NeuronSet written by mwork")
-        try:
-            meta = json.loads(header["mwork"])
-        except json.JSONDecodeError:
-            raise ValueError(f"{st}: its NeuronSet metadata is not valid JSON; detect the set again") from None
+        tensors, meta = read_set_file(set_path(path), "NeuronSet", "detect the set again (mwork detect) or restore the file")
         masks = {k[len("mask."):]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
         extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
         for key in ("counts", "count", "fraction", "format_version"):

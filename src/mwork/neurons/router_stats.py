@@ -2,12 +2,14 @@
 layer chooses each expert for the texts of each language, and how specific each expert is to
 one language.
 
-One streaming pass per language (:func:`router_statistics`): documents are tokenized (truncated
-at ``max_length`` tokens), batched with the *packed* policy of ``mwork.hooks`` (real tokens
-first, all-ones mask, so padding never changes a real token) and run through the model's body;
-a ``Hooks.read`` at each layer's ``ffn.route`` site counts the experts chosen at the counted
-positions. Counted: every real token, except the tokenizer's leading special tokens (the BOS,
-whose routing is the same for every language). Reading the route alone stops the hook layer's
+One streaming pass over the languages (:func:`router_statistics`, a client of
+``mwork.corpus_pass``): documents are tokenized (truncated at ``max_length`` tokens), batched in
+corpus order with the *packed* policy of ``mwork.hooks`` (real tokens first, all-ones mask, so
+padding never changes a real token) and run through the model's body; a read at each layer's
+``ffn.route`` site counts the experts chosen at the counted positions
+(``corpus_pass.RouterCounts``). Counted (the pass's ``"truncate-in-order"`` rule): every real
+token, except the tokenizer's leading special tokens (the BOS, whose routing is the same for
+every language). Reading the route alone stops the hook layer's
 recomputation of each block right after its router: the pass costs about one forward pass.
 
 What is reported, per language l, layer i, expert e (``n_l`` counted tokens of l):
@@ -40,21 +42,20 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from mwork.config import option
+from mwork.corpus_pass import TOKEN_RULES, Request, corpus_pass
 from mwork.files import check_name, make_folder, write_json, write_text
 from mwork.fingerprints import texts_digest
-from mwork.hooks import MOE_SITES, Hooks, packed_ids
+from mwork.hooks import MOE_SITES
 from mwork.models.adapters import get_adapter
-from mwork.models.loading import DEFAULT_MODEL, input_device
+from mwork.models.loading import DEFAULT_MODEL
 from mwork.plotting import plain_text, save_figure
 from mwork.texts import is_empty, read_texts
 
 FILES = {"frequency": "router_frequency.csv", "specificity": "router_specificity.csv", "plot": "router.png",
          "meta": "router.json"}
-POSITIONS_RULE = ("every real token of each document up to max_length tokens, except the tokenizer's leading special "
-                  "tokens; documents batched with the packed policy (real tokens first, all-ones mask)")
+POSITIONS_RULE = TOKEN_RULES["truncate-in-order"]
 SPECIFICITY_RULE = ("1 - H(p)/log2(L), p_l = f_l / sum over languages of f, f_l the share of language l's tokens "
                     "routed to the expert; log2_ratio = log2(f_l / mean over languages of f)")
 
@@ -156,46 +157,14 @@ def router_statistics(model: Any, tokenizer: Any, corpora: Mapping[str, str | Se
     langs = list(texts)
     selections = torch.zeros(len(langs), layers, E, dtype=torch.long)
     weights = torch.zeros(len(langs), layers, E, dtype=torch.float64)
-    tokens = torch.zeros(len(langs), dtype=torch.long)
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    where: dict[str, Any] = {}
-
-    def count(layer: int):
-        def read(routing) -> None:
-            keep = where["keep"].to(routing.experts.device)  # (B, T) the counted positions
-            experts = routing.experts[keep]  # (n, k)
-            selections[where["lang"], layer] += torch.bincount(experts.flatten(), minlength=E).cpu()
-            w = routing.weights[keep].to(torch.float64).flatten()
-            weights[where["lang"], layer] += torch.zeros(E, dtype=torch.float64, device=w.device).index_add_(
-                0, experts.flatten(), w).cpu()
-        return read
-
-    hooks = Hooks()
-    for layer in range(layers):
-        hooks.read(adapter.site("ffn.route", layer), count(layer))
-    device = input_device(model)
-    bar = tqdm(total=sum(len(t) for t in texts.values()), disable=not progress, desc="router", unit="doc")
-    with hooks:
-        for li, lang in enumerate(langs):
-            docs = [tokenizer(t, truncation=True, max_length=config.max_length)["input_ids"]
-                    for t in texts[lang] if not is_empty(t)]
-            docs = [d for d in docs if d]
-            for start in range(0, len(docs), config.batch_size):
-                batch = docs[start:start + config.batch_size]
-                ids = packed_ids(batch, int(tokenizer.pad_token_id or 0))
-                keep = torch.zeros(ids.shape, dtype=torch.bool)
-                for r, d in enumerate(batch):
-                    lead = 0
-                    while lead < len(d) and d[lead] in special:
-                        lead += 1
-                    keep[r, lead:len(d)] = True
-                where.update(lang=li, keep=keep)
-                tokens[li] += int(keep.sum())
-                ids = ids.to(device)
-                ones = torch.ones_like(ids)
-                adapter.body(input_ids=ids, attention_mask=ones, use_cache=False, **adapter.forward_kwargs(ones))
-                bar.update(len(batch))
-    bar.close()
+    run = corpus_pass(model, tokenizer, texts, [Request("router_counts", "ffn.route", options={"experts": E},
+                                                        key="router")],
+                      tokens="truncate-in-order", max_length=config.max_length, batch_size=config.batch_size,
+                      progress=progress, desc="router", unit="doc")
+    for li, lang in enumerate(langs):
+        for layer, counts in run.statistics["router"][lang].items():
+            selections[li, layer], weights[li, layer] = counts.result()
+    tokens = torch.tensor([run.n_tokens(lang) for lang in langs], dtype=torch.long)
     meta = {"languages": langs, "tokens": dict(zip(langs, tokens.tolist())), "num_experts": E, "top_k": top_k,
             "num_layers": layers, "max_length": config.max_length, "max_docs": config.max_docs,
             "corpora": {lang: (str(v) if isinstance(v, (str, Path)) else "texts") for lang, v in corpora.items()},

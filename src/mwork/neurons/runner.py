@@ -25,10 +25,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mwork import distributed
+from mwork.fingerprints import TextHasher
 from mwork.neurons import detect_checkpoint as ckpt
 from mwork.neurons.rules import DocumentRule, count_important
 from mwork.neurons.scoring import BlockScorer, BlockScores
-from mwork.texts import TextHasher
 
 
 def log(msg: str) -> None:

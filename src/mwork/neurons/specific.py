@@ -3,7 +3,8 @@
 Rules (recorded in each result's ``meta["specific"]``):
 
 * ``shared`` (default, the reference code): a language's set minus the neurons in the sets
-  of *all* analysed languages.
+  of *all* analysed languages (:func:`minus_shared`, the one place this rule is written; PLND's
+  native sets, ``mwork.neurons.methods.plnd``, use it too).
 * ``english``: a language's set minus English's set. English is the reference here, so its
   own result is empty by definition.
 * ``others``: a language's set minus the union of all the other languages' sets (strictest).
@@ -25,6 +26,13 @@ DESCRIPTIONS = {
 }
 
 
+def minus_shared(sets: Sequence[NeuronSet]) -> list[NeuronSet]:
+    """Each of ``sets`` minus the neurons that are in every one of them (the reference code's
+    rule), masks only (a kind missing from a set holds no neuron). Checks that the shapes agree."""
+    shared = reduce(lambda a, b: a & b, sets)
+    return [ns - shared for ns in sets]
+
+
 def _label(ns: NeuronSet, i: int) -> str:
     return str(ns.meta.get("language") or ns.meta.get("name") or f"set {i}")
 
@@ -44,7 +52,7 @@ def language_specific(sets: Sequence[NeuronSet], rule: str = "shared", english: 
     if len(ids) > 1:
         raise ValueError(f"the NeuronSets were detected on different models ({', '.join(sorted(ids))}); "
                          "compare sets of one model")
-    shared = reduce(lambda a, b: a & b, sets)  # also checks that every shape agrees
+    minus = minus_shared(sets)  # also checks that every shape agrees
     if rule == "english":
         english_sets = [i for i, lab in enumerate(labels) if lab == english]
         if len(english_sets) != 1:
@@ -55,12 +63,11 @@ def language_specific(sets: Sequence[NeuronSet], rule: str = "shared", english: 
     results = []
     for i, ns in enumerate(sets):
         if rule == "shared":
-            removed = shared
+            spec = minus[i]
         elif rule == "english":
-            removed = reference
+            spec = ns - reference
         else:
-            removed = reduce(lambda a, b: a | b, [s for j, s in enumerate(sets) if j != i])
-        spec = ns - removed
+            spec = ns - reduce(lambda a, b: a | b, [s for j, s in enumerate(sets) if j != i])
         meta = dict(ns.meta)
         meta["name"] = f"{labels[i]}-specific"
         meta["specific"] = {

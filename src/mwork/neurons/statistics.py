@@ -1,17 +1,18 @@
 """Activation statistics of a set's neurons on a language's texts: what ``mwork.steer`` sets or adds.
 
-One streaming pass over the corpus (:func:`measure_statistics`): documents are batched with the
-*packed* policy of ``mwork.hooks`` (real tokens first, all-ones mask, so padding never changes a
-real token), and a ``Hooks.read`` at each neuron site keeps the values of the selected neurons
-at the counted positions. Counted: every token of every document up to ``max_length`` tokens,
-except the tokenizer's leading special tokens (the BOS, whose activations are not the
-language's). The statistics, per neuron, over all counted tokens of all documents:
+One streaming pass over the corpus (:func:`measure_statistics`, a client of ``mwork.corpus_pass``):
+documents are batched with the *packed* policy of ``mwork.hooks`` (real tokens first, all-ones
+mask, so padding never changes a real token), and one read at each neuron site keeps the values
+of the selected neurons at the counted positions. Counted (the pass's ``"truncate-sorted"``
+rule): every token of every document up to ``max_length`` tokens, except the tokenizer's leading
+special tokens (the BOS, whose activations are not the language's). The statistics, per neuron,
+over all counted tokens of all documents (``corpus_pass.Mean`` and ``corpus_pass.Quantiles``):
 
 * ``mean``: the sum (float64) over the count;
 * ``median`` and quantiles ``qX``: linear interpolation between order statistics, as
   ``numpy.quantile`` / ``torch.quantile`` (``median`` = ``q0.5``). They need every value, so
-  only the selected neurons' values are kept: tokens x neurons x 8 bytes (100 000 tokens of
-  1 000 neurons: 0.8 GB); ``mean`` alone keeps sums only.
+  only the selected neurons' values are kept, once for all the quantiles: tokens x neurons x 8
+  bytes (100 000 tokens of 1 000 neurons: 0.8 GB); ``mean`` alone keeps sums only.
 
 :func:`add_statistics` stores them in the NeuronSet (extra tensors ``stat.<name>.<kind>``, NaN
 at neurons not in the set; ``meta["statistics"]`` records the corpus, its digest, the token
@@ -22,39 +23,18 @@ its random baselines) are measured in the same single pass.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import sys
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from mwork.corpus_pass import QUANTILE_RULE, TOKEN_RULES, Request, corpus_pass, parse_stat, quantile  # noqa: F401
 from mwork.fingerprints import model_digest
-from mwork.hooks import Hooks, packed_ids
-from mwork.models.adapters import get_adapter
-from mwork.models.loading import input_device
+from mwork.hooks import NEURON_SITES, DeviceCache
 from mwork.neurons.neuronset import STATISTIC_PREFIX, NeuronSet
-from mwork.steering import parse_stat
-from mwork.texts import TextHasher, is_empty
+from mwork.texts import TextHasher
 
-POSITIONS_RULE = ("every token of each document up to max_length tokens, except the tokenizer's leading special "
-                  "tokens; documents batched with the packed policy (real tokens first, all-ones mask)")
-QUANTILE_RULE = "linear interpolation between order statistics (numpy.quantile's default); median = q0.5"
-
-
-def quantile(values: torch.Tensor, q: float, dim: int = 0) -> torch.Tensor:
-    """The ``q`` quantile of ``values`` along ``dim`` (linear interpolation, as ``numpy.quantile``),
-    for any number of values (``torch.quantile`` refuses more than 2**24)."""
-    n = values.shape[dim]
-    if n == 0:
-        raise ValueError("no values to take a quantile of")
-    s = values.sort(dim=dim).values
-    pos = q * (n - 1)
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    a, b = s.select(dim, lo), s.select(dim, hi)
-    return torch.lerp(a, b, torch.full_like(a, frac)) if frac else a.clone()
+POSITIONS_RULE = TOKEN_RULES["truncate-sorted"]
 
 
 def _union(sets: Sequence[NeuronSet]) -> NeuronSet:
@@ -64,44 +44,14 @@ def _union(sets: Sequence[NeuronSet]) -> NeuronSet:
     return out
 
 
-class _Accumulator:
-    """Values of chosen channels at one site, at the counted positions of each batch."""
+class _Select:
+    """A read transform: the chosen channels of a site's values."""
 
-    def __init__(self, site: Any, channels: torch.Tensor, keep_values: bool, counted: list):
-        self.features = site.features(channels)
-        self.channels, self.keep_values, self.counted = channels, keep_values, counted
-        self.sum = torch.zeros(len(channels), dtype=torch.float64)
-        self.values: list[torch.Tensor] = []
-        self._index: torch.Tensor | None = None
+    def __init__(self, channels: torch.Tensor):
+        self.index = DeviceCache(channels)
 
-    def __call__(self, x: torch.Tensor) -> None:
-        if self._index is None or self._index.device != x.device:
-            self._index = self.features.to(x.device)
-        where = self.counted[0]
-        v = x.detach().index_select(-1, self._index)[where.to(x.device)].to("cpu", torch.float64)
-        self.sum += v.sum(0)
-        if self.keep_values:
-            self.values.append(v)
-
-
-def _documents(tokenizer: Any, texts: Iterable[str],
-               max_length: int) -> tuple[list[list[int]], list[int], list[int], str, int]:
-    """Token ids (truncated), leading special tokens per document, empty documents, corpus digest, count."""
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    hasher, seqs, prefixes, empty, n = TextHasher(), [], [], [], 0
-    for i, text in enumerate(texts):
-        n += 1
-        hasher.update(text)
-        ids = list(tokenizer(text).input_ids)[:max_length] if not is_empty(text) else []
-        prefix = 0
-        while prefix < len(ids) and ids[prefix] in special:
-            prefix += 1
-        if len(ids) - prefix < 1:
-            empty.append(i)
-            continue
-        seqs.append(ids)
-        prefixes.append(prefix)
-    return seqs, prefixes, empty, hasher.hexdigest(), n
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index.on(x))
 
 
 def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str],
@@ -124,61 +74,54 @@ def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[s
     union = _union(sets)
     if union.count() == 0:
         raise ValueError("the NeuronSet(s) hold no neuron: there is nothing to measure")
-    seqs, prefixes, empty, corpus_sha, n_docs = _documents(tokenizer, texts, max_length)
-    if not seqs:
+    texts = list(texts)
+    hasher = TextHasher()
+    for text in texts:
+        hasher.update(text)
+    qs = [0.5 if s == "median" else float(s[1:]) for s in names if s != "mean"]
+    requests = []
+    for kind in union.kinds:
+        channels = {layer: union.indices(kind, layer) for layer in range(union.num_layers)}
+        channels = {layer: c for layer, c in channels.items() if c.numel()}
+        if not channels:
+            continue
+        read = {layer: _Select(c) for layer, c in channels.items()}
+        width = {layer: len(c) for layer, c in channels.items()}
+        if "mean" in names:
+            requests.append(Request("mean", NEURON_SITES[kind], sorted(channels), read=read, width=width,
+                                    key=f"mean.{kind}"))
+        if qs:
+            requests.append(Request("quantiles", NEURON_SITES[kind], sorted(channels), {"qs": qs}, read=read,
+                                    width=width, key=f"quantiles.{kind}"))
+    run = corpus_pass(model, tokenizer, {"corpus": texts}, requests, tokens="truncate-sorted", max_length=max_length,
+                      batch_size=batch_size, progress=progress, desc="activation statistics")
+    empty, n_docs, measured = run.empty["corpus"], len(texts), len(run.corpora["corpus"].measured)
+    if not measured:
         raise ValueError(f"none of the {n_docs} documents has a token to measure (empty documents: {empty[:10]}); "
                          "give texts of the target language")
-    adapter = get_adapter(model)
-    keep_values = any(s != "mean" for s in names)
-    counted: list = [None]
-    hooks = Hooks()
-    accs: dict[tuple[str, int], _Accumulator] = {}
-    for kind in union.kinds:
-        for layer in range(union.num_layers):
-            channels = union.indices(kind, layer)
-            if channels.numel():
-                site = adapter.neuron_site(kind, layer)
-                accs[kind, layer] = _Accumulator(site, channels, keep_values, counted)
-                hooks.read(site, accs[kind, layer])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    device = input_device(model)
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    tokens = 0
-    with hooks, torch.no_grad():
-        for start in tqdm(range(0, len(order), batch_size), desc="activation statistics", unit="batch",
-                          disable=not progress):
-            rows = order[start:start + batch_size]
-            ids = packed_ids([seqs[i] for i in rows], pad)
-            where = torch.zeros(ids.shape, dtype=torch.bool)
-            for r, i in enumerate(rows):
-                where[r, prefixes[i]:len(seqs[i])] = True
-            counted[0] = where
-            tokens += int(where.sum())
-            model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device), use_cache=False,
-                  **extra)
     out: dict[str, dict[str, torch.Tensor]] = {s: {} for s in names}
     for kind in union.kinds:
         shape = union.masks[kind].shape
         for s in names:
             out[s][kind] = torch.full(shape, float("nan"), dtype=torch.float64)
         for layer in range(union.num_layers):
-            acc = accs.get((kind, layer))
-            if acc is None:
+            channels = union.indices(kind, layer)
+            if not channels.numel():
                 continue
-            values = torch.cat(acc.values) if keep_values else None
+            quantiles = run.value(f"quantiles.{kind}", "corpus", layer) if qs else None
             for s in names:
                 if s == "mean":
-                    v = acc.sum / tokens
+                    v = run.value(f"mean.{kind}", "corpus", layer)
                 else:
-                    v = quantile(values, 0.5 if s == "median" else float(s[1:]))
-                out[s][kind][layer, acc.channels] = v
+                    v = quantiles[qs.index(0.5 if s == "median" else float(s[1:]))]
+                out[s][kind][layer, channels] = v
     if empty and progress:
         print(f"[mwork statistics] {len(empty)} of {n_docs} documents have no token to measure (numbers "
               f"{empty[:10]}{' ...' if len(empty) > 10 else ''}): not counted", file=sys.stderr)
-    info = {"stats": names, "documents": n_docs, "measured_documents": len(seqs), "empty_documents": empty,
-            "tokens": tokens, "corpus_sha256": corpus_sha, "corpus_sha256_rule": TextHasher.RULE,
-            "max_length": max_length, "positions": POSITIONS_RULE, "quantiles": QUANTILE_RULE,
+    info = {"stats": names, "documents": n_docs, "measured_documents": measured, "empty_documents": empty,
+            "tokens": run.n_tokens("corpus"), "corpus_sha256": hasher.hexdigest(),
+            "corpus_sha256_rule": TextHasher.RULE, "max_length": max_length, "positions": POSITIONS_RULE,
+            "quantiles": QUANTILE_RULE,
             "sites": {k: f"the neuron site of {k} (mwork.hooks.NEURON_SITES)" for k in union.kinds},
             "model_digest": model_digest(model)}
     return out, info

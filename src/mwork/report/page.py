@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.html import Markup, el
 from mwork.report.format import count, seconds
 from mwork.report.read import BadResultFile, read_json

@@ -13,15 +13,23 @@ first kind, by ``order``, whose ``recognise`` accepts a folder renders it, and w
 ``claims_subfolders`` also owns what lies below it (the neurons stage's ``specific/``). A
 folder no kind recognises still gets a section from the generic kind (its tables, plots and
 links), so nothing a run wrote is left off the page.
+
+mwork's own kinds are the modules of :mod:`mwork.report.kinds`, each registering its kinds where
+they are defined; the registry imports them (all of them, no list kept) the first time it is
+read or written. A package adds kinds through the entry point group ``mwork.report_kinds``: an
+entry point naming a ``ResultsKind`` registers it, one naming a module imports it (it registers
+its kinds itself). A name is registered once: another kind under a taken name is refused unless
+``replace=True``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Callable
 
-from mwork.registry import Registry
+from mwork.registry import Registry, import_modules
 
 if TYPE_CHECKING:
     from mwork.report.section import Section
@@ -70,27 +78,34 @@ class ResultsKind:
     claims_subfolders: bool = False
 
 
-_KINDS: Registry[ResultsKind] = Registry("results kind")
-_BUILT_IN = [False]  # whether mwork's own kinds are registered (first, so a user's may replace them)
+ENTRY_POINT_GROUP = "mwork.report_kinds"
+BUILT_IN_PACKAGE = "mwork.report.kinds"
 
 
-def _built_in() -> None:
-    if not _BUILT_IN[0]:
-        _BUILT_IN[0] = True
-        import mwork.report.kinds  # noqa: F401 - registers the built-in kinds
+def _register_plugin(obj: object) -> None:
+    """An entry point's object: a ResultsKind is registered under its name (refused if taken); a
+    module registered its kinds when it was imported."""
+    if isinstance(obj, ResultsKind):
+        register_results_kind(obj)
+    elif not isinstance(obj, ModuleType):
+        raise TypeError(f"a {ENTRY_POINT_GROUP} entry point names a ResultsKind or a module, got "
+                        f"{type(obj).__name__}")
 
 
-def register_results_kind(kind: ResultsKind) -> ResultsKind:
-    """Add (or, under the same name, replace) a kind of results folder; returns it."""
+_KINDS: Registry[ResultsKind] = Registry("results kind", ENTRY_POINT_GROUP, on_entry_point=_register_plugin,
+                                         builtins=lambda: import_modules(BUILT_IN_PACKAGE))
+
+
+def register_results_kind(kind: ResultsKind, replace: bool = False) -> ResultsKind:
+    """Add a kind of results folder; returns it. A kind under a taken name (mwork's own included)
+    is refused unless ``replace=True``."""
     if not isinstance(kind, ResultsKind):
         raise TypeError("register_results_kind needs a ResultsKind")
-    _built_in()
-    return _KINDS.register(kind.name, kind, replace=True)
+    return _KINDS.register(kind.name, kind, replace=replace)
 
 
 def results_kinds() -> list[ResultsKind]:
-    """Every registered kind, in page order."""
-    _built_in()
+    """Every registered kind (mwork's own and the entry points'), in page order."""
     return sorted(_KINDS.values(), key=lambda k: (k.order, k.name))
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_csv, read_json, read_jsonl
 from mwork.report.registry import FolderView, ResultsKind

@@ -23,20 +23,18 @@ template, the few-shot target format, the stop strings and optional few-shot exa
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 from mwork.config import digest
+from mwork.data_sources import DATA_ENV, HubLoadError, load_hub, resolve_source  # noqa: F401  (the tasks' data rule)
+from mwork.tasks.queries import Generate, Loglikelihood, Query, Rolling
 from mwork.tasks.results import TaskResult
 
-if TYPE_CHECKING:
-    from mwork.tasks.runtime import Query
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "data" / "task_prompts"  # shipped as package data
-DATA_ENV = "MWORK_DATA"
 
 
 def jsonl_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -120,55 +118,6 @@ def prompt_languages(task: str) -> list[str]:
 # ---- data sources --------------------------------------------------------------------------
 
 
-def resolve_source(source: str | Path | None, task_dir: str, candidates: Sequence[str]) -> Path | None:
-    """The local file to read, or None for the hub (see the module docstring).
-
-    ``candidates`` are file names tried inside a given folder, then inside ``folder/task_dir``."""
-    origin = ""
-    if source is None:
-        env = os.environ.get(DATA_ENV)
-        if not env:
-            return None
-        source, origin = env, f" (from ${DATA_ENV})"
-    if str(source) == "hub":
-        return None
-    path = Path(source)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"data source {path}{origin} is neither a file nor a folder (or pass source='hub')")
-    tried = []
-    for folder in (path, path / task_dir):
-        for name in candidates:
-            tried.append(folder / name)
-            if tried[-1].is_file():
-                return tried[-1]
-    raise FileNotFoundError(f"none of these files exists{origin}: {', '.join(str(t) for t in tried)}")
-
-
-class HubLoadError(ValueError):
-    """The hub could not serve a data set (offline, unknown config or split). A ValueError so
-    that the CLI reports it as one line telling the user to pass a local source."""
-
-
-def load_hub(repo: str, config: str | None, split: str) -> Any:
-    """``datasets.load_dataset(repo, config, split=split)``, with errors that say what to do."""
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(
-            f"loading {repo} from the Hugging Face hub needs the 'datasets' package: pip install datasets "
-            "(or pass source=<local file or folder>)"
-        ) from err
-    try:
-        return datasets.load_dataset(repo, config, split=split)
-    except Exception as err:  # network, unknown config or split: one clear message
-        raise HubLoadError(
-            f"could not load {repo} (config {config!r}, split {split!r}) from the hub: {err}. "
-            "Pass source=<local file or folder> to read local data instead"
-        ) from err
-
-
 def select(items: list, start: int = 0, limit: int | None = None) -> list:
     """``items[start:start + limit]`` with argument checks."""
     if start < 0:
@@ -223,8 +172,6 @@ class Task(ABC):
                  batch_size: int | None = None, progress: bool = True, **options: Any) -> TaskResult:
         """Score ``model`` on ``examples`` (``options`` go to ``ask``; ``batch_size`` defaults to
         ``default_batch_size``): a ``TaskResult`` with ``score``, ``n`` and per-example ``records``."""
-        from mwork.tasks.runtime import run_task
-
         size = self.default_batch_size if batch_size is None else batch_size
         return run_task(self, model, tokenizer, examples, lang, batch_size=size, progress=progress, **options)
 
@@ -273,6 +220,42 @@ class Task(ABC):
 def check_examples(task: str, examples: Sequence[Example]) -> None:
     if not examples:
         raise ValueError(f"no {task} examples to evaluate: check the language, source and limit")
+
+
+# ---- running a query and a task (the task runtime's, :mod:`mwork.tasks.runtime`) ------------------
+
+
+def answer(model: Any, tokenizer: Any, query: Query, *, batch_size: int = 8, progress: bool = True,
+           desc: str | None = None) -> Any:
+    """The model's answers to ``query`` (see each query type for their form)."""
+    if isinstance(query, Generate):
+        from mwork.tasks.generation import generate
+
+        return generate(model, tokenizer, query.prompts, max_new_tokens=query.max_new_tokens, stop=query.stop,
+                        batch_size=batch_size, progress=progress, desc=desc or "generating")
+    if isinstance(query, Loglikelihood):
+        from mwork.tasks.generation import loglikelihood
+
+        return loglikelihood(model, tokenizer, query.pairs, batch_size=batch_size, progress=progress,
+                             desc=desc or "scoring")
+    if isinstance(query, Rolling):
+        from mwork.tasks.perplexity import perplexity
+
+        return perplexity(model, tokenizer, query.texts, batch_size=batch_size, max_length=query.max_length,
+                          stride=query.stride, per_text=True, progress=progress)
+    raise TypeError(f"not a task query: {type(query).__name__} (use Generate, Loglikelihood or Rolling)")
+
+
+def run_task(task: Task, model: Any, tokenizer: Any, examples: Sequence[Example], lang: str, *,
+             batch_size: int = 8, progress: bool = True, **options: Any) -> TaskResult:
+    """Evaluate ``task`` on ``examples``: its query (``task.ask``, with ``options``), the model's
+    answers, its scoring (``task.score_answers``); the query's ``info`` is recorded in the result."""
+    check_examples(task.name, examples)
+    query = task.ask(tokenizer, examples, lang, **options)
+    if query.kind != task.asks:
+        raise TypeError(f"task {task.name!r} declares it asks {task.asks!r} but built a {query.kind!r} query")
+    answers = answer(model, tokenizer, query, batch_size=batch_size, progress=progress, desc=f"{task.name} {lang}")
+    return task.score_answers(examples, query, answers, lang).with_extra(**query.info)
 
 
 class ScoringOption:

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from mwork.models.loading import input_device
 from mwork.numerics import NONFINITE, NonFiniteError, unusable_logits
-from mwork.tasks.runtime import map_batches, padding_side, right_padded
+from mwork.tasks.queries import map_batches, padding_side, right_padded
 
 
 def cut_at_stop(text: str, stop: Sequence[str] = ()) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from mwork.tasks.common import Example, ScoringOption, Task, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.runtime import GENERATE, Generate
+from mwork.tasks.queries import GENERATE, Generate
 from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, format_number, last_number, mgsm_correct, parse_number
 
 MGSM_LANGS: tuple[str, ...] = ("en", "es", "fr", "de", "ru", "zh", "ja", "th", "sw", "bn", "te")

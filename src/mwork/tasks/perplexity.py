@@ -41,7 +41,7 @@ from mwork.hooks import Hooks, packed_ids
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 from mwork.numerics import NONFINITE, NonFiniteError, unusable_logits
-from mwork.tasks.runtime import map_batches
+from mwork.tasks.queries import map_batches
 
 _LOGIT_BUDGET = 1 << 25  # vocabulary x tokens decoded at once (128 MiB in float32)
 

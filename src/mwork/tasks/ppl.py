@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from mwork.fingerprints import texts_digest
 from mwork.tasks.common import Example, Task, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.runtime import ROLLING, Rolling
+from mwork.tasks.queries import ROLLING, Rolling
 from mwork.texts import EVALUATION_ARTICLES, heldout_texts, read_texts
 
 _EXTRAS = ("nll", "tokens", "n_texts", "n_windows", "empty_texts", "max_length", "stride")

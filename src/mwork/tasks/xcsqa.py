@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from mwork.tasks.common import Example, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.runtime import LOGLIKELIHOOD, Loglikelihood
+from mwork.tasks.queries import LOGLIKELIHOOD, Loglikelihood
 
 XCSQA_LANGS: tuple[str, ...] = ("en", "zh", "de", "es", "fr", "it", "ja", "nl", "pl", "pt", "ru", "ar", "vi", "hi", "sw", "ur")
 _DATASET_CODE = {"ja": "jap"}

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from mwork.tasks.common import Example, ScoringOption, Task, jsonl_rows, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.runtime import GENERATE, Generate
+from mwork.tasks.queries import GENERATE, Generate
 from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, rouge_l
 
 XLSUM_NAMES: dict[str, str] = {

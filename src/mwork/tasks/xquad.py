@@ -15,19 +15,17 @@ recovered as runs of the same context and articles as consecutive groups of five
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from mwork.tasks.common import Example, ScoringOption, Task, load_hub, prompt_for, resolve_source, select
+from mwork.data_sources import (  # noqa: F401  (XQuAD's articles: read below the texts and the tasks)
+    N_ARTICLES, PARAGRAPHS_PER_ARTICLE, XQUAD_LANGS, load_articles, read_squad_json)
+from mwork.tasks.common import Example, ScoringOption, Task, prompt_for, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.runtime import GENERATE, Generate
+from mwork.tasks.queries import GENERATE, Generate
 from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, qa_exact, qa_f1
 from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
 
-XQUAD_LANGS: tuple[str, ...] = ("en", "es", "de", "el", "ru", "tr", "ar", "vi", "th", "zh", "hi", "ro")
-N_ARTICLES = 48
-PARAGRAPHS_PER_ARTICLE = 5
 EVAL_ARTICLES = EVALUATION_ARTICLES
 
 
@@ -41,40 +39,6 @@ def _article_set(articles: Iterable[int] | tuple[int, int] | None) -> list[int]:
     if bad:
         raise ValueError(f"XQuAD articles are 0-{N_ARTICLES - 1}; got {bad}")
     return chosen
-
-
-def read_squad_json(path: str | Path) -> list[dict[str, Any]]:
-    """Articles of a SQuAD-format file: ``[{'title', 'paragraphs': [{'context', 'qas'}]}]``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a SQuAD-format JSON file with a 'data' list ({err})") from None
-    return data
-
-
-def _articles_from_hub(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    paragraphs: list[dict[str, Any]] = []
-    for r in rows:
-        if not paragraphs or paragraphs[-1]["context"] != r["context"]:
-            paragraphs.append({"context": r["context"], "qas": []})
-        answers = [{"text": t} for t in r["answers"]["text"]]
-        paragraphs[-1]["qas"].append({"id": r["id"], "question": r["question"], "answers": answers})
-    if len(paragraphs) != N_ARTICLES * PARAGRAPHS_PER_ARTICLE:
-        raise ValueError(f"expected {N_ARTICLES * PARAGRAPHS_PER_ARTICLE} XQuAD paragraphs on the hub, found "
-                         f"{len(paragraphs)}: cannot recover articles; use a local SQuAD-format file")
-    n = PARAGRAPHS_PER_ARTICLE
-    return [{"title": f"article-{i}", "paragraphs": paragraphs[i * n:(i + 1) * n]} for i in range(N_ARTICLES)]
-
-
-def load_articles(lang: str, source: str | Path | None = None) -> list[dict[str, Any]]:
-    """All XQuAD articles of ``lang`` in SQuAD structure, locally or from the hub."""
-    path = resolve_source(source, "xquad", [f"xquad.{lang}.json"])
-    if path is not None:
-        return read_squad_json(path)
-    if lang not in XQUAD_LANGS:
-        raise ValueError(f"XQuAD has no language {lang!r}; it has {', '.join(XQUAD_LANGS)}")
-    return _articles_from_hub(load_hub("google/xquad", f"xquad.{lang}", "validation"))
 
 
 def load_paragraphs(lang: str, source: str | Path | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from mwork.layer_regions import GENERATION, TASK_SOLVING, UNDERSTANDING, region_layers
 from mwork.models.adapters import KINDS
 from mwork.neurons.neuronset import NeuronSet
 
@@ -31,18 +32,15 @@ class Region:
 
 def layer_regions(num_layers: int, understanding: int, generation: int) -> list[Region]:
     """The paper's regions: understanding = first U layers, generation = last G layers,
-    task-solving = the rest, split into attention and FFN; plus all layers together."""
-    if understanding < 0 or generation < 0 or understanding + generation > num_layers:
-        raise ValueError(
-            f"understanding ({understanding}) + generation ({generation}) layers must be >= 0 and "
-            f"fit in the model's {num_layers} layers"
-        )
-    task = tuple(range(understanding, num_layers - generation))
+    task-solving = the rest, split into attention and FFN; plus all layers together
+    (``mwork.layer_regions.region_layers``)."""
+    spans = region_layers(num_layers, understanding, generation)
+    task = tuple(spans[TASK_SOLVING])
     regions = [
-        Region("understanding", tuple(range(understanding)), KINDS),
+        Region("understanding", tuple(spans[UNDERSTANDING]), KINDS),
         Region("task-solving attention", task, ATTN_KINDS),
         Region("task-solving FFN", task, ("ffn",)),
-        Region("generation", tuple(range(num_layers - generation, num_layers)), KINDS),
+        Region("generation", tuple(spans[GENERATION]), KINDS),
         Region(ALL_LAYERS, tuple(range(num_layers)), KINDS),
     ]
     return [r for r in regions if r.layers]

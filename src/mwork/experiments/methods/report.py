@@ -5,14 +5,12 @@ written atomically."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mwork.files import write_text
+from mwork.files import csv_text as _csv_text, float_cell, write_text
 from mwork.plotting import plain_text, save_figure
 
 SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
@@ -25,21 +23,11 @@ AGREEMENT_COLUMNS = ("size", "lang", "method_a", "method_b", "layer", "count_a",
 COST_COLUMNS = ("method", "tokens", "seconds", "s_per_1k_tokens", "relative_to_forward")
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6f}"
-    return str(value)
+_cell = float_cell(".6f")
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
-    return buf.getvalue()
+    return _csv_text(rows, columns, _cell)
 
 
 def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], digits: int = 3) -> str:

@@ -31,7 +31,7 @@ from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.execute import execute
 from mwork.experiments.deactivation.plan import Cell, CellKey
 from mwork.files import make_folder
-from mwork.experiments.methods import tables
+import mwork.experiments.methods.tables as tables  # the module, not the package (whose __init__ imports this)
 from mwork.experiments.methods.config import MethodsConfig, size_count
 from mwork.experiments.methods.cost import measure_costs
 from mwork.experiments.methods.detection import run_detection

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mwork.files import write_json, write_text  # noqa: E402
+from mwork.files import csv_text as _csv_text, write_json, write_text  # noqa: E402
 from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
 from mwork.plotting import plain_text, save_figure  # noqa: E402
 
@@ -47,12 +46,7 @@ def _cell(value: Any) -> Any:
 
 
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: _cell(r.get(c)) for c in columns})
-    return buf.getvalue()
+    return _csv_text(rows, columns, _cell)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -45,13 +45,11 @@ def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
 def _region_layers(config: SteerConfig, num_layers: int) -> list[int] | None:
     if config.region == "all":
         return parse_layers(config.layers)
+    from mwork.layer_regions import region_layers
     from mwork.lens.regions import resolve_regions
 
     u, g, _ = resolve_regions(num_layers, config.lens, config.understanding, config.generation)
-    if u + g > num_layers:
-        raise ValueError(f"understanding ({u}) + generation ({g}) layers do not fit in the model's {num_layers}")
-    layers = {"understanding": range(u), "task-solving": range(u, num_layers - g),
-              "generation": range(num_layers - g, num_layers)}[config.region]
+    layers = region_layers(num_layers, u, g)[config.region]
     if not layers:
         raise ValueError(f"the {config.region} region is empty with U={u}, G={g}")
     return list(layers)

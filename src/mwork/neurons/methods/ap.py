@@ -35,6 +35,7 @@ import torch
 from mwork.config import fingerprint, option
 from mwork.models.adapters import KINDS
 from mwork.neurons.methods.base import DetectionMethod, LanguageScores, check_languages
+from mwork.neurons.methods.registry import register_detection_method
 from mwork.neurons.methods.lape import StatsSettings
 from mwork.neurons.methods.stats import CorpusStats, StatsRequest
 from mwork.neurons.neuronset import NeuronSet
@@ -119,6 +120,7 @@ def two_sided_scores(ap: torch.Tensor) -> torch.Tensor:
     return (m - 2 * torch.minimum(r_top, r_bot) - (r_bot < r_top).long()).to(torch.float64)
 
 
+@register_detection_method
 class ActivationAP(DetectionMethod):
     name = "ap"
     description = ("average precision of each neuron's mean activation as a language detector "

@@ -145,6 +145,12 @@ class DetectionMethod:
     description: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     statistics: ClassVar[bool] = False
+    one_language: ClassVar[bool] = False
+    """How ``mwork detect`` runs it. False: every language at once (``--corpus LANG=SPEC`` each,
+    ``--out-dir``: ``detect_languages``). True (PLND): one language's corpus per run (``--lang``,
+    ``--corpus``, ``--out``; resumable, data-parallel: ``mwork.neurons.detect.detect``), the
+    language-specific sets then coming from several runs (``mwork specific``); that pipeline runs
+    PLND's pass, so a method setting it takes PLND's ``DetectConfig``."""
 
     def make_config(self, config: Any = None, **overrides: Any) -> Any:
         """``config`` (or the defaults) with ``overrides`` replaced."""

@@ -36,6 +36,7 @@ import torch
 
 from mwork.config import fingerprint, option
 from mwork.neurons.methods.base import DetectionMethod, LanguageScores, check_languages
+from mwork.neurons.methods.registry import register_detection_method
 from mwork.neurons.methods.stats import CorpusStats, StatsRequest
 from mwork.neurons.neuronset import NeuronSet
 
@@ -117,6 +118,7 @@ def lape_statistics(probs: torch.Tensor, config: LapeConfig) -> LapeStatistics:
     return LapeStatistics(probs, entropy, tau, bar, kept)
 
 
+@register_detection_method
 class Lape(DetectionMethod):
     name = "lape"
     description = "language activation probability entropy of FFN neurons (Tang et al., ACL 2024)"

@@ -3,53 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 
-from mwork.files import check_name, child_path
-from mwork.fingerprints import texts_digest
+from mwork.files import child_path
 from mwork.neurons.methods.base import LanguageScores, check_languages
+from mwork.neurons.methods.registry import get_detection_method
 from mwork.neurons.neuronset import NeuronSet
-from mwork.texts import DETECTION_ARTICLES, TextSource
-
-def parse_corpus_specs(specs: Iterable[str], what: str = "--corpus") -> dict[str, str]:
-    """``["en=FILE", "zh=xquad:zh"]`` -> ``{"en": "FILE", "zh": "xquad:zh"}`` (order kept)."""
-    out: dict[str, str] = {}
-    for spec in specs:
-        lang, sep, text = str(spec).partition("=")
-        lang = lang.strip()
-        if not sep or not text:
-            raise ValueError(f"{what} {spec!r}: expected LANG=FILE (e.g. fr=corpus/fr.txt or zh=xquad:zh)")
-        check_name(lang, "language code", what)  # it names the file LANG.safetensors
-        if lang in out:
-            raise ValueError(f"{what} names {lang} twice: give each language once")
-        out[lang] = text
-    if not out:
-        raise ValueError(f"give at least one {what} LANG=FILE")
-    return out
-
-
-def read_corpora(corpora: Mapping[str, Any], *, default_articles: range = DETECTION_ARTICLES,
-                 **options: Any) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
-    """Every language's documents and what they are: ``corpora`` maps a language to a text spec
-    (``mwork.texts``: a file, ``xquad:LANG[A:B]`` ...), a ``TextSource`` or a list of documents.
-    ``options`` (``max_docs``, ``text_field``) apply to specs; XQuAD specs without articles get
-    ``default_articles`` (detection: 0-23)."""
-    texts: dict[str, list[str]] = {}
-    info: dict[str, dict[str, Any]] = {}
-    for lang, corpus in corpora.items():
-        if isinstance(corpus, (str, Path, TextSource)):
-            source = TextSource.parse(corpus, articles=default_articles,
-                                      **{k: v for k, v in options.items() if v is not None})
-            texts[lang] = source.texts()
-            info[lang] = {"spec": str(corpus) if not isinstance(corpus, TextSource) else None, **source.describe()}
-        else:
-            texts[lang] = [str(t) for t in corpus]
-            info[lang] = {"format": "documents given in Python"}
-        info[lang]["n_docs"] = len(texts[lang])
-        info[lang]["sha256"] = texts_digest(texts[lang])
-    return texts, info
+from mwork.texts import parse_corpus_specs, read_corpora  # noqa: F401  (their home is mwork.texts)
 
 
 def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
@@ -58,8 +20,6 @@ def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str
     """The scores of ``method`` (a registered name) for every language of ``corpora`` (see
     :func:`read_corpora`; ``corpus_options``: its options, e.g. ``{"max_docs": 100}``);
     ``config`` / ``overrides``: the method's settings."""
-    from mwork.neurons.methods import get_detection_method
-
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
     check_languages(list(corpora), method)
@@ -77,8 +37,6 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
     bottom N; PLND: the language-specific sets). With ``out_dir``, each is saved as
     ``<out_dir>/<lang>.safetensors`` (+ ``.json``); its metadata records ``method``, the rule,
     the settings, the model and every language's corpus."""
-    from mwork.neurons.methods import get_detection_method
-
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():

@@ -1,5 +1,3 @@
-"""mwork's own results kinds, registered on import (one module per kind; see
-:mod:`mwork.report.registry` for adding one)."""
-
-from mwork.report.kinds import (bench, deactivation, enhance, evaluation, generic, latent, lens, methods,  # noqa: F401
-                                neurons, neuronsets, steering)
+"""mwork's own results kinds: one module per kind, each registering its kinds where they are
+defined. :mod:`mwork.report.registry` imports every module here the first time the kinds are
+read or registered (a new module needs no list; see there for adding a kind from outside)."""

@@ -3,7 +3,7 @@ what neuron importance costs next to a plain forward pass."""
 
 from __future__ import annotations
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, seconds, sig, times
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind

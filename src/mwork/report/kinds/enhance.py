@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, change_pct, count, seconds, sig
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, count, sig
 from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_json

@@ -4,7 +4,7 @@ nothing a run wrote is left off the page."""
 
 from __future__ import annotations
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, sig
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind

@@ -3,7 +3,7 @@ P(English) per layer and lens) and ``tuned_lens`` (``mwork lens train``: held-ou
 
 from __future__ import annotations
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, language_name, sig
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind

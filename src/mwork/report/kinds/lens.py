@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.explorer import explorer_html, explorer_value
 from mwork.report.format import as_float, language_name, sig
 from mwork.report.html import Markup, el

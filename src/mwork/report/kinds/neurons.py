@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, count, language_name, pct, sig
 from mwork.report.html import Markup, el
 from mwork.report.read import BadResultFile, read_json, read_neuron_masks

@@ -3,7 +3,7 @@ specific --out-dir``) without the statistics of ``mwork stats``: one row per set
 
 from __future__ import annotations
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import count, pct
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section

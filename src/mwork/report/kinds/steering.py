@@ -8,7 +8,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from mwork.report import html as H
+import mwork.report.html as H
 from mwork.report.format import as_float, count, language_name, pct, sig
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind

@@ -1,4 +1,4 @@
-"""Statistics over NeuronSets: counts per layer and kind, share of all neurons, overlaps.
+"""Counts and overlaps of NeuronSets: neurons per layer and kind, share of all neurons, Jaccard overlaps.
 
 ``write_stats`` writes, for researchers to reload or plot again:
 

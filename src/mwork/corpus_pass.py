@@ -1,0 +1,680 @@
+"""One streaming pass over a corpus: statistics of the values at named hook sites.
+
+Every per-token statistic mwork measures over a corpus comes out of :func:`corpus_pass`:
+steering's activation statistics (``mwork.neurons.statistics``), the statistics of the detection
+methods LAPE and activation AP and of mean-patching (``mwork.neurons.methods.stats``), the
+mixture-of-experts router counts (``mwork.neurons.router_stats``) and the per-layer residual
+means (:func:`residual_means`, for language vectors).
+
+**The pass.** Each language's documents (``{lang: documents}``, languages one after the other)
+are tokenized and cut by the token rule (below), batched ``batch_size`` units (windows or
+documents) at a time with the *packed* padding policy of ``mwork.hooks`` (real tokens first, an
+all-ones mask: padding never changes a real token) and run through the model's decoder body (no
+LM head; eval mode, no gradients). Each (site, layer) that some request names is read by ONE
+``Hooks.read`` on ``adapter.site(name, layer)``, whatever the number of statistics there; each
+distinct ``read`` transform is applied once per call, and each form of the values a statistic
+takes (:attr:`Statistic.takes`) is made once per call, then given to every statistic that wants
+it. Only the counted tokens' values reach a statistic.
+
+**Which tokens count** (``tokens=``; one rule, three named choices -- the behaviours of the
+passes this module replaced, kept bit for bit):
+
+* ``"windows"`` (the default; detection methods and mean-patching): each document is tokenized
+  without special tokens and cut into windows of ``max_length`` tokens with the tokenizer's
+  special tokens added to every window (``mwork.neurons.windows``; with ``truncate``, the first
+  window only). Counted: the text tokens -- never the special tokens, which are the same in every
+  language. Units sorted longest first (ties: document, window number).
+* ``"truncate-sorted"`` (steering's statistics): each document is tokenized with its special
+  tokens and cut at ``max_length`` tokens. Counted: every token except the leading special
+  tokens (the BOS); a document with nothing counted is not run. Units sorted longest first
+  (ties: corpus order).
+* ``"truncate-in-order"`` (router counts): each document is tokenized with its special tokens
+  and the tokenizer's own truncation at ``max_length``. Counted: every token except the leading
+  special tokens; every document with a token is run, in corpus order.
+
+Empty documents (``mwork.texts.is_empty``, or no token at all) are never run; their corpus
+positions are reported. ``parts``: document ``i`` belongs to part ``i % parts``; statistics that
+keep parts (means, firing counts) give disjoint halves of a corpus from the same pass.
+
+**Requests.** A :class:`Request` names a statistic (a name in :data:`STATISTICS` or a
+:class:`Statistic` subclass), a site, layers, the statistic's options and optionally a ``read``
+transform, a callable ``(..., width) -> (..., n)`` (or one per layer: ``{layer: callable}``)
+applied to the site's channels before the statistic sees them -- to read directions or
+dictionary features instead of raw neurons. Results (:class:`PassResult`) are kept per request,
+language and layer.
+
+**A new statistic** is one class::
+
+    @register_statistic
+    class Maximum(Statistic):
+        name = "max"                        # takes = "tokens": (tokens, n) float64 on the CPU
+        def start(self, n, corpus):
+            self.value = None
+        def update(self, values, batch):
+            top = values.max(0).values
+            self.value = top if self.value is None else torch.maximum(self.value, top)
+        def result(self):
+            return self.value
+
+(registering is only needed to ask for it by name; ``Request(Maximum, "ffn.in")`` works too).
+
+``parse_stat`` (the names of steering's statistics: mean, median, quantiles ``qX``) lives here.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from mwork.hooks import MOE_SITES, SITES, Hooks, feature_width, packed_ids
+from mwork.models.adapters import get_adapter
+from mwork.models.loading import input_device
+from mwork.neurons.windows import Windowing
+from mwork.texts import is_empty
+
+#: the token rules (``tokens=``), see the module docstring
+TOKEN_RULES: dict[str, str] = {
+    "windows": ("text tokens only: each window's special tokens (e.g. BOS) are run but not counted; documents in "
+                "windows of max_length tokens (all windows, or the first with truncate), packed padding"),
+    "truncate-sorted": ("every token of each document up to max_length tokens, except the tokenizer's leading "
+                        "special tokens; documents batched with the packed policy (real tokens first, all-ones mask)"),
+    "truncate-in-order": ("every real token of each document up to max_length tokens, except the tokenizer's "
+                          "leading special tokens; documents batched with the packed policy (real tokens first, "
+                          "all-ones mask)"),
+}
+QUANTILE_RULE = "linear interpolation between order statistics (numpy.quantile's default); median = q0.5"
+
+
+# ---- names of statistics (steering) ---------------------------------------------------------------
+
+
+def parse_stat(name: str) -> str:
+    """``mean``, ``median`` or a quantile ``qX`` (0 <= X <= 1, e.g. ``q0.9``), canonical form."""
+    text = str(name).strip().lower()
+    if text in ("mean", "median"):
+        return text
+    if text.startswith("q"):
+        try:
+            q = float(text[1:])
+        except ValueError:
+            q = math.nan
+        if 0.0 <= q <= 1.0:
+            return f"q{q!r}"
+    raise ValueError(f"unknown statistic {name!r}: use mean, median or a quantile such as q0.9 (0 <= q <= 1)")
+
+
+def stat_quantile(name: str) -> float | None:
+    """The quantile a statistic name (``parse_stat``'s form) stands for; None for ``mean``."""
+    name = parse_stat(name)
+    return None if name == "mean" else 0.5 if name == "median" else float(name[1:])
+
+
+def quantile(values: torch.Tensor, q: float, dim: int = 0) -> torch.Tensor:
+    """The ``q`` quantile of ``values`` along ``dim`` (linear interpolation, as ``numpy.quantile``),
+    for any number of values (``torch.quantile`` refuses more than 2**24)."""
+    n = values.shape[dim]
+    if n == 0:
+        raise ValueError("no values to take a quantile of")
+    s = values.sort(dim=dim).values
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    a, b = s.select(dim, lo), s.select(dim, hi)
+    return torch.lerp(a, b, torch.full_like(a, frac)) if frac else a.clone()
+
+
+# ---- what a statistic sees ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """One language's corpus as the pass runs it: ``documents`` in the corpus, the corpus
+    positions of those run (``measured``: slot i is document ``measured[i]``), ``parts``."""
+
+    language: str
+    documents: int
+    measured: tuple[int, ...]
+    parts: int
+
+
+class Batch:
+    """The batch being run: ``mask`` (rows, positions) bool on the CPU, the counted positions;
+    per row ``doc`` (corpus position), ``slot`` (index in ``Corpus.measured``) and ``part``
+    (``doc % parts``), long tensors on the CPU; ``language`` and ``corpus``."""
+
+    def __init__(self, corpus: Corpus, mask: torch.Tensor, doc: torch.Tensor, slot: torch.Tensor,
+                 part: torch.Tensor):
+        self.corpus, self.language = corpus, corpus.language
+        self.mask, self.doc, self.slot, self.part = mask, doc, slot, part
+        self.counts = mask.sum(1)  # (rows,) counted tokens per row
+        self._masks: dict[torch.device, torch.Tensor] = {}
+        self._token_part: torch.Tensor | None = None
+
+    def mask_on(self, device: torch.device) -> torch.Tensor:
+        """``mask`` on ``device`` (made once per device)."""
+        m = self._masks.get(device)
+        if m is None:
+            m = self._masks[device] = self.mask.to(device)
+        return m
+
+    @property
+    def token_part(self) -> torch.Tensor:
+        """(tokens,) the part of each counted token, in the order of the "tokens" form."""
+        if self._token_part is None:
+            self._token_part = self.part.repeat_interleave(self.counts)
+        return self._token_part
+
+
+class Statistic:
+    """One statistic of the values at one site and layer, for one language (the pass makes one
+    instance per request, layer and language).
+
+    ``takes`` says which form of the values ``update`` gets:
+
+    * ``"tokens"``: (tokens, n) float64 on the CPU, the counted tokens of every row, row by row;
+    * ``"row_sums"``: (rows, n) float64 on the CPU, each row's sum over its counted tokens,
+      computed in the site's dtype (at least float32) by one matrix product on the model's device;
+    * ``"rows"``: (rows, positions, n) as the site gives it, on the model's device (the counted
+      positions: ``batch.mask_on(values.device)``);
+    * ``"value"``: what the site gives, untouched (e.g. a ``Routing`` at ``ffn.route``).
+
+    ``start(n, corpus)`` is called before the language's first batch (``n``: the values per
+    token when the pass knows it, else None), ``update(values, batch)`` once per batch,
+    ``result()`` at the end. Options come as keyword arguments of the constructor."""
+
+    name: ClassVar[str] = ""
+    takes: str = "tokens"
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        pass
+
+    def update(self, values: Any, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def result(self) -> Any:
+        raise NotImplementedError
+
+
+#: statistics by name (:func:`register_statistic`)
+STATISTICS: dict[str, type[Statistic]] = {}
+
+
+def register_statistic(cls: type[Statistic]) -> type[Statistic]:
+    """Make ``cls`` known by its ``name`` (a class decorator); a name is registered once."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if STATISTICS.get(cls.name, cls) is not cls:
+        raise ValueError(f"a statistic named {cls.name!r} is registered already ({STATISTICS[cls.name].__name__})")
+    STATISTICS[cls.name] = cls
+    return cls
+
+
+def _zeros(n: int | None, rows: int, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if n is None else torch.zeros(rows, n, dtype=dtype)
+
+
+@register_statistic
+class Mean(Statistic):
+    """The mean over the counted tokens of each value, kept per part: ``sums`` (parts, n)
+    float64, ``counts`` (parts,) int64; ``result()`` (n,): over every part.
+
+    ``sum="tokens"`` (default): every value in float64, summed over the batch's counted tokens
+    on the CPU; ``sum="rows"``: each row's sum in the site's dtype by one matrix product, added
+    in float64 (cheap on an accelerator; the detection methods' site means)."""
+
+    name = "mean"
+
+    def __init__(self, sum: str = "tokens"):
+        if sum not in ("tokens", "rows"):
+            raise ValueError(f"Mean: sum must be 'tokens' or 'rows', got {sum!r}")
+        self.takes = "tokens" if sum == "tokens" else "row_sums"
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.parts = corpus.parts
+        self.sums = _zeros(n, corpus.parts, torch.float64)
+        self.counts = torch.zeros(corpus.parts, dtype=torch.int64)
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        if self.sums is None:
+            self.sums = _zeros(values.shape[-1], self.parts, torch.float64)
+        self.counts.index_add_(0, batch.part, batch.counts)
+        if self.takes == "row_sums":
+            self.sums.index_add_(0, batch.part, values)
+        elif self.parts == 1:
+            self.sums[0] += values.sum(0)
+        else:
+            self.sums.index_add_(0, batch.token_part, values)
+
+    def result(self) -> torch.Tensor:
+        if self.sums is None:
+            raise ValueError(f"no counted token of {self.__class__.__name__} to take a mean over")
+        return self.sums.sum(0) / int(self.counts.sum())
+
+
+@register_statistic
+class DocMeans(Statistic):
+    """Each run document's mean over its tokens (activation AP's per-document means): ``sums``
+    (documents run, n) float64 of the row sums (as ``Mean(sum="rows")``), ``tokens``
+    (documents run,); ``result()`` (documents run, n), in ``Corpus.measured`` order."""
+
+    name = "doc_means"
+    takes = "row_sums"
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.docs = len(corpus.measured)
+        self.sums = _zeros(n, self.docs, torch.float64)
+        self.tokens = torch.zeros(self.docs, dtype=torch.int64)
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        if self.sums is None:
+            self.sums = _zeros(values.shape[-1], self.docs, torch.float64)
+        self.sums.index_add_(0, batch.slot, values)
+        self.tokens.index_add_(0, batch.slot, batch.counts)
+
+    def result(self) -> torch.Tensor:
+        return self.sums / self.tokens.to(torch.float64)[:, None]
+
+
+@register_statistic
+class FiringProbability(Statistic):
+    """The share of counted tokens at which each value is > 0 (LAPE's activation probability):
+    ``counts`` (parts, n) int64, ``tokens`` (parts,); ``result()`` (n,) float64 over every part."""
+
+    name = "firing_probability"
+    takes = "rows"
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.parts = corpus.parts
+        self.counts = _zeros(n, corpus.parts, torch.int64)
+        self.tokens = torch.zeros(corpus.parts, dtype=torch.int64)
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        if self.counts is None:
+            self.counts = _zeros(values.shape[-1], self.parts, torch.int64)
+        positive = ((values > 0) & batch.mask_on(values.device)[..., None]).sum(1).cpu()  # (rows, n)
+        self.counts.index_add_(0, batch.part, positive)
+        self.tokens.index_add_(0, batch.part, batch.counts)
+
+    def result(self) -> torch.Tensor:
+        return self.counts.sum(0).to(torch.float64) / int(self.tokens.sum())
+
+
+@register_statistic
+class Quantiles(Statistic):
+    """Quantiles ``qs`` of each value over the counted tokens (:func:`quantile`: linear
+    interpolation, as ``numpy.quantile``); ``result()`` (len(qs), n). Every value is kept
+    (tokens x n x 8 bytes), once for all the ``qs``."""
+
+    name = "quantiles"
+
+    def __init__(self, qs: Sequence[float] = (0.5,)):
+        self.qs = tuple(float(q) for q in qs)
+        bad = [q for q in self.qs if not 0.0 <= q <= 1.0]
+        if not self.qs or bad:
+            raise ValueError(f"Quantiles: give quantiles in [0, 1], got {qs!r}")
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        self.values.append(values)
+
+    def result(self) -> torch.Tensor:
+        if not self.values:
+            raise ValueError("no values to take a quantile of")
+        values = torch.cat(self.values)
+        return torch.stack([quantile(values, q) for q in self.qs])
+
+
+@register_statistic
+class Median(Quantiles):
+    """The median (``Quantiles(qs=(0.5,))``); ``result()`` (n,)."""
+
+    name = "median"
+
+    def __init__(self) -> None:
+        super().__init__((0.5,))
+
+    def result(self) -> torch.Tensor:
+        return super().result()[0]
+
+
+@register_statistic
+class RouterCounts(Statistic):
+    """At ``ffn.route`` (a ``Routing``): ``selections`` (experts,) int64, the counted tokens
+    routed to each expert, and ``weight_sums`` (experts,) float64, their routing weights;
+    ``result()`` is ``(selections, weight_sums)``. Option ``experts``: the number of experts."""
+
+    name = "router_counts"
+    takes = "value"
+
+    def __init__(self, experts: int):
+        self.experts = int(experts)
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.selections = torch.zeros(self.experts, dtype=torch.long)
+        self.weight_sums = torch.zeros(self.experts, dtype=torch.float64)
+
+    def update(self, routing: Any, batch: Batch) -> None:
+        keep = batch.mask_on(routing.experts.device)
+        experts = routing.experts[keep]  # (tokens, k)
+        E = self.experts
+        self.selections += torch.bincount(experts.flatten(), minlength=E).cpu()
+        w = routing.weights[keep].to(torch.float64).flatten()
+        self.weight_sums += torch.zeros(E, dtype=torch.float64, device=w.device).index_add_(
+            0, experts.flatten(), w).cpu()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.selections, self.weight_sums
+
+
+# ---- requests and results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One statistic of the values at ``site`` (a name of ``hooks.SITES`` / ``hooks.MOE_SITES``)
+    in ``layers`` (None: every layer). ``statistic``: a name in :data:`STATISTICS` or a
+    :class:`Statistic` subclass; ``options``: its constructor's keywords. ``read``: a callable
+    ``(..., width) -> (..., n)`` applied to the site's channels first, or ``{layer: callable}``
+    (a layer missing from it is not read). ``width``: n (or ``{layer: n}``), when the pass cannot
+    tell it (a ``read`` transform, a site that is no projection's input or output); without it a
+    statistic makes its tensors at its first batch. ``key``: the name of
+    the results (default ``"statistic@site"``)."""
+
+    statistic: str | type[Statistic]
+    site: str
+    layers: Sequence[int] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    read: Callable[[torch.Tensor], torch.Tensor] | Mapping[int, Callable] | None = None
+    width: int | Mapping[int, int] | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.site not in SITES and self.site not in MOE_SITES:
+            raise ValueError(f"unknown site {self.site!r}; sites are {', '.join(SITES)} "
+                             f"(and in mixture-of-experts layers {', '.join(MOE_SITES)})")
+        self.statistic_class()  # a clear error for an unknown name
+        if self.key is None:
+            object.__setattr__(self, "key", f"{self.statistic_class().name or self.statistic_class().__name__}"
+                                            f"@{self.site}")
+
+    def statistic_class(self) -> type[Statistic]:
+        if isinstance(self.statistic, type) and issubclass(self.statistic, Statistic):
+            return self.statistic
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"unknown statistic {self.statistic!r}; statistics: {', '.join(STATISTICS)}")
+        return STATISTICS[self.statistic]
+
+    def reader(self, layer: int | None) -> Callable | None:
+        """The read transform of ``layer`` (None: the raw channels)."""
+        return self.read.get(layer) if isinstance(self.read, Mapping) else self.read
+
+    def make(self) -> Statistic:
+        return self.statistic_class()(**dict(self.options))
+
+
+@dataclass
+class PassResult:
+    """What one pass gives, per language: ``tokens`` (parts,) counted tokens, ``doc_tokens``
+    (documents run,) and ``corpora`` (:class:`Corpus`: which documents were run), ``empty``
+    (corpus positions of the documents not run); ``statistics[key][lang][layer]``: the
+    :class:`Statistic` objects (their ``result()``: :meth:`value`); ``info``: the rules."""
+
+    languages: tuple[str, ...]
+    parts: int
+    corpora: dict[str, Corpus]
+    tokens: dict[str, torch.Tensor]
+    doc_tokens: dict[str, torch.Tensor]
+    empty: dict[str, list[int]]
+    statistics: dict[str, dict[str, dict[int | None, Statistic]]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str, lang: str, layer: int | None) -> Any:
+        return self.statistics[key][lang][layer].result()
+
+    def stacked(self, key: str, lang: str) -> torch.Tensor:
+        """The results of ``key`` for ``lang``, stacked over its layers (in layer order)."""
+        per = self.statistics[key][lang]
+        return torch.stack([per[layer].result() for layer in sorted(per, key=lambda i: -1 if i is None else i)])
+
+    def n_tokens(self, lang: str) -> int:
+        return int(self.tokens[lang].sum())
+
+
+# ---- the token rule --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Unit:
+    doc: int
+    ids: list[int]
+    start: int  # counted positions: ids[start:stop]
+    stop: int
+
+
+def _units(rule: str, tokenizer: Any, documents: Sequence[str], max_length: int, windowing: Windowing | None,
+           what: str, progress: bool) -> tuple[list[_Unit], list[int], list[int]]:
+    """The units (windows or documents) to run, in run order; the corpus positions of the
+    documents run; those of the documents not run."""
+    units: list[_Unit] = []
+    measured: list[int] = []
+    empty: list[int] = []
+    if rule == "windows":
+        assert windowing is not None
+        lengths: dict[int, int] = {}
+        windows = []
+        for i, text in enumerate(documents):
+            ids = [] if is_empty(text) else tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            if not ids:
+                empty.append(i)
+                continue
+            measured.append(i)
+            lengths[i] = len(ids)
+            windows.extend(windowing.split(i, ids))
+        line = windowing.survey(lengths, what)
+        if progress:
+            tqdm.write(f"[mwork] {line}", file=sys.stderr)
+        windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
+        start, tail = len(windowing.prefix), len(windowing.suffix)
+        return [_Unit(w.doc, w.ids, start, len(w.ids) - tail) for w in windows], measured, empty
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for i, text in enumerate(documents):
+        if is_empty(text):
+            empty.append(i)
+            continue
+        if rule == "truncate-sorted":
+            ids = list(tokenizer(text).input_ids)[:max_length]
+        else:
+            ids = list(tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
+        lead = 0
+        while lead < len(ids) and ids[lead] in special:
+            lead += 1
+        if not ids or (rule == "truncate-sorted" and len(ids) - lead < 1):
+            empty.append(i)
+            continue
+        measured.append(i)
+        units.append(_Unit(i, ids, lead, len(ids)))
+    if rule == "truncate-sorted":
+        units.sort(key=lambda u: -len(u.ids))  # stable: ties in corpus order
+    return units, measured, empty
+
+
+# ---- reading the sites -------------------------------------------------------------------------------
+
+
+def site_width(adapter: Any, site: Any) -> int | None:
+    """The channels of a site's tensor, where the pass can tell (None: it cannot)."""
+    if site.index is not None:
+        return len(site.index)
+    if site.width is not None:
+        return int(site.width)
+    if site.name in ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out", "final_norm.in"):
+        return int(adapter.hidden_size)
+    try:
+        return feature_width(site.module, site.port == "in")
+    except (AttributeError, TypeError):
+        return None
+
+
+class _SiteReader:
+    """The one reader of a (site, layer): applies each read transform once per call, makes each
+    form of the values once, gives them to the statistics there."""
+
+    def __init__(self, site: Any):
+        self.site = site
+        self.groups: list[tuple[Callable | None, list[tuple[str, Request]]]] = []
+        self.current: dict[str, Statistic] = {}  # request key -> this language's statistic
+        self.batch: Batch | None = None
+
+    def add(self, request: Request, read: Callable | None) -> None:
+        for fn, members in self.groups:
+            if fn is read:
+                members.append((request.key, request))
+                return
+        self.groups.append((read, [(request.key, request)]))
+
+    def __call__(self, value: Any) -> None:
+        batch = self.batch
+        for read, members in self.groups:
+            forms: dict[str, Any] = {}
+            for key, _ in members:
+                stat = self.current[key]
+                if stat.takes not in forms:
+                    forms[stat.takes] = self._form(stat.takes, value, read, forms, batch)
+                stat.update(forms[stat.takes], batch)
+
+    def _form(self, takes: str, value: Any, read: Callable | None, forms: dict, batch: Batch) -> Any:
+        if takes == "value":
+            return value
+        if "rows" not in forms:
+            v = self.site.channels(value.detach())
+            forms["rows"] = v if read is None else read(v)
+        v = forms["rows"]
+        if takes == "rows":
+            return v
+        if takes == "tokens":
+            return v[batch.mask_on(v.device)].to("cpu", torch.float64)
+        if takes == "row_sums":
+            x = v if v.dtype in (torch.float32, torch.float64) else v.float()  # no half-precision sums
+            return torch.bmm(batch.mask_on(x.device)[:, None, :].to(x.dtype), x)[:, 0].to("cpu", torch.float64)
+        raise ValueError(f"a statistic takes 'tokens', 'row_sums', 'rows' or 'value', not {takes!r}")
+
+
+def corpus_pass(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Iterable[str]],
+                requests: Sequence[Request], *, tokens: str = "windows", max_length: int = 512,
+                truncate: bool = False, batch_size: int = 8, parts: int = 1, progress: bool = True,
+                desc: str = "statistics {lang}", unit: str = "batch") -> PassResult:
+    """Every statistic of ``requests`` over ``corpora`` (``{lang: documents}``) in one pass
+    (module docstring). ``tokens``: the token rule (:data:`TOKEN_RULES`); ``truncate``: the
+    first window of each document only (``"windows"``). Progress: ``desc`` ("{lang}": one bar
+    per language) over batches, or with ``unit="doc"`` one bar over every language's documents.
+    No request: plain forward passes (the baseline of a cost measurement)."""
+    if tokens not in TOKEN_RULES:
+        raise ValueError(f"unknown token rule {tokens!r}; rules: {', '.join(TOKEN_RULES)}")
+    for name, value in (("parts", parts), ("batch_size", batch_size), ("max_length", max_length)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    keys = [r.key for r in requests]
+    twice = [k for k in dict.fromkeys(keys) if keys.count(k) > 1]
+    if twice:
+        raise ValueError(f"two requests have the key {twice[0]!r}; give each its own key")
+    adapter = get_adapter(model)
+    windowing = Windowing.for_tokenizer(tokenizer, max_length, truncate) if tokens == "windows" else None
+    pad = (windowing.pad_id if windowing is not None else int(tokenizer.pad_token_id or 0))
+
+    readers: dict[tuple[str, int | None], _SiteReader] = {}
+    widths: dict[tuple[str, int | None], int | None] = {}
+    hooks = Hooks()
+    for r in requests:
+        layers = [None] if r.site == "final_norm.in" else (
+            range(adapter.num_layers) if r.layers is None else sorted(set(r.layers)))
+        for layer in layers:
+            if isinstance(r.read, Mapping) and layer not in r.read:
+                continue
+            where = (r.site, layer)
+            if where not in readers:
+                site = adapter.site(r.site, layer)
+                readers[where] = _SiteReader(site)
+                hooks.read(site, readers[where])
+            readers[where].add(r, r.reader(layer))
+            given = r.width.get(layer) if isinstance(r.width, Mapping) else r.width
+            widths[r.key, layer] = (given if given is not None else
+                                    site_width(adapter, readers[where].site) if r.reader(layer) is None else None)
+    langs = tuple(corpora)
+    result = PassResult(langs, parts, {}, {}, {}, {}, {r.key: {} for r in requests},
+                        {"token_rule": TOKEN_RULES[tokens], "tokens": tokens, "max_length": max_length,
+                         "truncate": truncate, "batch_size": batch_size})
+    if windowing is not None:
+        result.info.update(window_rule=windowing.rule,
+                           special_tokens={"prefix": list(windowing.prefix), "suffix": list(windowing.suffix)})
+    documents = {lang: corpora[lang] if isinstance(corpora[lang], Sequence) else list(corpora[lang])
+                 for lang in langs}
+    bar = None
+    if progress and unit == "doc":
+        bar = tqdm(total=sum(len(d) for d in documents.values()), desc=desc.format(lang=""), unit="doc")
+    device = input_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks, torch.no_grad():
+            for lang in langs:
+                what = desc.format(lang=lang)
+                units, measured, empty = _units(tokens, tokenizer, documents[lang], max_length, windowing, what,
+                                                progress)
+                corpus = Corpus(lang, len(documents[lang]), tuple(measured), parts)
+                slots = {d: i for i, d in enumerate(measured)}
+                result.corpora[lang], result.empty[lang] = corpus, empty
+                result.tokens[lang] = torch.zeros(parts, dtype=torch.int64)
+                result.doc_tokens[lang] = torch.zeros(len(measured), dtype=torch.int64)
+                for (site_name, layer), reader in readers.items():
+                    reader.current = {}
+                    for _, members in reader.groups:
+                        for key, r in members:
+                            stat = r.make()
+                            stat.start(widths[key, layer], corpus)
+                            reader.current[key] = stat
+                            result.statistics[key].setdefault(lang, {})[layer] = stat
+                n_batches = (len(units) + batch_size - 1) // batch_size
+                steps = range(n_batches)
+                if progress and unit != "doc":
+                    steps = tqdm(steps, desc=what, unit="batch")
+                for b in steps:
+                    group = units[b * batch_size:(b + 1) * batch_size]
+                    ids = packed_ids([u.ids for u in group], pad)
+                    mask = torch.zeros(ids.shape, dtype=torch.bool)
+                    for row, u in enumerate(group):
+                        mask[row, u.start:u.stop] = True
+                    doc = torch.tensor([u.doc for u in group], dtype=torch.long)
+                    batch = Batch(corpus, mask, doc, torch.tensor([slots[u.doc] for u in group], dtype=torch.long),
+                                  doc % parts)
+                    result.tokens[lang].index_add_(0, batch.part, batch.counts)
+                    result.doc_tokens[lang].index_add_(0, batch.slot, batch.counts)
+                    for reader in readers.values():
+                        reader.batch = batch
+                    ids = ids.to(device)
+                    ones = torch.ones_like(ids)
+                    adapter.body(input_ids=ids, attention_mask=ones, use_cache=False, **adapter.forward_kwargs(ones))
+                    if bar is not None:
+                        bar.update(len(group))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return result
+
+
+def residual_means(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Iterable[str]], *,
+                   layers: Sequence[int] | None = None, **options: Any) -> dict[str, torch.Tensor]:
+    """Per language, the mean of ``layer.out`` (the residual stream after each decoder layer)
+    over the counted tokens: (layers, hidden) float64 (``options``: those of :func:`corpus_pass`,
+    e.g. ``tokens``, ``max_length``; row sums in the model's dtype, added in float64)."""
+    request = Request("mean", "layer.out", layers, {"sum": "rows"}, key="residual_mean")
+    out = corpus_pass(model, tokenizer, corpora, [request], **{"progress": False, **options})
+    return {lang: out.stacked("residual_mean", lang) for lang in out.languages}

@@ -1,0 +1,217 @@
+"""Units and the one intervention primitive: directions edit exactly what their formulas say
+(against hooks written here), unit files round-trip through ``mwork.load_units`` for every kind
+(NeuronSets included, nothing unpickled), and a unit kind written outside the package runs
+through ``deactivate`` and ``steer`` like mwork's own."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+import mwork
+from mwork.hooks import Hooks, active_hooks
+from mwork.models.adapters import get_adapter
+from mwork.neurons.neuronset import NeuronSet
+from mwork.units import (UNIT_KINDS, Directions, Intervention, NeuronUnits, UnitEdit, load_units,
+                         register_unit_kind)
+from tests.plugins.one_direction import OneDirection
+
+LAYER = 1
+
+
+def _batch(tok):
+    tok.padding_side = "left"
+    return tok(["The quick brown fox jumps over the dog.", "Быстрая лиса"], return_tensors="pt", padding=True)
+
+
+def _logits(model, batch, edit=None, layer=LAYER):
+    """Logits, with ``edit`` (x -> x') placed by a hook written here at layer.out of ``layer``."""
+    hooks = Hooks()
+    if edit is not None:
+        hooks.edit(get_adapter(model).site("layer.out", layer), edit)
+    with hooks, torch.no_grad():
+        return model(**batch).logits
+
+
+def _directions(model, seed=0, layers=(LAYER,), stats=None) -> Directions:
+    d = get_adapter(model).fingerprint()["hidden_size"]
+    gen = torch.Generator().manual_seed(seed)
+    return Directions(torch.randn(len(layers), d, generator=gen), list(layers), names=["fr"] * len(layers),
+                      stats=stats, meta={"fingerprint": get_adapter(model).fingerprint()})
+
+
+def test_add_is_x_plus_alpha_v(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    batch = _batch(tok)
+    dirs = _directions(model)
+    v = dirs.write[0]
+    want = _logits(model, batch, lambda x: x + 2.5 * v.to(x))
+    with mwork.steer(model, dirs, "add", 2.5), torch.no_grad():
+        got = model(**batch).logits
+    real = batch["attention_mask"].bool()  # padding is never steered, so compare real tokens
+    torch.testing.assert_close(got[real], want[real])
+    assert active_hooks(get_adapter(model).layers[LAYER]) == 0
+
+
+def test_zero_removes_the_component_and_set_sets_the_coordinate(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    batch = _batch(tok)
+    dirs = _directions(model, stats={"mean": torch.tensor([0.75])})
+    v, r = dirs.write[0].double(), dirs.read[0].double()
+    torch.testing.assert_close(r, v / v.dot(v))
+    with mwork.deactivate(model, dirs), mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
+        model(**batch)
+    assert cap["layer.out", LAYER].double().matmul(r).abs().max() < 1e-5
+    with mwork.steer(model, dirs, "set", 1.0, stat="mean"), \
+            mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
+        model(**batch)
+    coord = cap["layer.out", LAYER].double().matmul(r)[batch["attention_mask"].bool()]
+    torch.testing.assert_close(coord, torch.full_like(coord, 0.75), atol=1e-4, rtol=0)
+
+
+def test_an_unedited_direction_changes_nothing(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    batch = _batch(tok)
+    dirs = _directions(model)
+    clean = _logits(model, batch)
+    group, = dirs.groups(model)
+    with Intervention(model, [UnitEdit(group, "affine", keep=1.0, shift=torch.zeros(1))]), torch.no_grad():
+        assert torch.equal(model(**batch).logits, clean)
+
+
+def test_keep_norm_restores_each_edited_norm(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
+    batch = _batch(tok)
+    dirs = _directions(model)
+    with mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
+        model(**batch)
+    before = cap["layer.out", LAYER].norm(dim=-1)
+    with mwork.steer(model, dirs, "add", 4.0, keep_norm=True), \
+            mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
+        model(**batch)
+    after = cap["layer.out", LAYER]
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(after.norm(dim=-1)[real], before[real], rtol=1e-5, atol=1e-5)
+    plain = _logits(model, batch, lambda x: x + 4.0 * dirs.write[0].to(x))
+    with mwork.steer(model, dirs, "add", 4.0, keep_norm=True), torch.no_grad():
+        assert not torch.allclose(model(**batch).logits[real], plain[real])
+
+
+def test_generated_positions_leave_the_prompt_pass_alone(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
+    batch = _batch(tok)
+    clean = _logits(model, batch)
+    with mwork.steer(model, _directions(model), "add", 8.0, positions="generated"), torch.no_grad():
+        assert torch.equal(model(**batch).logits, clean)
+
+
+def test_off_removes_the_source_direction_and_adds_the_target(shared_tiny):
+    model, tok = shared_tiny("tiny-random-llama")
+    batch = _batch(tok)
+    target, source = _directions(model, seed=1), _directions(model, seed=2)
+    v, r_src, w_src = target.write[0], source.read[0], source.write[0]
+
+    def by_hand(x):
+        y = x + 1.5 * v.to(x)
+        return y - (y @ r_src.to(x))[..., None] * w_src.to(x)
+
+    want = _logits(model, batch, by_hand)
+    with mwork.steer(model, target, "add", 1.5, off=source), torch.no_grad():
+        got = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-4)
+
+
+def test_layers_restrict_directions_and_are_checked(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
+    dirs = _directions(model, layers=(0, 1, 1))
+    assert dirs.restrict([1]).count() == 2 and [g.parts[0][1] for g in dirs.groups(model)] == [0, 1]
+    with pytest.raises(ValueError, match="out of range"):
+        mwork.steer(model, dirs, "add", 1.0, layers="99")
+    with pytest.raises(ValueError, match="no neuron kinds"):
+        mwork.deactivate(model, dirs, kinds="ffn")
+
+
+def test_unit_files_round_trip_through_load_units(shared_tiny, tmp_path):
+    model, _ = shared_tiny("tiny-random-llama")
+    dirs = _directions(model, layers=(0, 1), stats={"mean": torch.tensor([0.5, -1.0])})
+    path = dirs.save(tmp_path / "fr")
+    back = mwork.load_units(path, model)
+    assert isinstance(back, Directions) and back.names == ["fr", "fr"] and back.site == "layer.out"
+    assert torch.equal(back.write, dirs.write) and torch.equal(back.read, dirs.read)
+    assert torch.equal(back.layers, dirs.layers) and torch.equal(back.stats["mean"], dirs.stats["mean"])
+    assert (tmp_path / "fr.json").exists()
+    ns = NeuronSet.empty_for(model)
+    ns.masks["ffn"][0, :3] = True
+    units = load_units(ns.save(tmp_path / "set"), model)
+    assert isinstance(units, NeuronUnits) and units.neurons == ns and units.count() == 3
+
+
+def test_unit_files_that_are_not_ours_are_refused(shared_tiny, tmp_path):
+    model, _ = shared_tiny("tiny-random-llama")
+    bad = tmp_path / "evil.safetensors"
+    bad.write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(ValueError, match="not a readable unit set"):
+        load_units(bad)
+    with pytest.raises(ValueError, match="hidden size"):
+        Directions(torch.ones(1, 7), [0]).check_compatible(model)
+    with pytest.raises(FileNotFoundError):
+        load_units(tmp_path / "missing")
+
+
+def test_a_unit_kind_from_outside_runs_through_deactivate_and_steer(shared_tiny, tmp_path):
+    model, tok = shared_tiny("tiny-random-llama")
+    batch = _batch(tok)
+    d = get_adapter(model).fingerprint()["hidden_size"]
+    v = torch.randn(d, generator=torch.Generator().manual_seed(3))
+    register_unit_kind(OneDirection)
+    try:
+        unit = load_units(OneDirection(v, LAYER).save(tmp_path / "one.safetensors"), model)
+        assert isinstance(unit, OneDirection)
+        n = unit.v
+        real = batch["attention_mask"].bool()
+        want = _logits(model, batch, lambda x: x - (x @ n.to(x))[..., None] * n.to(x))
+        with mwork.deactivate(model, unit), torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits, want)
+        want = _logits(model, batch, lambda x: x + 3.0 * (x @ n.to(x))[..., None] * n.to(x))
+        with mwork.steer(model, unit, "scale", 4.0), torch.no_grad():
+            torch.testing.assert_close(model(**batch).logits[real], want[real])
+    finally:
+        UNIT_KINDS.pop("one-direction", None)
+
+
+def test_random_directions_keep_each_norm_and_layer(shared_tiny):
+    model, _ = shared_tiny("tiny-random-llama")
+    dirs = _directions(model, layers=(0, 1), stats={"mean": torch.tensor([1.0, 2.0])})
+    rand = dirs.random_like(0)
+    torch.testing.assert_close(rand.write.norm(dim=-1), dirs.write.norm(dim=-1))
+    assert torch.equal(rand.layers, dirs.layers) and not rand.stats
+    assert torch.equal(rand.write, dirs.random_like(0).write) and not torch.equal(rand.write, dirs.random_like(1).write)
+    cos = torch.nn.functional.cosine_similarity(rand.write, dirs.write, dim=-1)
+    assert cos.abs().max() < 0.9
+
+
+def test_an_outside_unit_kind_and_statistic_run_through_the_corpus_pass(shared_tiny):
+    from mwork.corpus_pass import Request, corpus_pass
+    from mwork.neurons.windows import Windowing
+    from tests.plugins.max_statistic import Maximum
+
+    model, tok = shared_tiny("tiny-random-llama")
+    d = get_adapter(model).fingerprint()["hidden_size"]
+    unit = OneDirection(torch.randn(d, generator=torch.Generator().manual_seed(4)), LAYER)
+    group, = unit.groups(model)
+    docs = ["The cat sleeps.", "Rivers run to the sea again."]
+    request = Request(Maximum, "layer.out", [LAYER], read={LAYER: group.read}, width={LAYER: 1}, key="max")
+    got = corpus_pass(model, tok, {"en": docs}, [request], max_length=32, progress=False).value("max", "en", LAYER)
+    win = Windowing.for_tokenizer(tok, 32, False)
+    best = -float("inf")
+    for text in docs:
+        ids = list(win.prefix) + tok(text, add_special_tokens=False)["input_ids"] + list(win.suffix)
+        with mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
+            model(input_ids=torch.tensor([ids]))
+        x = cap["layer.out", LAYER][0, len(win.prefix):len(ids) - len(win.suffix)]
+        best = max(best, float((x @ unit.v).max()))
+    assert got.shape == (1,)
+    assert abs(float(got[0]) - best) < 1e-5
