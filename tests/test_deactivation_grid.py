@@ -101,8 +101,9 @@ def test_repeated_languages_are_refused_before_loading(tmp_path, capsys, gpt2):
     assert code == 2 and "fr more than once" in err and "no-such-model" not in err
     model, tok = gpt2
     with pytest.raises(ValueError, match="more than once"):
-        run_deactivation_experiment(model, perplexity_evaluator(model, tok, TEXTS), _sets(model), ["en", "fr", "fr"],
-                                    tmp_path / "api", understanding=1, generation=1, seeds=(0,), progress=False)
+        run_deactivation_experiment(model, perplexity_evaluator(model, tok, TEXTS), _sets(model),
+                                    GridSpec(("en", "fr", "fr"), "en", understanding=1, generation=1, seeds=(0,)),
+                                    tmp_path / "api", progress=False)
 
 
 # ---- content-keyed resume ---------------------------------------------------------------------------
@@ -162,16 +163,16 @@ def test_changed_weights_and_batch_size_are_recomputed(tmp_path, capsys, fresh_t
             return self.inner.inputs_digest(lang)
 
     sets = _sets(model)
-    kw = dict(understanding=1, generation=1, seeds=(0,), progress=False)
-    run_deactivation_experiment(model, Counting(base), sets, ["en", "fr"], tmp_path, **kw)
+    spec = GridSpec(("en", "fr"), "en", understanding=1, generation=1, seeds=(0,))
+    run_deactivation_experiment(model, Counting(base), sets, spec, tmp_path, progress=False)
     n = len(calls)
     with torch.no_grad():
         next(model.parameters()).add_(1e-3)  # a retrained weight: every cell is stale
     capsys.readouterr()
-    run_deactivation_experiment(model, Counting(base), sets, ["en", "fr"], tmp_path, **kw)
+    run_deactivation_experiment(model, Counting(base), sets, spec, tmp_path, progress=False)
     assert len(calls) == 2 * n and "the model's weights changed" in capsys.readouterr().err
     other = perplexity_evaluator(model, tok, TEXTS, batch_size=1, max_length=16)
-    run_deactivation_experiment(model, Counting(other), sets, ["en", "fr"], tmp_path, **kw)
+    run_deactivation_experiment(model, Counting(other), sets, spec, tmp_path, progress=False)
     assert len(calls) == 3 * n and "options of en, fr changed" in capsys.readouterr().err
 
 
@@ -184,15 +185,15 @@ def test_torn_last_line_is_dropped_and_recomputed(tmp_path, capsys, gpt2):
         calls.append(lang)
         return base(lang)
 
-    kw = dict(understanding=1, generation=1, seeds=(0,), progress=False)
-    first = run_deactivation_experiment(model, evaluate, _sets(model), ["en", "fr"], tmp_path, **kw)
+    spec = GridSpec(("en", "fr"), "en", understanding=1, generation=1, seeds=(0,))
+    first = run_deactivation_experiment(model, evaluate, _sets(model), spec, tmp_path, progress=False)
     path = tmp_path / "cells.jsonl"
     data = path.read_bytes()
     last = data[:-1].rindex(b"\n") + 1
     path.write_bytes(data[:last + (len(data) - last) // 2])  # killed in the middle of writing the last cell
     n = len(calls)
     capsys.readouterr()
-    again = run_deactivation_experiment(model, evaluate, _sets(model), ["en", "fr"], tmp_path, **kw)
+    again = run_deactivation_experiment(model, evaluate, _sets(model), spec, tmp_path, progress=False)
     err = capsys.readouterr().err
     assert f"{path}: the last line is incomplete" in err and "recomputed" in err
     assert len(calls) == n + 1  # that one cell, nothing else
@@ -229,8 +230,8 @@ def test_region_kinds_are_those_really_switched_off(tmp_path, gpt2):
     model, tok = gpt2
     only_v = _sets(model, kinds=("ffn", "v"))  # attention neurons of V only, in layer 1
     res = run_deactivation_experiment(model, perplexity_evaluator(model, tok, TEXTS, max_length=16), only_v,
-                                      ["en", "fr", "zh"], tmp_path, understanding=1, generation=1, seeds=(0,),
-                                      progress=False)
+                                      GridSpec(("en", "fr", "zh"), "en", understanding=1, generation=1, seeds=(0,)),
+                                      tmp_path, progress=False)
     kinds = {(r["region"], r["neurons_off"]): r["kinds"] for r in res["grid"]}
     for region in layer_regions(3, 1, 1):  # a direct count of what each region holds
         held = [k for k in region.kinds

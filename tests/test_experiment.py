@@ -8,7 +8,7 @@ import torch
 
 import mwork
 import mwork.cli
-from mwork.experiments.deactivation import layer_regions, performance_delta, run_deactivation_experiment
+from mwork.experiments.deactivation import GridSpec, layer_regions, performance_delta, run_deactivation_experiment
 from mwork.tasks.runtime import perplexity_evaluator
 from mwork.neurons.neuronset import NeuronSet
 
@@ -50,8 +50,8 @@ def test_grid_table_and_resume(tmp_path):
         return base(lang)
 
     sets = _sets(model)
-    res = run_deactivation_experiment(model, evaluate, sets, ["en", "fr", "zh"], tmp_path, understanding=1,
-                                      generation=1, seeds=(0, 1), progress=False)
+    spec = GridSpec(("en", "fr", "zh"), "en", understanding=1, generation=1, seeds=(0, 1))
+    res = run_deactivation_experiment(model, evaluate, sets, spec, tmp_path, progress=False)
     with (tmp_path / "table.csv").open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert {"Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ"} <= set(rows[0])
@@ -69,13 +69,12 @@ def test_grid_table_and_resume(tmp_path):
     for name in ("table.md", "headline.csv", "results.json", "deactivation.png"):
         assert (tmp_path / name).exists()
     n = len(calls)
-    again = run_deactivation_experiment(model, evaluate, sets, ["en", "fr", "zh"], tmp_path, understanding=1,
-                                        generation=1, seeds=(0, 1), progress=False)
+    again = run_deactivation_experiment(model, evaluate, sets, spec, tmp_path, progress=False)
     assert len(calls) == n, "finished cells must not be recomputed"
     assert again["grid"] == res["grid"]
     with pytest.raises(ValueError, match="other settings"):
-        run_deactivation_experiment(model, evaluate, sets, ["en", "fr", "zh"], tmp_path, understanding=2,
-                                    generation=1, seeds=(0, 1), progress=False)
+        run_deactivation_experiment(model, evaluate, sets, GridSpec(("en", "fr", "zh"), "en", understanding=2,
+                                    generation=1, seeds=(0, 1)), tmp_path, progress=False)
 
 
 def test_cli_writes_table(tmp_path):

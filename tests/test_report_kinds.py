@@ -397,7 +397,7 @@ def test_real_producers_folders(tmp_path, monkeypatch):
 
     import mwork
     from mwork.experiments.methods import run_methods
-    from mwork.experiments.steering import run_steer_sweep
+    from mwork.experiments.steering import SteerConfig, SteerSets, run_steer_sweep
     from mwork.experiments.steering.prompts import load_prompts
     from mwork.neurons.neuronset import NeuronSet
     from tests.test_experiment_methods import config_for
@@ -413,9 +413,11 @@ def test_real_producers_folders(tmp_path, monkeypatch):
         ns.masks[k] = torch.rand(ns.masks[k].shape, generator=gen) < 0.08
     (tmp_path / "prompts.txt").write_text("The quick brown fox jumps\nLanguage models read and write\n")
     prompts, _ = load_prompts(str(tmp_path / "prompts.txt"), "zh", source="en")
-    run_steer_sweep(model, tok, ns, prompts, root / "steer", target="zh", strengths=(0.0, 1.0, 4.0), mode="set",
-                    seeds=(0,), corpus=["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。"],
-                    max_new_tokens=4, progress=False)
+    config = SteerConfig(neurons="zh.safetensors", target="zh", prompts=str(tmp_path / "prompts.txt"), source="en",
+                         out=str(root / "steer"), strengths=(0.0, 1.0, 4.0), mode="set", seeds=(0,), max_new_tokens=4,
+                         progress=False)
+    run_steer_sweep(model, tok, SteerSets(ns, corpus=["敏捷的棕色狐狸跳过了懒狗。", "语言模型可以阅读和书写多种语言。"]),
+                    prompts, config)
     assert (root / "steer" / "neurons.json").is_file()  # the set with its statistics: still the steer section
     from mwork.tasks.lm_eval_local import make_local_tasks
     from mwork.tasks.lm_eval_run import EvalConfig, run_eval

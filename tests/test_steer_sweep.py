@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mwork.cli import main
-from mwork.experiments.steering import SteerConfig, run_steer, run_steer_sweep
+from mwork.experiments.steering import SteerConfig, SteerSets, run_steer, run_steer_sweep
 from mwork.experiments.steering import sweep as sweep_module
 from mwork.experiments.steering.generation import continuation_nll, position_measures
 from mwork.experiments.steering.metrics import aggregate, distinct_n
@@ -98,9 +98,10 @@ def test_the_command_writes_the_contract_files(files):
 def test_identity_strength_rows_are_the_unsteered_model(files, tmp_path, shared_tiny):
     model, tok = shared_tiny("tiny-random-llama")
     prompts, _ = load_prompts(files["prompts"], "zh", source="en")
-    res = run_steer_sweep(model, tok, NeuronSet.load(files["neurons"]), prompts, tmp_path / "s", target="zh",
-                          strengths=(0.0, 1.5), mode="add", corpus=CORPUS, seeds=(3,), max_new_tokens=4,
-                          progress=False)
+    config = SteerConfig(neurons=files["neurons"], target="zh", prompts=files["prompts"], source="en",
+                         out=str(tmp_path / "s"), strengths=(0.0, 1.5), mode="add", seeds=(3,), max_new_tokens=4,
+                         progress=False)
+    res = run_steer_sweep(model, tok, SteerSets(NeuronSet.load(files["neurons"]), corpus=CORPUS), prompts, config)
     base = res["unsteered"]
     for r in res["rows"]:
         if r["strength"] == 0.0:
@@ -112,8 +113,10 @@ def test_identity_strength_rows_are_the_unsteered_model(files, tmp_path, shared_
 def test_random_baselines_have_the_same_counts_and_their_own_statistics(files, shared_tiny):
     model, tok = shared_tiny("tiny-random-llama")
     ns = NeuronSet.load(files["neurons"])
-    methods, measured = sweep_module.prepare_sets(model, tok, ns, mode="set", stat="median", seeds=(0, 1),
-                                                  corpus=CORPUS, progress=False, kinds=["ffn", "v"])
+    config = SteerConfig(neurons=files["neurons"], target="zh", prompts=files["prompts"], source="en",
+                         out=str(files["dir"] / "p"), mode="set", stat="median", seeds=(0, 1), kinds="ffn,v",
+                         progress=False)
+    methods, measured = sweep_module.prepare_sets(model, tok, SteerSets(ns, corpus=CORPUS), config)
     spec = methods["specific"][0]
     assert spec.count("q") == 0 and spec.count("ffn") == ns.count("ffn")
     for name in ("random0", "random1"):

@@ -215,3 +215,62 @@ def test_an_outside_unit_kind_and_statistic_run_through_the_corpus_pass(shared_t
         best = max(best, float((x @ unit.v).max()))
     assert got.shape == (1,)
     assert abs(float(got[0]) - best) < 1e-5
+
+
+# ---- dictionary features ---------------------------------------------------------------------
+
+
+def _book(d, m, activation="relu", seed=0, **kw):
+    from mwork.units import Codebook
+
+    gen = torch.Generator().manual_seed(seed)
+    return Codebook(torch.randn(d, m, generator=gen) / d ** 0.5, torch.randn(m, generator=gen) * 0.1,
+                    torch.randn(m, d, generator=gen) / m ** 0.5, torch.randn(d, generator=gen) * 0.1,
+                    activation, **kw)
+
+
+def test_dictionary_activations_against_a_direct_computation():
+    x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(1))
+    relu = _book(8, 16)
+    pre = (x - relu.b_dec) @ relu.W_enc + relu.b_enc
+    torch.testing.assert_close(relu.encode(x), pre.clamp_min(0))
+    jump = _book(8, 16, "jumprelu", threshold=torch.full((16,), 0.2))
+    torch.testing.assert_close(jump.encode(x), torch.where(pre > 0.2, pre, torch.zeros_like(pre)))
+    topk = _book(8, 16, "topk", k=3)
+    got = topk.encode(x)
+    for row, p in zip(got.reshape(-1, 16), pre.reshape(-1, 16)):
+        keep = p.argsort(descending=True)[:3]
+        want = torch.zeros(16)
+        want[keep] = p[keep].clamp_min(0)
+        torch.testing.assert_close(row, want)
+
+
+def test_an_identity_dictionary_changes_nothing_and_ablation_keeps_the_error(shared_tiny, tmp_path):
+    from mwork.units import Codebook, Dictionary
+
+    model, tok = shared_tiny("tiny-random-llama")
+    batch = _batch(tok)
+    d = get_adapter(model).fingerprint()["hidden_size"]
+    eye = Codebook(torch.eye(d), torch.zeros(d), torch.eye(d), torch.zeros(d))
+    ident = Dictionary({LAYER: eye})
+    clean = _logits(model, batch)
+    with Intervention(model, [UnitEdit(g, "affine", keep=1.0) for g in ident.groups(model)]), torch.no_grad():
+        assert torch.equal(model(**batch).logits, clean)
+    book = _book(d, 32, "topk", k=4, seed=2)
+    feats = Dictionary({LAYER: book}).select(LAYER, [3, 7])
+    assert feats.count() == 2
+
+    def by_hand(x):
+        f = book.encode(x)
+        delta = torch.zeros_like(f)
+        delta[..., [3, 7]] = -f[..., [3, 7]]
+        return x + delta @ book.W_dec  # the decoded change only: x - decode(f) (the error) stays
+
+    want = _logits(model, batch, by_hand)
+    with mwork.deactivate(model, feats), torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, want, rtol=1e-5, atol=1e-5)
+    back = load_units(feats.save(tmp_path / "sae"), model)
+    assert isinstance(back, Dictionary) and back.features.tolist() == [3, 7] and back.books[LAYER].k == 4
+    torch.testing.assert_close(back.books[LAYER].W_dec, book.W_dec)
+    with mwork.deactivate(model, back), torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, want, rtol=1e-5, atol=1e-5)

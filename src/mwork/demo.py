@@ -300,7 +300,7 @@ class Demo:
         write_stats(specific, folder, list(s.langs))
 
     def deactivation(self, folder: Path) -> None:
-        from mwork.experiments.deactivation import load_language_sets, run_deactivation_experiment
+        from mwork.experiments.deactivation import GridSpec, load_language_sets, run_deactivation_experiment
         from mwork.tasks.runtime import perplexity_evaluator
 
         s = self.settings
@@ -310,9 +310,8 @@ class Demo:
         sets = load_language_sets(self.out / "neurons" / "specific", langs, model)
         texts = {lang: self.texts(lang, "heldout")[: s.eval_texts] for lang in langs}
         evaluate = perplexity_evaluator(model, tok, texts, batch_size=8, max_length=s.eval_max_length)
-        run_deactivation_experiment(model, evaluate, sets, langs, folder, understanding=u, generation=g,
-                                    seeds=s.seeds, settings={"regions_from_lens": found,
-                                                             "texts": "held-out paragraphs"})
+        run_deactivation_experiment(model, evaluate, sets, GridSpec(tuple(langs), "en", u, g, tuple(s.seeds)), folder,
+                                    settings={"regions_from_lens": found, "texts": "held-out paragraphs"})
 
     def enhance(self, folder: Path) -> None:
         from mwork.experiments.enhance import compare

@@ -15,6 +15,7 @@ settings, the LoRA setting and the tasks' examples. Anything else is refused, ne
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -212,7 +213,15 @@ def compare(
     Writes ``out/compare.json``, ``out/compare.csv`` and ``out/compare.md`` (one row per
     method: trainable parameters, wall time, peak memory, perplexity and task scores before /
     after / change) and each method's delta or record under ``out/<method>/``. Returns all rows.
-    Incremental, keyed by content (module docstring)."""
+    Incremental, keyed by content (module docstring).
+
+    The model is loaded once: the "before" numbers are measured on it, and each method trains a
+    ``copy.deepcopy`` of it (methods change their model in place: full fine-tuning updates every
+    weight, LoRA injects modules), so every method starts from the same pristine weights. The
+    cost of loading once is memory: the pristine copy stays in memory beside the copy being
+    trained (twice the weights, plus the training state). A model dispatched over several
+    devices by accelerate (it has ``hf_device_map``) is not deep-copied, as its dispatch hooks
+    may not survive a copy: it is loaded again for every method instead, as before."""
     from mwork.models.loading import load_model
 
     cfg, s = _configs(config, settings, overrides)
@@ -231,7 +240,7 @@ def compare(
     def evaluate(model: nn.Module, tok: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
         return _evaluate(model, tok, evals, task_sets, t_kwargs, cfg, eval_tokens, progress)
 
-    model, tok = load_model(model_name, dtype=dtype, device=device)
+    model, tok = load_model(model_name, dtype=dtype, device=device)  # kept pristine: each method trains a copy
     ns = as_neuron_set(neurons, model)
     budget = NeuronDelta.zeros(model, ns).num_parameters()
     lora = lora_for_budget(model, ns, budget)
@@ -264,9 +273,11 @@ def compare(
     meta["before_tasks"] = before_tasks
     meta["eval_tokens"] = eval_tokens
     context = ComparisonContext(ns, lora, cfg.lora_alpha, cfg.random_seed, s)
+    pristine: nn.Module | None = None if _dispatched(model) else model
     del model
     for name in cfg.methods:
-        model, tok = load_model(model_name, dtype=dtype, device=device)
+        model, tok = (copy.deepcopy(pristine), tok) if pristine is not None else \
+            load_model(model_name, dtype=dtype, device=device)
         method = get_method(name).for_comparison(model, context)
         folder = prepare_out(_fresh(out_dir / name, method.outputs), False, method.result_file)
         run_meta = {"model_id": model_name, "fingerprint": get_adapter(model).fingerprint(),
@@ -285,6 +296,12 @@ def compare(
         del model, method, trained
         write_table(out_dir, rows, meta)  # after every method: a long comparison keeps its progress
     return rows
+
+
+def _dispatched(model: nn.Module) -> bool:
+    """Whether accelerate spread ``model`` over devices (``device_map``): such a model is loaded
+    again for each method rather than deep-copied (its dispatch hooks may not survive a copy)."""
+    return hasattr(model, "hf_device_map")
 
 
 def _row(name: str, method: Any, m: dict[str, Any], before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -47,21 +47,17 @@ def run_deactivation_experiment(
     model: torch.nn.Module,
     evaluate: Evaluate,
     neuron_sets: Mapping[str, NeuronSet],
-    langs: Sequence[str],
+    spec: GridSpec,
     out_dir: str | Path,
     *,
-    understanding: int,
-    generation: int,
-    english: str = "en",
-    seeds: Sequence[int] = (0, 1, 2),
     settings: Mapping[str, Any] | None = None,
-    matrix: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the grid and the headline table; write ``table.csv/.md``, ``headline.csv``,
-    ``results.json`` and ``deactivation.png`` under ``out_dir``; return the results.
+    """Run the grid ``spec`` describes (languages, English, U and G, seeds, ``matrix``) and the
+    headline table; write ``table.csv/.md``, ``headline.csv``, ``results.json`` and
+    ``deactivation.png`` under ``out_dir``; return the results.
 
-    ``matrix``: also measure every language with every language's neurons off (all layers),
+    ``spec.matrix``: also measure every language with every language's neurons off (all layers),
     written to ``matrix.csv`` (rows: whose neurons are off; the paper's cross-language view).
     ``settings``: recorded with the results and compared on resume (a folder holding another
     experiment is refused). Finished cells are kept in ``cells.jsonl`` under content keys
@@ -70,7 +66,7 @@ def run_deactivation_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     adapter = get_adapter(model)
-    spec = GridSpec(tuple(langs), english, understanding, generation, tuple(seeds), matrix)
+    english, understanding, generation = spec.english, spec.understanding, spec.generation
     missing = [lang for lang in spec.langs if lang not in neuron_sets]
     if missing:
         raise ValueError(f"no NeuronSet for {', '.join(missing)}")
@@ -137,7 +133,6 @@ def run_deactivation(config: DeactivationConfig, *, model: torch.nn.Module | Non
     evaluate, texts = config.evaluator(model, tokenizer)
     if texts is not None:
         settings["texts"] = texts
-    return run_deactivation_experiment(model, evaluate, sets, list(config.langs), config.out,
-                                       understanding=understanding, generation=generation, english=config.english,
-                                       seeds=list(config.seeds), settings=settings, matrix=config.matrix,
-                                       progress=progress)
+    spec = GridSpec(tuple(config.langs), config.english, understanding, generation, tuple(config.seeds),
+                    config.matrix)
+    return run_deactivation_experiment(model, evaluate, sets, spec, config.out, settings=settings, progress=progress)

@@ -18,6 +18,6 @@ The context manager itself is ``mwork.steer`` (``mwork/steering.py``), the stati
 
 from mwork.experiments.steering.config import SteerConfig
 from mwork.experiments.steering.runner import run_steer
-from mwork.experiments.steering.sweep import prepare_sets, run_steer_sweep
+from mwork.experiments.steering.sweep import SteerSets, prepare_sets, run_steer_sweep, steer_scope
 
-__all__ = ["SteerConfig", "prepare_sets", "run_steer", "run_steer_sweep"]
+__all__ = ["SteerConfig", "SteerSets", "prepare_sets", "run_steer", "run_steer_sweep", "steer_scope"]

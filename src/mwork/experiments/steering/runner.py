@@ -10,8 +10,8 @@ import torch
 
 from mwork.experiments.steering.config import SteerConfig
 from mwork.experiments.steering.prompts import load_prompts
-from mwork.experiments.steering.sweep import run_steer_sweep, say
-from mwork.intervene import parse_kinds, parse_layers
+from mwork.experiments.steering.sweep import SteerSets, _region_layers, run_steer_sweep, say
+from mwork.intervene import parse_kinds
 from mwork.neurons.neuronset import NeuronSet
 from mwork.steering import NEEDS_STATISTIC
 from mwork.texts import fingerprint_texts, is_empty, read_texts
@@ -42,27 +42,13 @@ def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
     return None, None
 
 
-def _region_layers(config: SteerConfig, num_layers: int) -> list[int] | None:
-    if config.region == "all":
-        return parse_layers(config.layers)
-    from mwork.layer_regions import region_layers
-    from mwork.lens.regions import resolve_regions
-
-    u, g, _ = resolve_regions(num_layers, config.lens, config.understanding, config.generation)
-    layers = region_layers(num_layers, u, g)[config.region]
-    if not layers:
-        raise ValueError(f"the {config.region} region is empty with U={u}, G={g}")
-    return list(layers)
-
-
 def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None) -> dict[str, Any]:
     """The sweep ``config`` describes (``mwork steer``); writes its files under ``config.out``."""
-    from mwork.config import fingerprint
     from mwork.models.loading import load_model
 
     prompts, notes = load_prompts(config.prompts, config.target, source=config.source, template=config.template,
                                   limit=config.limit)
-    kinds = parse_kinds(config.kinds)
+    parse_kinds(config.kinds)  # a bad --kinds fails before anything is loaded
     ns = NeuronSet.load(config.neurons)
     off = NeuronSet.load(config.off) if config.off else None
     corpus, corpus_info = _corpus(config, ns) if config.mode in NEEDS_STATISTIC else (None, None)
@@ -75,14 +61,7 @@ def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, toke
         off.check_compatible(model)
     from mwork.models.adapters import get_adapter
 
-    layers = _region_layers(config, get_adapter(model).num_layers)
+    _region_layers(config, get_adapter(model).num_layers)  # a region that cannot be resolved fails here, first
     for note in notes:
         say(note)
-    settings = {k: v for k, v in fingerprint(config).items() if k not in ("target", "mode", "stat", "positions",
-                                                                          "max_new_tokens", "batch_size", "layers",
-                                                                          "kinds", "strengths", "seeds")}
-    return run_steer_sweep(model, tokenizer, ns, prompts, config.out, target=config.target, strengths=config.strengths,
-                           mode=config.mode, stat=config.stat, positions=config.positions, seeds=config.seeds,
-                           off=off, layers=layers, kinds=kinds, corpus=corpus, corpus_info=corpus_info,
-                           stats_max_length=config.stats_max_length, max_new_tokens=config.max_new_tokens,
-                           batch_size=config.batch_size, settings=settings, notes=notes, progress=config.progress)
+    return run_steer_sweep(model, tokenizer, SteerSets(ns, off, corpus, corpus_info), prompts, config, notes=notes)

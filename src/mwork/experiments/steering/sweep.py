@@ -26,26 +26,28 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
-from mwork.config import digest
+from mwork.config import digest, fingerprint
 from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.plan import CellKey
 from mwork.files import make_folder
 from mwork.experiments.steering.generation import continuation_nll, generate_measured
 from mwork.experiments.steering.metrics import aggregate, is_nonfinite, item_metrics
+from mwork.experiments.steering.config import SteerConfig
 from mwork.experiments.steering.prompts import SteerPrompt, prompts_record, source_language
 from mwork.experiments.steering.vocab import vocab_languages
 from mwork.fingerprints import model_digest, neurons_digest
+from mwork.intervene import parse_kinds, parse_layers
 from mwork.neurons.neuronset import NeuronSet, require_neurons
 from mwork.numerics import NONFINITE
 from mwork.neurons.statistics import add_statistics, statistics_digest
 from mwork.sentence_langid import default_identifier
-from mwork.steering import (MODES, NEEDS_STATISTIC, is_identity, parse_stat, steer, steered_and_off,
-                            strength_problem)
+from mwork.steering import NEEDS_STATISTIC, is_identity, steer, steered_and_off
 
 SPECIFIC, RANDOM, UNSTEERED = "specific", "random", "unsteered"
 
@@ -89,19 +91,53 @@ def language_mismatch(neurons: NeuronSet, target: str) -> str | None:
             f"{target!r}: the rows are labelled target {target}; steer with {target}'s set, or give --target {lang}")
 
 
+@dataclass(frozen=True)
+class SteerSets:
+    """What a sweep steers, loaded (its settings are a ``SteerConfig``): the target language's
+    set, a set switched off at the same time (or None), and the target-language texts the
+    statistics are measured on when a set carries none (or None) with their record
+    (``corpus_info``, kept with the statistics)."""
+
+    neurons: NeuronSet
+    off: NeuronSet | None = None
+    corpus: Sequence[str] | None = None
+    corpus_info: Any = None
+
+
+def steer_scope(config: SteerConfig, model: torch.nn.Module) -> tuple[list[int] | None, list[str] | None]:
+    """The layers and kinds a sweep steers (None: all): ``config.layers``, or the layers of
+    ``config.region`` (U and G given or estimated from ``config.lens``), and ``config.kinds``."""
+    from mwork.models.adapters import get_adapter
+
+    return _region_layers(config, get_adapter(model).num_layers), parse_kinds(config.kinds)
+
+
+def _region_layers(config: SteerConfig, num_layers: int) -> list[int] | None:
+    if config.region == "all":
+        return parse_layers(config.layers)
+    from mwork.layer_regions import region_layers
+    from mwork.lens.regions import resolve_regions
+
+    u, g, _ = resolve_regions(num_layers, config.lens, config.understanding, config.generation)
+    layers = region_layers(num_layers, u, g)[config.region]
+    if not layers:
+        raise ValueError(f"the {config.region} region is empty with U={u}, G={g}")
+    return list(layers)
+
+
 def _keep_extra(restricted: NeuronSet, full: NeuronSet) -> NeuronSet:
     return NeuronSet(restricted.masks, dict(full.meta, restricted=restricted.meta.get("restricted")), full.extra)
 
 
-def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, mode: str, stat: str,
-                 seeds: Sequence[int],
-                 off: NeuronSet | None = None, layers: Sequence[int] | None = None, kinds: Sequence[str] | None = None,
-                 corpus: Sequence[str] | None = None, corpus_info: Any = None, language: str | None = None,
-                 stats_max_length: int = 256, batch_size: int = 8, cache_dir: Path | None = None,
-                 progress: bool = True) -> tuple[dict[str, tuple[NeuronSet, NeuronSet | None]], NeuronSet | None]:
+def prepare_sets(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, config: SteerConfig, *,
+                 cache_dir: Path | None = None) -> tuple[dict[str, tuple[NeuronSet, NeuronSet | None]], NeuronSet | None]:
     """The steered and switched-off sets of every method (``{"specific": (set, off), "random0": ...}``),
-    restricted to ``layers`` / ``kinds``, with the statistic ``stat`` where ``mode`` needs one; and
-    the full set with its statistics when they were measured here (else None)."""
+    restricted to the layers and kinds of ``config`` (``steer_scope``), with the statistic
+    ``config.stat`` where ``config.mode`` needs one (measured on ``sets.corpus``, cached under
+    ``cache_dir``); and the full set with its statistics when they were measured here (else None)."""
+    neurons, off, corpus = sets.neurons, sets.off, sets.corpus
+    mode, stat, seeds = config.mode, config.stat, config.seeds
+    layers, kinds = steer_scope(config, model)
     restricted = layers is not None or kinds is not None
     spec = _keep_extra(neurons.restrict(layers, kinds), neurons) if restricted else neurons
     off_spec = (off.restrict(layers, kinds) if restricted else off) if off is not None else None
@@ -126,17 +162,18 @@ def prepare_sets(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, *, 
                 raise ValueError(f"mode {mode!r} needs the {stat} activation of every steered neuron on the target "
                                  f"language and {which}: give target-language texts (--corpus / corpus=)")
             names = [n for n in need]
-            sets = [neurons if n == SPECIFIC else need[n] for n in names]
-            key = digest({"model": model_digest(model), "sets": [neurons_digest(s) for s in sets],
-                          "corpus": digest(list(corpus)), "stat": stat, "max_length": stats_max_length})[:16]
+            measured = [neurons if n == SPECIFIC else need[n] for n in names]
+            key = digest({"model": model_digest(model), "sets": [neurons_digest(s) for s in measured],
+                          "corpus": digest(list(corpus)), "stat": stat, "max_length": config.stats_max_length})[:16]
             cached = _read_stats(cache_dir, key, names)
             if cached is None:
                 stats = sorted({stat, "mean"})
                 say(f"measuring the target language's {', '.join(stats)} activations of {', '.join(names)} on "
                     f"{len(corpus)} documents (one pass)")
-                cached = dict(zip(names, add_statistics(model, tokenizer, sets, corpus, stats, language=language,
-                                                        corpus=corpus_info, max_length=stats_max_length,
-                                                        batch_size=batch_size, progress=progress)))
+                cached = dict(zip(names, add_statistics(model, tokenizer, measured, corpus, stats,
+                                                        language=config.target, corpus=sets.corpus_info,
+                                                        max_length=config.stats_max_length,
+                                                        batch_size=config.batch_size, progress=config.progress)))
                 _write_stats(cache_dir, key, cached)
             for name, with_stats in cached.items():
                 if name == SPECIFIC:
@@ -163,26 +200,22 @@ def _write_stats(folder: Path | None, key: str, sets: Mapping[str, NeuronSet]) -
             ns.save(folder / f"{key}-{name}.safetensors")
 
 
-def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, prompts: Sequence[SteerPrompt],
-                    out_dir: str | Path, *, target: str, strengths: Sequence[float] = (0.0, 1.0, 2.0),
-                    mode: str = "set", stat: str = "mean", positions: str = "all", seeds: Sequence[int] = (0, 1),
-                    off: NeuronSet | None = None, layers: Sequence[int] | None = None,
-                    kinds: Sequence[str] | None = None, corpus: Sequence[str] | None = None, corpus_info: Any = None,
-                    stats_max_length: int = 256, max_new_tokens: int = 24, batch_size: int = 8,
-                    settings: Mapping[str, Any] | None = None, notes: Sequence[str] = (),
-                    progress: bool = True) -> dict[str, Any]:
-    """Run the sweep (module docstring) and write its files under ``out_dir``; returns
-    ``{"rows", "unsteered", "generations", "info"}``. Every input is checked before any generation."""
+def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, prompts: Sequence[SteerPrompt],
+                    config: SteerConfig, *, notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the sweep (module docstring) that ``config`` describes on ``sets`` and ``prompts``, and
+    write its files under ``config.out``; returns ``{"rows", "unsteered", "generations", "info"}``.
+    ``config.neurons``, ``.off``, ``.corpus``, ``.prompts`` and ``.model`` are not read here (the
+    loaded ``sets``, ``prompts`` and ``model`` are used; ``run_steer`` loads them), only recorded
+    with the results. Every input is checked before any generation."""
     from mwork.experiments.steering.report import write_outputs
 
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    stat = parse_stat(stat)
-    strengths = [float(s) for s in strengths]
-    if strength_problem(strengths):
-        raise ValueError(f"strengths: {strength_problem(strengths)}")
-    if not strengths or len(set(strengths)) != len(strengths):
-        raise ValueError(f"give distinct finite strengths, got {strengths}")
+    neurons, off = sets.neurons, sets.off
+    target, mode, stat, positions = config.target, config.mode, config.stat, config.positions
+    strengths, max_new_tokens, batch_size = list(config.strengths), config.max_new_tokens, config.batch_size
+    progress = config.progress
+    settings = {k: v for k, v in fingerprint(config).items() if k not in ("target", "mode", "stat", "positions",
+                                                                          "max_new_tokens", "batch_size", "layers",
+                                                                          "kinds", "strengths", "seeds")}
     if not prompts:
         raise ValueError("no prompts to generate from")
     neurons.check_compatible(model)
@@ -193,23 +226,21 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet, 
     if mismatch:
         warnings.warn(mismatch, stacklevel=2)
         notes.append(mismatch)
-    out = make_folder(out_dir)
+    layers, kinds = steer_scope(config, model)
+    out = make_folder(config.out)
     vocab = vocab_languages(tokenizer, progress=progress)
     if vocab.code(target) is None:
         raise ValueError(f"the token-level identifier labels no token of this vocabulary as {target!r}: use a "
                          f"language code it knows ({', '.join(vocab.names[1:])})")
     identifier = default_identifier()
-    methods, measured = prepare_sets(model, tokenizer, neurons, mode=mode, stat=stat, seeds=seeds, off=off,
-                                     layers=layers, kinds=kinds, corpus=corpus, corpus_info=corpus_info,
-                                     language=target, stats_max_length=stats_max_length, batch_size=batch_size,
-                                     cache_dir=out / "statistics", progress=progress)
+    methods, measured = prepare_sets(model, tokenizer, sets, config, cache_dir=out / "statistics")
     if measured is not None:
         measured.save(out / "neurons.safetensors")
     source = source_language(prompts)
     recorded = {"target": target, "source": source, "mode": mode, "stat": stat, "positions": positions,
                 "layers": None if layers is None else list(layers), "kinds": None if kinds is None else list(kinds),
                 "max_new_tokens": max_new_tokens, "batch_size": batch_size, "sentence_langid": identifier.settings(),
-                "token_langid": vocab.settings, **dict(settings or {})}
+                "token_langid": vocab.settings, **settings}
     sets_key = {name: {"steer": neurons_digest(ns), "stats": statistics_digest(ns) if mode in NEEDS_STATISTIC else None,
                        "off": neurons_digest(o) if o is not None else None} for name, (ns, o) in methods.items()}
     inputs = GridInputs(model_digest(model), {target: digest(sets_key)},

@@ -1,0 +1,225 @@
+"""Dictionary features as units: sparse-autoencoder (or transcoder-style) features at a site.
+
+A dictionary at one layer has an encoder ``W_enc`` (d, m), ``b_enc`` (m,), a decoder ``W_dec``
+(m, d), ``b_dec`` (d,) and an activation: ``f(x) = act((x - b_dec) W_enc + b_enc)`` with ``relu``,
+``topk`` (the k largest pre-activations kept, after a ReLU) or ``jumprelu`` (a pre-activation kept
+where it exceeds its feature's ``threshold``). The model's value is ``x = f(x) W_dec + b_dec +
+err``; editing features changes only the decoded part and keeps ``err``:
+``x' = x + (f' - f)[features] W_dec[features]``, so an unedited feature leaves ``x`` exactly as it
+was. Unit ``j`` of a set is feature ``features[j]`` of the dictionary at ``layers[j]``.
+
+Files: safetensors (per layer ``L``: ``L.W_enc``, ``L.b_enc``, ``L.W_dec``, ``L.b_dec``, optional
+``L.threshold``; ``layers``, ``features``, ``stat.NAME``) with the metadata in the header, like
+every unit set; nothing unpickled. Loading the published layouts (SAELens, Gemma Scope) is a
+reader that builds a :class:`Dictionary`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mwork.hooks import DeviceCache, module_device
+from mwork.models.adapters import get_adapter
+from mwork.units.base import OPS, UnitGroup, UnitSet, register_unit_kind
+
+ACTIVATIONS = ("relu", "topk", "jumprelu")
+
+
+@dataclass
+class Codebook:
+    """One layer's dictionary: ``W_enc`` (d, m), ``b_enc`` (m,), ``W_dec`` (m, d), ``b_dec`` (d,),
+    ``activation`` and its setting (``k`` for topk, ``threshold`` (m,) for jumprelu)."""
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    activation: str = "relu"
+    k: int | None = None
+    threshold: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        d, m = self.W_enc.shape
+        if self.W_dec.shape != (m, d) or self.b_enc.shape != (m,) or self.b_dec.shape != (d,):
+            raise ValueError(f"a dictionary needs W_enc (d, m), b_enc (m,), W_dec (m, d), b_dec (d,); got "
+                             f"{tuple(self.W_enc.shape)}, {tuple(self.b_enc.shape)}, {tuple(self.W_dec.shape)}, "
+                             f"{tuple(self.b_dec.shape)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; activations are {', '.join(ACTIVATIONS)}")
+        if self.activation == "topk" and not (self.k and 0 < self.k <= m):
+            raise ValueError(f"a topk dictionary needs k in 1..{m}, got {self.k}")
+        if self.activation == "jumprelu" and (self.threshold is None or self.threshold.shape != (m,)):
+            raise ValueError("a jumprelu dictionary needs one threshold per feature")
+
+    @property
+    def width(self) -> int:
+        return int(self.W_enc.shape[1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations (..., m) of ``x`` (..., d)."""
+        pre = (x - self.b_dec.to(x)) @ self.W_enc.to(x) + self.b_enc.to(x)
+        if self.activation == "relu":
+            return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return pre * (pre > self.threshold.to(x))
+        top = pre.topk(self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec.to(f) + self.b_dec.to(f)
+
+
+class FeatureGroupSAE(UnitGroup):
+    """Features ``ids`` of one layer's dictionary at ``site``."""
+
+    def __init__(self, site, layer: int, ids: torch.Tensor, features: torch.Tensor, book: Codebook):
+        self.site, self.book = site, book
+        self.parts = [("features", layer, ids)]
+        device = module_device(site.module)
+        self.features = features.to(device)
+        self._dec = DeviceCache(book.W_dec[features].to(device=device, dtype=torch.float64), keep_dtype=False)
+
+    def _wide(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.promote_types(x.dtype, torch.float32))
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        return self.book.encode(self._wide(x))[..., self.features.to(x.device)]
+
+    def editor(self, op: str, keep: float | torch.Tensor = 1.0,
+               shift: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        if op not in OPS:
+            raise ValueError(f"unknown edit {op!r}; edits are {', '.join(OPS)}")
+        keep_t = torch.as_tensor(keep, dtype=torch.float64).reshape(-1)
+        shift_t = None if shift is None else torch.as_tensor(shift, dtype=torch.float64).reshape(-1)
+
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            wide = self._wide(x)
+            u = self.read(x)
+            if op == "zero":
+                new = torch.zeros_like(u)
+            elif op == "set":
+                new = shift_t.to(u).expand_as(u)
+            else:
+                new = keep_t.to(u) * u + (0.0 if shift_t is None else shift_t.to(u))
+            return (wide + (new - u) @ self._dec.on(wide)).to(x.dtype)
+
+        return edit
+
+
+@register_unit_kind
+class Dictionary(UnitSet):
+    """Features of dictionaries at ``site`` (default ``layer.out``): ``books`` maps a layer to its
+    :class:`Codebook`; unit ``j`` is feature ``features[j]`` at layer ``layers[j]`` (default: every
+    feature of every layer). ``stats``: per-unit statistics; ``meta``: free JSON."""
+
+    kind = "dictionary"
+
+    def __init__(self, books: Mapping[int, Codebook], *, site: str = "layer.out",
+                 layers: Sequence[int] | None = None, features: Sequence[int] | None = None,
+                 stats: Mapping[str, torch.Tensor] | None = None, meta: Mapping[str, Any] | None = None):
+        self.books = {int(k): v for k, v in books.items()}
+        if layers is None:
+            layers = [layer for layer in sorted(self.books) for _ in range(self.books[layer].width)]
+            features = [j for layer in sorted(self.books) for j in range(self.books[layer].width)]
+        self.layers = torch.as_tensor(list(layers), dtype=torch.long)
+        self.features = torch.as_tensor(list(features or []), dtype=torch.long)
+        if self.layers.shape != self.features.shape:
+            raise ValueError("give one layer per feature")
+        for layer, j in zip(self.layers.tolist(), self.features.tolist()):
+            if layer not in self.books or not 0 <= j < self.books[layer].width:
+                raise ValueError(f"feature {j} of layer {layer}: no such feature in these dictionaries")
+        self.site = site
+        self.stats = {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in (stats or {}).items()}
+        self.meta = dict(meta or {})
+
+    def groups(self, model: nn.Module) -> list[FeatureGroupSAE]:
+        adapter = get_adapter(model)
+        out = []
+        for layer in sorted(set(self.layers.tolist())):
+            ids = (self.layers == layer).nonzero().flatten()
+            out.append(FeatureGroupSAE(adapter.site(self.site, layer), layer, ids, self.features[ids],
+                                       self.books[layer]))
+        return out
+
+    def count(self) -> int:
+        return int(self.features.numel())
+
+    def check_compatible(self, model: nn.Module) -> None:
+        adapter = get_adapter(model)
+        bad = [i for i in self.books if not 0 <= i < adapter.num_layers]
+        if bad:
+            raise ValueError(f"dictionaries at layers {bad}, and the model has layers 0..{adapter.num_layers - 1}")
+        d = {int(b.W_enc.shape[0]) for b in self.books.values()}
+        if self.site in ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out") and d != {adapter.hidden_size}:
+            raise ValueError(f"these dictionaries read {sorted(d)} features and this model's hidden size is "
+                             f"{adapter.hidden_size}: they were made for another model or site")
+
+    def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "Dictionary":
+        if kinds is not None and set(kinds) - {"features"}:
+            raise ValueError(f"dictionary features have no neuron kinds; drop kinds={sorted(set(kinds))}")
+        if layers is None:
+            return self
+        keep = torch.isin(self.layers, torch.tensor(sorted(set(int(i) for i in layers)), dtype=torch.long))
+        ids = keep.nonzero().flatten()
+        return Dictionary(self.books, site=self.site, layers=self.layers[ids].tolist(),
+                          features=self.features[ids].tolist(), stats={k: v[ids] for k, v in self.stats.items()},
+                          meta=self.meta)
+
+    def select(self, layer: int, features: Sequence[int]) -> "Dictionary":
+        """The given features of one layer's dictionary (e.g. a language's features)."""
+        return Dictionary(self.books, site=self.site, layers=[layer] * len(features), features=list(features),
+                          meta=self.meta)
+
+    def statistic(self, name: str, group: UnitGroup) -> torch.Tensor:
+        if name not in self.stats:
+            raise ValueError(f"these features carry no {name!r} statistic (they have: "
+                             f"{', '.join(sorted(self.stats)) or 'none'})")
+        return torch.cat([self.stats[name][ids] for *_, ids in group.parts])
+
+    def save(self, path: str | Path) -> Path:
+        from mwork.files import save_safetensors, write_text
+        from mwork.neurons.neuronset import set_path
+
+        st = set_path(path)
+        tensors: dict[str, torch.Tensor] = {"layers": self.layers, "features": self.features}
+        acts = {}
+        for layer, b in self.books.items():
+            for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+                if getattr(b, name) is not None:
+                    tensors[f"{layer}.{name}"] = getattr(b, name).detach().float().cpu().contiguous()
+            acts[str(layer)] = {"activation": b.activation, "k": b.k}
+        tensors.update({f"stat.{k}": v.contiguous() for k, v in self.stats.items()})
+        meta = dict(self.meta, unit_kind=self.kind, site=self.site, activations=acts, count=self.count())
+        save_safetensors(st, tensors, metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
+        write_text(st.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+        return st
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> "Dictionary":
+        from mwork.units.files import read_unit_file
+
+        tensors, meta = read_unit_file(path)
+        acts = meta.pop("activations", {})
+        books = {}
+        for layer, a in acts.items():
+            books[int(layer)] = Codebook(*(tensors[f"{layer}.{n}"] for n in ("W_enc", "b_enc", "W_dec", "b_dec")),
+                                         activation=a["activation"], k=a.get("k"),
+                                         threshold=tensors.get(f"{layer}.threshold"))
+        site = meta.pop("site", "layer.out")
+        for key in ("unit_kind", "count"):
+            meta.pop(key, None)
+        stats = {k[len("stat."):]: v for k, v in tensors.items() if k.startswith("stat.")}
+        out = cls(books, site=site, layers=tensors["layers"].tolist(), features=tensors["features"].tolist(),
+                  stats=stats, meta=meta)
+        if model is not None:
+            out.check_compatible(model)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Dictionary({self.count()} features at {self.site}, layers {sorted(self.books)})"
