@@ -10,12 +10,13 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from mwork.experiments.deactivation.schema import GRID, HEADLINE, MATRIX, PLOT, RESULTS, TABLE_MD
 from mwork.files import write_bytes
 from mwork.plotting import plain_text, save_figure
 
-GRID_COLUMNS = ["region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "ΔEng", "Δn-Eng", "Δ",
-                "Eng_std", "n-Eng_std", "ΔEng_std", "Δn-Eng_std", "Δ_std", "mean_neurons", "share_off"]
-HEADLINE_COLUMNS = ["lang", "original", "random_mean", "random_std", "specific", "neurons_off", "share_off"]
+# the files' columns: one schema (``schema``), shared with the report's section
+GRID_COLUMNS = list(GRID.columns)
+HEADLINE_COLUMNS = list(HEADLINE.columns)
 
 
 def _fmt(x: Any) -> str:
@@ -69,14 +70,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 def write_outputs(out: Path, result: dict[str, Any]) -> None:
     """Every file of the grid under ``out``."""
-    _csv(out / "table.csv", GRID_COLUMNS, result["grid"], ignore_extra=True)
-    _csv(out / "headline.csv", HEADLINE_COLUMNS, result["headline"])
+    _csv(out / GRID.name, GRID.columns, result["grid"], ignore_extra=True)
+    _csv(out / HEADLINE.name, HEADLINE.columns, result["headline"])
     if result["matrix"]:
-        _csv(out / "matrix.csv", list(result["matrix"][0]), result["matrix"])
-    _replace(out / "results.json",
+        _csv(out / MATRIX.name, MATRIX.columns, result["matrix"])
+    _replace(out / RESULTS.name,
              (json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
-    _replace(out / "table.md", markdown(result).encode("utf-8"))
-    plot(out / "deactivation.png", result)
+    _replace(out / TABLE_MD, markdown(result).encode("utf-8"))
+    plot(out / PLOT, result)
 
 
 @plain_text

@@ -10,17 +10,18 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, MATRIX, REPORT_MD, RESULTS,
+                                              SELECTIVITY, SELECTIVITY_PLOT, STABILITY, SUMMARY)
 from mwork.files import csv_text as _csv_text, float_cell, write_text
 from mwork.plotting import plain_text, save_figure
 
-SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity", "intervention", "neurons",
-                       "random_std", "random_max", "own_minus_random", "beyond_rule", "kinds")
-SUMMARY_COLUMNS = ("intervention", "method", "size", "neurons", "langs", "own", "others", "random", "selectivity",
-                   "selectivity_std", "own_minus_random", "own_minus_random_std", "langs_above_random", "beyond_rule")
-MATRIX_COLUMNS = ("intervention", "method", "size", "neurons_of", "eval_lang", "ln_ppl_ratio")
-STABILITY_COLUMNS = ("method", "size", "lang", "neurons", "jaccard", "chance", "intersection")
-AGREEMENT_COLUMNS = ("size", "lang", "method_a", "method_b", "layer", "count_a", "count_b", "intersection", "jaccard")
-COST_COLUMNS = ("method", "tokens", "seconds", "s_per_1k_tokens", "relative_to_forward")
+# the files' columns: one schema (``schema``), shared with the report's section
+SELECTIVITY_COLUMNS = SELECTIVITY.columns
+SUMMARY_COLUMNS = SUMMARY.columns
+MATRIX_COLUMNS = MATRIX.columns
+STABILITY_COLUMNS = STABILITY.columns
+AGREEMENT_COLUMNS = AGREEMENT.columns
+COST_COLUMNS = COST.columns
 
 
 _cell = float_cell(".6f")
@@ -90,17 +91,14 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 
 def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
-    write_text(out / "selectivity.csv", csv_text(result["selectivity"], SELECTIVITY_COLUMNS))
-    write_text(out / "summary.csv", csv_text(result["summary"], SUMMARY_COLUMNS))
-    write_text(out / "matrix.csv", csv_text(result["matrix"], MATRIX_COLUMNS))
-    write_text(out / "stability.csv", csv_text(result["stability"], STABILITY_COLUMNS))
-    write_text(out / "agreement.csv", csv_text(result["agreement"], AGREEMENT_COLUMNS))
-    write_text(out / "cost.csv", csv_text(result["cost"], COST_COLUMNS))
-    write_text(out / "report.md", markdown(result))
-    write_text(out / "results.json", json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
-    plot_selectivity(out / "selectivity.png", result)
+    for key, file in (("selectivity", SELECTIVITY), ("summary", SUMMARY), ("matrix", MATRIX), ("stability", STABILITY),
+                      ("agreement", AGREEMENT), ("cost", COST)):
+        write_text(out / file.name, csv_text(result[key], file.columns))
+    write_text(out / REPORT_MD, markdown(result))
+    write_text(out / RESULTS.name, json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
+    plot_selectivity(out / SELECTIVITY_PLOT, result)
     if result["agreement"]:
-        plot_agreement(out / "agreement.png", result)
+        plot_agreement(out / AGREEMENT_PLOT, result)
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -28,13 +28,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mwork.files import csv_text as _csv_text, write_json, write_text  # noqa: E402
-from mwork.experiments.steering.metrics import METRIC_COLUMNS  # noqa: E402
+from mwork.experiments.steering.schema import (GENERATIONS, GENERATIONS_MD, PLOT, STEER, SUMMARY,  # noqa: E402
+                                               TEXT_COLUMNS, UNSTEERED)
 from mwork.plotting import plain_text, save_figure  # noqa: E402
 
-TEXT_COLUMNS = ("target", "source", "method", "detection", "mode", "stat", "positions")
-ROW_COLUMNS: tuple[str, ...] = ("target", "source", "method", "detection", "seed", "strength", "mode", "stat",
-                                "positions", "neurons", "off", "n", *METRIC_COLUMNS)
-UNSTEERED_COLUMNS: tuple[str, ...] = ("target", "source", "n", *METRIC_COLUMNS)
+# the files' columns: one schema (``schema``), shared with the report's section
+ROW_COLUMNS: tuple[str, ...] = STEER.columns
+UNSTEERED_COLUMNS: tuple[str, ...] = UNSTEERED.columns
 
 
 def _cell(value: Any) -> Any:
@@ -150,10 +150,10 @@ def _quote(text: str) -> str:
 
 def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
     rows, unsteered = result["rows"], result["unsteered"]
-    write_text(out / "steer.csv", csv_text(rows, ROW_COLUMNS))
-    write_text(out / "unsteered.csv", csv_text([unsteered], UNSTEERED_COLUMNS))
-    write_text(out / "generations.jsonl",
+    write_text(out / STEER.name, csv_text(rows, STEER.columns))
+    write_text(out / UNSTEERED.name, csv_text([unsteered], UNSTEERED.columns))
+    write_text(out / GENERATIONS.name,
                "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]))
-    write_text(out / "generations.md", generations_markdown(result["generations"], unsteered["target"]))
-    write_json(out / "summary.json", {"rows": rows, "unsteered": unsteered, **result["info"]}, indent=2, default=str)
-    plot_tradeoff(rows, out / "steer.png", [unsteered])
+    write_text(out / GENERATIONS_MD, generations_markdown(result["generations"], unsteered["target"]))
+    write_json(out / SUMMARY.name, {"rows": rows, "unsteered": unsteered, **result["info"]}, indent=2, default=str)
+    plot_tradeoff(rows, out / PLOT, [unsteered])

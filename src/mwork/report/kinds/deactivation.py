@@ -8,18 +8,20 @@ import math
 from typing import Any
 
 import mwork.report.html as H
+from mwork.experiments.deactivation.schema import GRID, HEADLINE, MATRIX, PLOT, RESULTS
 from mwork.report.format import as_float, count, language_name, pct, sig, times
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
-HEADLINE_COLUMNS = ("lang", "original", "random_mean", "specific", "neurons_off", "share_off")
-GRID_COLUMNS = ("region", "kinds", "layers", "neurons_off", "Eng", "n-Eng", "Δ")
-MATRIX_COLUMNS = ("neurons_of", "eval_lang", "original", "random_mean", "specific")
+# what this section reads: the folder's schema, shared with the writer (mwork.experiments.deactivation.report)
+HEADLINE_COLUMNS = HEADLINE.required
+GRID_COLUMNS = GRID.required
+MATRIX_COLUMNS = MATRIX.required
 
 
 def _recognise(folder: FolderView) -> bool:
-    return folder.any("headline.csv", "table.csv", "matrix.csv")
+    return folder.any(HEADLINE.name, GRID.name, MATRIX.name)
 
 
 class _Metric:
@@ -55,12 +57,12 @@ class _Metric:
 
 
 def render_deactivation(sec: Section) -> None:
-    results = sec.json("results.json", required=("info",))
+    results = sec.json(RESULTS.name, required=RESULTS.required)
     info = results.get("info") if isinstance(results, dict) else None
     metric = _Metric(info if isinstance(info, dict) else None)
-    head = sec.csv("headline.csv", required=HEADLINE_COLUMNS, numeric=HEADLINE_COLUMNS[1:])
+    head = sec.csv(HEADLINE.name, required=HEADLINE.required, numeric=HEADLINE.numeric)
     grid = _grid_rows(sec)
-    matrix = sec.csv("matrix.csv", required=MATRIX_COLUMNS, numeric=MATRIX_COLUMNS[2:])
+    matrix = sec.csv(MATRIX.name, required=MATRIX.required, numeric=MATRIX.numeric)
     if isinstance(info, dict):
         seeds = info.get("seeds") or []
         sec.add(el("p", Markup("Metric: {} ({} is better) on held-out texts; English = {}; U = {}, G = {}; random "
@@ -68,7 +70,7 @@ def render_deactivation(sec: Section) -> None:
             metric.name, "lower" if metric.lower_better else "higher", el("code", info.get("english", "en")),
             info.get("understanding", "?"), info.get("generation", "?"), len(seeds), "s" if len(seeds) != 1 else "",
             " (mean)" if len(seeds) > 1 else "")))
-    sec.image("deactivation.png", "left: each language's perplexity with no neurons, random neurons and its own "
+    sec.image(PLOT, "left: each language's perplexity with no neurons, random neurons and its own "
               "neurons off; right: the change by layer region", "Left: each language with its own neurons off "
               "against as many random ones. Right: Δ = ΔEng − Δn-Eng by layer region (larger: non-English hit harder).")
     if head:
@@ -84,17 +86,17 @@ def _grid_rows(sec: Section) -> list[dict[str, str]] | None:
     from mwork.report.kinds.generic import compact_table
     from mwork.report.read import BadResultFile, read_csv
 
-    path = sec.path("table.csv")
+    path = sec.path(GRID.name)
     if not path.is_file():
         return None
     try:
-        return read_csv(path, GRID_COLUMNS, numeric=("Eng", "n-Eng", "Δ"))
+        return read_csv(path, GRID.required, numeric=GRID.numeric)
     except BadResultFile as err:
         if "lacks the column" not in err.reason:
             sec.warn(path, err.reason + "; it is left out of this section")
             return None
         sec.warn(path, err.reason + ": not the grid `mwork experiment` writes, so it is shown as it is")
-        compact_table(sec, "table.csv")
+        compact_table(sec, GRID.name)
         return None
 
 

@@ -9,25 +9,28 @@ import statistics
 from typing import Any
 
 import mwork.report.html as H
+from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, MATRIX, RESULTS, SELECTIVITY,
+                                              SELECTIVITY_PLOT, STABILITY, SUMMARY)
 from mwork.report.format import as_float, count, language_name, sig, times
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
-SELECTIVITY_COLUMNS = ("method", "size", "lang", "own", "others", "random", "selectivity")
-SUMMARY_COLUMNS = ("method", "size", "own", "others", "random", "selectivity", "own_minus_random")
-MATRIX_COLUMNS = ("method", "size", "neurons_of", "eval_lang", "ln_ppl_ratio")
-STABILITY_COLUMNS = ("method", "size", "lang", "jaccard", "chance")
-AGREEMENT_COLUMNS = ("size", "lang", "method_a", "method_b", "layer", "jaccard")
-COST_COLUMNS = ("method", "s_per_1k_tokens", "relative_to_forward")
+# what this section reads: the folder's schema, shared with the writer (mwork.experiments.methods.report)
+SELECTIVITY_COLUMNS = SELECTIVITY.required
+SUMMARY_COLUMNS = SUMMARY.required
+MATRIX_COLUMNS = MATRIX.required
+STABILITY_COLUMNS = STABILITY.required
+AGREEMENT_COLUMNS = AGREEMENT.required
+COST_COLUMNS = COST.required
 # the other files of the comparison: with selectivity.csv they tell this folder from a lone table
-COMPANIONS = ("summary.csv", "stability.csv", "agreement.csv", "cost.csv", "selectivity.png")
+COMPANIONS = (SUMMARY.name, STABILITY.name, AGREEMENT.name, COST.name, SELECTIVITY_PLOT)
 INTERVENTIONS = {"zero": "switched off", "mean": "set to their mean activation"}
 METHOD_NAMES = {"plnd": "PLND", "lape": "LAPE", "ap": "activation AP"}
 
 
 def _recognise(folder: FolderView) -> bool:
-    return folder.has("selectivity.csv") and folder.any(*COMPANIONS)
+    return folder.has(SELECTIVITY.name) and folder.any(*COMPANIONS)
 
 
 def _num(value: Any) -> float | None:
@@ -119,20 +122,19 @@ def _size_sentence(fact: dict[str, Any]) -> str:
 
 
 def render_methods(sec: Section) -> None:
-    results = sec.json("results.json", required=("info",))
+    results = sec.json(RESULTS.name, required=RESULTS.required)
     info = results.get("info") if isinstance(results, dict) and isinstance(results.get("info"), dict) else {}
-    selectivity = sec.csv("selectivity.csv", required=SELECTIVITY_COLUMNS, numeric=SELECTIVITY_COLUMNS[3:])
-    summary: list[dict[str, Any]] | None = sec.csv("summary.csv", required=SUMMARY_COLUMNS,
-                                                    numeric=SUMMARY_COLUMNS[2:])
+    selectivity = sec.csv(SELECTIVITY.name, required=SELECTIVITY.required, numeric=SELECTIVITY.numeric)
+    summary: list[dict[str, Any]] | None = sec.csv(SUMMARY.name, required=SUMMARY.required, numeric=SUMMARY.numeric)
     computed = False
     if not summary and selectivity:
         summary, computed = summarise(selectivity), True
-    stability = sec.csv("stability.csv", required=STABILITY_COLUMNS, numeric=("jaccard", "chance"))
-    agreement = sec.csv("agreement.csv", required=AGREEMENT_COLUMNS, numeric=("jaccard",))
-    cost = sec.csv("cost.csv", required=COST_COLUMNS, numeric=COST_COLUMNS[1:])
-    sec.csv("matrix.csv", required=MATRIX_COLUMNS, numeric=("ln_ppl_ratio",))  # linked; a damaged one is said
+    stability = sec.csv(STABILITY.name, required=STABILITY.required, numeric=STABILITY.numeric)
+    agreement = sec.csv(AGREEMENT.name, required=AGREEMENT.required, numeric=AGREEMENT.numeric)
+    cost = sec.csv(COST.name, required=COST.required, numeric=COST.numeric)
+    sec.csv(MATRIX.name, required=MATRIX.required, numeric=MATRIX.numeric)  # linked; a damaged one is said
     _settings(sec, info)
-    sec.image("selectivity.png", "selectivity (own minus others) and own minus random per method and size",
+    sec.image(SELECTIVITY_PLOT, "selectivity (own minus others) and own minus random per method and size",
               Markup("Per intervention: selectivity = ln ppl ratio on the set's own language − on the other "
                      "languages, and own − random (random sets of the same count per layer and kind), mean over the "
                      "languages; bars: their spread."))
@@ -142,7 +144,7 @@ def render_methods(sec: Section) -> None:
         _per_language(sec, selectivity)
     if stability:
         _stability(sec, stability)
-    sec.image("agreement.png", "Jaccard overlap of two methods' sets per layer",
+    sec.image(AGREEMENT_PLOT, "Jaccard overlap of two methods' sets per layer",
               Markup("Agreement: the Jaccard overlap of two methods' sets of one language and size, per layer (mean "
                      "over the languages)."))
     if agreement:

@@ -9,23 +9,24 @@ import statistics
 from typing import Any
 
 import mwork.report.html as H
+from mwork.experiments.steering.schema import GENERATIONS, GENERATIONS_MD, PLOT, STEER, SUMMARY, UNSTEERED
 from mwork.report.format import as_float, count, language_name, pct, sig
 from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
-ROW_COLUMNS = ("target", "source", "method", "seed", "strength", "target_rate", "damage_ppl")
-UNSTEERED_COLUMNS = ("target", "source", "target_rate", "damage_ppl")
-NUMERIC = ("strength", "target_rate", "damage_ppl", "target_prob_mass", "target_rank", "distinct_2", "f1")
-GENERATION_KEYS = ("prompt", "strength", "method", "seed", "text", "detected_language", "unsteered_text",
-                   "unsteered_language")
+# what this section reads: the folder's schema, shared with the writer (mwork.experiments.steering.report)
+ROW_COLUMNS = STEER.required
+UNSTEERED_COLUMNS = UNSTEERED.required
+NUMERIC = STEER.numeric
+GENERATION_KEYS = GENERATIONS.required
 SHOWN_PROMPTS = 3
 MAX_CHARS = 240  # of a generation shown on the page (the whole text is in generations.jsonl)
 MAX_PROMPT_CHARS = 160
 
 
 def _recognise(folder: FolderView) -> bool:
-    return folder.has("steer.csv") and folder.any("unsteered.csv", "summary.json", "generations.jsonl")
+    return folder.has(STEER.name) and folder.any(UNSTEERED.name, SUMMARY.name, GENERATIONS.name)
 
 
 def identity(mode: str) -> float:
@@ -71,15 +72,15 @@ def _strength(s: float | None) -> str:
 
 
 def render_steer(sec: Section) -> None:
-    rows = sec.csv("steer.csv", required=ROW_COLUMNS, numeric=NUMERIC)
-    unsteered = sec.csv("unsteered.csv", required=UNSTEERED_COLUMNS, numeric=("target_rate", "damage_ppl"))
-    summary = sec.json("summary.json", required=("rows", "unsteered"))
-    generations = sec.jsonl("generations.jsonl", required=GENERATION_KEYS)
+    rows = sec.csv(STEER.name, required=STEER.required, numeric=STEER.numeric)
+    unsteered = sec.csv(UNSTEERED.name, required=UNSTEERED.required, numeric=UNSTEERED.numeric)
+    summary = sec.json(SUMMARY.name, required=SUMMARY.required)
+    generations = sec.jsonl(GENERATIONS.name, required=GENERATIONS.required)
     settings = summary.get("settings") if isinstance(summary, dict) and isinstance(summary.get("settings"), dict) \
         else {}
     facts = steer_facts(rows, unsteered) if rows else []
     _settings(sec, facts, settings)
-    sec.image("steer.png", "target-language rate against damage over the steering strength, the language's neurons "
+    sec.image(PLOT, "target-language rate against damage over the steering strength, the language's neurons "
               "against random ones", Markup("Target-language rate against damage (the unsteered model's perplexity "
                                             "of the generated text) over the strength: the target language's neurons "
                                             "(red) against random neurons of the same count per layer and kind "
@@ -237,7 +238,7 @@ def _generations(sec: Section, generations: list[dict[str, Any]], facts: list[di
                f"random neurons (seed {first_seed}), strength {_strength(s)}"], body,
               caption=Markup("Generations of the first {} of {} prompts (greedy; detected language in brackets; "
                              "shortened to {} characters). Every generation is in {}, prompt by prompt in {}.").format(
-                  len(shown), n_prompts, MAX_CHARS, el("code", "generations.jsonl"), el("code", "generations.md")))
+                  len(shown), n_prompts, MAX_CHARS, el("code", GENERATIONS.name), el("code", GENERATIONS_MD)))
 
 
 register_results_kind(ResultsKind("steer", "Steering the output language", _recognise, render_steer, order=45,
