@@ -73,8 +73,7 @@ def test_report_kinds_older_names_are_the_schemas_required_columns():
     assert deactivation_kind.HEADLINE_COLUMNS is d.HEADLINE.required and deactivation_kind.GRID_COLUMNS is d.GRID.required
     assert deactivation_kind.MATRIX_COLUMNS is d.MATRIX.required
     for attr in ("SELECTIVITY", "SUMMARY", "MATRIX", "STABILITY", "AGREEMENT", "COST"):
-        assert getattr(methods_kind, f"{attr}_COLUMNS") is getattr(m, attr).required
-        assert getattr(methods_writer, f"{attr}_COLUMNS") is getattr(m, attr).columns
+        assert getattr(methods_kind, attr) is getattr(m, attr) is getattr(methods_writer, attr)
     assert steering_writer.ROW_COLUMNS is s.STEER.columns and steering_writer.UNSTEERED_COLUMNS is s.UNSTEERED.columns
     assert steering_writer.TEXT_COLUMNS is s.TEXT_COLUMNS
     # the sweep's measures are the steering metrics' columns

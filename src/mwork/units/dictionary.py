@@ -16,17 +16,15 @@ reader that builds a :class:`Dictionary`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mwork.hooks import DeviceCache, module_device
-from mwork.models.adapters import get_adapter
-from mwork.units.base import OPS, UnitGroup, UnitSet, register_unit_kind
+from mwork.hooks import DeviceCache, Site, module_device
+from mwork.units.base import LayeredUnits, RowGroup, register_unit_kind, widen
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
 
@@ -75,7 +73,7 @@ class Codebook:
         return f @ self.W_dec.to(f) + self.b_dec.to(f)
 
 
-class FeatureGroupSAE(UnitGroup):
+class FeatureGroupSAE(RowGroup):
     """Features ``ids`` of one layer's dictionary at ``site``."""
 
     def __init__(self, site, layer: int, ids: torch.Tensor, features: torch.Tensor, book: Codebook):
@@ -85,40 +83,21 @@ class FeatureGroupSAE(UnitGroup):
         self.features = features.to(device)
         self._dec = DeviceCache(book.W_dec[features].to(device=device, dtype=torch.float64), keep_dtype=False)
 
-    def _wide(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.promote_types(x.dtype, torch.float32))
-
     def read(self, x: torch.Tensor) -> torch.Tensor:
-        return self.book.encode(self._wide(x))[..., self.features.to(x.device)]
+        return self.book.encode(widen(x))[..., self.features.to(x.device)]
 
-    def editor(self, op: str, keep: float | torch.Tensor = 1.0,
-               shift: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        if op not in OPS:
-            raise ValueError(f"unknown edit {op!r}; edits are {', '.join(OPS)}")
-        keep_t = torch.as_tensor(keep, dtype=torch.float64).reshape(-1)
-        shift_t = None if shift is None else torch.as_tensor(shift, dtype=torch.float64).reshape(-1)
-
-        def edit(x: torch.Tensor) -> torch.Tensor:
-            wide = self._wide(x)
-            u = self.read(x)
-            if op == "zero":
-                new = torch.zeros_like(u)
-            elif op == "set":
-                new = shift_t.to(u).expand_as(u)
-            else:
-                new = keep_t.to(u) * u + (0.0 if shift_t is None else shift_t.to(u))
-            return (wide + (new - u) @ self._dec.on(wide)).to(x.dtype)
-
-        return edit
+    def write_rows(self, like: torch.Tensor) -> torch.Tensor:
+        return self._dec.on(like)
 
 
 @register_unit_kind
-class Dictionary(UnitSet):
+class Dictionary(LayeredUnits):
     """Features of dictionaries at ``site`` (default ``layer.out``): ``books`` maps a layer to its
     :class:`Codebook`; unit ``j`` is feature ``features[j]`` at layer ``layers[j]`` (default: every
     feature of every layer). ``stats``: per-unit statistics; ``meta``: free JSON."""
 
     kind = "dictionary"
+    noun = "dictionary features"
 
     def __init__(self, books: Mapping[int, Codebook], *, site: str = "layer.out",
                  layers: Sequence[int] | None = None, features: Sequence[int] | None = None,
@@ -138,35 +117,15 @@ class Dictionary(UnitSet):
         self.stats = {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in (stats or {}).items()}
         self.meta = dict(meta or {})
 
-    def groups(self, model: nn.Module) -> list[FeatureGroupSAE]:
-        adapter = get_adapter(model)
-        out = []
-        for layer in sorted(set(self.layers.tolist())):
-            ids = (self.layers == layer).nonzero().flatten()
-            out.append(FeatureGroupSAE(adapter.site(self.site, layer), layer, ids, self.features[ids],
-                                       self.books[layer]))
-        return out
-
-    def count(self) -> int:
-        return int(self.features.numel())
+    def group(self, site: Site, layer: int, ids: torch.Tensor) -> FeatureGroupSAE:
+        return FeatureGroupSAE(site, layer, ids, self.features[ids], self.books[layer])
 
     def check_compatible(self, model: nn.Module) -> None:
-        adapter = get_adapter(model)
-        bad = [i for i in self.books if not 0 <= i < adapter.num_layers]
-        if bad:
-            raise ValueError(f"dictionaries at layers {bad}, and the model has layers 0..{adapter.num_layers - 1}")
-        d = {int(b.W_enc.shape[0]) for b in self.books.values()}
-        if self.site in ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out") and d != {adapter.hidden_size}:
-            raise ValueError(f"these dictionaries read {sorted(d)} features and this model's hidden size is "
-                             f"{adapter.hidden_size}: they were made for another model or site")
+        widths = {int(b.W_enc.shape[0]) for b in self.books.values()}
+        self.check_fits(model, widths.pop() if len(widths) == 1 else -1,
+                        ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out", "final_norm.in"))
 
-    def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "Dictionary":
-        if kinds is not None and set(kinds) - {"features"}:
-            raise ValueError(f"dictionary features have no neuron kinds; drop kinds={sorted(set(kinds))}")
-        if layers is None:
-            return self
-        keep = torch.isin(self.layers, torch.tensor(sorted(set(int(i) for i in layers)), dtype=torch.long))
-        ids = keep.nonzero().flatten()
+    def subset(self, ids: torch.Tensor) -> "Dictionary":
         return Dictionary(self.books, site=self.site, layers=self.layers[ids].tolist(),
                           features=self.features[ids].tolist(), stats={k: v[ids] for k, v in self.stats.items()},
                           meta=self.meta)
@@ -176,17 +135,7 @@ class Dictionary(UnitSet):
         return Dictionary(self.books, site=self.site, layers=[layer] * len(features), features=list(features),
                           meta=self.meta)
 
-    def statistic(self, name: str, group: UnitGroup) -> torch.Tensor:
-        if name not in self.stats:
-            raise ValueError(f"these features carry no {name!r} statistic (they have: "
-                             f"{', '.join(sorted(self.stats)) or 'none'})")
-        return torch.cat([self.stats[name][ids] for *_, ids in group.parts])
-
     def save(self, path: str | Path) -> Path:
-        from mwork.files import save_safetensors, write_text
-        from mwork.neurons.neuronset import set_path
-
-        st = set_path(path)
         tensors: dict[str, torch.Tensor] = {"layers": self.layers, "features": self.features}
         acts = {}
         for layer, b in self.books.items():
@@ -194,11 +143,7 @@ class Dictionary(UnitSet):
                 if getattr(b, name) is not None:
                     tensors[f"{layer}.{name}"] = getattr(b, name).detach().float().cpu().contiguous()
             acts[str(layer)] = {"activation": b.activation, "k": b.k}
-        tensors.update({f"stat.{k}": v.contiguous() for k, v in self.stats.items()})
-        meta = dict(self.meta, unit_kind=self.kind, site=self.site, activations=acts, count=self.count())
-        save_safetensors(st, tensors, metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
-        write_text(st.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        return st
+        return self.write_file(path, tensors, {"activations": acts})
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> "Dictionary":

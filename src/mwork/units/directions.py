@@ -16,23 +16,21 @@ metadata in its header and a ``.json`` beside it, like a NeuronSet; nothing unpi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mwork.hooks import DeviceCache, module_device
-from mwork.models.adapters import get_adapter
-from mwork.units.base import OPS, UnitGroup, UnitSet, register_unit_kind
+from mwork.hooks import DeviceCache, Site, module_device
+from mwork.units.base import LayeredUnits, RowGroup, register_unit_kind, widen
 
 #: Sites whose tensor lives in the residual stream's space (hidden_size features).
 RESIDUAL_SITES = ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out", "final_norm.in")
 FORMAT_VERSION = 1
 
 
-class DirectionGroup(UnitGroup):
+class DirectionGroup(RowGroup):
     """The directions of one set at one layer: read rows ``read`` and write rows ``write`` (k, d)."""
 
     def __init__(self, site, layer: int, ids: torch.Tensor, read: torch.Tensor, write: torch.Tensor):
@@ -48,43 +46,18 @@ class DirectionGroup(UnitGroup):
             raise ValueError(f"directions of width {self.width} cannot edit {self.site!r}, whose values have "
                              f"{x.shape[-1]} features: they were made for another site or model")
 
-    @staticmethod
-    def _wide(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.promote_types(x.dtype, torch.float32))
-
     def read(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
-        wide = self._wide(x)
+        wide = widen(x)
         return wide @ self._read.on(wide).T
 
-    def editor(self, op: str, keep: float | torch.Tensor = 1.0,
-               shift: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
-        if op not in OPS:
-            raise ValueError(f"unknown edit {op!r}; edits are {', '.join(OPS)}")
-        keep_t = torch.as_tensor(keep, dtype=torch.float64).reshape(-1)
-        shift_t = None if shift is None else torch.as_tensor(shift, dtype=torch.float64).reshape(-1)
-        needs_read = op in ("zero", "set") or bool((keep_t != 1.0).any())
-
-        def edit(x: torch.Tensor) -> torch.Tensor:
-            self._check(x)
-            wide = self._wide(x)
-            u = wide @ self._read.on(wide).T if needs_read else None
-            if op == "zero":
-                delta = -u
-            elif op == "set":
-                delta = shift_t.to(wide) - u
-            else:
-                delta = (keep_t.to(wide) - 1.0) * u if needs_read else torch.zeros(*wide.shape[:-1], self.count,
-                                                                                   dtype=wide.dtype, device=wide.device)
-                if shift_t is not None:
-                    delta = delta + shift_t.to(wide)
-            return (wide + delta @ self._write.on(wide)).to(x.dtype)
-
-        return edit
+    def write_rows(self, like: torch.Tensor) -> torch.Tensor:
+        self._check(like)
+        return self._write.on(like)
 
 
 @register_unit_kind
-class Directions(UnitSet):
+class Directions(LayeredUnits):
     """Directions at one site (default ``layer.out``, the residual stream after a layer): unit
     ``j`` is ``write[j]`` at layer ``layers[j]`` (named ``names[j]``, e.g. a language), read by
     ``read[j]`` (default ``write[j] / |write[j]|^2``). ``stats``: per-unit statistics (e.g. the
@@ -92,6 +65,7 @@ class Directions(UnitSet):
     model's fingerprint under ``fingerprint`` and its name under ``model_id`` are checked)."""
 
     kind = "directions"
+    noun = "directions"
 
     def __init__(self, write: torch.Tensor, layers: Sequence[int] | torch.Tensor, *, site: str = "layer.out",
                  read: torch.Tensor | None = None, names: Sequence[str] | None = None,
@@ -123,38 +97,13 @@ class Directions(UnitSet):
         self.meta = dict(meta or {})
 
     # ---- the unit set ---------------------------------------------------------------------
-    def groups(self, model: nn.Module) -> list[DirectionGroup]:
-        adapter = get_adapter(model)
-        out = []
-        for layer in sorted(set(self.layers.tolist())):
-            ids = (self.layers == layer).nonzero().flatten()
-            out.append(DirectionGroup(adapter.site(self.site, layer), layer, ids, self.read[ids], self.write[ids]))
-        return out
-
-    def count(self) -> int:
-        return int(self.write.shape[0])
+    def group(self, site: Site, layer: int, ids: torch.Tensor) -> DirectionGroup:
+        return DirectionGroup(site, layer, ids, self.read[ids], self.write[ids])
 
     def check_compatible(self, model: nn.Module) -> None:
-        adapter = get_adapter(model)
-        fp = adapter.fingerprint()
-        bad = [i for i in self.layers.tolist() if not 0 <= i < adapter.num_layers]
-        if bad:
-            raise ValueError(f"directions at layers {sorted(set(bad))}, and the model has layers 0..{adapter.num_layers - 1}")
-        if self.site in RESIDUAL_SITES and self.write.shape[1] != fp["hidden_size"]:
-            raise ValueError(f"these directions have {self.write.shape[1]} features and this model's hidden size is "
-                             f"{fp['hidden_size']}: they were made for another model")
-        mine = self.meta.get("fingerprint") or {}
-        if mine.get("model_type") and mine["model_type"] != fp["model_type"]:
-            raise ValueError(f"these directions were made for a {mine['model_type']} model "
-                             f"({self.meta.get('model_id', 'another model')}), and this model is a {fp['model_type']}")
+        self.check_fits(model, int(self.write.shape[1]), RESIDUAL_SITES)
 
-    def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "Directions":
-        if kinds is not None and set(kinds) - {"directions"}:
-            raise ValueError(f"directions have no neuron kinds; drop kinds={sorted(set(kinds))}")
-        if layers is None:
-            return self
-        keep = torch.isin(self.layers, torch.tensor(sorted(set(int(i) for i in layers)), dtype=torch.long))
-        ids = keep.nonzero().flatten()
+    def subset(self, ids: torch.Tensor) -> "Directions":
         return Directions(self.write[ids], self.layers[ids], site=self.site, read=self.read[ids],
                           names=[self.names[i] for i in ids.tolist()],
                           stats={k: v[ids] for k, v in self.stats.items()}, meta=self.meta)
@@ -170,28 +119,12 @@ class Directions(UnitSet):
         return Directions(scaled.float(), self.layers, site=self.site, names=[f"random{seed}"] * self.count(),
                           meta=meta)
 
-    def statistic(self, name: str, group: UnitGroup) -> torch.Tensor:
-        if name not in self.stats:
-            have = ", ".join(sorted(self.stats)) or "none"
-            raise ValueError(f"these directions carry no {name!r} statistic (they have: {have}); measure it on the "
-                             "target language's texts (mwork vectors) or use mode 'add'")
-        return torch.cat([self.stats[name][ids] for *_, ids in group.parts])
-
     # ---- files ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        from mwork.files import save_safetensors, write_text
-        from mwork.neurons.neuronset import set_path
-
-        st = set_path(path)
-        if st.is_dir():
-            raise ValueError(f"cannot write the directions to {st}: it is a folder; choose another path")
-        meta = dict(self.meta, unit_kind=self.kind, site=self.site, names=self.names, count=self.count(),
-                    layers=sorted(set(self.layers.tolist())), format_version=FORMAT_VERSION)
-        tensors = {"write": self.write.contiguous(), "read": self.read.contiguous(), "layers": self.layers.contiguous()}
-        tensors.update({f"stat.{k}": v.contiguous() for k, v in self.stats.items()})
-        save_safetensors(st, tensors, metadata={"mwork": json.dumps(meta, sort_keys=True, default=str)})
-        write_text(st.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-        return st
+        return self.write_file(path, {"write": self.write.contiguous(), "read": self.read.contiguous(),
+                                      "layers": self.layers.contiguous()},
+                               {"names": self.names, "layers": sorted(set(self.layers.tolist())),
+                                "format_version": FORMAT_VERSION})
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> "Directions":

@@ -15,13 +15,7 @@ from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, M
 from mwork.files import csv_text as _csv_text, float_cell, write_text
 from mwork.plotting import plain_text, save_figure
 
-# the files' columns: one schema (``schema``), shared with the report's section
-SELECTIVITY_COLUMNS = SELECTIVITY.columns
-SUMMARY_COLUMNS = SUMMARY.columns
-MATRIX_COLUMNS = MATRIX.columns
-STABILITY_COLUMNS = STABILITY.columns
-AGREEMENT_COLUMNS = AGREEMENT.columns
-COST_COLUMNS = COST.columns
+# the files' columns: the folder's schema (``schema``: .columns), shared with the report's section
 
 
 _cell = float_cell(".6f")
@@ -85,7 +79,7 @@ def markdown(result: Mapping[str, Any]) -> str:
              md_table(agreement_summary(result["agreement"]), ("size", "method_a", "method_b", "jaccard", "min", "max"))
              if result["agreement"] else "one method only\n",
              "\n## Cost (seconds per thousand tokens)\n",
-             md_table(result["cost"], COST_COLUMNS),
+             md_table(result["cost"], COST.columns),
              ]
     return "\n".join(parts)
 

@@ -16,13 +16,7 @@ from mwork.report.html import Markup, el
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
-# what this section reads: the folder's schema, shared with the writer (mwork.experiments.methods.report)
-SELECTIVITY_COLUMNS = SELECTIVITY.required
-SUMMARY_COLUMNS = SUMMARY.required
-MATRIX_COLUMNS = MATRIX.required
-STABILITY_COLUMNS = STABILITY.required
-AGREEMENT_COLUMNS = AGREEMENT.required
-COST_COLUMNS = COST.required
+# what this section reads: the folder's schema (.required, .numeric), shared with the writer
 # the other files of the comparison: with selectivity.csv they tell this folder from a lone table
 COMPANIONS = (SUMMARY.name, STABILITY.name, AGREEMENT.name, COST.name, SELECTIVITY_PLOT)
 INTERVENTIONS = {"zero": "switched off", "mean": "set to their mean activation"}
