@@ -10,7 +10,10 @@ from tokenizers.processors import TemplateProcessing
 
 import mwork
 import mwork.corpus_pass as cp
-from mwork.corpus_pass import Request, Statistic, corpus_pass, parse_stat, residual_means
+import mwork.corpus_statistics as cs
+from mwork.corpus_pass import Request, corpus_pass, residual_means
+from mwork.corpus_statistics import parse_stat
+from tests.plugins.max_statistic import Maximum  # a statistic written outside mwork
 from mwork.models.adapters import get_adapter
 from mwork.models.tiny import tiny_tokenizer
 from mwork.neurons.windows import Windowing
@@ -96,7 +99,7 @@ def test_each_statistic_equals_a_direct_computation(shared_tiny):
             assert close(run.value("rows", lang, layer), x.mean(0))
             assert close(run.value("quantiles@ffn.in", lang, layer),
                          torch.quantile(x, torch.tensor([0.0, 0.25, 0.9, 1.0], dtype=torch.float64), dim=0))
-            assert close(run.value("median@ffn.in", lang, layer), cp.quantile(x, 0.5))
+            assert close(run.value("median@ffn.in", lang, layer), cs.quantile(x, 0.5))
             # means kept per part: documents i % 2
             sums = run.statistics["mean@ffn.in"][lang][layer].sums
             for p in (0, 1):
@@ -153,22 +156,6 @@ def test_router_counts_equal_the_captured_routing(shared_tiny):
             torch.testing.assert_close(weight_sums, want, rtol=1e-6, atol=1e-6)  # weights: float32-level batch effects
 
 
-class Maximum(Statistic):
-    """A statistic of the test's own: the largest value over the counted tokens."""
-
-    name = "test_max"
-
-    def start(self, n, corpus):
-        self.value = None
-
-    def update(self, values, batch):
-        top = values.max(0).values
-        self.value = top if self.value is None else torch.maximum(self.value, top)
-
-    def result(self):
-        return self.value
-
-
 class Counting:
     """A read transform (channels -> 3 directions) that counts its calls."""
 
@@ -223,9 +210,9 @@ def test_requests_are_checked():
     with pytest.raises(ValueError, match="unknown site"):
         Request("mean", "ffn.middle")
     with pytest.raises(ValueError, match="quantiles in"):
-        cp.Quantiles(qs=(1.5,))
+        cs.Quantiles(qs=(1.5,))
     with pytest.raises(ValueError, match="registered already"):
-        cp.register_statistic(type("Other", (Statistic,), {"name": "mean"}))
+        cs.register_statistic(type("Other", (cs.Statistic,), {"name": "mean"}))
 
 
 def test_bad_settings_are_refused(shared_tiny):

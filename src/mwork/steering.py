@@ -59,7 +59,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from mwork.corpus_pass import parse_stat
+from mwork.corpus_statistics import parse_stat
 from mwork.intervene import parse_kinds, parse_layers
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from mwork.corpus_pass import Statistic
+from mwork.corpus_statistics import Statistic
 
 
 class Maximum(Statistic):
-    name = "test-max"
+    name = "test_max"
     takes = "tokens"  # (tokens, n) float64 on the CPU
 
     def start(self, n, corpus):

@@ -7,7 +7,7 @@ One streaming pass over the languages (:func:`router_statistics`, a client of
 corpus order with the *packed* policy of ``mwork.hooks`` (real tokens first, all-ones mask, so
 padding never changes a real token) and run through the model's body; a read at each layer's
 ``ffn.route`` site counts the experts chosen at the counted positions
-(``corpus_pass.RouterCounts``). Counted (the pass's ``"truncate-in-order"`` rule): every real
+(``corpus_statistics.RouterCounts``). Counted (the pass's ``"truncate-in-order"`` rule): every real
 token, except the tokenizer's leading special tokens (the BOS, whose routing is the same for
 every language). Reading the route alone stops the hook layer's
 recomputation of each block right after its router: the pass costs about one forward pass.

@@ -6,7 +6,7 @@ mask, so padding never changes a real token), and one read at each neuron site k
 of the selected neurons at the counted positions. Counted (the pass's ``"truncate-sorted"``
 rule): every token of every document up to ``max_length`` tokens, except the tokenizer's leading
 special tokens (the BOS, whose activations are not the language's). The statistics, per neuron,
-over all counted tokens of all documents (``corpus_pass.Mean`` and ``corpus_pass.Quantiles``):
+over all counted tokens of all documents (``corpus_statistics.Mean`` and ``corpus_statistics.Quantiles``):
 
 * ``mean``: the sum (float64) over the count;
 * ``median`` and quantiles ``qX``: linear interpolation between order statistics, as
@@ -28,7 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from mwork.corpus_pass import QUANTILE_RULE, TOKEN_RULES, Request, corpus_pass, parse_stat, quantile  # noqa: F401
+from mwork.corpus_pass import TOKEN_RULES, Request, corpus_pass
+from mwork.corpus_statistics import QUANTILE_RULE, parse_stat, quantile  # noqa: F401
 from mwork.fingerprints import model_digest
 from mwork.hooks import NEURON_SITES, DeviceCache
 from mwork.neurons.neuronset import STATISTIC_PREFIX, NeuronSet
