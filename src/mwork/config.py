@@ -48,12 +48,14 @@ def option(
     required: bool = False,
     default_factory: Callable[[], Any] | None = None,
     repeat: bool = False,
+    off_flags: Sequence[str] = (),
 ) -> Any:
     """A config field: its default, its help (one sentence, no default: that is added), and how
     the command line reads it (``parse``, ``flag`` instead of ``--field-name``, ``choices``;
-    ``repeat``: a ``tuple[str, ...]`` given once per item, ``--corpus en=A --corpus fr=B``)."""
+    ``repeat``: a ``tuple[str, ...]`` given once per item, ``--corpus en=A --corpus fr=B``;
+    ``off_flags``: older spellings of ``--no-x`` for a bool, still accepted, not shown)."""
     meta = {"help": help, "parse": parse, "flag": flag, "metavar": metavar, "choices": choices, "cli": cli,
-            "record": record, "required": required, "repeat": repeat}
+            "record": record, "required": required, "repeat": repeat, "off_flags": tuple(off_flags)}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if default is _UNSET:
@@ -152,6 +154,9 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, *, exclude: 
             text = f"{text} (default: {shown})" if text else f"default: {shown}"
         kwargs["help"] = text.replace("%", "%%")
         parser.add_argument(_flag(f), **kwargs)
+        for old in meta.get("off_flags", ()):
+            parser.add_argument(old, dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
 
 
 def _default_of(f: dataclasses.Field) -> Any:

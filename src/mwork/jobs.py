@@ -17,12 +17,15 @@ command of a job from its config alone, so the CLI adds nothing the API cannot d
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import contextlib
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, ContextManager, Mapping, Protocol
 
 from mwork.config import add_arguments, from_args, option
-from mwork.models.loading import DEFAULT_MODEL, load_model
+from mwork.models.loading import DEFAULT_MODEL, DEVICE_MAP_HELP, load_model, parse_device_map
 from mwork.texts import parse_corpus_specs, read_corpora
 
 
@@ -39,9 +42,18 @@ class ModelOptions:
     model: str = option(DEFAULT_MODEL, "built-in alias, local folder or hub id")
     dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
     device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
+    device_map: str | None = option(None, DEVICE_MAP_HELP, record=False)
+
+    def check_model_options(self) -> None:
+        """The loading options' rules, before anything is loaded."""
+        if self.device is not None and self.device_map is not None:
+            raise ValueError("give --device or --device-map, not both")
+        parse_device_map(self.device_map)
 
     def load(self) -> tuple[Any, Any]:
-        return load_model(self.model, dtype=self.dtype, device=self.device)
+        self.check_model_options()
+        return load_model(self.model, dtype=self.dtype, device=self.device,
+                          device_map=parse_device_map(self.device_map))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,7 +89,44 @@ class CorpusOptions:
 class RunOptions:
     """How a job runs, not what it computes (never part of a fingerprint)."""
 
-    progress: bool = option(True, "show progress bars", record=False)
+    progress: bool = option(True, "show progress bars", record=False, off_flags=("--quiet",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutputOptions:
+    """The output folder of a job that writes as it goes (finished cells, checkpoints), so that a
+    rerun of the same command resumes; its result's ``write()`` defaults to this folder."""
+
+    out: str = option(help="output folder", required=True, metavar="DIR", record=False)
+
+
+@dataclass
+class WrittenResult:
+    """The result of a job whose files are written while it runs (into ``folder``): its numbers
+    (``data``) and its files; ``write(out)`` copies them to another folder (or says where they
+    are, for the same folder)."""
+
+    folder: Path
+    files: dict[str, Path]
+    data: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out: str | Path | None = None) -> dict[str, Path]:
+        target = Path(out) if out is not None else self.folder
+        if target.resolve() == Path(self.folder).resolve():
+            return dict(self.files)
+        from mwork.files import make_folder
+
+        make_folder(target)
+        copied = {}
+        for name, path in self.files.items():
+            path = Path(path)
+            rel = path.relative_to(self.folder) if path.is_relative_to(self.folder) else Path(path.name)
+            dest = target / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+            copied[name] = dest
+        return copied
 
 
 class Job:
@@ -88,7 +137,14 @@ class Job:
     summary: ClassVar[str] = ""
 
     def check(self) -> None:
-        """Check every input a user gives before anything long starts (default: nothing)."""
+        """Check every input a user gives before anything long starts (default: the model
+        options' rules)."""
+        if isinstance(self, ModelOptions):
+            self.check_model_options()
+
+    def context(self) -> ContextManager[Any]:
+        """What the command runs inside (e.g. ``mwork.distributed.group()``; default: nothing)."""
+        return contextlib.nullcontext()
 
     def compute(self, model: Any, tokenizer: Any) -> Result:
         raise NotImplementedError
@@ -104,25 +160,39 @@ class Job:
 
 
 def add_job_command(sub: argparse._SubParsersAction, config: type, *, description: str = "",
-                    report: Callable[[Any, dict[str, Path]], None] | None = None) -> argparse.ArgumentParser:
-    """The command of a job: its options from ``config``'s fields and ``--out``; it runs
-    ``config(...).run().write(out)`` and prints the files (``report`` may print more first)."""
-    p = sub.add_parser(config.command, help=config.summary, description=description or config.summary)
+                    report: Callable[[Any, dict[str, Path]], int | None] | None = None,
+                    output_kind: str | None = "folder", **parser_options: Any) -> argparse.ArgumentParser:
+    """The command of a job: its options from ``config``'s fields (and ``--out`` when the config
+    has no ``out`` field); it runs ``config(...).run().write(out)`` and prints the files, or lets
+    ``report(result, files)`` print what it wants (its return value, when not None, is the exit
+    status). ``output_kind``: what ``--out`` names (``folder``, ``file``; None: the job checks it)."""
+    p = sub.add_parser(config.command, help=config.summary, description=description or config.summary,
+                       **parser_options)
     add_arguments(p, config)
-    p.add_argument("--out", required=True, help="output folder")
+    has_out = "out" in {f.name for f in dataclasses.fields(config)}
+    if not has_out:
+        p.add_argument("--out", required=True, metavar="DIR", help="output folder")
 
     def main(args: argparse.Namespace) -> int:
-        from mwork.files import make_folder
+        from mwork import distributed
 
         job = from_args(config, args)
-        job.check()
-        make_folder(args.out)  # a bad output folder is refused before the work, not after it
-        result = job.run()
-        files = result.write(args.out)
-        if report is not None:
-            report(result, files)
-        print("wrote " + ", ".join(str(f) for f in files.values()))
-        return 0
+        job.check()  # bad input is refused before the model loads
+        out = getattr(job, "out", None) if has_out else args.out
+        with job.context():
+            result = job.run()
+            files = result.write(out) if distributed.rank() == 0 else {}
+            if distributed.rank() != 0:
+                return 0
+            status = report(result, files) if report is not None else None
+            if report is None and files:
+                print("wrote " + ", ".join(str(f) for f in files.values()))
+        return int(status or 0)
 
-    p.set_defaults(func=main)
+    p.set_defaults(func=main, output_kinds={"out": output_kind})
     return p
+
+
+def run_files(files: Mapping[str, Path]) -> str:
+    """The line a command prints after its files."""
+    return "wrote " + ", ".join(str(f) for f in files.values())

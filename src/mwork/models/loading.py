@@ -69,6 +69,10 @@ DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 DeviceMap = str | dict[str, str | int]
 
 
+DEVICE_MAP_HELP = ("spread a model larger than one device over several (accelerate): auto, balanced, sequential, "
+                   "or a JSON object / .json file mapping module names to devices; not with --device")
+
+
 def parse_device_map(text: str | None) -> DeviceMap | None:
     """``--device-map``: a strategy (auto, balanced, balanced_low_0, sequential), a JSON object
     mapping module names to devices (``{"model.layers.0": 0, "": "cpu"}``) or a JSON file of one."""

@@ -19,13 +19,11 @@ from typing import Any
 from mwork import distributed
 from mwork.config import option
 from mwork.intervene import deactivate, parse_kinds, parse_layers
-from mwork.models.loading import load_model, parse_device_map
+from mwork.models.loading import DEVICE_MAP_HELP, load_model, parse_device_map
 from mwork.tasks.perplexity import perplexity
 from mwork.tasks.switch_off import SwitchOffOptions, neurons_to_switch_off
 from mwork.texts import EVALUATION_ARTICLES, read_texts
 
-DEVICE_MAP_HELP = ("spread a model larger than one device over several (accelerate): auto, balanced, sequential, "
-                   "or a JSON object / .json file mapping module names to devices; not with --device")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from mwork.experiments.deactivation.plan import check_languages
 from mwork.files import parse_names
 from mwork.lens.regions import check_region_options
 from mwork.models.loading import DEFAULT_MODEL, parse_device_map
-from mwork.tasks.ppl_run import DEVICE_MAP_HELP
+from mwork.models.loading import DEVICE_MAP_HELP
 
 
 def _langs(text: str) -> tuple[str, ...]:
