@@ -7,11 +7,11 @@ The columns (``Eng``, ``n-Eng``, ``ΔEng``, ``Δn-Eng``, ``Δ``) are defined in 
 
 The pipeline, one module per step:
 
-* ``plan``: the layer regions and every cell, under a frozen ``CellKey``;
-* ``cells``: finished cells in ``cells.jsonl``, keyed by the content they were computed from
-  (model weights, NeuronSets, evaluation texts), so a rerun recomputes what changed only;
-* ``execute``: the missing cells, in rounds of one cell per rank under torchrun (each cell is
-  computed by one process as it would be alone, so the results are identical);
+* ``plan``: the layer regions and every cell, under a frozen ``CellKey``; the experiment kernel
+  (``mwork.experiments.kernel``) keeps finished cells in ``cells.jsonl``, keyed by the content
+  they were computed from (model weights, NeuronSets, evaluation texts), so a rerun recomputes
+  what changed only, and executes the missing ones in rounds of one cell per rank under torchrun
+  (each cell is computed by one process as it would be alone, so the results are identical);
 * ``aggregate``: the headline, the grid rows and the cross-language matrix;
 * ``report``: ``table.csv`` / ``table.md``, ``headline.csv``, ``matrix.csv``, ``results.json``,
   ``deactivation.png``;

@@ -1,4 +1,5 @@
-"""Planning the grid: the layer regions, and every cell to measure, each under a frozen key.
+"""Planning the grid: the layer regions, and every cell to measure, each under a frozen key
+(``mwork.experiments.kernel`` keeps, resumes and executes them).
 
 A cell is one evaluation: language ``eval_lang`` measured with ``variant`` neurons of language
 ``neurons_of`` switched off in ``region`` (``specific``: its language-specific neurons there;
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from mwork.experiments.kernel import Cell
+from mwork.experiments.kernel import CellKey as KernelKey
 from mwork.layer_regions import GENERATION, TASK_SOLVING, UNDERSTANDING, region_layers
 from mwork.models.adapters import KINDS
 from mwork.neurons.neuronset import NeuronSet
@@ -101,8 +104,8 @@ class GridSpec:
 
 
 @dataclass(frozen=True)
-class CellKey:
-    """What one cell measures (see the module docstring)."""
+class CellKey(KernelKey):
+    """What one grid cell measures (see the module docstring)."""
 
     region: str
     variant: str
@@ -113,32 +116,15 @@ class CellKey:
     def original(cls, lang: str) -> "CellKey":
         return cls(ORIGINAL, "none", None, lang)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"region": self.region, "variant": self.variant, "neurons_of": self.neurons_of,
-                "eval_lang": self.eval_lang}
-
     @classmethod
     def from_json(cls, value: Any) -> "CellKey":
-        """The key of a ``cells.jsonl`` record; a ValueError when it is not one."""
-        fields = ("region", "variant", "neurons_of", "eval_lang")
-        if not isinstance(value, dict) or set(value) != set(fields):
-            raise ValueError(f"a cell key is an object with exactly {', '.join(fields)}; got {value!r}")
-        if not all(isinstance(value[f], str) for f in ("region", "variant", "eval_lang")) or \
-                not isinstance(value["neurons_of"], (str, type(None))):
+        key = super().from_json(value)
+        if not all(isinstance(v, str) for v in (key.region, key.variant, key.eval_lang)):
             raise ValueError(f"cell key fields must be strings (neurons_of may be null); got {value!r}")
-        return cls(**value)
+        return key
 
     def __str__(self) -> str:
-        return ORIGINAL + "|" + self.eval_lang if self.region == ORIGINAL else \
-            f"{self.region}|{self.variant}|{self.neurons_of}|{self.eval_lang}"
-
-
-@dataclass(frozen=True, eq=False)
-class Cell:
-    """A planned cell: its key and the neurons it switches off (None: the unmodified model)."""
-
-    key: CellKey
-    off: NeuronSet | None
+        return ORIGINAL + "|" + self.eval_lang if self.region == ORIGINAL else super().__str__()
 
 
 def _variants(ns: NeuronSet, region: Region, seeds: Sequence[int]) -> list[tuple[str, NeuronSet]]:

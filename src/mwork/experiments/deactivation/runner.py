@@ -17,11 +17,10 @@ import torch
 
 from mwork import distributed
 from mwork.experiments.deactivation.aggregate import grid_rows, headline_rows, matrix_rows, originals
-from mwork.experiments.deactivation.cells import CellStore, GridInputs
 from mwork.experiments.deactivation.config import DeactivationConfig
-from mwork.experiments.deactivation.execute import execute
-from mwork.experiments.deactivation.plan import Cell, GridSpec, kinds_switched_off, layer_regions, plan_cells
+from mwork.experiments.deactivation.plan import Cell, CellKey, GridSpec, kinds_switched_off, layer_regions, plan_cells
 from mwork.experiments.deactivation.report import write_outputs
+from mwork.experiments.kernel import CellInputs, CellStore, execute
 from mwork.files import child_path
 from mwork.intervene import deactivate
 from mwork.models.adapters import get_adapter
@@ -73,8 +72,9 @@ def run_deactivation_experiment(
     regions = layer_regions(adapter.num_layers, understanding, generation)
     recorded = spec.recorded(settings)
     cells = plan_cells(spec, neuron_sets, adapter.num_layers)
-    inputs = GridInputs.of(model, neuron_sets, evaluate, spec.langs)
-    store = CellStore(out / "cells.jsonl", recorded, inputs, {c.key: inputs.for_cell(c.key) for c in cells})
+    inputs = CellInputs.of(model, neuron_sets, evaluate, spec.langs)
+    store = CellStore(out / "cells.jsonl", recorded, inputs, {c.key: inputs.for_cell(c.key) for c in cells},
+                      key_type=CellKey, name="the deactivation grid", label="deactivation")
     start = time.time()
 
     def measure(cell: Cell) -> dict[str, Any]:

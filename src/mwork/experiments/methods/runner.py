@@ -11,7 +11,7 @@ per layer and kind (``NeuronSet.random_like``).
 Cells: every language's held-out perplexity with each language's set switched off (zeroed, or
 mean-patched: ``patch.MeanPatch``) -- the full language x language matrix -- and with each
 seed's random set on the set's own language, plus the unmodified model on every language.
-They are kept in ``cells.jsonl`` (``mwork.experiments.deactivation.cells``: keyed by the content
+They are kept in ``cells.jsonl`` (``mwork.experiments.kernel``: keyed by the content
 of the model, the set, the intervention's values and the held-out texts; a torn last line is
 dropped and recomputed), so a rerun computes only what is missing, and a resumed experiment
 equals an uninterrupted one.
@@ -27,9 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mwork.config import digest, fingerprint
-from mwork.experiments.deactivation.cells import CellStore, GridInputs
-from mwork.experiments.deactivation.execute import execute
-from mwork.experiments.deactivation.plan import Cell, CellKey
+from mwork.experiments.kernel import Cell, CellInputs, CellStore, execute
 from mwork.files import make_folder
 import mwork.experiments.methods.tables as tables  # the module, not the package (whose __init__ imports this)
 from mwork.experiments.methods.config import MethodsConfig, size_count
@@ -123,8 +121,7 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
     evaluator = perplexity_evaluator(model, tokenizer, heldout, config.batch_size, config.eval_max_length)
     evaluation = {lang: evaluator.inputs_digest(lang) for lang in langs}
     means_key = _means_digest(detection.means)
-    cells: list[Cell] = [Cell(CellKey.original(e), None) for e in langs]
-    interventions: dict[CellKey, str] = {}
+    cells: list[Cell] = [Cell(tables.MethodsKey.original(e), None) for e in langs]
     for iv in config.interventions:
         for m in config.methods:
             for size in config.sizes:
@@ -135,27 +132,27 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
                     for seed in config.seeds:
                         cells.append(Cell(tables.cell_key(iv, m, size, f"random{seed}", lang, lang),
                                           ns.random_like(seed)))
-    for cell in cells:
-        interventions[cell.key] = cell.key.region.split("|")[0]
     set_digests = {}
     expected = {}
     for cell in cells:
-        iv = interventions[cell.key]
+        k = cell.key
+        iv = k.intervention
         neurons = neurons_digest(cell.off) if cell.off is not None else None
         if cell.off is not None:
-            set_digests[f"{cell.key.region}|{cell.key.variant}|{cell.key.neurons_of}"] = neurons
+            set_digests[f"{iv}|{k.method}|{k.size}|{k.variant}|{k.neurons_of}"] = neurons
         expected[cell.key] = digest({"model": model_key, "neurons": neurons,
                                      "evaluation": evaluation[cell.key.eval_lang],
                                      "intervention": None if cell.off is None else iv,
                                      "means": means_key if iv == "mean" and cell.off is not None else None})[:16]
     settings = {k: v for k, v in fingerprint(config).items() if k not in ("cost_docs", "cost_repeats")}
-    store = CellStore(out / "cells.jsonl", settings, GridInputs(model_key, set_digests, evaluation), expected)
+    store = CellStore(out / "cells.jsonl", settings, CellInputs(model_key, set_digests, evaluation), expected,
+                      key_type=tables.MethodsKey, name="the methods comparison", label="methods")
 
     def measure(cell: Cell) -> dict[str, Any]:
         if cell.off is None:
             res = evaluator(cell.key.eval_lang)
         else:
-            context = (deactivate(model, cell.off) if interventions[cell.key] == "zero"
+            context = (deactivate(model, cell.off) if cell.key.intervention == "zero"
                        else MeanPatch(model, cell.off, detection.means))
             with context:
                 res = evaluator(cell.key.eval_lang)
@@ -175,7 +172,7 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
             "total_neurons": adapter.total_neurons(), "seeds": list(config.seeds),
             "interventions": list(config.interventions), "mean_rule": MEAN_RULE, "settings": settings,
             "detection_texts": corpus_info, "heldout_texts": heldout_info,
-            "original_ppl": {lang: results[CellKey.original(lang)]["score"] for lang in langs},
+            "original_ppl": {lang: results[tables.MethodsKey.original(lang)]["score"] for lang in langs},
             "method_rules": {m: detection.scores[m]["all"].rule for m in config.methods},
             "seconds": {**detection.seconds, "cells (this run)": cell_seconds, "cost (this run)": cost_seconds,
                         "total (this run)": time.time() - start}}

@@ -25,24 +25,56 @@ import statistics
 from itertools import combinations
 from typing import Any, Mapping, Sequence
 
-from mwork.experiments.deactivation.plan import CellKey
+from dataclasses import dataclass
+
+from mwork.experiments.kernel import CellKey
 from mwork.neurons.neuronset import NeuronSet
 
-Results = Mapping[CellKey, Mapping[str, Any]]
+ORIGINAL = "original"
 
 
-def cell_key(intervention: str, method: str, size: str, variant: str, neurons_of: str, eval_lang: str) -> CellKey:
-    """The key of a comparison cell (the deactivation grid's keys, with the region naming the
-    intervention, method and size)."""
-    return CellKey(f"{intervention}|{method}|{size}", variant, neurons_of, eval_lang)
+@dataclass(frozen=True)
+class MethodsKey(CellKey):
+    """What one comparison cell measures: ``eval_lang``'s held-out perplexity with the ``variant``
+    (``set`` or ``random<seed>``) of ``neurons_of``'s ``size`` set by ``method`` switched off by
+    ``intervention`` (``zero`` or ``mean``); the unmodified model's cells have only ``eval_lang``."""
+
+    intervention: str | None
+    method: str | None
+    size: str | None
+    variant: str
+    neurons_of: str | None
+    eval_lang: str
+
+    @classmethod
+    def original(cls, lang: str) -> "MethodsKey":
+        return cls(None, None, None, ORIGINAL, None, lang)
+
+    @classmethod
+    def from_older(cls, value: Any) -> "MethodsKey | None":
+        """The keys of mwork before named fields: the grid's key, its region "zero|plnd|1%"."""
+        if not isinstance(value, dict) or set(value) != {"region", "variant", "neurons_of", "eval_lang"}:
+            return None
+        if value["region"] == ORIGINAL:
+            return cls.original(value["eval_lang"])
+        parts = str(value["region"]).split("|")
+        return cls(*parts, value["variant"], value["neurons_of"], value["eval_lang"]) if len(parts) == 3 else None
+
+
+Results = Mapping[MethodsKey, Mapping[str, Any]]
+
+
+def cell_key(intervention: str, method: str, size: str, variant: str, neurons_of: str, eval_lang: str) -> MethodsKey:
+    """The key of a comparison cell."""
+    return MethodsKey(intervention, method, size, variant, neurons_of, eval_lang)
 
 
 def _std(values: Sequence[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
-def log_ratio(results: Results, key: CellKey) -> float:
-    original = results[CellKey.original(key.eval_lang)]["score"]
+def log_ratio(results: Results, key: MethodsKey) -> float:
+    original = results[MethodsKey.original(key.eval_lang)]["score"]
     return math.log(results[key]["score"] / original)
 
 

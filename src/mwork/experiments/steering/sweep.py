@@ -3,7 +3,7 @@ neurons and with random neurons, against the unsteered model -> ``steer.csv``,
 ``generations.jsonl``, ``steer.png``.
 
 Cells, one per (method, seed, strength) plus the unsteered model, are kept in ``cells.jsonl``
-through ``mwork.experiments.deactivation.cells`` (content-keyed: the model's weights, the sets
+through ``mwork.experiments.kernel`` (under ``SteerKey``; content-keyed: the model's weights, the sets
 and their statistics, the prompts and generation settings), so a rerun computes only what is
 missing or changed, and a folder holding a sweep with other settings is refused. A strength at
 which the edit is the identity (0 in ``set`` / ``add``, 1 in ``scale``) is the unsteered model
@@ -33,8 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mwork.config import digest, fingerprint
-from mwork.experiments.deactivation.cells import CellStore, GridInputs
-from mwork.experiments.deactivation.plan import CellKey
+from mwork.experiments.kernel import Cell, CellInputs, CellKey, CellStore, execute
 from mwork.files import make_folder
 from mwork.experiments.steering.generation import continuation_nll, generate_measured
 from mwork.experiments.steering.metrics import aggregate, is_nonfinite, item_metrics
@@ -60,8 +59,37 @@ def _variant(method: str, seed: int | None) -> str:
     return method if seed is None else f"{method}{seed}"
 
 
-def _strength_key(strength: float) -> str:
-    return f"strength={float(strength)!r}"
+@dataclass(frozen=True)
+class SteerKey(CellKey):
+    """What one steering cell measures: the ``source`` prompts' generations with the ``variant``
+    set (``specific`` or ``random<seed>``) steered toward ``target`` at ``strength``; the
+    unsteered cell has only ``source``."""
+
+    strength: float | None
+    variant: str
+    target: str | None
+    source: str
+
+    @classmethod
+    def original(cls, source: str) -> "SteerKey":
+        return cls(None, UNSTEERED, None, source)
+
+    @classmethod
+    def from_older(cls, value: Any) -> "SteerKey | None":
+        """The keys of mwork before named fields: the grid's key, its region "strength=1.0"."""
+        if not isinstance(value, dict) or set(value) != {"region", "variant", "neurons_of", "eval_lang"}:
+            return None
+        if value["region"] == "original":
+            return cls.original(value["eval_lang"])
+        name, _, strength = str(value["region"]).partition("=")
+        try:
+            return cls(float(strength), value["variant"], value["neurons_of"], value["eval_lang"]) \
+                if name == "strength" else None
+        except ValueError:
+            return None
+
+    def inputs_of(self) -> tuple[str | None, str]:
+        return self.target, self.source
 
 
 def _is_unsteered(mode: str, strength: float, off: NeuronSet | None) -> bool:
@@ -243,19 +271,20 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, pro
                 "token_langid": vocab.settings, **settings}
     sets_key = {name: {"steer": neurons_digest(ns), "stats": statistics_digest(ns) if mode in NEEDS_STATISTIC else None,
                        "off": neurons_digest(o) if o is not None else None} for name, (ns, o) in methods.items()}
-    inputs = GridInputs(model_digest(model), {target: digest(sets_key)},
+    inputs = CellInputs(model_digest(model), {target: digest(sets_key)},
                         {source: digest({"prompts": prompts_record(prompts), "max_new_tokens": max_new_tokens})})
-    keys: list[tuple[str, int | None, float | None, CellKey]] = [(UNSTEERED, None, None, CellKey.original(source))]
+    plan = [Cell(SteerKey.original(source))]
     for name, (_, o) in methods.items():
-        method, seed = (SPECIFIC, None) if name == SPECIFIC else (RANDOM, int(name[len(RANDOM):]))
         for s in strengths:
             if not _is_unsteered(mode, s, o):
-                keys.append((method, seed, s, CellKey(_strength_key(s), name, target, source)))
-    store = CellStore(out / "cells.jsonl", recorded, inputs, {k: inputs.for_cell(k) for *_, k in keys})
+                plan.append(Cell(SteerKey(float(s), name, target, source), lever=(name, s)))
+    store = CellStore(out / "cells.jsonl", recorded, inputs, {c.key: inputs.for_cell(c.key) for c in plan},
+                      key_type=SteerKey, name="the steering sweep", label="steer")
     rendered = [p.rendered for p in prompts]
     start = time.time()
 
-    def measure(name: str | None, strength: float | None) -> dict[str, Any]:
+    def measure(cell: Cell) -> dict[str, Any]:
+        name, strength = cell.lever or (None, None)
         if name is None:
             gens = generate_measured(model, tokenizer, rendered, vocab, target, max_new_tokens=max_new_tokens,
                                      batch_size=batch_size, progress=False)
@@ -279,21 +308,15 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, pro
         return {"score": rate, "n": len(items), "metric": "target_rate", "higher_is_better": True, "off": count,
                 "items": items}
 
-    from tqdm.auto import tqdm
-
-    todo = [k for k in keys if k[3] not in store.done]
-    for method, seed, s, key in tqdm(todo, desc="steering cells", unit="cell", disable=not progress):
-        name = None if method == UNSTEERED else _variant(method, seed)
-        store.add(store.record(key, measure(name, s)))
-    cells = {k[3]: store.done[k[3]] for k in keys}
-    base = cells[CellKey.original(source)]
+    cells = execute(plan, store, measure, progress=progress)
+    base = cells[SteerKey.original(source)]
     rows, generations = [], []
     detection = methods[SPECIFIC][0].meta.get("method", "plnd")  # which detection method made the set
     for name, (ns, o) in methods.items():
         method, seed = (SPECIFIC, None) if name == SPECIFIC else (RANDOM, int(name[len(RANDOM):]))
         for s in strengths:
             same = _is_unsteered(mode, s, o)
-            cell = base if same else cells[CellKey(_strength_key(s), name, target, source)]
+            cell = base if same else cells[SteerKey(float(s), name, target, source)]
             rows.append({"target": target, "source": source, "method": method, "detection": detection,
                          "seed": seed, "strength": s,
                          "mode": mode, "stat": stat, "positions": positions, "neurons": ns.count(),
