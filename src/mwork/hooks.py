@@ -162,7 +162,20 @@ def _input_value(site: Site, args: tuple, kwargs: dict) -> tuple[Any, str | int]
                     f"(no positional argument, keywords {sorted(kwargs)})")
 
 
-class _Point:
+class _Placed:
+    """The entries behind one torch hook, which is removed with the last of them."""
+
+    entries: list[_Entry]
+    handle: Any
+
+    def remove(self, entry: _Entry) -> None:
+        self.entries = [e for e in self.entries if e is not entry]
+        if not self.entries and self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class _Point(_Placed):
     """All hooks at one module port, behind one torch hook (edits first, then reads)."""
 
     def __init__(self, module: nn.Module, port: str):
@@ -177,12 +190,6 @@ class _Point:
             else:
                 self.handle = self.module.register_forward_hook(self._post, with_kwargs=True)
         self.entries.append(entry)
-
-    def remove(self, entry: _Entry) -> None:
-        self.entries = [e for e in self.entries if e is not entry]
-        if not self.entries and self.handle is not None:
-            self.handle.remove()
-            self.handle = None
 
     def _apply(self, args: tuple, kwargs: dict, value: Any) -> tuple[Any, bool]:
         changed = False
@@ -280,7 +287,7 @@ class Taps:
         return value
 
 
-class _ComputedPoint:
+class _ComputedPoint(_Placed):
     """All hooks at the internal points of one module's :class:`Computation`, behind one torch
     forward hook placed before the module's other hooks (so readers and editors of the module's
     own output see the computed output)."""
@@ -298,12 +305,6 @@ class _ComputedPoint:
         if self.handle is None:
             self.handle = self.module.register_forward_hook(self._post, with_kwargs=True, prepend=True)
         self.entries.append(entry)
-
-    def remove(self, entry: _Entry) -> None:
-        self.entries = [e for e in self.entries if e is not entry]
-        if not self.entries and self.handle is not None:
-            self.handle.remove()
-            self.handle = None
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
         taps = Taps(self.entries)

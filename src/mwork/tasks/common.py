@@ -262,7 +262,21 @@ class ScoringOption:
     """A task scored either by the published rules or by mwork's normalisation
     (``mwork.tasks.metrics``: ``scoring="official"``, the default, or ``"mwork"``). ``ask`` records
     the choice in its query's ``info`` (so the result says how it was scored) and ``score`` uses it.
-    Mixed in before ``Task``."""
+    Mixed in before ``Task``; its ``ask`` generates greedily from the task's prompts."""
+
+    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
+            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
+            scoring: str | None = None) -> "Query":
+        """Greedy answers to the task's prompts, until its stop string."""
+        from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring
+        from mwork.tasks.queries import Generate
+
+        scoring = scoring or DEFAULT_SCORING
+        check_scoring(scoring)
+        texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots,  # type: ignore[attr-defined]
+                                           prompts=prompts)
+        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],  # type: ignore[attr-defined]
+                        info={"few_shot": few_shot, "prompt_example": texts[0], "scoring": scoring})
 
     def score_answers(self, examples: Sequence[Example], query: "Query", answers: Any, lang: str) -> TaskResult:
         from mwork.tasks.metrics import DEFAULT_SCORING

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from mwork.tasks.common import Example, ScoringOption, Task, load_hub, prompt_for, resolve_source, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.queries import GENERATE, Generate
+from mwork.tasks.queries import GENERATE
 from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, format_number, last_number, mgsm_correct, parse_number
 
 MGSM_LANGS: tuple[str, ...] = ("en", "es", "fr", "de", "ru", "zh", "ja", "th", "sw", "bn", "te")
@@ -112,12 +112,3 @@ class MGSM(ScoringOption, Task):
             scores.append(float(correct))
             records.append({"id": ex.id, "output": out, "prediction": pred, "target": ex.target, "correct": correct})
         return self._result(lang, scores, records)
-
-    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
-            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
-            scoring: str = DEFAULT_SCORING) -> Generate:
-        """Greedy step-by-step answers (scored by accuracy of the answer number)."""
-        check_scoring(scoring)
-        texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
-        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
-                        info={"few_shot": few_shot, "prompt_example": texts[0], "scoring": scoring})

@@ -22,7 +22,7 @@ from mwork.data_sources import (  # noqa: F401  (XQuAD's articles: read below th
     N_ARTICLES, PARAGRAPHS_PER_ARTICLE, XQUAD_LANGS, load_articles, read_squad_json)
 from mwork.tasks.common import Example, ScoringOption, Task, prompt_for, select
 from mwork.tasks.results import TaskResult
-from mwork.tasks.queries import GENERATE, Generate
+from mwork.tasks.queries import GENERATE
 from mwork.tasks.metrics import DEFAULT_SCORING, check_scoring, qa_exact, qa_f1
 from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES
 
@@ -113,12 +113,3 @@ class XQuAD(ScoringOption, Task):
             ems.append(em)
             records.append({"id": ex.id, "output": out, "answers": ex.target, "f1": f1, "exact_match": em})
         return self._result(lang, f1s, records, exact_match=sum(ems) / len(ems) if ems else float("nan"))
-
-    def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
-            few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
-            scoring: str = DEFAULT_SCORING) -> Generate:
-        """Greedy short answers (one line), scored by SQuAD F1 and exact match."""
-        check_scoring(scoring)
-        texts, prompt = self.build_prompts(examples, lang, few_shot=few_shot, shots=shots, prompts=prompts)
-        return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],
-                        info={"few_shot": few_shot, "prompt_example": texts[0], "scoring": scoring})
