@@ -23,7 +23,6 @@ run on the tiny model; its shim is one line (``run_eval(from_args(EvalConfig, ar
 from __future__ import annotations
 
 import json
-import time
 import types
 from dataclasses import replace
 from pathlib import Path
@@ -186,12 +185,11 @@ def test_lens(tmp_path, capsys, api_side):
             "--max-new-tokens", "2", "--top-k", "3", "--latin-langs", "en,fr", "--device", "cpu"]
     assert main(argv) == 0
     api_side()
-    config = mwork.LensConfig(langs=("zh", "fr"), max_prompts=2, max_new_tokens=2, top_k=3, latin_langs=("en", "fr"))
+    config = mwork.LensConfig(model=MODEL, device="cpu", langs=("zh", "fr"), max_prompts=2, max_new_tokens=2,
+                              top_k=3, latin_langs=("en", "fr"))
     assert parsed(argv, mwork.LensConfig) == config
-    start = time.time()
-    model, tok = mwork.load_model(MODEL, device="cpu")
-    run = mwork.run_lens(model, tok, config=config, out=tmp_path / "api", model_name=MODEL,
-                         load_seconds=time.time() - start)
+    run = config.run()  # loads the model, timed (timing.load_seconds)
+    run.write(tmp_path / "api")
     names = assert_same_folders(tmp_path / "cli", tmp_path / "api",
                                 ("timing.load_seconds", "timing.lens_seconds", "timing.label_seconds",
                                  "mwork_lens.seconds"))
@@ -302,7 +300,8 @@ def test_experiment_methods(tmp_path, inputs, monkeypatch, api_side):
                                  corpus=tuple(f"{lang}={path}" for lang, path in corpus.items()),
                                  heldout=tuple(f"{lang}={path}" for lang, path in heldout.items()),
                                  interventions=("zero",), stability=False, cost_docs=1, cost_repeats=1,
-                                 max_length=16, eval_max_length=16, device="cpu", out=str(tmp_path / "api"))
+                                 max_length=16, eval_max_length=16, device="cpu", progress=False,
+                                 out=str(tmp_path / "api"))
     args = build_parser().parse_args(argv)  # as the CLI does: the repeated options are corpus / heldout
     cli_config = from_args(mwork.MethodsConfig, args, corpus=tuple(args.corpus), heldout=tuple(args.heldout))
     assert cli_config == replace(config, out=str(tmp_path / "cli"))

@@ -11,7 +11,7 @@ from tokenizers.processors import TemplateProcessing
 import mwork
 import mwork.corpus_pass as cp
 import mwork.corpus_statistics as cs
-from mwork.corpus_pass import Request, corpus_pass, residual_means
+from mwork.corpus_pass import PassOptions, Request, corpus_pass, residual_means
 from mwork.corpus_statistics import parse_stat
 from tests.plugins.max_statistic import Maximum  # a statistic written outside mwork
 from mwork.models.adapters import get_adapter
@@ -85,7 +85,7 @@ def test_each_statistic_equals_a_direct_computation(shared_tiny):
     requests = [Request("mean", "ffn.in"), Request("mean", "ffn.in", options={"sum": "rows"}, key="rows"),
                 Request("quantiles", "ffn.in", options={"qs": (0.0, 0.25, 0.9, 1.0)}), Request("median", "ffn.in"),
                 Request("firing_probability", "ffn.act"), Request("doc_means", "v.out"), Request("mean", "q.out")]
-    run = corpus_pass(model, tok, CORPORA, requests, max_length=8, batch_size=3, parts=2, progress=False)
+    run = corpus_pass(model, tok, CORPORA, requests, PassOptions(max_length=8, batch_size=3, parts=2), progress=False)
     for lang, docs in CORPORA.items():
         ref, owner = captured(model, tok, docs, ["ffn.in", "ffn.act", "v.out", "q.out"])
         measured = sorted(set(owner.tolist()))
@@ -118,7 +118,7 @@ def test_the_truncate_sorted_rule_counts_all_but_the_leading_special_tokens(shar
     tok = bos_tokenizer()
     docs = CORPORA["fr"]
     run = corpus_pass(model, tok, {"fr": docs}, [Request("mean", "ffn.in"), Request("quantiles", "ffn.in")],
-                      tokens="truncate-sorted", max_length=6, batch_size=2, progress=False)
+                      PassOptions("truncate-sorted", max_length=6, batch_size=2), progress=False)
     ref, owner = captured(model, tok, docs, ["ffn.in"], "truncate-sorted", 6)
     assert run.n_tokens("fr") == len(owner) and run.empty["fr"] == [1]
     for layer in range(get_adapter(model).num_layers):
@@ -145,7 +145,7 @@ def test_router_counts_equal_the_captured_routing(shared_tiny):
     model, tok = shared_tiny("tiny-random-qwen2_moe", torch.float64)
     E = get_adapter(model).num_experts
     run = corpus_pass(model, tok, CORPORA, [Request("router_counts", "ffn.route", options={"experts": E})],
-                      tokens="truncate-sorted", max_length=16, batch_size=2, progress=False)
+                      PassOptions("truncate-sorted", max_length=16, batch_size=2), progress=False)
     for lang, docs in CORPORA.items():
         ref, _ = captured(model, tok, docs, ["ffn.route"], "truncate-sorted", 16)
         for layer in range(get_adapter(model).num_layers):
@@ -186,7 +186,7 @@ def test_several_statistics_share_one_read_of_each_site(shared_tiny, monkeypatch
                                       ("doc_means", {}))]
     requests += [Request(Maximum, "ffn.in", read=read), Request(Maximum, "ffn.in", key="raw max"),
                  Request("mean", "ffn.in", key="raw mean")]
-    run = corpus_pass(model, tok, CORPORA, requests, max_length=8, batch_size=2, progress=False)
+    run = corpus_pass(model, tok, CORPORA, requests, PassOptions(max_length=8, batch_size=2), progress=False)
     layers = adapter.num_layers
     assert sorted(registered) == [("ffn.in", i) for i in range(layers)]  # one hook per site and layer
     batches = sum((len(units(tok, docs, "windows", 8)) + 1) // 2 for docs in CORPORA.values())
@@ -218,7 +218,7 @@ def test_requests_are_checked():
 def test_bad_settings_are_refused(shared_tiny):
     model, tok = shared_tiny("tiny-random-llama")
     with pytest.raises(ValueError, match="token rule"):
-        corpus_pass(model, tok, CORPORA, [], tokens="everything", progress=False)
+        corpus_pass(model, tok, CORPORA, [], PassOptions(tokens="everything"), progress=False)
     with pytest.raises(ValueError, match="same key|the key"):
         corpus_pass(model, tok, CORPORA, [Request("mean", "ffn.in"), Request("mean", "ffn.in")], progress=False)
 

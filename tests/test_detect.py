@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -249,6 +250,45 @@ def test_cli_detect_contract(tmp_path, capsys):
     rc = cli_main(["detect", "--model", "tiny-random-llama", "--lang", "fr", "--corpus", str(tmp_path / "no.txt"),
                    "--out", str(out)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_detect_job_is_what_the_cli_does(tmp_path, capsys, shared_tiny):
+    """``DetectJob(...).run()`` (the model given or loaded) writes the files ``mwork detect`` writes;
+    ``write()`` names them, ``write(other)`` saves the set again; bad input fails before any model."""
+    from mwork.neurons.detect_config import DetectConfig, DetectOptions
+    from mwork.neurons.detect_job import DetectJob
+
+    corpus = tmp_path / "fr.txt"
+    corpus.write_text("\n".join(DOCS[:4]) + "\n")
+    assert cli_main(["detect", "--model", "tiny-random-llama", "--lang", "fr", "--corpus", str(corpus), "--out",
+                     str(tmp_path / "cli" / "fr"), "--max-docs", "3", "--kinds", "ffn,v", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    job = DetectJob(model="tiny-random-llama", lang="fr", corpus=(str(corpus),), out=str(tmp_path / "api" / "fr"),
+                    max_docs=3, settings={"kinds": ("ffn", "v")}, progress=False)
+    result = job.run(*shared_tiny("tiny-random-llama"))
+    files = result.write()
+    assert files == {"set": tmp_path / "api" / "fr.safetensors", "json": tmp_path / "api" / "fr.json"}
+    for name in ("fr.safetensors", "fr.json"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert result.lines()[0].split(" -> ")[0] == printed.split(" -> ")[0]
+    again = result.write(tmp_path / "copy" / "fr")
+    assert NeuronSet.load(again["set"]) == result.neurons
+    # the settings as a config (its language replaced by lang) give the same set
+    same = DetectJob(model="tiny-random-llama", lang="fr", corpus=(str(corpus),), out=str(tmp_path / "cfg" / "fr"),
+                     max_docs=3, settings=DetectConfig(language="xx", kinds=("ffn", "v")), progress=False)
+    assert same.run(*shared_tiny("tiny-random-llama")).neurons == result.neurons
+    for bad, message in (({"out": None}, "needs --out"), ({"lang": None}, "needs --lang"),
+                         ({"settings": {"top_rate": 0.1}}, "--lape-top-rate does not apply to --method plnd"),
+                         ({"corpus": (str(tmp_path / "no.txt"),)}, "does not exist"),
+                         ({"out_dir": str(tmp_path)}, "--out-dir is for the methods")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            dataclasses.replace(job, **bad).check()
+    with pytest.raises(TypeError, match="unknown detection setting"):
+        dataclasses.replace(job, settings={"top_frac": 0.1}).check()
+    # how a run goes, as one object or keywords
+    model, tok = shared_tiny("tiny-random-llama")
+    a = detect(model, tok, DOCS[:2], language="fr", kinds=["ffn"], options=DetectOptions(progress=False))
+    assert a == detect(model, tok, DOCS[:2], language="fr", kinds=["ffn"], progress=False)
 
 
 def test_cli_detect_with_a_device_map_gives_the_same_set(tmp_path):

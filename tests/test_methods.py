@@ -355,6 +355,24 @@ def test_cli_detect_method_writes_one_set_per_language(tmp_path, capsys, shared_
         assert ns.meta["method"] == "lape" and ns == api[lang]
         assert json.loads((out / f"{lang}.json").read_text())["method"] == "lape"
         assert ns.meta["corpus"]["sha256"] == api[lang].meta["corpus"]["sha256"]
+    # the job: the same files from the API, the model given
+    from mwork.neurons.detect_job import DetectJob
+
+    job = DetectJob(method="lape", model="tiny-random-llama", out_dir=str(tmp_path / "job"), progress=False,
+                    corpus=tuple(f"{lang}={f}" for lang, f in files.items()),
+                    settings=LapeConfig(top_rate=0.05, max_length=8))
+    result = job.run(model, tok)
+    assert result.write() == {lang: tmp_path / "job" / f"{lang}.safetensors" for lang in CORPORA}
+    for lang in CORPORA:
+        for suffix in (".safetensors", ".json"):
+            assert (tmp_path / "job" / f"{lang}{suffix}").read_bytes() == (out / f"{lang}{suffix}").read_bytes()
+    assert [line.split(" -> ")[0] for line in result.lines()[:3]] == [line.split(" -> ")[0] for line in lines[:3]]
+    with pytest.raises(ValueError, match="--kinds does not apply to --method lape"):
+        DetectJob(method="lape", corpus=job.corpus, out_dir=job.out_dir, settings={"kinds": ("ffn",)}).check()
+    with pytest.raises(ValueError, match="at least 2 languages"):
+        DetectJob(method="lape", corpus=job.corpus[:1], out_dir=job.out_dir).check()
+    with pytest.raises(TypeError, match="detect_languages\\(\\) takes no resume"):
+        detect_languages(model, tok, {lang: str(f) for lang, f in files.items()}, "lape", resume=False)
     ap_out = tmp_path / "ap"
     assert cli_main(["detect", "--method", "ap", "--model", "tiny-random-llama", "--out-dir", str(ap_out), "--quiet",
                      "--ap-top", "3", "--ap-bottom", "2", "--kinds", "ffn,q", "--corpus", f"en={files['en']}",

@@ -666,6 +666,25 @@ def test_stats_cli_router_and_per_expert_counts(tmp_path, capsys, shared_tiny):
     assert sum(per.values()) == ns.count("ffn") and len(rows) == 3 * 5
 
 
+def test_router_stats_job_is_what_the_cli_does(tmp_path, capsys, shared_tiny):
+    """``RouterStatsConfig(...).run().write(out)`` writes what ``mwork stats --router`` writes."""
+    for lang, texts in CORPORA.items():
+        (tmp_path / f"{lang}.txt").write_text("\n".join(texts) + "\n")
+    corpora = tuple(f"{lang}={tmp_path / f'{lang}.txt'}" for lang in CORPORA)
+    assert main(["stats", "--router", "--model", "tiny-random-olmoe", "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--corpus", *corpora]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    job = RouterStatsConfig(model="tiny-random-olmoe", corpora=corpora, progress=False)
+    result = job.run(*shared_tiny("tiny-random-olmoe"))
+    files = result.write(tmp_path / "api")
+    assert printed[:-1] == result.lines()
+    for name in ("router_frequency.csv", "router_specificity.csv", "router.json"):
+        assert (tmp_path / "api" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert set(files) == {"frequency", "specificity", "plot", "meta"}
+    with pytest.raises(ValueError, match="needs --corpus"):
+        RouterStatsConfig(model="tiny-random-olmoe").run()
+
+
 def test_models_command_lists_the_moe_families(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out

@@ -194,7 +194,7 @@ def test_random_directions_keep_each_norm_and_layer(shared_tiny):
 
 
 def test_an_outside_unit_kind_and_statistic_run_through_the_corpus_pass(shared_tiny):
-    from mwork.corpus_pass import Request, corpus_pass
+    from mwork.corpus_pass import PassOptions, Request, corpus_pass
     from mwork.neurons.windows import Windowing
     from tests.plugins.max_statistic import Maximum
 
@@ -204,7 +204,7 @@ def test_an_outside_unit_kind_and_statistic_run_through_the_corpus_pass(shared_t
     group, = unit.groups(model)
     docs = ["The cat sleeps.", "Rivers run to the sea again."]
     request = Request(Maximum, "layer.out", [LAYER], read={LAYER: group.read}, width={LAYER: 1}, key="max")
-    got = corpus_pass(model, tok, {"en": docs}, [request], max_length=32, progress=False).value("max", "en", LAYER)
+    got = corpus_pass(model, tok, {"en": docs}, [request], PassOptions(max_length=32), progress=False).value("max", "en", LAYER)
     win = Windowing.for_tokenizer(tok, 32, False)
     best = -float("inf")
     for text in docs:

@@ -51,6 +51,7 @@ _LAZY = {
     "importance": "mwork.neurons.importance",
     "detect": "mwork.neurons.detect",
     "DetectConfig": "mwork.neurons.detect_config",
+    "DetectJob": "mwork.neurons.detect_job",
     "language_specific": "mwork.neurons.specific",
     "router_statistics": "mwork.neurons.router_stats",
     "detect_languages": "mwork.neurons.methods",
@@ -92,6 +93,8 @@ _LAZY = {
     "run_latent": "mwork.latent",
     "LatentConfig": "mwork.latent",
     "VectorsConfig": "mwork.vectors",
+    "EnhanceConfig": "mwork.experiments.enhance",
+    "EnhanceCompareConfig": "mwork.experiments.compare",
     "language_vectors": "mwork.vectors",
 }
 

@@ -268,15 +268,29 @@ class _SiteReader:
         raise ValueError(f"a statistic takes 'tokens', 'row_sums', 'rows' or 'value', not {takes!r}")
 
 
+@dataclass(frozen=True)
+class PassOptions:
+    """Which tokens a pass counts and how it batches them: ``tokens``, the token rule
+    (:data:`TOKEN_RULES`); ``max_length`` tokens per window; ``truncate``: the first window of
+    each document only (``"windows"``); ``batch_size`` windows per forward pass; ``parts``: the
+    documents dealt into this many parts by index (per-part statistics, e.g. even/odd halves)."""
+
+    tokens: str = "windows"
+    max_length: int = 512
+    truncate: bool = False
+    batch_size: int = 8
+    parts: int = 1
+
+
 def corpus_pass(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Iterable[str]],
-                requests: Sequence[Request], *, tokens: str = "windows", max_length: int = 512,
-                truncate: bool = False, batch_size: int = 8, parts: int = 1, progress: bool = True,
+                requests: Sequence[Request], options: PassOptions = PassOptions(), *, progress: bool = True,
                 desc: str = "statistics {lang}", unit: str = "batch") -> PassResult:
     """Every statistic of ``requests`` over ``corpora`` (``{lang: documents}``) in one pass
-    (module docstring). ``tokens``: the token rule (:data:`TOKEN_RULES`); ``truncate``: the
-    first window of each document only (``"windows"``). Progress: ``desc`` ("{lang}": one bar
-    per language) over batches, or with ``unit="doc"`` one bar over every language's documents.
-    No request: plain forward passes (the baseline of a cost measurement)."""
+    (module docstring), with the token rule and batching of ``options``. Progress: ``desc``
+    ("{lang}": one bar per language) over batches, or with ``unit="doc"`` one bar over every
+    language's documents. No request: plain forward passes (the baseline of a cost measurement)."""
+    tokens, max_length, truncate = options.tokens, options.max_length, options.truncate
+    batch_size, parts = options.batch_size, options.parts
     if tokens not in TOKEN_RULES:
         raise ValueError(f"unknown token rule {tokens!r}; rules: {', '.join(TOKEN_RULES)}")
     for name, value in (("parts", parts), ("batch_size", batch_size), ("max_length", max_length)):
@@ -374,8 +388,9 @@ def corpus_pass(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, It
 def residual_means(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Iterable[str]], *,
                    layers: Sequence[int] | None = None, **options: Any) -> dict[str, torch.Tensor]:
     """Per language, the mean of ``layer.out`` (the residual stream after each decoder layer)
-    over the counted tokens: (layers, hidden) float64 (``options``: those of :func:`corpus_pass`,
-    e.g. ``tokens``, ``max_length``; row sums in the model's dtype, added in float64)."""
+    over the counted tokens: (layers, hidden) float64 (``options``: the fields of
+    :class:`PassOptions`, e.g. ``tokens``, ``max_length``; row sums in the model's dtype, added in
+    float64)."""
     request = Request("mean", "layer.out", layers, {"sum": "rows"}, key="residual_mean")
-    out = corpus_pass(model, tokenizer, corpora, [request], **{"progress": False, **options})
+    out = corpus_pass(model, tokenizer, corpora, [request], PassOptions(**options), progress=False)
     return {lang: out.stacked("residual_mean", lang) for lang in out.languages}

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mwork.config import fingerprint, option
-from mwork.corpus_pass import Request, corpus_pass
+from mwork.corpus_pass import PassOptions, Request, corpus_pass
 from mwork.jobs import CorpusOptions, Job, ModelOptions, RunOptions
 from mwork.models.adapters import get_adapter, model_name
 from mwork.units.directions import RESIDUAL_SITES, Directions
@@ -60,8 +60,8 @@ def language_vectors(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
     check_layers(adapter.num_layers, layers)
     layer_list = list(range(adapter.num_layers)) if layers is None else sorted(set(int(i) for i in layers))
     request = Request("mean", site, layer_list, {"sum": "rows"}, key="mean")
-    run = corpus_pass(model, tokenizer, corpora, [request], tokens="windows", max_length=max_length,
-                      batch_size=batch_size, progress=progress, desc="vectors {lang}")
+    run = corpus_pass(model, tokenizer, corpora, [request], PassOptions("windows", max_length, batch_size=batch_size),
+                      progress=progress, desc="vectors {lang}")
     counts = {lang: run.n_tokens(lang) for lang in run.languages}
     empty = [lang for lang, n in counts.items() if n == 0]
     if empty:

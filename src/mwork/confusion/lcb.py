@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mwork.config import fingerprint, option
+from mwork.jobs import Job
 
 #: the languages whose completions get the word-level check (the benchmark's non-Latin ones)
 WPR_LANGUAGES: tuple[str, ...] = ("ar", "hi", "ja", "ko", "ru", "zh")
@@ -306,10 +307,17 @@ class CompletionScore:
 # ---- the configuration ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LcbConfig:
-    """The settings of ``mwork confusion score`` (the benchmark's by default)."""
+@dataclass(frozen=True, kw_only=True)
+class LcbConfig(Job):
+    """The settings of ``mwork confusion score`` (the benchmark's by default); ``file``: the
+    completions CSV that ``LcbConfig(file=...).run()`` scores (no model: the tools are fastText
+    and word lists)."""
 
+    command = "score"
+    summary = "LPR, WPR and LCPR of a completions CSV, as the benchmark scores them"
+
+    file: str | None = option(None, "completions CSV (e.g. the benchmark's outputs/command-r.csv)", cli=False,
+                              record=False)
     threshold: float = option(THRESHOLD, "a line's fastText label counts only when its probability is above "
                               "this; otherwise the line is 'unknown'")
     min_tokens: int = option(MIN_TOKENS, "lines with fewer tokens are not scored")
@@ -326,6 +334,15 @@ class LcbConfig:
             raise ValueError(f"--threshold must be a probability in [0, 1), got {self.threshold}")
         if isinstance(self.min_tokens, bool) or not isinstance(self.min_tokens, int) or self.min_tokens < 1:
             raise ValueError(f"--min-tokens must be a whole number of at least 1, got {self.min_tokens}")
+
+    def check(self) -> None:
+        if self.file is None:
+            raise ValueError("give the completions CSV to score (file=...)")
+
+    def run(self, model: Any = None, tokenizer: Any = None) -> LcbResult:
+        """Score ``file`` (:func:`score_file`); ``model`` / ``tokenizer`` are not used."""
+        self.check()
+        return score_file(self.file, self)
 
 
 class Scorer:
@@ -447,6 +464,11 @@ class LcbResult:
     rows: list[dict]
     metadata: dict
 
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """``OUT/lcb.csv`` and ``OUT/lcb.json`` (:func:`write_result`)."""
+        csv_path, json_path = write_result(self, out)
+        return {"csv": csv_path, "json": json_path}
+
     def overall(self) -> dict[str, dict]:
         """``{task: {lpr, wpr, lcpr, n}}`` of the overall rows (model prefixed when several)."""
         tops = [r for r in self.rows if r["source"] == ALL and r["language"] == ALL]
@@ -498,7 +520,7 @@ def score_completions(records: Sequence[Mapping[str, Any]], config: LcbConfig | 
     (``task`` and ``model`` when there are several; missing, they are empty). Every language is
     checked against the identifier's labels before any scoring; empty completions are counted in
     ``n``, left out of the rates, and reported in one warning."""
-    if scorer is not None and config is not None and config != scorer.config:
+    if scorer is not None and config is not None and fingerprint(config) != fingerprint(scorer.config):
         raise ValueError("give the settings once: a config, or a scorer made with it")
     scorer = scorer or Scorer(config)
     config = scorer.config

@@ -1,7 +1,7 @@
 """The enhancement comparison (paper §5, Table 7): every method, one table.
 
-:func:`compare` trains each registered method (:mod:`mwork.experiments.training_methods`) from a fresh
-copy of the model on the same texts with the same settings, and measures perplexity on each
+:class:`EnhanceCompareConfig` (the job of ``mwork enhance compare``; :func:`compare` runs it)
+trains each registered method (:mod:`mwork.experiments.training_methods`) from a fresh copy of the model on the same texts with the same settings, and measures perplexity on each
 evaluation set -- and the score of each evaluation task -- before and after. It writes
 ``compare.json``, ``compare.csv`` and ``compare.md`` (one row per method) and each method's
 files under ``out/<method>/``.
@@ -21,10 +21,10 @@ import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
 
 from mwork.config import fingerprint, option
@@ -33,9 +33,10 @@ from mwork.neurons.delta import NeuronDelta
 from mwork.files import make_folder, parse_names, read_json, write_bytes, write_json, write_text
 from mwork.experiments.training_methods import (BUILTIN_METHODS, ComparisonContext, get_method, lora_for_budget,
                                        method_names, neuron_summary)
-from mwork.experiments.training import EnhanceSettings, prepare_out, resolve_settings, train
+from mwork.experiments.training import EnhanceSettings, config_part, prepare_out, train, training_run
 from mwork.fingerprints import model_digest, texts_digest
-from mwork.models.adapters import get_adapter
+from mwork.jobs import Job, ModelOptions, OutputOptions, RunOptions, WrittenResult
+from mwork.models.adapters import get_adapter, model_name
 from mwork.models.loading import input_device
 from mwork.neurons.neuronset import NeuronSet, as_neuron_set
 from mwork.texts import DETECTION_ARTICLES, EVALUATION_ARTICLES, TextSource, is_empty, parse_range, read_texts
@@ -55,7 +56,7 @@ def _max_new_tokens(text: str) -> dict[str, int]:
     return {"max_new_tokens": n}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompareConfig:
     """The comparison's own settings (the training settings are :class:`EnhanceSettings`).
     Fields with ``record=False`` do not decide what an earlier comparison may share: the methods
@@ -132,9 +133,6 @@ class CompareConfig:
         return (self.lrs or {}).get(method, settings.lr)
 
 
-_CONFIG_FIELDS = {f.name for f in fields(CompareConfig)}
-
-
 def tasks_for(names: Sequence[str] | None, langs: str | Sequence[str] | None) -> dict[str, tuple[str, ...]] | None:
     """``["xquad", "mgsm"]`` x ``"zh,en"`` -> ``{"xquad": ("zh", "en"), "mgsm": ("zh", "en")}``
     (the ``--task`` / ``--task-langs`` options); None without names."""
@@ -177,27 +175,19 @@ def _texts_of(value: Sequence[str] | TextSource | str, articles: str | None, def
     return list(value)
 
 
-def compare(
-    model_name: str,
-    neurons: NeuronSet | str | Path,
-    texts: Sequence[str] | TextSource | str,
-    eval_sets: Mapping[str, Sequence[str] | TextSource | str],
-    out: str | Path,
-    *,
-    config: CompareConfig | None = None,
-    settings: EnhanceSettings | None = None,
-    dtype: str | torch.dtype | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    **overrides: Any,
-) -> list[dict[str, Any]]:
+def compare(model_name: str, neurons: NeuronSet | str | Path, texts: Sequence[str] | TextSource | str,
+            eval_sets: Mapping[str, Sequence[str] | TextSource | str], out: str | Path, *,
+            config: CompareConfig | None = None, settings: EnhanceSettings | None = None,
+            **options: Any) -> list[dict[str, Any]]:
     """Train every method of ``config.methods`` from a fresh copy of ``model_name`` on the same
     ``texts`` with the same settings, and measure perplexity on each of ``eval_sets``
-    (``{"zh": [...], "en": "xquad:en"}``: lists of texts or text specs) before and after.
+    (``{"zh": [...], "en": "xquad:en"}``: lists of texts or text specs) before and after
+    (:class:`EnhanceCompareConfig`, run; returns its rows).
 
     Settings: ``config`` (:class:`CompareConfig`) and ``settings`` (:class:`EnhanceSettings`),
-    or keyword overrides of either's fields (``methods=["neurons"], lrs={"lora": 1e-4},
-    max_steps=20, ...``). ``texts`` and spec-valued evaluation sets are read by
+    or keyword ``options``: either's fields (``methods=["neurons"], lrs={"lora": 1e-4},
+    max_steps=20, ...``) and how the model loads and the run shows (``dtype``, ``device``,
+    ``device_map``, ``progress``). ``texts`` and spec-valued evaluation sets are read by
     :func:`mwork.texts.read_texts` (XQuAD: articles 0-23 for training, ``eval_articles`` or 24-47
     for evaluation).
 
@@ -222,80 +212,153 @@ def compare(
     trained (twice the weights, plus the training state). A model dispatched over several
     devices by accelerate (it has ``hf_device_map``) is not deep-copied, as its dispatch hooks
     may not survive a copy: it is loaded again for every method instead, as before."""
-    from mwork.models.loading import load_model
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(_OPTIONS)}")
+    given = {f.name: getattr(part, f.name) for part in (settings, config) if part is not None for f in fields(part)}
+    job = EnhanceCompareConfig(model=model_name, neurons=neurons, texts=texts, eval=eval_sets, out=str(out),
+                               **{**given, **options})
+    return job.run().data
 
-    cfg, s = _configs(config, settings, overrides)
-    train_texts = _texts_of(texts, None, DETECTION_ARTICLES, "texts")
-    if not eval_sets:
-        raise ValueError("give at least one evaluation set")
-    evals = {}
-    for name, spec in eval_sets.items():
-        got = _texts_of(spec, cfg.eval_articles, EVALUATION_ARTICLES, f"evaluation set {name!r}")
-        evals[name] = got[:cfg.eval_max_texts] if cfg.eval_max_texts else got
-    task_sets = _load_tasks(cfg.tasks, cfg.task_source, cfg.task_limit)
-    t_kwargs = {"batch_size": cfg.eval_batch_size, **(cfg.task_kwargs or {})}
-    out_dir = make_folder(out)
-    eval_tokens: dict[str, int] = {}
 
-    def evaluate(model: nn.Module, tok: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-        return _evaluate(model, tok, evals, task_sets, t_kwargs, cfg, eval_tokens, progress)
+@dataclass(frozen=True, kw_only=True)
+class EnhanceCompareConfig(ModelOptions, RunOptions, OutputOptions, CompareConfig, EnhanceSettings, Job):
+    """``mwork enhance compare``: every method of ``methods`` trained on ``texts`` from the same
+    weights with the same settings (:class:`EnhanceSettings`, :class:`CompareConfig`), and
+    evaluated before and after on each evaluation set (``eval``: ``NAME=SPEC`` items, or a
+    mapping name -> spec or texts) and each task (``tasks``, or on the command line ``task``
+    and ``task_langs``). Writes into ``out`` as it goes (a row per method) and reuses what an
+    earlier comparison there measured on the same content. Its result: a
+    :class:`~mwork.jobs.WrittenResult` whose ``data`` is the rows."""
 
-    model, tok = load_model(model_name, dtype=dtype, device=device)  # kept pristine: each method trains a copy
-    ns = as_neuron_set(neurons, model)
-    budget = NeuronDelta.zeros(model, ns).num_parameters()
-    lora = lora_for_budget(model, ns, budget)
-    if cfg.lora_rank is not None:
-        lora = lora_for_budget(model, ns, cfg.lora_rank * lora["parameters_per_rank"])
-    used = train_texts[:s.max_docs] if s.max_docs else train_texts
-    meta = {"model": model_name, "model_sha256": model_digest(model), "device": input_device(model).type,
-            "settings": asdict(s), "compare": fingerprint(cfg),
-            "neurons": neuron_summary(ns, neurons if not isinstance(neurons, NeuronSet) else None),
-            "data_sha256": texts_digest(used), "n_docs": len(used),
-            "eval_sets": {k: {"n_texts": len(v), "sha256": texts_digest(v)} for k, v in evals.items()},
-            "eval_max_length": cfg.eval_max_length, "lora": lora, "random_seed": cfg.random_seed,
-            "tasks": _task_meta(task_sets, cfg.task_limit, t_kwargs) if task_sets else None,
-            "task_source": str(cfg.task_source) if cfg.task_source is not None else None}
-    rows: list[dict[str, Any]] = []
-    earlier = out_dir / COMPARE_FILE
-    if earlier.is_file():
-        old = read_json(earlier, "comparison", "delete it (and the method folders) or choose another output folder")
-        diff = _differences(old, meta)
-        if diff:
-            raise ValueError(f"{out_dir} holds a comparison that differs in {diff}, so its numbers cannot be "
-                             f"reused; choose another output folder")
-        before, before_tasks = old["before"], old.get("before_tasks") or {}
-        rows = [r for r in old["rows"] if r["method"] not in cfg.methods]
-    else:
-        before, before_tasks = evaluate(model, tok)
-        _write_task_records(out_dir / "before_tasks.json", before_tasks)
-        before_tasks = _without_records(before_tasks)
-    meta["before"] = before
-    meta["before_tasks"] = before_tasks
-    meta["eval_tokens"] = eval_tokens
-    context = ComparisonContext(ns, lora, cfg.lora_alpha, cfg.random_seed, s)
-    pristine: nn.Module | None = None if _dispatched(model) else model
-    del model
-    for name in cfg.methods:
-        model, tok = (copy.deepcopy(pristine), tok) if pristine is not None else \
-            load_model(model_name, dtype=dtype, device=device)
-        method = get_method(name).for_comparison(model, context)
-        folder = prepare_out(_fresh(out_dir / name, method.outputs), False, method.result_file)
-        run_meta = {"model_id": model_name, "fingerprint": get_adapter(model).fingerprint(),
-                    **method.facts()}
-        m = train(method, tok, train_texts, resolve_settings(s, {"lr": cfg.lr_of(name, s)}), folder,
-                  progress=progress, run_meta=run_meta, checkpoint_every=0)
-        method.save(folder, m)
-        with method.evaluating() as trained:
-            after, after_tasks = evaluate(trained, tok)
-        if task_sets:
-            _write_task_records(folder / "tasks.json", after_tasks)
-        row = _row(name, method, m, before, after)
-        row.update(_task_columns(before_tasks, after_tasks))
-        rows.append(row)
-        rows.sort(key=_method_order)
-        del model, method, trained
-        write_table(out_dir, rows, meta)  # after every method: a long comparison keeps its progress
-    return rows
+    command = "compare"
+    summary = "neurons vs random neurons vs LoRA vs full fine-tuning: one table"
+
+    neurons: NeuronSet | str | Path = option(help="NeuronSet file (.safetensors) whose neurons the neuron methods "
+                                             "train", parse=str)
+    texts: Sequence[str] | TextSource | str = option(help="training documents (as for mwork enhance)", parse=str)
+    articles: str | None = option(None, "XQuAD articles for --texts (default 0:24)", metavar="START:STOP")
+    eval: tuple[str, ...] | Mapping[str, Sequence[str] | TextSource | str] = option(
+        help="evaluation texts, repeatable: zh=xquad:zh (articles 24-47), en=xquad:en, fr=french.txt[9000:9200]",
+        repeat=True, metavar="NAME=SPEC")
+    task: tuple[str, ...] = option((), "also score this task before and after (repeatable): xquad, xcsqa, mgsm, "
+                                   "xlsum", repeat=True, metavar="NAME", record=False)
+    task_langs: str | None = option(None, "languages of --task, comma-separated, e.g. zh,en", record=False)
+
+    def __post_init__(self) -> None:
+        if self.task or self.task_langs:  # the command line's spelling of ``tasks``
+            if self.tasks is not None:
+                raise ValueError("give tasks, or task and task_langs (--task, --task-langs), not both")
+            object.__setattr__(self, "tasks", tasks_for(self.task, self.task_langs))
+        CompareConfig.__post_init__(self)
+        EnhanceSettings.__post_init__(self)
+
+    def check(self) -> None:
+        self.check_model_options()
+        self.inputs  # texts, evaluation sets and task examples read and checked before the model loads
+
+    @cached_property
+    def inputs(self) -> tuple[list[str], dict[str, list[str]], dict[tuple[str, str], tuple[Any, list[Any]]]]:
+        """The training texts, the evaluation sets (``{name: texts}``) and the task examples, each
+        read once (so that every method sees the same)."""
+        texts = self.texts
+        if self.articles is not None:
+            if not isinstance(texts, (str, Path, TextSource)):
+                raise ValueError("articles choose XQuAD articles of a text spec (texts=xquad:LANG); texts is a list")
+            texts = read_texts(texts, articles=self.articles)
+        train_texts = _texts_of(texts, None, DETECTION_ARTICLES, "texts")
+        specs = self.eval if isinstance(self.eval, Mapping) else named_specs(self.eval)
+        if not specs:
+            raise ValueError("give at least one evaluation set")
+        evals = {}
+        for name, spec in specs.items():
+            got = _texts_of(spec, self.eval_articles, EVALUATION_ARTICLES, f"evaluation set {name!r}")
+            evals[name] = got[:self.eval_max_texts] if self.eval_max_texts else got
+        return train_texts, evals, _load_tasks(self.tasks, self.task_source, self.task_limit)
+
+    def compute(self, model: Any, tokenizer: Any) -> WrittenResult:
+        """The comparison on ``model``, kept pristine: the "before" numbers are measured on it and
+        each method trains a copy (or, for a dispatched model, a newly loaded one)."""
+        train_texts, evals, task_sets = self.inputs
+        cfg, s = config_part(CompareConfig, self), config_part(EnhanceSettings, self)
+        progress, name_of_model = self.progress, model_name(model)
+        t_kwargs = {"batch_size": cfg.eval_batch_size, **(cfg.task_kwargs or {})}
+        out_dir = make_folder(self.out)
+        eval_tokens: dict[str, int] = {}
+        tok = tokenizer
+
+        def evaluate(model: nn.Module, tok: Any) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+            return _evaluate(model, tok, evals, task_sets, t_kwargs, cfg, eval_tokens, progress)
+
+        ns = as_neuron_set(self.neurons, model)
+        budget = NeuronDelta.zeros(model, ns).num_parameters()
+        lora = lora_for_budget(model, ns, budget)
+        if cfg.lora_rank is not None:
+            lora = lora_for_budget(model, ns, cfg.lora_rank * lora["parameters_per_rank"])
+        used = train_texts[:s.max_docs] if s.max_docs else train_texts
+        meta = {"model": name_of_model, "model_sha256": model_digest(model), "device": input_device(model).type,
+                "settings": asdict(s), "compare": fingerprint(cfg),
+                "neurons": neuron_summary(ns, self.neurons if not isinstance(self.neurons, NeuronSet) else None),
+                "data_sha256": texts_digest(used), "n_docs": len(used),
+                "eval_sets": {k: {"n_texts": len(v), "sha256": texts_digest(v)} for k, v in evals.items()},
+                "eval_max_length": cfg.eval_max_length, "lora": lora, "random_seed": cfg.random_seed,
+                "tasks": _task_meta(task_sets, cfg.task_limit, t_kwargs) if task_sets else None,
+                "task_source": str(cfg.task_source) if cfg.task_source is not None else None}
+        rows: list[dict[str, Any]] = []
+        earlier = out_dir / COMPARE_FILE
+        if earlier.is_file():
+            old = read_json(earlier, "comparison", "delete it (and the method folders) or choose another output folder")
+            diff = _differences(old, meta)
+            if diff:
+                raise ValueError(f"{out_dir} holds a comparison that differs in {diff}, so its numbers cannot be "
+                                 f"reused; choose another output folder")
+            before, before_tasks = old["before"], old.get("before_tasks") or {}
+            rows = [r for r in old["rows"] if r["method"] not in cfg.methods]
+        else:
+            before, before_tasks = evaluate(model, tok)
+            _write_task_records(out_dir / "before_tasks.json", before_tasks)
+            before_tasks = _without_records(before_tasks)
+        meta["before"] = before
+        meta["before_tasks"] = before_tasks
+        meta["eval_tokens"] = eval_tokens
+        context = ComparisonContext(ns, lora, cfg.lora_alpha, cfg.random_seed, s)
+        pristine: nn.Module | None = None if _dispatched(model) else model
+        del model
+        for name in cfg.methods:
+            model, tok = (copy.deepcopy(pristine), tok) if pristine is not None else self.load()
+            method = get_method(name).for_comparison(model, context)
+            folder = prepare_out(_fresh(out_dir / name, method.outputs), False, method.result_file)
+            run_meta = {"model_id": name_of_model, "fingerprint": get_adapter(model).fingerprint(),
+                        **method.facts()}
+            run = training_run(s, {"lr": cfg.lr_of(name, s), "checkpoint_every": 0, "progress": progress})
+            m = train(method, tok, train_texts, run, folder, run_meta)
+            method.save(folder, m)
+            with method.evaluating() as trained:
+                after, after_tasks = evaluate(trained, tok)
+            if task_sets:
+                _write_task_records(folder / "tasks.json", after_tasks)
+            row = _row(name, method, m, before, after)
+            row.update(_task_columns(before_tasks, after_tasks))
+            rows.append(row)
+            rows.sort(key=_method_order)
+            del model, method, trained
+            write_table(out_dir, rows, meta)  # after every method: a long comparison keeps its progress
+        return WrittenResult(out_dir, _files(out_dir, rows), data=rows)
+
+
+_OPTIONS = {f.name for f in fields(EnhanceCompareConfig)} - {"model", "neurons", "texts", "eval", "out"}
+
+
+def _files(out: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+    """The comparison's files: its tables, the "before" task records and each row's method folder."""
+    names = [COMPARE_FILE, "compare.csv", "compare.md", "before_tasks.json"]
+    files = {name: out / name for name in names if (out / name).is_file()}
+    for row in rows:
+        folder = out / row["method"]
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            if path.is_file():
+                files[path.relative_to(out).as_posix()] = path
+    return files
 
 
 def _dispatched(model: nn.Module) -> bool:
@@ -317,25 +380,6 @@ def _row(name: str, method: Any, m: dict[str, Any], before: dict[str, float], af
         row[f"ppl_{ev}_after"] = round(after[ev], 4)
         row[f"ppl_{ev}_change_pct"] = round(100 * (after[ev] / before[ev] - 1), 3)
     return row
-
-
-def _configs(config: CompareConfig | None, settings: EnhanceSettings | None,
-             overrides: dict[str, Any]) -> tuple[CompareConfig, EnhanceSettings]:
-    """The comparison's config and the training settings, each with its keyword overrides."""
-    mine = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
-    rest = {k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}
-    try:
-        s = resolve_settings(settings, rest)
-    except ValueError as err:
-        if str(err).startswith("unknown settings"):
-            known = sorted({f.name for f in fields(EnhanceSettings)} | _CONFIG_FIELDS)
-            raise ValueError(f"unknown settings {sorted(set(rest) - {f.name for f in fields(EnhanceSettings)})}; "
-                             f"known: {known}") from None
-        raise
-    if config is None:
-        return CompareConfig(**mine), s
-    return (CompareConfig(**{**{f.name: getattr(config, f.name) for f in fields(CompareConfig)}, **mine})
-            if mine else config), s
 
 
 def _method_order(row: dict[str, Any]) -> int:

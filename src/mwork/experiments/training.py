@@ -23,9 +23,9 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ from mwork.experiments.checkpoints import (CHECKPOINT_FILE, LEGACY_CHECKPOINT_FI
 from mwork.files import make_folder
 from mwork.fingerprints import model_digest, texts_digest
 from mwork.hooks import Hooks
+from mwork.jobs import RunOptions
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 
@@ -51,7 +52,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 _LOGIT_BUDGET = 1 << 26  # vocabulary x tokens decoded at once in the loss (256 MiB in float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnhanceSettings:
     """Training settings. Defaults are the paper's (§5, reference code): lr 2e-6, 1 epoch,
     batch 8 x gradient accumulation 4, warm-up 5 %, cosine schedule, gradient norm 0.3,
@@ -111,14 +112,52 @@ def check_run_options(stop_after: int | None, checkpoint_every: int) -> None:
         raise ValueError(f"--checkpoint-every must be >= 0 (0: only at the end), got {checkpoint_every}")
 
 
-def resolve_settings(settings: EnhanceSettings | None, overrides: dict[str, Any]) -> EnhanceSettings:
-    """``settings`` (default: the paper's) with keyword ``overrides``; unknown names are errors."""
-    names = {f.name for f in fields(EnhanceSettings)}
-    unknown = set(overrides) - names
+@dataclass(frozen=True, kw_only=True)
+class CheckpointOptions:
+    """The checkpoint of a resumable run (``OUT/checkpoint.safetensors``): how often it is written,
+    whether a run continues from it, and where this call stops. None of them changes the result."""
+
+    resume: bool = option(False, "continue from OUT/checkpoint.safetensors", record=False)
+    stop_after: int | None = option(None, "stop after N steps of this call (resume later)", metavar="N",
+                                    record=False)
+    checkpoint_every: int = option(10, "checkpoint every N steps (0: at the end)", metavar="N", record=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingRun(CheckpointOptions, RunOptions, EnhanceSettings):
+    """One training run: its settings (:class:`EnhanceSettings`), its checkpoints, progress bars,
+    and what its record says beyond them (``model_id``: the model's name, default the model's
+    own; ``meta``: extra facts)."""
+
+    model_id: str | None = option(None, "the model's name in the run's record (default: the model's own)",
+                                  cli=False, record=False)
+    meta: dict[str, Any] | None = option(None, "extra facts recorded in the run's metadata", cli=False,
+                                         record=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_run_options(self.stop_after, self.checkpoint_every)
+
+
+_C = TypeVar("_C")
+
+
+def config_part(cls: type[_C], config: Any) -> _C:
+    """The ``cls`` part of a larger config (e.g. the :class:`EnhanceSettings` of a job), as a
+    ``cls``: what is recorded and compared is that part alone."""
+    return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def training_run(settings: EnhanceSettings | None, options: dict[str, Any]) -> TrainingRun:
+    """``settings`` (default: the paper's; a larger config gives its training part) with keyword
+    ``options`` (any :class:`TrainingRun` field); unknown names are errors."""
+    names = {f.name for f in fields(TrainingRun)}
+    unknown = set(options) - names
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(names)}")
-    base = asdict(settings) if settings is not None else {}
-    return EnhanceSettings(**{**base, **overrides})
+    base = {} if settings is None else {f.name: getattr(settings, f.name) for f in fields(settings)
+                                        if f.name in names}
+    return TrainingRun(**{**base, **options})
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -254,16 +293,37 @@ class PeakMemory:
 @dataclass
 class TrainResult:
     """What a training run produced: ``meta`` is the JSON record; ``delta`` (neuron methods)
-    or ``model`` (the trained forward model: a peft model for LoRA, the model for full)."""
+    or ``model`` (the trained forward model: a peft model for LoRA, the model for full);
+    ``files``: what it wrote into its output folder ``out`` as it trained."""
 
     meta: dict[str, Any]
     delta: "NeuronDelta | None" = None
     model: nn.Module | None = None
     out: Path | None = None
+    files: dict[str, Path] = field(default_factory=dict)
 
     @property
     def losses(self) -> list[float]:
         return self.meta["losses"]
+
+    def write(self, out: str | Path | None = None) -> dict[str, Path]:
+        """The run's files: those in its own folder (the default), or copies in another one."""
+        import shutil
+
+        if self.out is None:
+            raise ValueError("this run had no output folder (out=None), so it wrote no files; train with out=DIR")
+        target = Path(out) if out is not None else self.out
+        if target.resolve() == self.out.resolve():
+            return dict(self.files)
+        make_folder(target)
+        copied = {}
+        for name, path in self.files.items():
+            copied[name] = target / path.name
+            if path.is_dir():
+                shutil.copytree(path, copied[name], dirs_exist_ok=True)
+            else:
+                shutil.copy2(path, copied[name])
+        return copied
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -279,11 +339,9 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def prepare_out(out: str | Path | None, resume: bool, result_file: str) -> Path | None:
-    """The output folder, created; refuses one that holds a run unless ``resume`` (and always one
-    that holds an old pickled checkpoint, which is never loaded)."""
-    if out is None:
-        return None
+def check_out(out: str | Path, resume: bool, result_file: str) -> Path:
+    """Refuse an output folder that is a file, that holds a run unless ``resume``, or that holds an
+    old pickled checkpoint (never loaded); nothing is created."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"the output folder {out} is a file; choose a folder")
@@ -292,7 +350,14 @@ def prepare_out(out: str | Path | None, resume: bool, result_file: str) -> Path 
     if not resume and ((out / CHECKPOINT_FILE).exists() or (out / result_file).exists()):
         raise ValueError(f"{out} already holds a run; pass resume=True (--resume) to continue it, "
                          f"or choose another output folder")
-    return make_folder(out)
+    return out
+
+
+def prepare_out(out: str | Path | None, resume: bool, result_file: str) -> Path | None:
+    """The output folder (:func:`check_out`), created."""
+    if out is None:
+        return None
+    return make_folder(check_out(out, resume, result_file))
 
 
 def _versions() -> dict[str, str]:
@@ -310,25 +375,16 @@ def _json_form(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def train(
-    method: "Method",
-    tokenizer: Any,
-    texts: Sequence[str],
-    s: EnhanceSettings,
-    out: Path | None,
-    *,
-    resume: bool = False,
-    stop_after: int | None = None,
-    progress: bool = True,
-    run_meta: dict[str, Any] | None = None,
-    checkpoint_every: int = 0,
-) -> dict[str, Any]:
-    """Train ``method``'s tensors on ``texts`` (shared by every method); returns the run's
-    metadata. A resumable method with ``out`` writes ``out/checkpoint.safetensors`` every
-    ``checkpoint_every`` steps (0: only at the end); ``resume`` continues from it."""
+def train(method: "Method", tokenizer: Any, texts: Sequence[str], run: TrainingRun, out: Path | None,
+          run_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``method``'s tensors on ``texts`` (shared by every method) as ``run`` says; returns
+    the run's metadata (``run_meta`` first). A resumable method with ``out`` writes
+    ``out/checkpoint.safetensors`` every ``run.checkpoint_every`` steps (0: only at the end);
+    ``run.resume`` continues from it."""
     from transformers import get_scheduler
 
-    check_run_options(stop_after, checkpoint_every)
+    s = config_part(EnhanceSettings, run)
+    resume, stop_after, progress, checkpoint_every = run.resume, run.stop_after, run.progress, run.checkpoint_every
     run_meta = dict(run_meta or {})
     model = method.model
     if isinstance(texts, str) or not texts or not all(isinstance(t, str) for t in texts):

@@ -1,10 +1,12 @@
 """``run_latent``: word tasks x target languages x lenses -> per-layer P(target) and P(English).
 
-::
+:class:`LatentConfig` holds the settings and is the job ``mwork latent`` runs::
 
+    run = LatentConfig(model="tiny-random-llama", targets=("zh", "de")).run()   # loads the model
     run = run_latent(model, tokenizer, LatentConfig(tasks=("translation",), source="fr",
                                                     targets=("zh", "de"), lenses=("logit",)), out="out/latent")
     run.rows[0]["p_english"], run.summary, run.survival
+    run.write("out/latent")
 
 Files (with ``out``): ``latent.csv`` (one row per task, pair, lens and lens layer: means and 95 %
 confidence intervals over items), ``latent_summary.csv`` (per task, pair and lens: the layer
@@ -23,13 +25,91 @@ from typing import Any
 
 import torch
 
-from mwork.config import fingerprint
+from mwork.config import fingerprint, option
 from mwork.files import csv_text, float_cell
-from mwork.latent.config import LatentConfig
+from mwork.jobs import RunOptions
 from mwork.latent.measure import last_states, layer_probs
-from mwork.latent.tasks import WordPrompt, build_prompts
+from mwork.latent.tasks import TASKS, WordPrompt, build_prompts
 from mwork.latent.words import load_words
+from mwork.lens.job import LensModelOptions, TimedJob, check_at_least
+from mwork.lens.lenses import IDENTITY_PROMPT, LENSES
 from mwork.lens.make import make_lens
+
+DEFAULT_TARGETS: tuple[str, ...] = ("zh", "de", "fr", "ru", "ja")
+
+
+def _names(value, flag: str) -> tuple[str, ...]:
+    from mwork.files import parse_names
+
+    return parse_names(value, flag=flag)
+
+
+def _choices(value, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise ValueError(f"{what} must be a comma-separated choice of {', '.join(allowed)}; got {value!r}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what} names one twice: {value!r}")
+    return items
+
+
+def _paths(value) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
+
+
+@dataclass(frozen=True, kw_only=True)
+class LatentConfig(LensModelOptions, RunOptions, TimedJob):
+    """Word tasks x target languages x lenses: P(target word) against P(English word) per layer."""
+
+    command = "latent"
+    summary = "latent language as Wendler et al. measure it: word tasks, P(target) vs P(English) per layer"
+
+    tasks: tuple[str, ...] = option(("translation",), f"comma-separated tasks: {', '.join(TASKS)}", flag="--task",
+                                    parse=lambda v: _choices(v, TASKS, "--task"))
+    source: str = option("fr", "input language of the translation task (repetition and cloze use the target)")
+    targets: tuple[str, ...] = option(DEFAULT_TARGETS, "comma-separated target languages (not en)",
+                                      parse=lambda v: _names(v, "--targets"))
+    lenses: tuple[str, ...] = option(("logit",), f"comma-separated lenses: {', '.join(LENSES)}", flag="--lens",
+                                     parse=lambda v: _choices(v, LENSES, "--lens"))
+    tuned_lens: str | None = option(None, "folder of a tuned lens written by `mwork lens train` (for --lens tuned)",
+                                    metavar="DIR")
+    limit: int | None = option(None, "at most this many items per task and language pair (default: all that survive)")
+    shots: int = option(4, "few-shot examples per prompt (cloze: at most 2, its sentences are few)")
+    words: tuple[str, ...] = option((), "your own word lists or cloze files (TSV, see docs/latent.md), "
+                                    "comma-separated, merged into the built-in ones", parse=_paths, metavar="TSV")
+    patchscope_prompt: str = option(IDENTITY_PROMPT, "the patchscope's identity prompt; the last '?' is the patched "
+                                    "position")
+    batch_size: int = option(16, "prompts per forward pass")
+    seed: int = option(0, "seed of the few-shot example choice")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", _choices(self.tasks, TASKS, "tasks"))
+        object.__setattr__(self, "lenses", _choices(self.lenses, LENSES, "lenses"))
+        object.__setattr__(self, "targets", _names(self.targets, "--targets"))
+        object.__setattr__(self, "source", _names(self.source, "--source")[0])
+        object.__setattr__(self, "words", _paths(self.words))
+        if "en" in self.targets:
+            raise ValueError("--targets must not include en: the measure compares each target word with English")
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"--targets names a language twice: {','.join(self.targets)}")
+        if "tuned" in self.lenses and not self.tuned_lens:
+            raise ValueError("--lens tuned needs --tuned-lens DIR (write one with `mwork lens train`)")
+        check_at_least(self, {"limit": 1, "shots": 0, "batch_size": 1})
+
+    def check(self) -> None:
+        """A bad word list (or loading option) is refused before the model loads."""
+        super().check()
+        load_words(self.words)
+
+    def compute(self, model: Any, tokenizer: Any, load_seconds: float | None = None) -> LatentRun:
+        """:func:`run_latent`; the result's ``write(out)`` writes the files."""
+        from mwork.models.adapters import model_name
+
+        run = run_latent(model, tokenizer, self, model_name=model_name(model))
+        run.load_seconds = load_seconds
+        return run
+
 
 COLUMNS = ("task", "source", "target", "lens", "layer", "p_target", "p_target_lo", "p_target_hi", "p_english",
            "p_english_lo", "p_english_hi", "target_share", "log_ratio", "entropy", "n_items")
@@ -87,6 +167,9 @@ def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 @dataclass
 class LatentRun:
+    """Per-layer rows, their summary and the survival counts of one run; ``write(out)`` writes
+    the files (module docstring)."""
+
     config: LatentConfig
     rows: list[dict[str, Any]]
     summary: list[dict[str, Any]]
@@ -95,6 +178,7 @@ class LatentRun:
     timing: dict[str, float]
     model_name: str
     files: dict[str, Path] = field(default_factory=dict)
+    load_seconds: float | None = None  # the model's load, when the job loaded it (not in latent.json)
 
     def table(self) -> str:
         """The summary as ``mwork latent`` prints it."""

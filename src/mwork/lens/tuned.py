@@ -18,6 +18,10 @@ position), both distributions renormalised there; the held-out KL per layer is a
 over the whole vocabulary with the exact ``Adapter.decode``. Files: ``tuned_lens.safetensors``
 (weights, metadata) and ``tuned_lens.json`` / ``tuned_lens_kl.csv`` (held-out KL per layer,
 logit lens vs tuned lens, settings, timing).
+
+``mwork lens train`` is the job :class:`TunedLensConfig`:
+``TunedLensConfig(steps=300).run().write("out/tuned")``; with a loaded model,
+``train_tuned_lens(model, tokenizer, config, out)``.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from mwork.config import fingerprint
+from mwork.config import fingerprint, option
 from mwork.hooks import Hooks
+from mwork.jobs import RunOptions
+from mwork.lens.job import LensModelOptions, TimedJob, check_at_least
 from mwork.lens.lenses import Lens, lens_site
-from mwork.lens.tuned_config import TunedLensConfig
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import input_device
 
@@ -44,7 +49,6 @@ WEIGHTS = "tuned_lens.safetensors"
 REPORT = "tuned_lens.json"
 KL_CSV = "tuned_lens_kl.csv"
 FORMAT = "mwork-tuned-lens"
-
 
 class TunedLens(Lens):
     """Translators ``weight`` (L, D, D) and ``bias`` (L, D) for lens layers 0..L-1."""
@@ -255,11 +259,81 @@ def restricted_vocab(adapter, states: torch.Tensor, windows: list[list[int]], to
     return torch.tensor(sorted(keep), dtype=torch.long)
 
 
+#: the built-in prose the tuned lens is trained on by default (``builtin:LANG``; held out: ``builtin:LANG:heldout``)
+TRAIN_LANGS: tuple[str, ...] = ("en", "de", "fr", "es", "it", "pt", "ru", "zh", "ja", "ko")
+VOCABS = ("restricted", "full")
+
+
+def _codes(value, flag: str = "--langs") -> tuple[str, ...]:
+    from mwork.files import parse_names
+
+    return parse_names(value, flag=flag)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunedLensConfig(LensModelOptions, RunOptions, TimedJob):
+    """How a tuned lens is trained: one affine translator per lens layer (initialised to the
+    identity), trained so that the decoded distribution matches the final layer's (KL)."""
+
+    command = "lens-train"
+    summary = "train a tuned lens (also: mwork lens train)"
+
+    langs: tuple[str, ...] = option(
+        TRAIN_LANGS, "comma-separated languages of the built-in prose to train on (builtin:LANG; the "
+        "held-out KL is measured on builtin:LANG:heldout)", parse=_codes)
+    texts: str | None = option(
+        None, "train on these texts instead (a texts spec: FILE, xquad:LANG, hf:...); every 5th window is held out",
+        metavar="SPEC")
+    steps: int = option(300, "optimiser steps")
+    window: int = option(48, "tokens per text window (after BOS)")
+    windows_per_lang: int = option(6, "training windows per language (spread over its text)")
+    heldout_windows: int = option(2, "held-out windows per language")
+    heldout_positions: int = option(256, "held-out positions the KL per layer is measured on (all layers, full vocabulary)")
+    batch_positions: int = option(32, "positions per step (every layer at each)")
+    lr: float = option(1e-3, "Adam learning rate")
+    vocab: str = option(
+        "restricted", "restricted: the KL is taken over the tokens that matter on the training text (every "
+        "token of the text, the final layer's top-k and the untrained lens's top-k at each position), "
+        "far cheaper with a 262k vocabulary; full: over the whole vocabulary", choices=VOCABS)
+    vocab_top_k: int = option(32, "top-k tokens per position that enter the restricted vocabulary")
+    seed: int = option(0, "seed of the position sampling")
+    batch_size: int = option(8, "windows per forward pass while collecting hidden states", record=False)
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            object.__setattr__(self, "langs", _codes(self.langs))
+            if not self.langs:
+                raise ValueError("langs is empty; give at least one language of the built-in prose")
+        check_at_least(self, dict.fromkeys(("steps", "window", "windows_per_lang", "heldout_windows",
+                                            "heldout_positions", "batch_positions", "vocab_top_k", "batch_size"), 1))
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.vocab not in VOCABS:
+            raise ValueError(f"vocab must be one of {', '.join(VOCABS)}, got {self.vocab!r}")
+
+    def compute(self, model: Any, tokenizer: Any, load_seconds: float | None = None) -> TrainResult:
+        """:func:`train_tuned_lens`; the result's ``write(out)`` saves the lens."""
+        from mwork.models.adapters import model_name
+
+        result = train_tuned_lens(model, tokenizer, self, model_name=model_name(model))
+        result.load_seconds = load_seconds
+        return result
+
+
 @dataclass
 class TrainResult:
+    """A trained tuned lens and its report (held-out KL per layer, settings, timing);
+    ``write(out)`` saves both (:meth:`TunedLens.save`)."""
+
     lens: TunedLens
     report: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
+    load_seconds: float | None = None  # the model's load, when the job loaded it (not in the report)
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        self.files = self.lens.save(out, self.report)
+        self.lens.meta["path"] = str(Path(out) / WEIGHTS)
+        return self.files
 
     def table(self) -> str:
         lines = [f"{'layer':>5} {'KL logit':>9} {'KL tuned':>9}"]
@@ -351,7 +425,6 @@ def train_tuned_lens(model, tokenizer, config: TunedLensConfig | None = None, ou
     }
     result = TrainResult(lens, report)
     if out is not None:
-        result.files = lens.save(out, report)
-        lens.meta["path"] = str(Path(out) / WEIGHTS)
+        result.write(out)
     return result
 

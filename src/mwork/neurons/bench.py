@@ -26,11 +26,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
+from mwork.config import option
+from mwork.jobs import Job, ModelOptions, RunOptions
 from mwork.models.adapters import get_adapter
-from mwork.models.loading import DEFAULT_MODEL, load_model
 from mwork.neurons.importance import importance, spearman, top_overlap
 from mwork.neurons.qk_kernel import native_error, native_library
 from mwork.neurons.reference import reference_way, reference_way_bytes
@@ -38,18 +40,26 @@ from mwork.neurons.reference import reference_way, reference_way_bytes
 PHASES = ("forward", "ffn_v", "importance", "reference")
 
 
-@dataclass
-class BenchConfig:
-    model: str = DEFAULT_MODEL
-    seq_len: int = 512
-    docs: int = 1
-    batch_size: int | None = None  # None: all documents in one batch
-    texts: str | None = None  # text file (one document per line); None: $MWORK_DATA/corpora/english.txt or random ids
-    repeats: int = 3
-    reference: bool = True
-    approx: bool = True
-    memory: bool = True
-    dtype: str | None = None
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig(ModelOptions, RunOptions, Job):
+    """What ``mwork bench detect`` measures (module docstring); always on the CPU (memory is the
+    process's resident set). ``progress``: the ``[bench]`` lines as the phases finish."""
+
+    command = "detect"
+    summary = "time and peak memory of neuron importance vs. the plain forward pass and the reference code's way"
+
+    device: str | None = option("cpu", "the CPU: memory is measured as the process's resident set", cli=False,
+                                record=False)
+    device_map: str | None = option(None, "none: one CPU process", cli=False, record=False)
+    seq_len: int = option(512, "tokens per document")
+    docs: int = option(1, "number of documents")
+    batch_size: int | None = option(None, "documents per batch (default: all)")
+    texts: str | None = option(None, "text file, one document per line (default: the paper's English corpus at "
+                               "$MWORK_DATA/corpora/english.txt if there, else random token ids)")
+    repeats: int = option(3, "interleaved timing repeats (median reported)")
+    reference: bool = option(True, "time the reference code's way (d)")
+    approx: bool = option(True, "time the first-order Q/K approximation")
+    memory: bool = option(True, "measure peak memory, one subprocess per phase")
 
     def check(self) -> None:
         if self.seq_len < 2 or self.docs < 1 or self.repeats < 1:
@@ -59,6 +69,25 @@ class BenchConfig:
         if self.texts is not None and not Path(self.texts).is_file():
             what = "a folder, not a text file" if Path(self.texts).is_dir() else "no such file"
             raise FileNotFoundError(f"--texts {self.texts}: {what}")
+        self.check_model_options()
+
+    def compute(self, model: Any, tokenizer: Any) -> "BenchResult":
+        log = (lambda msg: print(msg, flush=True)) if self.progress else (lambda msg: None)
+        return BenchResult(run_bench(self, log=log, model=model, tokenizer=tokenizer))
+
+
+@dataclass
+class BenchResult:
+    """The benchmark's numbers (``data``, module docstring); ``write(out)``: ``out/bench.json``."""
+
+    data: dict[str, Any]
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        from mwork.files import make_folder, write_json
+
+        path = make_folder(out) / "bench.json"
+        write_json(path, self.data, indent=2)
+        return {"json": path}
 
 
 # ---- documents -------------------------------------------------------------------------------
@@ -150,7 +179,7 @@ def _status_kb(field: str) -> int | None:
 
 def measure_memory_phase(cfg: BenchConfig, phase: str) -> dict:
     """Run one phase in this (fresh) process and report its peak resident memory."""
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    model, tok = cfg.load()
     ids, _ = make_documents(tok, cfg.seq_len, cfg.docs, cfg.texts)
     batches = _batches(ids, cfg.batch_size)
     native_library()  # build/load the kernel before the measurement
@@ -185,10 +214,11 @@ def _agreement(exact: list[dict], approx: list[dict], kind: str) -> tuple[float,
     return statistics.fmean(rhos), statistics.fmean(overlaps)
 
 
-def run_bench(cfg: BenchConfig, log=print) -> dict:
-    """Run the benchmark; returns the result dict (see the module docstring)."""
+def run_bench(cfg: BenchConfig, log: Callable[[str], Any] = print, model: Any = None, tokenizer: Any = None) -> dict:
+    """Run the benchmark on ``model`` (default: ``cfg``'s, loaded on the CPU); returns the result
+    dict (see the module docstring)."""
     cfg.check()
-    model, tok = load_model(cfg.model, dtype=cfg.dtype, device="cpu")
+    model, tok = (model, tokenizer) if model is not None else cfg.load()
     ids, source = make_documents(tok, cfg.seq_len, cfg.docs, cfg.texts)
     batches = _batches(ids, cfg.batch_size)
     native = native_library() is not None

@@ -1,12 +1,20 @@
 """``mwork convert``: NeuronSets to and from LAPE neuron files and the PLND reference code's
-neuron dictionaries; a thin shim over ``mwork.neurons.convert``."""
+neuron dictionaries; a thin shim over ``mwork.neurons.convert``, its options ``ConvertConfig``'s
+fields (the files to convert are the positional ``inputs``)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+from mwork.config import add_arguments, from_args, option
 from mwork.files import parse_names
 from mwork.models.loading import DEFAULT_MODEL
+
+FORMATS = ("lape", "reference")
+WAYS = ("to", "from_")  # one of them, on the command line a required choice
 
 
 def _langs(text: str) -> list[str]:
@@ -14,26 +22,55 @@ def _langs(text: str) -> list[str]:
     return list(parse_names(text, flag="--langs"))
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """One conversion: ``to`` a format (NeuronSets -> ``out``) or ``from_`` one (files ->
+    ``out_dir/LANG.safetensors``, checked against ``model``'s shape, loaded on the CPU)."""
+
+    to: str | None = option(None, "export NeuronSets to this format", choices=FORMATS)
+    from_: str | None = option(None, "import files of this format", flag="--from", choices=FORMATS)
+    inputs: tuple[str, ...] = option((), "--to: NeuronSet files; --from: the file(s) to import", cli=False)
+    out: str | None = option(None, "--to: the file to write (its shape and languages go to OUT.json)",
+                             record=False)
+    ffn_only: bool = option(False, "--to lape: export the FFN neurons of sets that also hold attention neurons")
+    model: str = option(DEFAULT_MODEL, "--from: the model the neurons belong to (its shape is checked)")
+    langs: str | None = option(None, "--from: the languages, comma-separated, in the file's order")
+    out_dir: str | None = option(None, "--from: folder for LANG.safetensors", record=False)
+
+    def check(self) -> None:
+        """The options of the other direction are errors, not ignored; bad codes fail before the model loads."""
+        if (self.to is None) == (self.from_ is None):
+            raise ValueError("give one of --to FORMAT (export) and --from FORMAT (import)")
+        if self.from_ is not None:
+            if self.out or self.ffn_only:
+                raise ValueError("--out and --ffn-only are for exporting (--to); importing (--from) writes "
+                                 "LANG.safetensors to --out-dir DIR")
+            if not self.langs or not self.out_dir:
+                raise ValueError("--from needs --langs LANG[,LANG...] (the file's languages, in order) and --out-dir DIR")
+            _langs(self.langs)
+        elif self.langs or self.out_dir:
+            raise ValueError("--langs and --out-dir are for --from; exporting (--to) takes --out FILE")
+
+    def run(self, model: Any = None, tokenizer: Any = None) -> Any:
+        """Convert; the written files (``WrittenResult``). Importing loads ``model`` when none is given."""
+        from mwork.jobs import WrittenResult
+        from mwork.neurons import convert
+
+        self.check()
+        direction, fmt = ("to", self.to) if self.to else ("from", self.from_)
+        if direction == "from" and model is None:
+            from mwork.models.loading import load_model
+
+            model, _ = load_model(self.model, device="cpu")
+        paths = convert.convert_files(direction, fmt, self.inputs, out=self.out, out_dir=self.out_dir,
+                                      model=model if direction == "from" else None, langs=_langs(self.langs or ""),
+                                      ffn_only=self.ffn_only, model_id=self.model)
+        folder = paths[0].parent if direction == "to" and paths else Path(self.out_dir or ".")
+        return WrittenResult(folder, {str(p): p for p in paths}, data=paths)
+
+
 def _run(args: argparse.Namespace) -> int:
-    from mwork.neurons.convert import convert_files
-
-    direction, fmt = ("to", args.to) if args.to else ("from", args.from_)
-    model = None
-    if direction == "from":
-        if args.out or args.ffn_only:
-            raise ValueError("--out and --ffn-only are for exporting (--to); importing (--from) writes LANG.safetensors "
-                             "to --out-dir DIR")
-        if not args.langs or not args.out_dir:
-            raise ValueError("--from needs --langs LANG[,LANG...] (the file's languages, in order) and --out-dir DIR")
-        _langs(args.langs)  # a bad code fails here, before the model is loaded
-        from mwork.models.loading import load_model
-
-        model, _ = load_model(args.model, device="cpu")
-    elif args.langs or args.out_dir:
-        raise ValueError("--langs and --out-dir are for --from; exporting (--to) takes --out FILE")
-    paths = convert_files(direction, fmt, args.inputs, out=args.out, out_dir=args.out_dir, model=model,
-                          langs=_langs(args.langs or ""), ffn_only=args.ffn_only, model_id=args.model)
-    for p in paths:
+    for p in from_args(ConvertConfig, args, inputs=tuple(args.inputs)).run().data:
         print(p)
     return 0
 
@@ -46,15 +83,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the file's languages in order). The same with 'reference' for the five-line dictionary files of the "
         "PLND paper's code (one language per file). Files are read without unpickling or evaluating anything and "
         "checked against the model's shape.")
-    way = p.add_mutually_exclusive_group(required=True)
-    way.add_argument("--to", choices=["lape", "reference"], help="export NeuronSets to this format")
-    way.add_argument("--from", dest="from_", choices=["lape", "reference"], help="import files of this format")
-    p.add_argument("inputs", nargs="+", help="--to: NeuronSet files; --from: the file(s) to import")
-    p.add_argument("--out", help="--to: the file to write (its shape and languages go to OUT.json)")
-    p.add_argument("--ffn-only", action="store_true",
-                   help="--to lape: export the FFN neurons of sets that also hold attention neurons")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="--from: the model the neurons belong to (its shape is checked)")
-    p.add_argument("--langs", help="--from: the languages, comma-separated, in the file's order")
-    p.add_argument("--out-dir", help="--from: folder for LANG.safetensors")
+    others = [name for name in ConvertConfig.__dataclass_fields__ if name not in WAYS]
+    add_arguments(p.add_mutually_exclusive_group(required=True), ConvertConfig, exclude=others)
+    p.add_argument("inputs", nargs="+", help=ConvertConfig.__dataclass_fields__["inputs"].metadata["help"])
+    add_arguments(p, ConvertConfig, exclude=WAYS)
     p.set_defaults(func=_run, output_kinds={"out": "file"})

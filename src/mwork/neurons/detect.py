@@ -24,7 +24,7 @@ not depend on it); the NeuronSet records it, with its digest as ``settings_sha25
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 import torch
 
@@ -32,7 +32,7 @@ from mwork import distributed
 from mwork.files import check_output_path
 from mwork.neurons.detect_checkpoint import checkpoint_path_for, rank_checkpoint_path
 from mwork.neurons.detect_config import (
-    DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_DOCS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_LENGTH, DetectConfig,
+    DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_DOCS, DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_LENGTH, DetectConfig, DetectOptions,
 )
 from mwork.neurons.methods.plnd import UNSCORABLE_RULE, default_scorer, plnd_setup as _setup, run_plnd
 from mwork.neurons.neuronset import NeuronSet, set_path
@@ -42,9 +42,9 @@ from mwork.neurons.windows import TRUNCATE_RULE, WINDOW_RULE
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_BUFFER_DOCS", "DEFAULT_CHECKPOINT_EVERY", "DEFAULT_MAX_LENGTH",
-    "DEFAULT_TOP_FRACTION", "REFERENCE_TOP_K", "TRUNCATE_RULE", "WINDOW_RULE", "DetectConfig", "DocumentRule",
-    "Scorer", "UNSCORABLE_RULE", "checkpoint_path_for", "default_scorer", "detect", "detection_settings",
-    "document_rule", "rank_checkpoint_path", "run_plnd",
+    "DEFAULT_TOP_FRACTION", "REFERENCE_TOP_K", "TRUNCATE_RULE", "WINDOW_RULE", "DetectConfig", "DetectOptions",
+    "DocumentRule", "Scorer", "UNSCORABLE_RULE", "checkpoint_path_for", "default_scorer", "detect",
+    "detection_settings", "document_rule", "rank_checkpoint_path", "run_plnd",
 ]
 
 
@@ -55,21 +55,8 @@ def detection_settings(model: torch.nn.Module, tokenizer: Any, config: DetectCon
     return _setup(model, tokenizer, DetectConfig.make(config, **overrides), scorer, model_id).settings
 
 
-def detect(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    documents: Iterable[str],
-    config: DetectConfig | None = None,
-    *,
-    out: str | Path | None = None,
-    checkpoint: str | Path | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    scorer: Scorer | None = None,
-    model_id: str | None = None,
-    corpus_info: Mapping[str, Any] | None = None,
-    **overrides: Any,
-) -> NeuronSet:
+def detect(model: torch.nn.Module, tokenizer: Any, documents: Iterable[str], config: DetectConfig | None = None, *,
+           out: str | Path | None = None, options: DetectOptions | None = None, **overrides: Any) -> NeuronSet:
     """Detect the neurons of ``model`` important for the ``documents`` of a language.
 
     Settings: a ``DetectConfig`` and/or its fields as keywords (``language="fr"``,
@@ -82,22 +69,25 @@ def detect(
     listed in ``meta`` and do not count in n.
 
     ``out``: save the result there (and checkpoint to ``<out>.checkpoint.safetensors`` every
-    ``checkpoint_every`` documents, removed at the end); ``checkpoint`` overrides that path.
-    With ``resume``, an existing checkpoint with the same settings is continued, one with
-    other settings is refused. ``scorer(model, batch, kinds)`` replaces the importance function.
-    ``model_id`` and ``corpus_info`` are recorded (defaults: the model's name, the corpus's
-    ``describe()``).
+    ``checkpoint_every`` documents, removed at the end). How the run goes, ``options``
+    (``DetectOptions``; its fields are accepted as keywords too): ``checkpoint`` overrides the
+    checkpoint's path; with ``resume``, an existing checkpoint with the same settings is
+    continued, one with other settings is refused; ``progress``; ``scorer(model, batch, kinds)``
+    replaces the importance function; ``model_id`` and ``corpus_info`` are recorded (defaults:
+    the model's name, the corpus's ``describe()``).
     """
+    options, overrides = DetectOptions.split(options, overrides)
     config = DetectConfig.make(config, **overrides)
     if out is not None:  # a path that cannot hold the result is refused before any document is scored
         check_output_path(out, "NeuronSet")
         if set_path(out).is_dir():
             raise ValueError(f"cannot write the NeuronSet to {set_path(out)}: it is a folder; choose another --out")
-    setup = _setup(model, tokenizer, config, scorer, model_id)
+    setup = _setup(model, tokenizer, config, options.scorer, options.model_id)
+    checkpoint = options.checkpoint
     if checkpoint is None and out is not None:
         checkpoint = checkpoint_path_for(out)
-    result = run_plnd(model, tokenizer, documents, setup, checkpoint=checkpoint, resume=resume, progress=progress,
-                      corpus_info=corpus_info)
+    result = run_plnd(model, tokenizer, documents, setup, checkpoint=checkpoint, resume=options.resume,
+                      progress=options.progress, corpus_info=options.corpus_info)
     if out is not None:
         if distributed.rank() == 0:
             result.save(out)

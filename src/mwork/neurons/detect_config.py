@@ -1,16 +1,18 @@
-"""``DetectConfig``: every setting of a detection run, in one place.
+"""``DetectConfig``: every setting of a detection run, in one place; ``DetectOptions``: how a
+run goes (progress, resuming, what is recorded), which never changes what it computes.
 
-Its fields are at once the keyword arguments of ``mwork.neurons.detect.detect``, the
-``mwork detect`` options (generated with ``mwork.config.add_arguments``, help written here once)
-and, through ``mwork.config.fingerprint``, both the settings a checkpoint must match and the
-settings recorded in the NeuronSet's metadata.
+``DetectConfig``'s fields are at once the keyword arguments of ``mwork.neurons.detect.detect``,
+the ``mwork detect`` options (generated with ``mwork.config.add_arguments``, help written here
+once) and, through ``mwork.config.fingerprint``, both the settings a checkpoint must match and
+the settings recorded in the NeuronSet's metadata.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from mwork.config import option, per_kind
 from mwork.models.adapters import KINDS
@@ -136,3 +138,39 @@ class DetectConfig:
                 raise TypeError("detect() needs language= (or a DetectConfig)")
             return cls(**overrides)
         return dataclasses.replace(config, **overrides)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectOptions:
+    """How a detection runs, not what it finds: one object instead of a keyword each, for
+    ``detect`` (all of them) and ``detect_languages`` (``progress``, ``model_id``). Their
+    keywords are still accepted one by one (``detect(..., progress=False)``)."""
+
+    progress: bool = True
+    #: detect: continue an existing checkpoint with the same settings (one with others is refused)
+    resume: bool = True
+    #: detect: where to checkpoint (default: ``<out>.checkpoint.safetensors`` when there is an ``out``)
+    checkpoint: str | Path | None = None
+    #: detect: ``scorer(model, batch, kinds)`` instead of the importance function
+    scorer: Callable[..., Any] | None = None
+    #: recorded as the model (default: the model's own name)
+    model_id: str | None = None
+    #: detect: recorded as the corpus (default: the documents' ``describe()``)
+    corpus_info: Mapping[str, Any] | None = None
+
+    @classmethod
+    def split(cls, options: "DetectOptions | None", overrides: Mapping[str, Any], *,
+              allowed: tuple[str, ...] | None = None, where: str = "detect") -> tuple["DetectOptions", dict[str, Any]]:
+        """``options`` with the keywords of ``overrides`` that name its fields, and the other
+        keywords (the method's settings); ``allowed``: the fields ``where`` takes (another one
+        set: an error, not ignored)."""
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        options = options if options is not None else cls()
+        mine = {k: v for k, v in overrides.items() if k in fields}
+        if mine:
+            options = dataclasses.replace(options, **mine)
+        stray = [k for k, default in fields.items()
+                 if allowed is not None and k not in allowed and getattr(options, k) is not default]
+        if stray:
+            raise TypeError(f"{where}() takes no {', '.join(stray)} (only detect() does)")
+        return options, {k: v for k, v in overrides.items() if k not in fields}

@@ -44,10 +44,11 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mwork.config import option
-from mwork.corpus_pass import TOKEN_RULES, Request, corpus_pass
+from mwork.corpus_pass import PassOptions, TOKEN_RULES, Request, corpus_pass
 from mwork.files import check_name, make_folder, write_json, write_text
 from mwork.fingerprints import texts_digest
 from mwork.hooks import MOE_SITES
+from mwork.jobs import Job, ModelOptions, RunOptions
 from mwork.models.adapters import get_adapter
 from mwork.models.loading import DEFAULT_MODEL
 from mwork.plotting import plain_text, save_figure
@@ -61,8 +62,9 @@ SPECIFICITY_RULE = ("1 - H(p)/log2(L), p_l = f_l / sum over languages of f, f_l 
 
 
 @dataclass(frozen=True, kw_only=True)
-class RouterStatsConfig:
-    """The settings of one router-statistics pass (the options of ``mwork stats --router``)."""
+class RouterStatsConfig(ModelOptions, RunOptions, Job):
+    """The settings of one router-statistics pass (the options of ``mwork stats --router``), and
+    the job: ``RouterStatsConfig(corpora=("en=xquad:en", ...)).run().write(out)``."""
 
     model: str = option(DEFAULT_MODEL, "a mixture-of-experts model: hub id, local folder or built-in alias "
                         "(e.g. tiny-random-olmoe)")
@@ -71,8 +73,6 @@ class RouterStatsConfig:
     max_length: int = option(512, "tokens per document (longer ones are truncated)")
     batch_size: int = option(8, "documents per batch", record=False)
     max_docs: int | None = option(None, "use the first N documents of each language")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
 
     def __post_init__(self) -> None:
         parse_corpora(self.corpora)
@@ -80,6 +80,15 @@ class RouterStatsConfig:
             raise ValueError("--max-length and --batch-size must be at least 1")
         if self.max_docs is not None and self.max_docs < 1:
             raise ValueError("--max-docs must be at least 1")
+
+    def check(self) -> None:
+        if not self.corpora:
+            raise ValueError("--router needs --corpus LANG=SPEC for at least one language (e.g. --corpus en=xquad:en)")
+        self.check_model_options()
+
+    def compute(self, model: Any, tokenizer: Any) -> "RouterStatsResult":
+        stats = router_statistics(model, tokenizer, parse_corpora(self.corpora), config=self, progress=self.progress)
+        return RouterStatsResult(stats, {"model": self.model})
 
 
 def parse_corpora(items: Sequence[str]) -> dict[str, str]:
@@ -133,6 +142,26 @@ class RouterStats:
         return spec.where(f.sum(0) > 0, torch.nan)
 
 
+@dataclass
+class RouterStatsResult:
+    """A pass's counts; ``write(out)`` writes the tables, the plot and the metadata (``FILES``)."""
+
+    stats: RouterStats
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        return write_router_stats(self.stats, out, self.meta)
+
+    def lines(self) -> list[str]:
+        """What ``mwork stats --router`` prints: the tokens counted per language, the specificity."""
+        stats = self.stats
+        out = [f"{lang}: {n} tokens" for lang, n in zip(stats.languages, stats.tokens.tolist())]
+        if len(stats.languages) > 1:
+            spec = stats.specificity()
+            out.append(f"expert specificity: mean {float(spec.nanmean()):.4f}, max {float(spec.nan_to_num(-1).max()):.4f}")
+        return out
+
+
 @torch.inference_mode()
 def router_statistics(model: Any, tokenizer: Any, corpora: Mapping[str, str | Sequence[str]], *,
                       config: RouterStatsConfig | None = None, progress: bool = False) -> RouterStats:
@@ -159,7 +188,7 @@ def router_statistics(model: Any, tokenizer: Any, corpora: Mapping[str, str | Se
     weights = torch.zeros(len(langs), layers, E, dtype=torch.float64)
     run = corpus_pass(model, tokenizer, texts, [Request("router_counts", "ffn.route", options={"experts": E},
                                                         key="router")],
-                      tokens="truncate-in-order", max_length=config.max_length, batch_size=config.batch_size,
+                      PassOptions("truncate-in-order", config.max_length, batch_size=config.batch_size),
                       progress=progress, desc="router", unit="doc")
     for li, lang in enumerate(langs):
         for layer, counts in run.statistics["router"][lang].items():

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from mwork.corpus_pass import TOKEN_RULES, Request, corpus_pass
+from mwork.corpus_pass import PassOptions, TOKEN_RULES, Request, corpus_pass
 from mwork.corpus_statistics import QUANTILE_RULE, parse_stat, quantile  # noqa: F401
 from mwork.fingerprints import model_digest
 from mwork.hooks import NEURON_SITES, DeviceCache
@@ -94,8 +94,9 @@ def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[s
         if qs:
             requests.append(Request("quantiles", NEURON_SITES[kind], sorted(channels), {"qs": qs}, read=read,
                                     width=width, key=f"quantiles.{kind}"))
-    run = corpus_pass(model, tokenizer, {"corpus": texts}, requests, tokens="truncate-sorted", max_length=max_length,
-                      batch_size=batch_size, progress=progress, desc="activation statistics")
+    run = corpus_pass(model, tokenizer, {"corpus": texts}, requests,
+                      PassOptions("truncate-sorted", max_length, batch_size=batch_size), progress=progress,
+                      desc="activation statistics")
     empty, n_docs, measured = run.empty["corpus"], len(texts), len(run.corpora["corpus"].measured)
     if not measured:
         raise ValueError(f"none of the {n_docs} documents has a token to measure (empty documents: {empty[:10]}); "

@@ -1,7 +1,7 @@
 """``mwork eval``: any lm-evaluation-harness task with neurons off or a delta merged.
 
-A thin shim over ``mwork.tasks.lm_eval_run.run_eval`` (options from ``EvalConfig``), plus two
-set-up actions: ``--make-local-tasks DIR`` (``lm_eval_local.make_local_tasks``: offline lm-eval
+The command of ``mwork.tasks.lm_eval_run.EvalConfig`` (``add_job_command``), plus two set-up
+actions instead of a run: ``--make-local-tasks DIR`` (``lm_eval_local.make_local_tasks``: offline lm-eval
 tasks from XQuAD / MGSM files) and ``--install-lm-eval-plugin`` (``lm_eval_plugin``: makes
 ``lm_eval --model mwork`` work where mwork's install did not already). The last line printed is one
 JSON object.
@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
+from typing import Any, Callable
 
-from mwork.config import add_arguments, from_args, given
+from mwork.config import given
 from mwork.files import parse_names
+from mwork.jobs import add_job_command
 from mwork.tasks.common import DATA_ENV
 from mwork.tasks.lm_eval_run import EvalConfig
 
@@ -45,43 +48,46 @@ def _check_actions(args: argparse.Namespace) -> None:
                          "separately")
 
 
-def _run(args: argparse.Namespace) -> int:
-    _check_actions(args)
-    if args.install_lm_eval_plugin:
-        from mwork.tasks.lm_eval_plugin import install_lm_eval_plugin
+def _print(result: Any, files: dict[str, Path]) -> None:
+    print(json.dumps(_summary(result.data), ensure_ascii=False))
 
-        print(json.dumps({"installed": str(install_lm_eval_plugin(args.site_dir))}))
-        return 0
-    if args.make_local_tasks:
-        from mwork.tasks.lm_eval_local import make_local_tasks
 
-        data = args.data or os.environ.get(DATA_ENV)
-        if not data:
-            raise ValueError("--make-local-tasks needs the XQuAD / MGSM files: pass --data FOLDER (holding "
-                             f"xquad/xquad.<lang>.json and/or mgsm/mgsm_<lang>.tsv) or set {DATA_ENV} to that folder")
-        langs = list(parse_names(args.langs, flag="--langs")) if args.langs else None
-        names = make_local_tasks(args.make_local_tasks, data, langs=langs, limit=args.local_limit,
-                                 sentences=args.sentences)
-        print(json.dumps({"include_path": args.make_local_tasks, "tasks": names}, ensure_ascii=False))
-        return 0
-    from mwork.tasks.lm_eval_run import run_eval
+def _setup_or(run_job: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """The command: a set-up action when one is given, else the evaluation (``run_job``)."""
 
-    results = run_eval(from_args(EvalConfig, args))
-    print(json.dumps(_summary(results), ensure_ascii=False))
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        _check_actions(args)
+        if args.install_lm_eval_plugin:
+            from mwork.tasks.lm_eval_plugin import install_lm_eval_plugin
+
+            print(json.dumps({"installed": str(install_lm_eval_plugin(args.site_dir))}))
+            return 0
+        if args.make_local_tasks:
+            from mwork.tasks.lm_eval_local import make_local_tasks
+
+            data = args.data or os.environ.get(DATA_ENV)
+            if not data:
+                raise ValueError("--make-local-tasks needs the XQuAD / MGSM files: pass --data FOLDER (holding "
+                                 f"xquad/xquad.<lang>.json and/or mgsm/mgsm_<lang>.tsv) or set {DATA_ENV} to that "
+                                 "folder")
+            langs = list(parse_names(args.langs, flag="--langs")) if args.langs else None
+            names = make_local_tasks(args.make_local_tasks, data, langs=langs, limit=args.local_limit,
+                                     sentences=args.sentences)
+            print(json.dumps({"include_path": args.make_local_tasks, "tasks": names}, ensure_ascii=False))
+            return 0
+        return run_job(args)
+
+    return run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="lm-evaluation-harness tasks with neurons switched off (or a delta merged)",
+    p = add_job_command(
+        sub, EvalConfig, report=_print,
         description="Runs lm-eval's simple_evaluate on the mwork-loaded model, with --neurons (or --random-like) "
         "switched off around every request, and writes lm-eval's own results and samples files under --out. "
         "--make-local-tasks DIR writes offline lm-eval tasks from XQuAD / MGSM files (then --include-path DIR); "
         "`lm_eval --model mwork` works once mwork is pip-installed (its wheel ships mwork-lm-eval.pth); "
-        "--install-lm-eval-plugin writes that file where mwork was installed some other way.",
-    )
-    add_arguments(p, EvalConfig)
+        "--install-lm-eval-plugin writes that file where mwork was installed some other way.")
     setup = p.add_argument_group("set-up actions (instead of a run)")
     setup.add_argument("--make-local-tasks", metavar="DIR", default=None,
                        help="write local lm-eval tasks (YAML + JSON Lines) from --data into DIR and exit")
@@ -96,4 +102,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "environment's site-packages and exit; not needed after `pip install mwork` or "
                        "`pip install -e .`, which install it")
     setup.add_argument("--site-dir", default=None, help="site-packages folder for --install-lm-eval-plugin")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_setup_or(p.get_default("func")))

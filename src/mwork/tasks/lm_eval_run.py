@@ -4,7 +4,7 @@ to layers and kinds) or an enhancement delta merged, through lm-eval's own ``sim
 
     config = EvalConfig(model="gemma-3-270m", tasks=("mwork_xquad_mc_zh",), include_path="tasks/",
                         neurons="sets/zh.safetensors", out="eval/zh-off")
-    results = run_eval(config)      # lm-eval's results dict
+    result = config.run()           # result.data: lm-eval's results dict (run_eval(config) returns it)
 
 The outputs under ``out`` are lm-eval's own files, written by its ``EvaluationTracker``
 (``<model>/results_<date>.json`` and, with ``log_samples``, ``<model>/samples_<task>_<date>.jsonl``),
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mwork.config import fingerprint, option
+from mwork.jobs import Job, WrittenResult
 from mwork.tasks.switch_off import SwitchOffOptions
 
 
@@ -32,8 +33,11 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(SwitchOffOptions):
+class EvalConfig(SwitchOffOptions, Job):
     """One lm-eval run (the options of ``mwork eval``)."""
+
+    command = "eval"
+    summary = "lm-evaluation-harness tasks with neurons switched off (or a delta merged)"
 
     tasks: tuple[str, ...] = option((), "comma-separated lm-eval task (or group) names", parse=_names)
     include_path: str | None = option(None, "a folder of extra lm-eval task YAMLs (e.g. from --make-local-tasks)")
@@ -44,8 +48,9 @@ class EvalConfig(SwitchOffOptions):
     max_length: int | None = option(None, "tokens per sequence (default: the model's)")
     bootstrap_iters: int = option(100000, "bootstrap iterations for the standard errors (0: none)")
     log_samples: bool = option(True, "also write lm-eval's per-document samples files")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
+    # lm-eval's backend (MworkLM) loads the model on one device: no --device-map
+    device_map: str | None = option(None, "not supported: lm-eval's backend loads the model on one device",
+                                    cli=False, record=False)
 
     def __post_init__(self) -> None:
         tasks = _names(self.tasks) if isinstance(self.tasks, str) else tuple(self.tasks)
@@ -72,6 +77,26 @@ class EvalConfig(SwitchOffOptions):
         if self.bootstrap_iters < 0:
             raise ValueError(f"--bootstrap-iters must be >= 0 (0: no standard errors), got {self.bootstrap_iters}")
         super().__post_init__()
+
+    def check(self) -> None:
+        """The model options (and the device this machine must have), then the set's rules,
+        before lm-eval's slow set-up."""
+        from mwork.models.loading import check_device
+
+        self.check_model_options()
+        if self.device_map is not None:
+            raise ValueError("mwork eval loads the model through lm-eval's backend, on one device: give --device, "
+                             "not a device_map")
+        if self.device is not None:
+            check_device(self.device)  # the one device rule of every command
+        self.check_set()  # a set with no neuron is refused, as by steer and ppl (require_neurons)
+
+    def run(self, model: Any = None, tokenizer: Any = None) -> WrittenResult:
+        """lm-eval on ``model`` (default: ``config.model`` loaded by lm-eval's backend, ``MworkLM``,
+        with the delta merged); lm-eval's files and ``mwork_eval.json`` are written under ``out``."""
+        results, files = _evaluate(self, model, tokenizer)
+        out = Path(self.out)
+        return WrittenResult(out, {name: out / name for name in files}, results)
 
 
 def task_manager(include_path: str | Path | None = None, needed: Any = None) -> Any:
@@ -117,15 +142,20 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
     """Run ``config.tasks`` with lm-eval's ``simple_evaluate`` on the mwork model (neurons off as
     configured) and write lm-eval's results / samples files and ``mwork_eval.json`` under
     ``config.out``; return lm-eval's results dict (without the samples)."""
+    return config.run(model, tokenizer).data
+
+
+def _evaluate(config: EvalConfig, model: Any, tokenizer: Any) -> tuple[dict[str, Any], list[str]]:
+    """lm-eval's results and the files written under ``config.out`` (relative names)."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
     from mwork.files import make_folder, write_json
-    from mwork.models.loading import check_device
 
-    if model is None and config.device is not None:
-        check_device(config.device)  # the one device rule of every command, before lm-eval's slow set-up
-    config.check_set()  # a set with no neuron is refused, as by steer and ppl (require_neurons)
+    if model is None:
+        config.check()
+    else:
+        config.check_set()
     out = make_folder(config.out)
     manager = task_manager(config.include_path, lambda m: set(config.tasks) <= set(m.all_tasks))
     check_tasks(manager, config.tasks)
@@ -138,7 +168,7 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
         log_samples=config.log_samples, evaluation_tracker=tracker, batch_size=config.batch_size)
     seconds = time.time() - start
     if results is None:  # not the main process
-        return {}
+        return {}, []
     samples = results.pop("samples", None)
     tracker.save_results_aggregated(results=results, samples=samples)
     if config.log_samples and samples:
@@ -150,4 +180,4 @@ def run_eval(config: EvalConfig, *, model: Any = None, tokenizer: Any = None) ->
                                          "seconds": round(seconds, 2), "lm_eval_version": lm_eval.__version__,
                                          "results": results["results"], "files": files},
                indent=2, ensure_ascii=False, default=str)
-    return json.loads(json.dumps(results, default=str))
+    return json.loads(json.dumps(results, default=str)), [*files, "mwork_eval.json"]

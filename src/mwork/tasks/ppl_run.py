@@ -3,10 +3,12 @@ switched off (a NeuronSet, or random neurons like it), restricted to layers and 
 model with an enhancement delta merged.
 
     config = PplConfig(texts="xquad:zh", neurons="sets/zh.safetensors", kinds="ffn")
-    result = run_ppl(config)      # the JSON object the command prints
+    result = config.run()         # result.data: the JSON object the command prints
+    result.write("ppl.json")
+    run_ppl(config)               # the same, writing config.out when given
 
-Under torchrun (inside ``mwork.distributed.group()``) the ranks share the windows and every
-rank returns the single process's result; rank 0 alone writes ``out``.
+Under torchrun (inside ``mwork.distributed.group()``, the job's ``context``) the ranks share the
+windows and every rank returns the single process's result; rank 0 alone writes ``out``.
 """
 
 from __future__ import annotations
@@ -14,21 +16,40 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ContextManager
 
 from mwork import distributed
 from mwork.config import option
 from mwork.intervene import deactivate, parse_kinds, parse_layers
-from mwork.models.loading import DEVICE_MAP_HELP, load_model, parse_device_map
+from mwork.jobs import Job
+from mwork.models.loading import parse_device_map
 from mwork.tasks.perplexity import perplexity
 from mwork.tasks.switch_off import SwitchOffOptions, neurons_to_switch_off
 from mwork.texts import EVALUATION_ARTICLES, read_texts
 
 
+@dataclass
+class PplResult:
+    """The measurement as ``mwork ppl`` prints it; ``write(out)`` writes it as a JSON file."""
+
+    data: dict[str, Any]
+
+    def write(self, out: str | Path | None = None) -> dict[str, Path]:
+        if out is None:
+            return {}
+        from mwork.files import write_json
+
+        write_json(out, self.data, indent=2)  # atomic; a full disk is one line naming the file
+        return {"json": Path(out)}
+
 
 @dataclass(frozen=True, kw_only=True)
-class PplConfig(SwitchOffOptions):
+class PplConfig(SwitchOffOptions, Job):
     """The settings of one perplexity measurement (the options of ``mwork ppl``)."""
+
+    command = "ppl"
+    summary = "perplexity on texts, optionally with neurons switched off"
 
     texts: str = option(help="FILE (.txt, .jsonl, SQuAD .json) or xquad:LANG", required=True)
     articles: str | None = option(None, "XQuAD/SQuAD articles START:STOP, e.g. 24:48")
@@ -36,9 +57,6 @@ class PplConfig(SwitchOffOptions):
     stride: int | None = option(None, "new tokens per window after the first (default max-length - 1 - prefix)")
     batch_size: int = option(8, "windows per batch")
     max_texts: int | None = option(None, "use only the first N texts")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
-    device_map: str | None = option(None, DEVICE_MAP_HELP, record=False)
     out: str | None = option(None, "also write the JSON result to this file", record=False)
 
     def __post_init__(self) -> None:
@@ -47,27 +65,38 @@ class PplConfig(SwitchOffOptions):
             raise ValueError("--max-texts must be at least 1")
         parse_device_map(self.device_map)
 
+    def check(self) -> None:
+        self.check_model_options()
+        if self.out and distributed.rank() == 0:
+            from mwork.files import check_output_file
 
-def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
-    """Perplexity as ``mwork ppl`` prints it: the ``perplexity`` result with ``n_empty``, what was
-    switched off, ``model``, ``texts``, ``batch_size`` and ``seconds`` (``processes`` under torchrun).
+            check_output_file(self.out, ("json", "text"), what="result",
+                              inputs=[self.texts, self.neurons, self.random_like])
 
-    ``model``/``tokenizer``: an already loaded model to use instead of loading ``config.model``."""
-    if config.out and distributed.rank() == 0:
-        from mwork.files import check_output_file
+    def context(self) -> ContextManager[Any]:
+        return distributed.group()
 
-        check_output_file(config.out, ("json", "text"), what="result",
-                          inputs=[config.texts, config.neurons, config.random_like])
-    texts = read_texts(config.texts, articles=config.articles, default_articles=EVALUATION_ARTICLES)
-    if config.max_texts is not None:
-        texts = texts[:config.max_texts]
-    if not texts:
-        raise ValueError(f"--texts {config.texts} gives no texts")
-    if model is None:
-        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device, delta=config.delta,
-                                      device_map=parse_device_map(config.device_map))
-    elif config.delta:
-        raise ValueError("a delta is merged when the model is loaded: pass no model, or one with the delta merged")
+    def read_texts(self) -> list[str]:
+        texts = read_texts(self.texts, articles=self.articles, default_articles=EVALUATION_ARTICLES)
+        if self.max_texts is not None:
+            texts = texts[:self.max_texts]
+        if not texts:
+            raise ValueError(f"--texts {self.texts} gives no texts")
+        return texts
+
+    def run(self, model: Any = None, tokenizer: Any = None) -> PplResult:
+        """Check, read the texts, load the model (with the delta) unless given, measure: the
+        texts are read before the model is loaded, so a bad ``texts`` fails first."""
+        self.check()
+        texts = self.read_texts()
+        if model is None:
+            model, tokenizer = self.load()
+        else:
+            self.check_given_model(model, tokenizer)
+        return PplResult(_measure(self, model, tokenizer, texts))
+
+
+def _measure(config: PplConfig, model: Any, tokenizer: Any, texts: list[str]) -> dict[str, Any]:
     layers, kinds = parse_layers(config.layers), parse_kinds(config.kinds)
     info: dict[str, Any] = {"model": config.model, "texts": config.texts}
     if config.delta:
@@ -87,8 +116,16 @@ def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> d
     out = {**result, **info, "batch_size": config.batch_size, "seconds": round(time.time() - start, 2)}
     if distributed.world_size() > 1:
         out["processes"] = distributed.world_size()
-    if config.out and distributed.rank() == 0:
-        from mwork.files import write_json
-
-        write_json(config.out, out, indent=2)  # atomic; a full disk is one line naming the file
     return out
+
+
+def run_ppl(config: PplConfig, *, model: Any = None, tokenizer: Any = None) -> dict[str, Any]:
+    """Perplexity as ``mwork ppl`` prints it: the ``perplexity`` result with ``n_empty``, what was
+    switched off, ``model``, ``texts``, ``batch_size`` and ``seconds`` (``processes`` under torchrun);
+    ``config.out`` written when given (by rank 0).
+
+    ``model``/``tokenizer``: an already loaded model to use instead of loading ``config.model``."""
+    result = config.run(model, tokenizer)
+    if config.out and distributed.rank() == 0:
+        result.write(config.out)
+    return result.data

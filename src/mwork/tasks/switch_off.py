@@ -13,15 +13,15 @@ import torch
 
 from mwork.config import option
 from mwork.intervene import parse_kinds, parse_layers
-from mwork.models.loading import DEFAULT_MODEL
+from mwork.jobs import ModelOptions
 from mwork.neurons.neuronset import NeuronSet, require_neurons
 
 
 @dataclass(frozen=True, kw_only=True)
-class SwitchOffOptions:
-    """The model and what to switch off in it: the fields every evaluation config starts with."""
+class SwitchOffOptions(ModelOptions):
+    """The model (a delta merged at load) and what to switch off in it: the fields every
+    evaluation config starts with."""
 
-    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
     neurons: str | None = option(None, "NeuronSet to switch off")
     random_like: str | None = option(None, "switch off random neurons, same count per layer and kind as this "
                                      "NeuronSet (never its own neurons where enough others remain)")
@@ -47,6 +47,22 @@ class SwitchOffOptions:
         if self.scale != 0.0 and not (self.neurons or self.random_like):
             raise ValueError(f"--scale {self.scale:g} scales a neuron set: give --neurons or --random-like too")
         parse_layers(self.layers), parse_kinds(self.kinds)  # a bad spec fails here, before any loading
+
+    def load(self) -> tuple[Any, Any]:
+        """The model with ``delta`` merged (it can only be merged at load)."""
+        from mwork.models.loading import load_model, parse_device_map
+
+        self.check_model_options()
+        return load_model(self.model, dtype=self.dtype, device=self.device, delta=self.delta,
+                          device_map=parse_device_map(self.device_map))
+
+    def check_given_model(self, model: Any, tokenizer: Any) -> None:
+        """A model passed in instead of loaded: it comes with its tokenizer, and without a delta
+        to merge (that happens at load)."""
+        if self.delta:
+            raise ValueError("a delta is merged when the model is loaded: pass no model, or one with the delta merged")
+        if tokenizer is None:
+            raise ValueError("give the tokenizer with the model (or neither, to load the config's model)")
 
     def check_set(self) -> None:
         """The set's rules that need no model (``require_neurons``: a set with no neuron in the

@@ -1,19 +1,20 @@
 """``DeactivationConfig``: the settings of one deactivation grid, at once the Python arguments of
 ``run_deactivation``, the options of ``mwork experiment deactivation`` and the recorded
-metadata (``mwork.config``). Bad values are refused here, before a model is loaded."""
+metadata (``mwork.config``). Bad values are refused here, before a model is loaded;
+``DeactivationConfig(...).run()`` is the grid, written under ``out`` as its cells finish."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 from mwork.config import option
 from mwork.experiments.deactivation.plan import check_languages
 from mwork.files import parse_names
+from mwork.jobs import Job, ModelOptions, OutputOptions, WrittenResult
 from mwork.lens.regions import check_region_options
-from mwork.models.loading import DEFAULT_MODEL, parse_device_map
-from mwork.models.loading import DEVICE_MAP_HELP
+from mwork.models.loading import parse_device_map
 
 
 def _langs(text: str) -> tuple[str, ...]:
@@ -22,10 +23,12 @@ def _langs(text: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DeactivationConfig:
+class DeactivationConfig(ModelOptions, OutputOptions, Job):
     """One grid: which model, sets, task and languages; the layer regions; the random seeds."""
 
-    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
+    command = "deactivation"
+    summary = "switch off language-specific vs random neurons by layer region"
+
     neurons: str = option(help="folder with <lang>.safetensors language-specific sets (mwork specific)",
                           required=True)
     task: str = option("ppl", "ppl, mgsm, xquad, xcsqa, xlsum, or lm-eval:TEMPLATE, any lm-evaluation-harness task "
@@ -45,9 +48,6 @@ class DeactivationConfig:
     source: str | None = option(None, "task data: local file/folder or 'hub'")
     max_length: int = option(256, "ppl: tokens per window")
     batch_size: int = option(8, "texts or prompts per batch")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
-    device_map: str | None = option(None, DEVICE_MAP_HELP, record=False)
     matrix: bool = option(False, "also evaluate every language with every language's neurons off (matrix.csv)")
     include_path: str | None = option(None, "lm-eval tasks: a folder of extra task YAMLs (e.g. from mwork eval "
                                       "--make-local-tasks)")
@@ -94,6 +94,24 @@ class DeactivationConfig:
             raise ValueError(f"--source is the data of --task mgsm, xquad, xcsqa or xlsum; --task {self.task} does "
                              "not read it" + (" (its texts come from --texts-dir)" if ppl else ""))
         parse_device_map(self.device_map)
+
+    def context(self) -> ContextManager[Any]:
+        """Under torchrun the ranks share the grid's cells (identical results)."""
+        from mwork import distributed
+
+        return distributed.group()
+
+    def compute(self, model: Any, tokenizer: Any) -> WrittenResult:
+        """The grid (``run_deactivation``); finished cells are kept under ``out`` and reused."""
+        import mwork.experiments.deactivation.schema as schema
+        from mwork.experiments.deactivation.runner import run_deactivation
+
+        data = run_deactivation(self, model=model, tokenizer=tokenizer)
+        folder = Path(self.out)
+        names = (schema.GRID.name, schema.TABLE_MD, schema.HEADLINE.name, schema.MATRIX.name, schema.RESULTS.name,
+                 schema.PLOT)
+        return WrittenResult(folder, {n: folder / n for n in names if (folder / n).exists()}, data,
+                             extra={"out": self.out})
 
     def evaluator(self, model: Any, tokenizer: Any) -> tuple[Any, dict[str, str] | None]:
         """The evaluation of every language (an ``mwork.tasks.runtime.Evaluator``; for

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import torch
 
 from mwork import distributed
 from mwork.experiments.deactivation.aggregate import grid_rows, headline_rows, matrix_rows, originals
-from mwork.experiments.deactivation.config import DeactivationConfig
 from mwork.experiments.deactivation.plan import Cell, CellKey, GridSpec, kinds_switched_off, layer_regions, plan_cells
 from mwork.experiments.deactivation.report import write_outputs
 from mwork.experiments.kernel import CellInputs, CellStore, execute
@@ -25,6 +24,9 @@ from mwork.files import child_path
 from mwork.intervene import deactivate
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
+
+if TYPE_CHECKING:
+    from mwork.experiments.deactivation.config import DeactivationConfig
 
 Evaluate = Callable[[str], Mapping[str, Any]]  # language -> {"score", "n", "metric", "higher_is_better"}
 

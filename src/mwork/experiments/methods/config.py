@@ -1,16 +1,18 @@
 """``MethodsConfig``: the settings of one head-to-head comparison of detection methods; at once
 the Python arguments of ``run_methods``, the options of ``mwork experiment methods`` and the
-recorded metadata (``mwork.config``). Bad values are refused here, before a model is loaded."""
+recorded metadata (``mwork.config``). Bad values are refused here, before a model is loaded;
+``MethodsConfig(...).run()`` is the comparison, written under ``out`` as its cells finish."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mwork.config import option
+from mwork.jobs import Job, ModelOptions, OutputOptions, RunOptions, WrittenResult
 from mwork.models.adapters import KINDS
-from mwork.models.loading import DEFAULT_MODEL
 
 INTERVENTIONS = ("zero", "mean")
 
@@ -48,16 +50,20 @@ def size_count(text: str, total: int) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MethodsConfig:
+class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
     """One comparison: the model, the methods, every language's detection and held-out texts,
     the set sizes, the random seeds and the interventions (module docstring of the runner)."""
 
-    model: str = option(DEFAULT_MODEL, "a Hugging Face id, a local model folder or a built-in alias")
+    command = "methods"
+    summary = "detection methods head to head (PLND, LAPE, activation AP) at equal set sizes"
+
     methods: tuple[str, ...] = option(("plnd", "lape", "ap"), "detection methods, comma-separated", parse=_list)
-    corpus: tuple[str, ...] = option(help="LANG=SPEC detection texts, once per language", cli=False,
-                                     default_factory=tuple)
-    heldout: tuple[str, ...] = option(help="LANG=SPEC held-out texts, once per language", cli=False,
-                                      default_factory=tuple)
+    corpus: tuple[str, ...] = option((), "detection texts of one language (repeat: one per language); SPEC: a file, "
+                                     "FILE[A:B], xquad:LANG[A:B] (default articles 0:24) ...", repeat=True,
+                                     required=True, metavar="LANG=SPEC")
+    heldout: tuple[str, ...] = option((), "held-out texts of one language, the same languages in the same order "
+                                      "(xquad default: articles 24:48)", repeat=True, required=True,
+                                      metavar="LANG=SPEC")
     sizes: tuple[str, ...] = option(("0.5%", "1%"), "set sizes: percentages of all the model's neurons (0.5%) or "
                                     "counts (500), comma-separated", parse=_list)
     seeds: tuple[int, ...] = option((0, 1), "random-baseline seeds")
@@ -78,8 +84,6 @@ class MethodsConfig:
     stability: bool = option(True, "also detect on the two halves of each corpus (even / odd documents)")
     cost_docs: int = option(8, "documents per language timed for cost.csv")
     cost_repeats: int = option(2, "timings per method for cost.csv (the fastest is kept)")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", record=False)
 
     def __post_init__(self) -> None:
         from mwork.neurons.methods import get_detection_method
@@ -128,6 +132,23 @@ class MethodsConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+    def compute(self, model: Any, tokenizer: Any) -> WrittenResult:
+        """The comparison (``run_methods``); finished cells and scores are kept under ``out``."""
+        import mwork.experiments.methods.schema as schema
+        from mwork.experiments.methods.runner import run_methods
+
+        data = run_methods(self, model=model, tokenizer=tokenizer, progress=self.progress)
+        folder = Path(self.out)
+        names = (schema.SELECTIVITY.name, schema.SUMMARY.name, schema.MATRIX.name, schema.STABILITY.name,
+                 schema.AGREEMENT.name, schema.COST.name, schema.REPORT_MD, schema.RESULTS.name,
+                 schema.SELECTIVITY_PLOT, schema.AGREEMENT_PLOT)
+        return WrittenResult(folder, {n: folder / n for n in names if (folder / n).exists()}, data,
+                             extra={"out": self.out})
+
+    def size_counts(self, total: int) -> dict[str, int]:
+        """Each of ``sizes`` as a number of neurons of a model with ``total`` (``size_count``)."""
+        return {s: size_count(s, total) for s in self.sizes}
 
     @property
     def langs(self) -> tuple[str, ...]:

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
 from mwork.config import digest, fingerprint
 from mwork.files import read_json, write_json
-from mwork.experiments.methods.config import MethodsConfig
 from mwork.fingerprints import texts_digest
 from mwork.neurons.methods import get_detection_method
 from mwork.neurons.methods.stats import StatsRequest, collect_statistics
+
+if TYPE_CHECKING:
+    from mwork.experiments.methods.config import MethodsConfig
 
 
 def _fastest(fn: Callable[[], Any], repeats: int) -> float:

@@ -21,15 +21,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
 from mwork.config import digest, fingerprint
 from mwork.files import read_safetensors, save_safetensors
-from mwork.experiments.methods.config import MethodsConfig
 from mwork.neurons.methods import LanguageScores, get_detection_method
 from mwork.neurons.methods.stats import CorpusStats, StatsRequest, collect_statistics
+
+if TYPE_CHECKING:
+    from mwork.experiments.methods.config import MethodsConfig
 
 PARTS = ("all", "even", "odd")
 NEURON_SITES = {"ffn": "ffn.in", "q": "q.out", "k": "k.out", "v": "v.out"}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -30,7 +30,6 @@ from mwork.config import digest, fingerprint
 from mwork.experiments.kernel import Cell, CellInputs, CellStore, execute
 from mwork.files import make_folder
 import mwork.experiments.methods.tables as tables  # the module, not the package (whose __init__ imports this)
-from mwork.experiments.methods.config import MethodsConfig, size_count
 from mwork.experiments.methods.cost import measure_costs
 from mwork.experiments.methods.detection import run_detection
 from mwork.experiments.methods.patch import MEAN_RULE, MeanPatch
@@ -42,6 +41,9 @@ from mwork.neurons.methods import get_detection_method
 from mwork.neurons.methods.run import read_corpora
 from mwork.neurons.neuronset import NeuronSet
 from mwork.texts import EVALUATION_ARTICLES, is_empty
+
+if TYPE_CHECKING:
+    from mwork.experiments.methods.config import MethodsConfig
 
 
 def _means_digest(means: Mapping[str, torch.Tensor] | None) -> str | None:
@@ -65,7 +67,7 @@ def _refuse_overlap(detection: Mapping[str, Sequence[str]], heldout: Mapping[str
 def _check_sizes(config: MethodsConfig, model: torch.nn.Module) -> dict[str, int]:
     adapter = get_adapter(model)
     total = adapter.total_neurons()
-    counts = {s: size_count(s, total) for s in config.sizes}
+    counts = config.size_counts(total)
     per_kind = adapter.neuron_counts()
     for m in config.methods:
         kinds = get_detection_method(m).kinds(config.method_config(m))

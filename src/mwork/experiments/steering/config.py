@@ -1,16 +1,19 @@
 """``SteerConfig``: every setting of a steering sweep (``mwork steer``), in one place.
 
 Its fields are the ``mwork steer`` options (generated with ``mwork.config``), the settings a
-resumed sweep must match and the settings recorded with the results.
+resumed sweep must match and the settings recorded with the results; ``SteerConfig(...).run()``
+is the sweep (``run_steer``), its files written under ``out`` as it goes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mwork.config import option
+from mwork.jobs import Job, ModelOptions, OutputOptions, RunOptions, WrittenResult
 from mwork.lens.regions import check_region_options
-from mwork.models.loading import DEFAULT_MODEL
 from mwork.steering import MODES, POSITIONS, parse_stat, strength_problem
 
 REGIONS = ("understanding", "task-solving", "generation", "all")
@@ -31,9 +34,13 @@ def _strengths(text: str) -> tuple[float, ...]:
     return values
 
 
-@dataclass(frozen=True)
-class SteerConfig:
+@dataclass(frozen=True, kw_only=True)
+class SteerConfig(ModelOptions, RunOptions, OutputOptions, Job):
     """The settings of one sweep (see ``mwork.experiments.steering.sweep``)."""
+
+    command = "steer"
+    summary = ("steer the output language with a language's neurons: a sweep of strengths against random neurons "
+               "and the unsteered model")
 
     neurons: str = option(help="the target language's NeuronSet (e.g. its language-specific set)", metavar="SET",
                           required=True)
@@ -43,7 +50,6 @@ class SteerConfig:
                           ".jsonl ({text, lang[, answers]})", metavar="PROMPTS", required=True)
     out: str = option(help="output folder (steer.csv, generations.jsonl, steer.png; resumable)", metavar="DIR",
                       required=True, record=False)
-    model: str = option(DEFAULT_MODEL, "built-in alias, local folder or hub id")
     mode: str = option("set", "set: x <- (1-a) x + a s; add: x <- x + a s; scale: x <- a x (a: strength, s: the "
                        "target language's statistic of the neuron)", choices=MODES)
     strengths: tuple[float, ...] = option((0.0, 1.0, 2.0), "strengths a, comma-separated", parse=_strengths,
@@ -70,9 +76,6 @@ class SteerConfig:
     limit: int | None = option(None, "use the first N prompts", metavar="N")
     max_new_tokens: int = option(24, "tokens generated per prompt")
     batch_size: int = option(8, "prompts per generation batch")
-    dtype: str | None = option(None, "float32 (default), bfloat16, float16, float64")
-    device: str | None = option(None, "cpu or cuda (default: cuda if available)", record=False)
-    progress: bool = option(True, "progress bars", record=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
@@ -126,3 +129,17 @@ class SteerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.target:
             raise ValueError("give the target language (--target LANG)")
+
+    def run(self, model: Any = None, tokenizer: Any = None) -> WrittenResult:
+        """The sweep (``run_steer``: the prompts and sets are read before the model is loaded);
+        its files are under ``out``, a rerun computes only what is missing."""
+        import mwork.experiments.steering.schema as schema
+        from mwork.experiments.steering.runner import run_steer
+
+        self.check()
+        data = run_steer(self, model=model, tokenizer=tokenizer)
+        folder = Path(self.out)
+        names = (schema.STEER.name, schema.UNSTEERED.name, schema.GENERATIONS.name, schema.GENERATIONS_MD,
+                 schema.SUMMARY.name, schema.PLOT)
+        return WrittenResult(folder, {n: folder / n for n in names if (folder / n).exists()}, data,
+                             extra={"out": self.out})

@@ -1,20 +1,22 @@
-"""``run_steer(SteerConfig(...))``: the sweep from settings, as ``mwork steer`` runs it -- load the
-model, the sets, the prompts and (when needed) the corpus, resolve the layer region, check
-everything, then ``run_steer_sweep``."""
+"""``run_steer(SteerConfig(...))``: the sweep from settings, as ``mwork steer`` (``SteerConfig.run``)
+runs it -- load the model, the sets, the prompts and (when needed) the corpus, resolve the layer
+region, check everything, then ``run_steer_sweep``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mwork.experiments.steering.config import SteerConfig
 from mwork.experiments.steering.prompts import load_prompts
 from mwork.experiments.steering.sweep import SteerSets, _region_layers, run_steer_sweep, say
 from mwork.intervene import parse_kinds
 from mwork.neurons.neuronset import NeuronSet
 from mwork.steering import NEEDS_STATISTIC
 from mwork.texts import fingerprint_texts, is_empty, read_texts
+
+if TYPE_CHECKING:
+    from mwork.experiments.steering.config import SteerConfig
 
 
 def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
@@ -44,8 +46,6 @@ def _corpus(config: SteerConfig, ns: NeuronSet) -> tuple[list[str] | None, Any]:
 
 def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None) -> dict[str, Any]:
     """The sweep ``config`` describes (``mwork steer``); writes its files under ``config.out``."""
-    from mwork.models.loading import load_model
-
     prompts, notes = load_prompts(config.prompts, config.target, source=config.source, template=config.template,
                                   limit=config.limit)
     parse_kinds(config.kinds)  # a bad --kinds fails before anything is loaded
@@ -53,7 +53,7 @@ def run_steer(config: SteerConfig, *, model: torch.nn.Module | None = None, toke
     off = NeuronSet.load(config.off) if config.off else None
     corpus, corpus_info = _corpus(config, ns) if config.mode in NEEDS_STATISTIC else (None, None)
     if model is None:
-        model, tokenizer = load_model(config.model, dtype=config.dtype, device=config.device)
+        model, tokenizer = config.load()
     elif tokenizer is None:
         raise ValueError("pass the model's tokenizer with the model")
     ns.check_compatible(model)

@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -37,7 +37,6 @@ from mwork.experiments.kernel import Cell, CellInputs, CellKey, CellStore, execu
 from mwork.files import make_folder
 from mwork.experiments.steering.generation import continuation_nll, generate_measured
 from mwork.experiments.steering.metrics import aggregate, is_nonfinite, item_metrics
-from mwork.experiments.steering.config import SteerConfig
 from mwork.experiments.steering.prompts import SteerPrompt, prompts_record, source_language
 from mwork.experiments.steering.vocab import vocab_languages
 from mwork.fingerprints import model_digest, neurons_digest
@@ -47,6 +46,9 @@ from mwork.numerics import NONFINITE
 from mwork.neurons.statistics import add_statistics, statistics_digest
 from mwork.sentence_langid import default_identifier
 from mwork.steering import NEEDS_STATISTIC, is_identity, steer, steered_and_off
+
+if TYPE_CHECKING:
+    from mwork.experiments.steering.config import SteerConfig
 
 SPECIFIC, RANDOM, UNSTEERED = "specific", "random", "unsteered"
 

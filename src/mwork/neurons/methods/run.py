@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from mwork.files import child_path
+from mwork.neurons.detect_config import DetectOptions
 from mwork.neurons.methods.base import LanguageScores, check_languages
 from mwork.neurons.methods.registry import get_detection_method
 from mwork.neurons.neuronset import NeuronSet
@@ -30,13 +31,19 @@ def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str
 
 
 def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
-                     config: Any = None, *, out_dir: str | Path | None = None, progress: bool = True,
-                     model_id: str | None = None, corpus_options: Mapping[str, Any] | None = None,
+                     config: Any = None, *, out_dir: str | Path | None = None,
+                     corpus_options: Mapping[str, Any] | None = None, options: DetectOptions | None = None,
                      **overrides: Any) -> dict[str, NeuronSet]:
     """Each language's set by the method's own rule (LAPE: the authors' thresholds; AP: top and
     bottom N; PLND: the language-specific sets). With ``out_dir``, each is saved as
     ``<out_dir>/<lang>.safetensors`` (+ ``.json``); its metadata records ``method``, the rule,
-    the settings, the model and every language's corpus."""
+    the settings, the model (``options.model_id``, default the model's name) and every
+    language's corpus (``corpus_options``: how :func:`read_corpora` reads them, e.g.
+    ``{"max_docs": 100}``). ``options``: ``progress`` and ``model_id`` of :class:`DetectOptions`
+    (also as keywords); ``config`` / the other keywords: the method's settings."""
+    options, overrides = DetectOptions.split(options, overrides, allowed=("progress", "model_id"),
+                                             where="detect_languages")
+    progress, model_id = options.progress, options.model_id
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mwork.corpus_pass import TOKEN_RULES, Request, corpus_pass
+from mwork.corpus_pass import PassOptions, TOKEN_RULES, Request, corpus_pass
 from mwork.models.adapters import get_adapter
 
 #: which neuron kind's channels each readable site holds
@@ -164,9 +164,9 @@ def collect_statistics(
     width = adapter.neuron_counts()
     L = adapter.num_layers
     layer_list = None if layers is None else sorted(set(layers))
-    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list), tokens="windows",
-                      max_length=max_length, truncate=truncate, batch_size=batch_size, parts=parts,
-                      progress=progress, desc="statistics {lang}")
+    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list),
+                      PassOptions("windows", max_length, truncate, batch_size, parts), progress=progress,
+                      desc="statistics {lang}")
 
     def gather(key: str, site: str, lang: str, rows: int, dtype: torch.dtype, attr: str) -> torch.Tensor:
         t = torch.zeros(rows, L, width[SITE_KIND[site]], dtype=dtype)
