@@ -81,9 +81,9 @@ def test_the_first_estimate_comes_from_this_machines_measured_forward_time(share
 
 # ---- settings checked before any stage; stages keyed by content --------------------------------
 
-TINY = dict(model="tiny-random-llama", lens_langs=("zh", "fr"), lens_prompts=1, lens_new_tokens=1,
-            langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3, detect_max_length=32, eval_texts=2,
-            eval_max_length=32, enhance_docs=2, enhance_steps=1)
+TINY = dict(model="tiny-random-llama", lens={"langs": ("zh", "fr"), "max_prompts": 1, "max_new_tokens": 1},
+            langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3, detect={"max_length": 32}, eval_texts=2,
+            eval_max_length=32, enhance_docs=2, enhance={"max_steps": 1, "max_length": 32})
 
 
 def test_demo_settings_are_checked_before_any_stage(tmp_path, capsys):
@@ -102,17 +102,17 @@ def test_demo_settings_are_checked_before_any_stage(tmp_path, capsys):
     from mwork.demo import DemoSettings
 
     with pytest.raises(ValueError) as info:
-        DemoSettings.quick(lens_langs=("en", "xx"), deact_langs=("en", "es"), detect_docs=0, enhance_lang="en",
+        DemoSettings.quick(lens={"langs": ("en", "xx")}, deact_langs=("en", "es"), detect_docs=0, enhance_lang="en",
                            corpus_dir="c", xquad=True)
     for problem in ("no built-in lens prompts for xx", "deact_langs es are not among", "detect_docs must be",
                     "enhance_lang must be a non-English", "not both"):
         assert problem in str(info.value), problem
     with pytest.raises(ValueError, match="needs a non-English language"):
-        DemoSettings(lens_langs=("en",))
+        DemoSettings().with_(lens={"langs": ("en",)})
     with pytest.raises(ValueError, match="langs lists fr more than once"):
         DemoSettings(langs=("en", "fr", "fr"), deact_langs=None)
     with pytest.raises(ValueError, match="no word list for xx"):
-        DemoSettings(lens_latin_langs="en,xx")
+        DemoSettings().with_(lens={"latin_langs": "en,xx"})
 
     from mwork.demo import Demo
     from mwork.lens import LensConfig, WORDFREQ_LATIN_LANGUAGES
@@ -120,7 +120,7 @@ def test_demo_settings_are_checked_before_any_stage(tmp_path, capsys):
     assert Demo(tmp_path, DemoSettings.quick()).lens_config() == LensConfig(
         langs=("zh", "ru", "fr", "de", "es"), max_prompts=2, max_new_tokens=2, top_k=10,
         latin_langs=WORDFREQ_LATIN_LANGUAGES)
-    old = Demo(tmp_path, DemoSettings.quick(lens_latin_langs="en,fr,es,de,it,pt,nl")).lens_config()
+    old = Demo(tmp_path, DemoSettings.quick(lens={"latin_langs": "en,fr,es,de,it,pt,nl"})).lens_config()
     assert old.latin_langs == ("en", "fr", "es", "de", "it", "pt", "nl")
 
 
@@ -159,7 +159,7 @@ def test_demo_stages_rerun_when_what_they_read_changes(tmp_path, capsys):
     key = json.loads((out / "deactivation" / "stage.json").read_text())["key"]
     assert set(key) == {"settings", "model", "texts", "regions", "inputs"} and len(key["model"]["digest"]) == 64
     # other lens settings: the lens reruns; the neurons (which do not read it) stay cached
-    run_demo(out, quick=True, **{**TINY, "lens_prompts": 2})
+    run_demo(out, quick=True, **{**TINY, "lens": {**TINY["lens"], "max_prompts": 2}})
     printed = capsys.readouterr().out
     assert "[demo 1/4] lens: running again: changed since the cached run: prompts, settings.max_prompts" in printed
     assert "[demo 2/4] neurons: cached" in printed

@@ -29,10 +29,10 @@ rf = _load_script()
 def demo_dir(tmp_path_factory) -> Path:
     """A finished demo folder on a tiny model, at the smallest sizes (seconds, not minutes)."""
     out = tmp_path_factory.mktemp("demo")
-    run_demo(out, quick=True, model="tiny-random-llama", lens_langs=("zh", "fr"), lens_prompts=1,
-             lens_new_tokens=1, langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3,
-             detect_max_length=32, eval_texts=2, eval_max_length=32, enhance_docs=2, enhance_steps=1,
-             enhance_baselines=("random",))
+    run_demo(out, quick=True, model="tiny-random-llama", lens={"langs": ("zh", "fr"), "max_prompts": 1,
+             "max_new_tokens": 1}, langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3,
+             detect={"max_length": 32}, eval_texts=2, eval_max_length=32, enhance_docs=2,
+             enhance={"max_steps": 1, "max_length": 32}, enhance_baselines=("random",))
     return out
 
 

@@ -91,9 +91,10 @@ def test_units():
 
 
 # ---- a tiny demo's page ------------------------------------------------------------------------
-TINY = dict(model="tiny-random-llama", lens_langs=("zh", "fr"), lens_prompts=2, lens_new_tokens=2,
-            langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3, detect_max_length=32, eval_texts=2,
-            eval_max_length=32, enhance_docs=2, enhance_steps=1, enhance_baselines=("random",))
+TINY = dict(model="tiny-random-llama", lens={"langs": ("zh", "fr"), "max_prompts": 2, "max_new_tokens": 2},
+            langs=("en", "zh", "fr"), deact_langs=("en", "zh"), detect_docs=3, detect={"max_length": 32}, eval_texts=2,
+            eval_max_length=32, enhance_docs=2, enhance={"max_steps": 1, "max_length": 32},
+            enhance_baselines=("random",))
 
 
 @pytest.fixture(scope="module")

@@ -50,16 +50,19 @@ PROBE_SHAPE = (2, 64)  # the probe's batch: documents x tokens
 
 def _work_units(s: DemoSettings) -> dict[str, float]:
     """A rough cost of each stage in token-forward passes, from the settings alone."""
-    attention = 1 + 2.5 * any(k in s.detect_kinds for k in ("q", "k"))  # exact Q/K costs ~3.5x FFN+V
+    from mwork.experiments.training import TrainingPlan
+
+    attention = 1 + 2.5 * any(k in s.detect.kinds for k in ("q", "k"))  # exact Q/K costs ~3.5x FFN+V
     n_deact = len(s.deact_langs or s.langs)
     evals = n_deact * (1 + len(s.seeds)) + (n_deact - 1) * 5 * (1 + len(s.seeds)) * 2  # headline + region grid
-    batch = 2 if s.enhance_docs < 16 else 4
+    train, steps = s.enhance, TrainingPlan.of(s.enhance_docs, s.enhance).total_steps
     methods = 1 + len(s.enhance_baselines)
+    prompts = s.lens.max_prompts or 24  # a built-in set has 24
     return {
-        "lens": len(s.lens_langs) * s.lens_prompts * (s.lens_new_tokens + 1),
-        "neurons": len(s.langs) * s.detect_docs * s.detect_max_length * attention,
+        "lens": len(s.lens_langs) * prompts * (s.lens.max_new_tokens + 1),
+        "neurons": len(s.langs) * s.detect_docs * s.detect.max_length * attention,
         "deactivation": evals * s.eval_texts * s.eval_max_length,
-        "enhance": methods * s.enhance_steps * batch * s.eval_max_length * 3
+        "enhance": methods * steps * train.batch_size * train.grad_accum * train.max_length * 3
                    + (methods + 1) * 2 * s.eval_texts * s.eval_max_length,
     }
 
@@ -210,12 +213,7 @@ class Demo:
         return {rel: file_digest(self.out / rel) for rel in relative}
 
     def lens_config(self):
-        from mwork.lens.config import LensConfig
-
-        s = self.settings
-        latin = {} if s.lens_latin_langs is None else {"latin_langs": s.lens_latin_langs}
-        return LensConfig(langs=s.lens_langs, max_prompts=s.lens_prompts, max_new_tokens=s.lens_new_tokens, top_k=10,
-                          **latin)
+        return self.settings.lens
 
     def lens_key(self) -> dict[str, Any]:
         from mwork.config import fingerprint
@@ -227,11 +225,7 @@ class Demo:
         return self._key(fingerprint(config), prompts=prompts)
 
     def detect_config(self, lang: str):
-        from mwork.neurons.detect_config import DetectConfig
-
-        s = self.settings
-        return DetectConfig(language=lang, kinds=tuple(s.detect_kinds), top_fraction=s.detect_top_fraction,
-                            min_doc_fraction=s.detect_min_doc_fraction, max_length=s.detect_max_length)
+        return replace(self.settings.detect, language=lang)
 
     def neurons_key(self) -> dict[str, Any]:
         from mwork.config import fingerprint
@@ -265,8 +259,11 @@ class Demo:
     def enhance_key(self) -> dict[str, Any]:
         s = self.settings
         lang, _ = s.enhance_language()
-        settings = {"lang": lang, "docs": s.enhance_docs, "steps": s.enhance_steps, "lr": s.enhance_lr,
+        settings = {"lang": lang, "docs": s.enhance_docs, "steps": s.enhance.max_steps, "lr": s.enhance.lr,
                     "baselines": s.enhance_baselines, "eval_texts": s.eval_texts, "eval_max_length": s.eval_max_length}
+        training = _training_beyond_the_old_key(s)
+        if training:
+            settings["training"] = training
         texts = {"train": self._texts_digest(lang, "detect", s.enhance_docs),
                  **{f"eval.{x}": self._texts_digest(x, "heldout", s.eval_texts) for x in dict.fromkeys((lang, ENGLISH))}}
         return self._key(settings, texts=texts, inputs=self._files_digest(f"neurons/specific/{lang}.safetensors"))
@@ -318,13 +315,10 @@ class Demo:
 
         s = self.settings
         lang, _ = s.enhance_language()
-        batch = 2 if s.enhance_docs < 16 else 4
         texts = self.texts(lang, "detect")[: s.enhance_docs]
         evals = {lang: self.texts(lang, "heldout")[: s.eval_texts], "en": self.texts("en", "heldout")[: s.eval_texts]}
         compare(s.model, self.out / "neurons" / "specific" / f"{lang}.safetensors", texts, evals, folder,
-                methods=("neurons", *s.enhance_baselines), max_steps=s.enhance_steps, lr=s.enhance_lr,
-                batch_size=batch, grad_accum=1, warmup_ratio=0.0, max_length=s.eval_max_length,
-                eval_max_length=s.eval_max_length)
+                settings=s.enhance, methods=("neurons", *s.enhance_baselines), eval_max_length=s.eval_max_length)
 
     # ---- all ----------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -343,7 +337,7 @@ class Demo:
         run = {
             "title": f"mwork demo on {s.model}",
             "command": " ".join(["mwork", *sys.argv[1:]]) if sys.argv and "mwork" in sys.argv[0] else f"mwork demo --out {self.out}",
-            "settings": asdict(s),
+            "settings": s.record(),
             "notes": notes,
             "stages": [asdict(st) for st in self.stages],
             "total_seconds": sum(st.seconds for st in self.stages),
@@ -363,6 +357,19 @@ class Demo:
         return page
 
 
+def _training_beyond_the_old_key(s: DemoSettings) -> dict[str, Any]:
+    """The enhance stage's training settings that differ from what the demo trained with before
+    they were a config (steps and lr given; batch 2 below 16 documents, else 4; length
+    eval_max_length; no accumulation or warm-up), which its key did not record: so the caches of
+    those runs stay valid and any other setting reruns the stage."""
+    from mwork.config import fingerprint
+    from mwork.experiments.training import EnhanceSettings
+
+    old = fingerprint(EnhanceSettings(lr=s.enhance.lr, max_steps=s.enhance.max_steps, grad_accum=1, warmup_ratio=0.0,
+                                      batch_size=2 if s.enhance_docs < 16 else 4, max_length=s.eval_max_length))
+    return {k: v for k, v in fingerprint(s.enhance).items() if v != old[k]}
+
+
 def _minutes(seconds: float) -> str:
     return f"about {max(1, round(seconds / 60))} min" if seconds >= 45 else "under a minute"
 
@@ -377,7 +384,8 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def run_demo(out: str | Path = "mwork-demo", quick: bool = False, **overrides: Any) -> Path:
-    """Run (or resume) the demo into ``out``; returns the path of ``index.html``."""
-    settings = DemoSettings.quick(**overrides) if quick else replace(DemoSettings(), **overrides)
+def run_demo(out: str | Path = "mwork-demo", quick: bool = False, **changes: Any) -> Path:
+    """Run (or resume) the demo into ``out``; returns the path of ``index.html``. ``changes``:
+    as for :meth:`DemoSettings.with_` (of the quick or the default settings)."""
+    settings = DemoSettings.quick(**changes) if quick else DemoSettings().with_(**changes)
     return Demo(Path(out), settings).run()

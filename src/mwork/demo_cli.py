@@ -20,7 +20,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides["langs"] = XQUAD_LANGS
         overrides["deact_langs"] = tuple(x for x in defaults.deactivation_langs if x in XQUAD_LANGS)
     if args.latin_langs:
-        overrides["lens_latin_langs"] = parse_names(args.latin_langs, flag="--latin-langs")
+        overrides["lens"] = {"latin_langs": parse_names(args.latin_langs, flag="--latin-langs")}
     if args.langs:
         overrides["langs"] = parse_names(args.langs, flag="--langs")  # each names files: checked before any work
         overrides["deact_langs"] = None  # --langs names the deactivation languages too
