@@ -15,7 +15,7 @@ from mwork.capturing import capture
 from mwork.cli import main as cli_main
 from mwork.experiments.methods import MeanPatch, MethodsConfig, run_methods, size_count
 from mwork.neurons.methods import language_scores
-from mwork.neurons.methods.stats import StatsRequest, collect_statistics
+from mwork.neurons.methods.stats import PassOptions, StatsRequest, collect_statistics
 from mwork.tasks.perplexity import perplexity
 
 DETECT = {
@@ -123,8 +123,8 @@ def test_numbers_equal_a_direct_computation(finished, llama):
                                           progress=False)["ppl"] / original[lang])
         assert float(sel["mean", "ap", lang]["own"]) == pytest.approx(patched, abs=2e-6)
     # the means: over the languages, of each language's mean over its text tokens at ffn.in
-    stats = collect_statistics(model, tok, texts, StatsRequest(site_means=("ffn.in",)), max_length=16, batch_size=4,
-                               progress=False)
+    stats = collect_statistics(model, tok, texts, StatsRequest(site_means=("ffn.in",)),
+                               PassOptions(max_length=16, batch_size=4), progress=False)
     want = torch.stack([stats.language_means("ffn.in")[lang] for lang in texts]).mean(0)
     assert torch.allclose(means["ffn"], want, atol=1e-6)
     # stability: the sets of the even and the odd documents

@@ -23,7 +23,7 @@ from mwork.neurons.methods import (
 from mwork.neurons.methods.ap import average_precision, two_sided_scores
 from mwork.neurons.methods.lape import LapeConfig, lape_statistics
 from mwork.neurons.methods.plnd import PlndCounts
-from mwork.neurons.methods.stats import CorpusStats, StatsRequest, collect_statistics
+from mwork.neurons.methods.stats import CorpusStats, PassOptions, StatsRequest, collect_statistics
 from mwork.neurons.neuronset import NeuronSet
 from mwork.neurons.specific import language_specific
 from mwork.neurons.windows import Windowing
@@ -91,7 +91,7 @@ def test_statistics_equal_a_count_by_hand(fixture, request):
     sites = ("ffn.act", "q.out", "v.out")
     stats = collect_statistics(model, tok, {"en": docs}, StatsRequest(positive=("ffn.act",), doc_means=sites,
                                                                        site_means=("q.out",)),
-                               max_length=6, batch_size=3, parts=2, progress=False)
+                               PassOptions(max_length=6, batch_size=3, parts=2), progress=False)
     positive, sums, tokens = by_hand(model, tok, docs, sites, max_length=6)
     assert stats.empty["en"] == [2] and stats.doc_index["en"].tolist() == [0, 1, 3, 4]
     assert stats.doc_tokens["en"].tolist() == [tokens[i] for i in (0, 1, 3, 4)]
@@ -114,8 +114,8 @@ def test_statistics_equal_a_count_by_hand(fixture, request):
 def test_statistics_do_not_depend_on_the_batch_size(llama64):
     model, tok = llama64
     request = StatsRequest(positive=("ffn.act",), doc_means=("ffn.up.out",))
-    a = collect_statistics(model, tok, CORPORA, request, max_length=8, batch_size=1, progress=False)
-    b = collect_statistics(model, tok, CORPORA, request, max_length=8, batch_size=5, progress=False)
+    a = collect_statistics(model, tok, CORPORA, request, PassOptions(max_length=8, batch_size=1), progress=False)
+    b = collect_statistics(model, tok, CORPORA, request, PassOptions(max_length=8, batch_size=5), progress=False)
     for lang in CORPORA:
         assert torch.equal(a.positive[lang]["ffn.act"], b.positive[lang]["ffn.act"])
         # float64, up to the rotary tables, which transformers computes in float32 for the batch's length
@@ -182,7 +182,8 @@ def test_lape_scores_and_native_sets(llama64):
     config = LapeConfig(top_rate=0.05, max_length=8)
     scores = language_scores(model, tok, CORPORA, "lape", config, progress=False)
     sets = detect_languages(model, tok, CORPORA, "lape", config, progress=False)
-    stats = collect_statistics(model, tok, CORPORA, StatsRequest(positive=("ffn.act",)), max_length=8, progress=False)
+    stats = collect_statistics(model, tok, CORPORA, StatsRequest(positive=("ffn.act",)), PassOptions(max_length=8),
+                               progress=False)
     probs = torch.stack([stats.positive[lang]["ffn.act"][0].double() / stats.n_tokens(lang) for lang in CORPORA], -1)
     _, bar, kept, members = lape_by_hand(probs, 0.05, 0.95, 0.95)
     assert scores.kinds == ["ffn"]

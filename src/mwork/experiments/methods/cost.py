@@ -21,7 +21,7 @@ from mwork.config import digest, fingerprint
 from mwork.files import read_json, write_json
 from mwork.fingerprints import texts_digest
 from mwork.neurons.methods import get_detection_method
-from mwork.neurons.methods.stats import StatsRequest, collect_statistics
+from mwork.neurons.methods.stats import PassOptions, StatsRequest, collect_statistics
 
 if TYPE_CHECKING:
     from mwork.experiments.methods.config import MethodsConfig
@@ -51,8 +51,9 @@ def measure_costs(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
             return cached["rows"]
 
     def stats(request: StatsRequest) -> Any:
-        return collect_statistics(model, tokenizer, docs, request, max_length=config.max_length,
-                                  truncate=config.truncate, batch_size=config.batch_size, progress=False)
+        return collect_statistics(model, tokenizer, docs, request,
+                                  PassOptions("windows", config.max_length, config.truncate, config.batch_size),
+                                  progress=False)
 
     tokens = sum(int(t.sum()) for t in stats(StatsRequest()).tokens.values())
     forward = _fastest(lambda: stats(StatsRequest()), config.cost_repeats)

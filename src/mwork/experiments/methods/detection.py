@@ -28,7 +28,7 @@ import torch
 from mwork.config import digest, fingerprint
 from mwork.files import read_safetensors, save_safetensors
 from mwork.neurons.methods import LanguageScores, get_detection_method
-from mwork.neurons.methods.stats import CorpusStats, StatsRequest, collect_statistics
+from mwork.neurons.methods.stats import CorpusStats, PassOptions, StatsRequest, collect_statistics
 
 if TYPE_CHECKING:
     from mwork.experiments.methods.config import MethodsConfig
@@ -112,9 +112,9 @@ def run_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
         if want_means and result.means is None:
             request = request.merge(StatsRequest(site_means=tuple(NEURON_SITES.values())))
         start = time.perf_counter()
-        stats = collect_statistics(model, tokenizer, texts, request, max_length=config.max_length,
-                                   truncate=config.truncate, batch_size=config.batch_size,
-                                   parts=2 if config.stability else 1, progress=progress)
+        stats = collect_statistics(model, tokenizer, texts, request,
+                                   PassOptions("windows", config.max_length, config.truncate, config.batch_size,
+                                               parts=2 if config.stability else 1), progress=progress)
         result.seconds["statistics pass"] = time.perf_counter() - start
         for m, p in todo_stats:
             part = stats.part(None if p == "all" else PARTS.index(p) - 1)

@@ -166,10 +166,11 @@ class DetectionMethod:
                progress: bool = True) -> LanguageScores:
         """Scores of every neuron for every language of ``corpora`` (``{lang: documents}``)."""
         if self.statistics:
-            from mwork.neurons.methods.stats import collect_statistics
+            from mwork.neurons.methods.stats import PassOptions, collect_statistics
 
-            stats = collect_statistics(model, tokenizer, corpora, self.request(config), max_length=config.max_length,
-                                       truncate=config.truncate, batch_size=config.batch_size, progress=progress)
+            stats = collect_statistics(model, tokenizer, corpora, self.request(config),
+                                       PassOptions("windows", config.max_length, config.truncate, config.batch_size),
+                                       progress=progress)
             return self.from_stats(stats, config)
         raise NotImplementedError(f"method {self.name!r} does not implement scores()")
 

@@ -145,27 +145,28 @@ def collect_statistics(
     tokenizer: Any,
     corpora: Mapping[str, Sequence[str]],
     request: StatsRequest,
+    options: PassOptions = PassOptions(),
     *,
-    max_length: int = 512,
-    truncate: bool = False,
-    batch_size: int = 8,
-    parts: int = 1,
     progress: bool = True,
     layers: Sequence[int] | None = None,
 ) -> CorpusStats:
     """The statistics ``request`` asks for over ``corpora`` (``{lang: documents}``), in one
-    forward pass per batch (module docstring). An empty request runs the plain forward passes
-    (the baseline of the cost measurement)."""
+    forward pass per batch (module docstring), with the windows and batching of ``options``
+    (``parts``: per-part counts, e.g. even and odd documents). An empty request runs the plain
+    forward passes (the baseline of the cost measurement)."""
+    parts = options.parts
+    if options.tokens != "windows":
+        raise ValueError(f"the detection statistics count every token of every window (tokens='windows'), not "
+                         f"{options.tokens!r}")
     if parts < 1:
         raise ValueError(f"parts must be at least 1, got {parts}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if options.batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {options.batch_size}")
     adapter = get_adapter(model)
     width = adapter.neuron_counts()
     L = adapter.num_layers
     layer_list = None if layers is None else sorted(set(layers))
-    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list),
-                      PassOptions("windows", max_length, truncate, batch_size, parts), progress=progress,
+    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list), options, progress=progress,
                       desc="statistics {lang}")
 
     def gather(key: str, site: str, lang: str, rows: int, dtype: torch.dtype, attr: str) -> torch.Tensor:
@@ -186,6 +187,7 @@ def collect_statistics(
          for lang in langs},
         run.doc_tokens, {lang: torch.tensor(run.corpora[lang].measured, dtype=torch.int64) for lang in langs},
         run.empty,
-        {"token_rule": TOKEN_RULE, "max_length": max_length, "truncate": truncate, "batch_size": batch_size,
+        {"token_rule": TOKEN_RULE, "max_length": options.max_length, "truncate": options.truncate,
+         "batch_size": options.batch_size,
          "window_rule": run.info["window_rule"], "special_tokens": run.info["special_tokens"]},
         {r.key: run.statistics[r.key] for r in request.statistics})
