@@ -186,7 +186,7 @@ def add_job_command(sub: argparse._SubParsersAction, config: type, *, descriptio
                 return 0
             status = report(result, files) if report is not None else None
             if report is None and files:
-                print("wrote " + ", ".join(str(f) for f in files.values()))
+                print(run_files(files))
         return int(status or 0)
 
     p.set_defaults(func=main, output_kinds={"out": output_kind})
