@@ -236,3 +236,14 @@ def test_run_lens_with_patchscope_matches_logit_lens_at_the_last_layer(shared_ti
     pa, pb = a.result.prompts[0], b.result.prompts[0]
     assert torch.equal(pa.topk_ids[-1], pb.topk_ids[-1])
     assert b.result.settings["lens"]["lens"] == "patchscope"
+
+
+def test_a_missing_tuned_lens_is_refused_before_the_model_loads(tmp_path, capsys):
+    missing = str(tmp_path / "no-lens")
+    for args in (["latent", "--lens", "tuned"], ["lens", "--lens", "tuned", "--langs", "fr"]):
+        # a model that cannot load: the tuned lens must be refused first
+        assert cli_main([*args, "--model", str(tmp_path / "no-model"), "--tuned-lens", missing,
+                         "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert "no tuned lens at" in err and "no-model" not in err
+        assert not (tmp_path / "out").exists()

@@ -34,6 +34,7 @@ from mwork.latent.words import load_words
 from mwork.lens.job import LensModelOptions, TimedJob, check_at_least
 from mwork.lens.lenses import IDENTITY_PROMPT, LENSES
 from mwork.lens.make import make_lens
+from mwork.lens.tuned import TunedLens
 
 DEFAULT_TARGETS: tuple[str, ...] = ("zh", "de", "fr", "ru", "ja")
 
@@ -101,6 +102,8 @@ class LatentConfig(LensModelOptions, RunOptions, TimedJob):
         """A bad word list (or loading option) is refused before the model loads."""
         super().check()
         load_words(self.words)
+        if self.tuned_lens:
+            TunedLens.path(self.tuned_lens)
 
     def compute(self, model: Any, tokenizer: Any, load_seconds: float | None = None) -> LatentRun:
         """:func:`run_latent`; the result's ``write(out)`` writes the files."""

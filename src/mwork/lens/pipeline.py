@@ -38,6 +38,7 @@ from mwork.lens.logit_lens import LensResult, logit_lens
 from mwork.lens.prompts import Prompt, builtin_languages, builtin_prompts, read_prompts
 from mwork.lens.regions import RegionEstimate, estimate_regions
 from mwork.lens.shares import LayerShares, language_shares
+from mwork.lens.tuned import TunedLens
 
 DEFAULT_LANGS: tuple[str, ...] = ("zh", "ru", "fr", "de", "es")
 POSITIONS = ("all", "prompt", "generated")
@@ -115,6 +116,8 @@ class LensConfig(LensModelOptions, RunOptions, TimedJob):
         super().check()
         lens_prompts(self)
         make_identifier(self)
+        if self.tuned_lens:
+            TunedLens.path(self.tuned_lens)
 
     def compute(self, model: Any, tokenizer: Any, load_seconds: float | None = None) -> LensRun:
         """:func:`run_lens` on this config's prompts; the result's ``write(out)`` writes the lens

@@ -98,16 +98,23 @@ class TunedLens(Lens):
             write_text(files[KL_CSV], kl_csv(report["heldout_kl"]))
         return files
 
-    @classmethod
-    def load(cls, folder: str | Path, model) -> "TunedLens":
-        """Read a tuned lens written by ``mwork lens train`` (a folder, or its safetensors file)."""
-        from mwork.files import read_safetensors
-
+    @staticmethod
+    def path(folder: str | Path) -> Path:
+        """The weights file of the tuned lens at ``folder`` (a folder, or its safetensors file);
+        a missing one is refused here, so that a job can check it before the model loads."""
         path = Path(folder)
         if path.is_dir():
             path = path / WEIGHTS
         if not path.is_file():
             raise FileNotFoundError(f"no tuned lens at {str(folder)!r} (expected {WEIGHTS}; write one with `mwork lens train`)")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path, model) -> "TunedLens":
+        """Read a tuned lens written by ``mwork lens train`` (a folder, or its safetensors file)."""
+        from mwork.files import read_safetensors
+
+        path = cls.path(folder)
         tensors, metadata = read_safetensors(path, "tuned lens", "train it again with `mwork lens train`")
         try:
             meta = json.loads(metadata["mwork_tuned_lens"])
