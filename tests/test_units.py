@@ -274,3 +274,43 @@ def test_an_identity_dictionary_changes_nothing_and_ablation_keeps_the_error(sha
     torch.testing.assert_close(back.books[LAYER].W_dec, book.W_dec)
     with mwork.deactivate(model, back), torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def _add(group, alpha):
+    return UnitEdit(group, "affine", keep=1.0, shift=torch.full((1,), alpha))
+
+
+def test_rows_edit_only_their_rows_so_settings_share_a_batch(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    batch = _batch(tok)
+    dirs = _directions(model)
+    group, = dirs.groups(model)
+    v = dirs.write[0]
+    alphas = torch.tensor([2.5, -1.0])
+    want = _logits(model, batch, lambda x: x + alphas.to(x)[:, None, None] * v.to(x))
+    with Intervention(model, [_add(group, 2.5)], positions="all", rows=[0]), \
+            Intervention(model, [_add(group, -1.0)], positions="all", rows=[1]), torch.no_grad():
+        got = model(**batch).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(got[real], want[real])
+    with pytest.raises(ValueError, match="rows 0..1"), torch.no_grad(), \
+            Intervention(model, [_add(group, 1.0)], positions="all", rows=[2]):
+        model(**batch)
+    with pytest.raises(ValueError, match="need positions"):
+        Intervention(model, [_add(group, 1.0)], rows=[0])
+
+
+def test_rows_in_generate_equal_each_setting_alone(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    tok.padding_side = "left"
+    batch = tok(["The quick brown fox", "The quick brown fox"], return_tensors="pt", padding=True)
+    group, = _directions(model).groups(model)
+    kw = dict(max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        with Intervention(model, [_add(group, 3.0)], positions="generated"):
+            alone = model.generate(**batch, **kw)[0]
+        plain = model.generate(**batch, **kw)[1]
+        with Intervention(model, [_add(group, 3.0)], positions="generated", rows=[0]):
+            both = model.generate(**batch, **kw)
+    assert not torch.equal(alone, plain)  # the setting changes what is generated
+    assert torch.equal(both[0], alone) and torch.equal(both[1], plain)

@@ -15,6 +15,10 @@ weights would (deactivation, mean-patching). ``"all"``, ``"prompt"`` or ``"gener
 a call that repeats the previous sequence plus one token (``generate(use_cache=False)``) continue
 it, so the positions are the same with and without the KV cache; padding (``attention_mask ==
 0``) is never edited.
+
+**Rows.** ``rows``: only these rows of each batch are edited (the others run as without the
+edit), so that several settings share one batched ``generate``: each its own intervention on its
+own rows, entered together.
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ def check_layers(num_layers: int, layers: Iterable[int] | None) -> None:
 
 class PositionTracker:
     """Follows the model's forward calls and says which (row, token) positions of the current one
-    are steered (see the module docstring). ``selection(x)``: None (every position), False (none)
-    or a (batch, tokens) bool tensor."""
+    are steered (see the module docstring), in ``rows`` of the batch when given. ``selection(x)``:
+    None (every position), False (none) or a (batch, tokens) bool tensor."""
 
-    def __init__(self, positions: str):
+    def __init__(self, positions: str, rows: Iterable[int] | None = None):
         self.positions = positions
+        self.rows = None if rows is None else sorted({int(r) for r in rows})
+        if self.rows is not None and (not self.rows or self.rows[0] < 0):
+            raise ValueError(f"rows must be batch row numbers (0, 1, ...), at least one; got {rows!r}")
         self.reset()
 
     def reset(self) -> None:
@@ -109,6 +116,12 @@ class PositionTracker:
             if start < prompt:
                 keep = torch.arange(start, start + width, device=device) >= prompt
         select = None if keep is None else keep[None, :].expand(batch, width)
+        if self.rows is not None:
+            if self.rows[-1] >= batch:
+                raise ValueError(f"an edit for rows {self.rows} of a batch of {batch} rows: give rows 0..{batch - 1}")
+            chosen = torch.zeros(batch, dtype=torch.bool, device=device)
+            chosen[self.rows] = True
+            select = chosen[:, None].expand(batch, width) if select is None else select & chosen[:, None]
         if mask is not None:
             real = mask[:, start:start + width].to(device=device, dtype=torch.bool)
             if not bool(real.all()):
@@ -130,11 +143,6 @@ class PositionTracker:
             return select.reshape(-1).to(x.device)
         raise RuntimeError(f"mwork edit: a tensor of shape {tuple(x.shape)} does not match the current forward "
                            f"call's {tuple(select.shape)} tokens (was the decoder called outside model(...)?)")
-
-
-def _model_call_site(model: nn.Module) -> Site:
-    """The model's own forward call, read as ``(args, kwargs)``."""
-    return Site("model.call", None, model, "in", arg="input_ids", context=lambda args, kwargs: (args, kwargs))
 
 
 def model_call_site(model: nn.Module) -> Site:
@@ -189,17 +197,20 @@ class _Placed:
 class Intervention:
     """Context manager: inside it, ``edits`` apply to ``model`` (see the module docstring).
     ``positions``: None (every token, padding included) or one of :data:`POSITIONS`;
-    ``keep_norm``: rescale each edited value to its norm before the edit. Deactivation, steering
-    and mean-patching are subclasses that turn their settings into edits."""
+    ``keep_norm``: rescale each edited value to its norm before the edit; ``rows``: only these
+    batch rows (module docstring; needs ``positions``). Deactivation, steering and mean-patching
+    are subclasses that turn their settings into edits."""
 
     what = "intervention"
 
     def __init__(self, model: nn.Module, edits: Sequence[UnitEdit], *, positions: str | None = None,
-                 keep_norm: bool = False):
+                 keep_norm: bool = False, rows: Iterable[int] | None = None):
         if positions is not None and positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        if rows is not None and positions is None:
+            raise ValueError("rows need positions ('all', 'prompt' or 'generated'): the rows are read from the model's call")
         self.model, self.edits, self.positions = model, list(edits), positions
-        self.tracker = PositionTracker(positions) if positions is not None else None
+        self.tracker = PositionTracker(positions, rows) if positions is not None else None
         self.hooks = Hooks()
         if self.tracker is not None and self.edits:
             self.hooks.read(model_call_site(model), self.tracker)
