@@ -260,7 +260,7 @@ def test_ctrl_c_in_any_command(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mwork.neurons.convert, "convert_files", interrupted)
+    monkeypatch.setattr(mwork.neurons.convert, "export_files", interrupted)
     assert main(["convert", "--to", "lape", "--out", str(tmp_path / "x.pth"), str(tmp_path / "en.safetensors")]) == 130
     assert capsys.readouterr().err == f"mwork convert: {INTERRUPTED}\n"
 

@@ -19,7 +19,7 @@ from mwork.models.adapters import KINDS, attention_mask, get_adapter
 from mwork.models.tiny import TINY_ALIASES
 from mwork.neurons.brute_force import brute_force
 from mwork.neurons.importance import importance, qk_paths, spearman, top_overlap
-from mwork.neurons.qk_kernel import native_library, prob_change
+from mwork.neurons.qk_kernel import ChannelChange, GroupScores, native_library, prob_change
 
 # 43 and 25 tokens: longer than the tiny models' sliding window (8), different lengths
 TEXTS = [
@@ -158,7 +158,8 @@ def test_kernel_matches_brute_force(dtype, kind, cap, scale):
     backends = ["torch"] + (["native"] if native_library() is not None else [])
     for backend in backends:
         for redo in (False, True) if backend == "native" else (False,):
-            got = prob_change(kind, *args, cap=cap, backend=backend, force_redo=redo, chunk=4)
+            got = prob_change(GroupScores(*args[:6], cap=cap), ChannelChange(kind, *args[6:]), backend=backend,
+                              force_redo=redo, chunk=4)
             err = float(((got.double() - want).abs() / want.clamp(min=1e-300)).max())
             assert err < tol, f"{backend} redo={redo}: relative error {err:.1e}"
 

@@ -12,7 +12,7 @@ import torch
 import mwork
 from mwork.cli import main as cli_main
 from mwork.lens import (
-    LensResult, Prompt, PromptLens, TokenLabeler, builtin_languages, builtin_prompts, estimate_regions,
+    LensOptions, LensResult, Prompt, PromptLens, TokenLabeler, builtin_languages, builtin_prompts, estimate_regions,
     language_shares, logit_lens, read_prompts, read_shares, write_csv,
 )
 from mwork.lens.shares import CSV_HEADER
@@ -59,7 +59,8 @@ def test_lens_equals_manual_decoding(tiny64):
     at prompt and generated positions, with greedy generation in a padded batch."""
     name, model, tok = tiny64
     k = 5
-    res = logit_lens(model, tok, PROMPTS, top_k=k, max_new_tokens=4, batch_size=3, progress=False)
+    res = logit_lens(model, tok, PROMPTS, top_k=k, max_new_tokens=4, options=LensOptions(batch_size=3),
+                     progress=False)
     assert res.num_layers == mwork.get_adapter(model).num_layers
     for p in res.prompts:
         n_gen = len(p.generated_ids)
@@ -85,8 +86,8 @@ def test_lens_padding_independent(tiny64):
     for side in ("left", "right"):
         tok.padding_side = side
         try:
-            batched = logit_lens(model, tok, PROMPTS, top_k=3, max_new_tokens=3, batch_size=3,
-                                 progress=False).prompts
+            batched = logit_lens(model, tok, PROMPTS, top_k=3, max_new_tokens=3,
+                                 options=LensOptions(batch_size=3), progress=False).prompts
         finally:
             tok.padding_side = original
         for a, b in zip(alone, batched):
@@ -117,7 +118,7 @@ def test_eos_stops_and_special_positions_skipped(llama):
                           progress=False).prompts[0]
     assert with_bos.token_ids[0] == tok.bos_token_id and with_bos.positions[0] == 1
     kept = logit_lens(model, tok, [Prompt("<bos>Le renard", "fr")], top_k=2, max_new_tokens=0,
-                      include_special=True, progress=False).prompts[0]
+                      options=LensOptions(include_special=True), progress=False).prompts[0]
     assert kept.positions[0] == 0
     # segments
     assert first.segment_mask("prompt").sum() == first.n_prompt
@@ -133,7 +134,7 @@ def test_lens_bad_arguments(llama):
     with pytest.raises(ValueError, match="top_k"):
         logit_lens(model, tok, ["x"], top_k=10**6, progress=False)
     with pytest.raises(ValueError, match="template"):
-        logit_lens(model, tok, ["x"], template="no placeholder", progress=False)
+        logit_lens(model, tok, ["x"], options=LensOptions(template="no placeholder"), progress=False)
 
 
 def test_save_load_roundtrip(llama, tmp_path):

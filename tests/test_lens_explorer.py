@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mwork
-from mwork.lens import LensConfig, Prompt, ScriptWordfreqIdentifier, TokenLabeler, logit_lens, run_lens
+from mwork.lens import LensConfig, LensOptions, Prompt, ScriptWordfreqIdentifier, TokenLabeler, logit_lens, run_lens
 from mwork.lens.explorer import FORMAT, explorer_data, read_explorer, write_explorer
 
 PROMPTS = [Prompt("Le renard brun saute", "fr"), Prompt("Быстрая лиса", "ru"), Prompt("The fox", "en")]
@@ -25,7 +25,8 @@ def test_probabilities_are_the_softmax_of_each_layers_logits(llama64):
     hidden states, at prompt and generated positions."""
     model, tok = llama64
     adapter = mwork.get_adapter(model)
-    res = logit_lens(model, tok, PROMPTS, top_k=4, max_new_tokens=3, batch_size=2, progress=False)
+    res = logit_lens(model, tok, PROMPTS, top_k=4, max_new_tokens=3, options=LensOptions(batch_size=2),
+                     progress=False)
     for p in res.prompts:
         with torch.no_grad():
             out = model(torch.tensor([p.token_ids]), output_hidden_states=True)

@@ -93,17 +93,18 @@ def test_grid_on_an_lm_eval_task(setup, tmp_path, monkeypatch):
 
 
 def test_inputs_digest_follows_the_documents(setup, shared_tiny):
-    from mwork.experiments.deactivation.lm_eval_task import lm_eval_evaluator
+    from mwork.experiments.deactivation.lm_eval_task import LmEvalOptions, lm_eval_evaluator
 
     model, tok = shared_tiny("tiny-random-gpt2")
+    local = str(setup / "tasks")
     two, _ = lm_eval_evaluator(model, tok, "lm-eval:mwork_xquad_mc_{lang}", ["en", "zh"],
-                               include_path=str(setup / "tasks"), limit=2)
+                               LmEvalOptions(include_path=local, limit=2))
     three, _ = lm_eval_evaluator(model, tok, "lm-eval:mwork_xquad_mc_{lang}", ["en", "zh"],
-                                 include_path=str(setup / "tasks"), limit=3)
+                                 LmEvalOptions(include_path=local, limit=3))
     assert two.inputs_digest("en") != two.inputs_digest("zh")
     assert two.inputs_digest("en") != three.inputs_digest("en")
     again, _ = lm_eval_evaluator(model, tok, "lm-eval:mwork_xquad_mc_{lang}", ["en"],
-                                 include_path=str(setup / "tasks"), limit=2)
+                                 LmEvalOptions(include_path=local, limit=2))
     assert again.inputs_digest("en") == two.inputs_digest("en")
     with pytest.raises(ValueError, match="lm-eval knows no task"):
-        lm_eval_evaluator(model, tok, "lm-eval:no_such_{lang}", ["en"], include_path=str(setup / "tasks"))
+        lm_eval_evaluator(model, tok, "lm-eval:no_such_{lang}", ["en"], LmEvalOptions(include_path=local))

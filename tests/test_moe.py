@@ -37,7 +37,7 @@ from mwork.neurons.delta import NeuronDelta
 from mwork.neurons.importance import importance, qk_paths
 from mwork.neurons.neuronset import NeuronSet
 from mwork.neurons.router_stats import RouterStatsConfig, router_statistics, write_router_stats
-from mwork.lens.logit_lens import logit_lens
+from mwork.lens.logit_lens import LensOptions, logit_lens
 from tests.test_lens import PROMPTS, _manual_logits
 from tests.test_lens import test_lens_padding_independent  # noqa: F401  (run on the MoE models by the fixture below)
 
@@ -438,7 +438,8 @@ def test_lens_equals_manual_decoding(moe64):
     """The lens' logits of every layer == final norm + LM head (/ logits_scaling for GraniteMoE)
     of HF's hidden states, at prompt and generated positions (as tests/test_lens.py checks)."""
     name, model, tok = moe64
-    res = logit_lens(model, tok, PROMPTS, top_k=5, max_new_tokens=3, batch_size=3, progress=False)
+    res = logit_lens(model, tok, PROMPTS, top_k=5, max_new_tokens=3, options=LensOptions(batch_size=3),
+                     progress=False)
     scale = getattr(model.config, "logits_scaling", 1.0)
     for p in res.prompts:
         manual = _manual_logits(model, p.token_ids)

@@ -12,7 +12,7 @@ import mwork
 from mwork.hooks import active_hooks
 from mwork.models.adapters import KINDS, get_adapter
 from mwork.neurons.neuronset import NeuronSet
-from mwork.steering import is_identity, parse_stat, steer
+from mwork.steering import Steering, is_identity, parse_stat, steer
 
 MODES = ("set", "add", "scale")
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "Быстрая лиса",
@@ -272,7 +272,7 @@ def test_layers_and_kinds_restrict_the_steered_neurons(shared_tiny):
     model, tok = shared_tiny("tiny-random-llama", torch.float64)
     ns = steer_set(model, seed=8)
     enc = tok(PROMPTS[:1], return_tensors="pt")
-    st = steer(model, ns, "scale", 3.0, layers="1", kinds="v")
+    st = Steering(model, ns, "scale", 3.0, layers="1", kinds="v")
     assert st.count == ns.count("v", 1)
     only = ns.restrict([1], ["v"])
     only = NeuronSet(only.masks, only.meta, ns.extra)
@@ -306,13 +306,40 @@ def test_bad_arguments_are_clear_errors(shared_tiny):
     with pytest.raises(ValueError, match="corpus"):
         steer(model, bare, "set", 1.0)
     with pytest.raises(ValueError, match="median"):
-        steer(model, ns, "add", 1.0, stat="median")
+        steer(model, ns, "add:median", 1.0)
     steer(model, bare, "scale", 2.0)  # scale needs no statistic
     with pytest.raises(ValueError, match="out of range"):
         steer(model, ns, "scale", 2.0, layers="0-99")
     assert parse_stat("Q0.90") == "q0.9" and parse_stat("median") == "median"
     with pytest.raises(ValueError, match="quantile"):
         parse_stat("q1.5")
+
+
+def test_a_mode_names_its_statistic(shared_tiny):
+    """``mode="set:median"`` is ``Steering(mode="set", stat="median")``: the same edits, the same values."""
+    model, tok = shared_tiny("tiny-random-llama", torch.float64)
+    ns = steer_set(model, seed=3)
+    shifted = {k: ns.statistic("mean", k) + 0.5 for k in ns.kinds}  # a second statistic, other values
+    ns = ns.with_statistics({"mean": {k: ns.statistic("mean", k) for k in ns.kinds}, "median": shifted},
+                            {"language": "test"})
+    enc = tok(PROMPTS[:1], return_tensors="pt")
+    with torch.no_grad():
+        with steer(model, ns, "set:median", 1.5) as named:
+            a = model(**enc).logits
+        with Steering(model, ns, "set", 1.5, stat="median"):
+            b = model(**enc).logits
+        with steer(model, ns, "set", 1.5) as plain:
+            c = model(**enc).logits
+    assert (named.mode, named.stat, plain.stat) == ("set", "median", "mean")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="uses no statistic"):
+        steer(model, ns, "scale:median", 2.0)
+    with pytest.raises(ValueError, match="names the statistic already"):
+        Steering(model, ns, "set:median", 1.0, stat="mean")
+    with pytest.raises(ValueError, match="unknown steering mode"):
+        steer(model, ns, "boost:median", 1.0)
+    with pytest.raises(ValueError, match="quantile"):
+        steer(model, ns, "add:q7", 1.0)
 
 
 def test_steer_is_the_public_function(shared_tiny):

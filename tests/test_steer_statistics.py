@@ -10,7 +10,7 @@ import torch
 import mwork
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
-from mwork.neurons.statistics import add_statistics, measure_statistics, quantile, statistics_digest
+from mwork.neurons.statistics import MeasureOptions, add_statistics, measure_statistics, quantile, statistics_digest
 
 TEXTS = [
     "Le renard brun saute par-dessus le chien paresseux. Les modèles de langue lisent le français.",
@@ -21,6 +21,7 @@ TEXTS = [
     "x",
 ]
 STATS = ("mean", "median", "q0.9", "q0.0", "q1.0")
+QUIET = MeasureOptions(progress=False)
 
 
 def a_set(model, seed=0) -> NeuronSet:
@@ -61,7 +62,7 @@ def direct(model, tok, texts, ns, max_length):
 def test_streaming_pass_equals_direct_computation(alias, shared_tiny):
     model, tok = shared_tiny(alias, torch.float64)
     ns = a_set(model)
-    got, info = measure_statistics(model, tok, TEXTS, ns, STATS, max_length=24, batch_size=3, progress=False)
+    got, info = measure_statistics(model, tok, TEXTS, ns, STATS, options=MeasureOptions(max_length=24, batch_size=3, progress=False))
     ref = direct(model, tok, TEXTS, ns, 24)
     tokens = next(iter(ref.values())).shape[0]
     assert info["tokens"] == tokens and info["empty_documents"] == [2]
@@ -82,11 +83,11 @@ def test_streaming_pass_equals_direct_computation(alias, shared_tiny):
 def test_batch_size_one_matches_exactly_and_other_batches_closely(shared_tiny):
     model, tok = shared_tiny("tiny-random-qwen3", torch.float64)
     ns = a_set(model, seed=1)
-    one, _ = measure_statistics(model, tok, TEXTS, ns, ("median",), max_length=16, batch_size=1, progress=False)
+    one, _ = measure_statistics(model, tok, TEXTS, ns, ("median",), options=MeasureOptions(max_length=16, batch_size=1, progress=False))
     ref = direct(model, tok, TEXTS, ns, 16)
     for (kind, layer), vals in ref.items():
         assert torch.equal(one["median"][kind][layer, ns.indices(kind, layer)], torch.quantile(vals, 0.5, dim=0))
-    four, _ = measure_statistics(model, tok, TEXTS, ns, ("median",), max_length=16, batch_size=4, progress=False)
+    four, _ = measure_statistics(model, tok, TEXTS, ns, ("median",), options=MeasureOptions(max_length=16, batch_size=4, progress=False))
     for kind in ns.kinds:
         m = ns.masks[kind]
         assert torch.allclose(one["median"][kind][m], four["median"][kind][m], rtol=1e-10, atol=1e-12)
@@ -107,9 +108,10 @@ def test_statistics_are_stored_with_the_set_and_several_sets_share_one_pass(tmp_
     ns = a_set(model)
     ns.meta["language"] = "fr"
     rnd = ns.random_like(seed=0, exclude=ns)
+    short = MeasureOptions(max_length=24, progress=False)
     both = add_statistics(model, tok, [ns, rnd], TEXTS, ("mean", "median"), language="fr", corpus="test texts",
-                          max_length=24, progress=False)
-    alone = add_statistics(model, tok, ns, TEXTS, ("mean", "median"), language="fr", max_length=24, progress=False)
+                          options=short)
+    alone = add_statistics(model, tok, ns, TEXTS, ("mean", "median"), language="fr", options=short)
     assert torch.allclose(both[0].statistic("mean", "ffn"), alone.statistic("mean", "ffn"), equal_nan=True, atol=1e-6)
     path = both[0].save(tmp_path / "fr")
     back = NeuronSet.load(path, model)
@@ -131,11 +133,11 @@ def test_bad_input_is_refused_before_the_pass(shared_tiny):
     model, tok = shared_tiny("tiny-random-llama")
     ns = a_set(model)
     with pytest.raises(ValueError, match="statistic"):
-        measure_statistics(model, tok, TEXTS, ns, ("mode",), progress=False)
+        measure_statistics(model, tok, TEXTS, ns, ("mode",), options=QUIET)
     with pytest.raises(ValueError, match="no neuron"):
-        measure_statistics(model, tok, TEXTS, NeuronSet.empty_for(model), progress=False)
+        measure_statistics(model, tok, TEXTS, NeuronSet.empty_for(model), options=QUIET)
     with pytest.raises(ValueError, match="none of the"):
-        measure_statistics(model, tok, ["", "  "], ns, progress=False)
+        measure_statistics(model, tok, ["", "  "], ns, options=QUIET)
     other, _ = shared_tiny("tiny-random-gpt2")
     with pytest.raises(ValueError, match="does not fit"):
-        measure_statistics(other, tok, TEXTS, ns, progress=False)
+        measure_statistics(other, tok, TEXTS, ns, options=QUIET)

@@ -14,6 +14,7 @@ import mwork
 from mwork.hooks import Hooks, active_hooks
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
+from mwork.steering import Steering
 from mwork.units import (UNIT_KINDS, Directions, Intervention, NeuronUnits, UnitEdit, load_units,
                          register_unit_kind)
 from tests.plugins.one_direction import OneDirection
@@ -64,7 +65,7 @@ def test_zero_removes_the_component_and_set_sets_the_coordinate(rep_dense_tiny):
     with mwork.deactivate(model, dirs), mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
         model(**batch)
     assert cap["layer.out", LAYER].double().matmul(r).abs().max() < 1e-5
-    with mwork.steer(model, dirs, "set", 1.0, stat="mean"), \
+    with mwork.steer(model, dirs, "set:mean", 1.0), \
             mwork.capture(model, "layer.out", layers=[LAYER]) as cap, torch.no_grad():
         model(**batch)
     coord = cap["layer.out", LAYER].double().matmul(r)[batch["attention_mask"].bool()]
@@ -314,3 +315,21 @@ def test_rows_in_generate_equal_each_setting_alone(rep_dense_tiny):
             both = model.generate(**batch, **kw)
     assert not torch.equal(alone, plain)  # the setting changes what is generated
     assert torch.equal(both[0], alone) and torch.equal(both[1], plain)
+
+
+def test_steering_settings_on_their_rows_equal_each_setting_alone(rep_dense_tiny):
+    model, tok = rep_dense_tiny
+    tok.padding_side = "left"
+    batch = tok(["The quick brown fox"] * 3, return_tensors="pt", padding=True)
+    dirs = _directions(model)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        alone = []
+        for strength in (2.0, 6.0):
+            with mwork.steer(model, dirs, "add", strength, positions="generated", keep_norm=True):
+                alone.append(model.generate(**batch, **kw)[0])
+        plain = model.generate(**batch, **kw)[2]
+        with Steering(model, dirs, "add", 2.0, positions="generated", keep_norm=True, rows=[0]), \
+                Steering(model, dirs, "add", 6.0, positions="generated", keep_norm=True, rows=[1]):
+            shared = model.generate(**batch, **kw)
+    assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1]) and torch.equal(shared[2], plain)

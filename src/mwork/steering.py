@@ -4,8 +4,9 @@
 each neuron ``j`` of the set (the neuron sites of ``mwork.hooks``: ``ffn.in``, ``q.out``,
 ``k.out``, ``v.out``), its value ``x_j`` at the chosen token positions, with the strength
 ``alpha`` and ``s_j``, a statistic of the *target language's* activations of that neuron
-(``stat``: ``mean``, ``median`` or a quantile ``q0.9``; measured once from a corpus, stored
-with the set: :mod:`mwork.neurons.statistics`):
+(``mean``, ``median`` or a quantile ``q0.9``, named with the mode: ``"set"`` is ``"set:mean"``,
+``"set:median"``; measured once from a corpus, stored with the set:
+:mod:`mwork.neurons.statistics`):
 
 * ``set``:   ``x_j <- (1 - alpha) * x_j + alpha * s_j`` (alpha 1: replaced by ``s_j``; alpha 0:
   unchanged; alpha > 1 goes past the statistic);
@@ -13,15 +14,14 @@ with the set: :mod:`mwork.neurons.statistics`):
 * ``scale``: ``x_j <- alpha * x_j`` (needs no statistic; alpha 1: unchanged; 0: switched off).
 
 What the papers did, in these terms: Kojima et al. (2024) fixed their neurons to the median of
-the target language's activations (``set``, ``stat="median"``, alpha 1); LAPE (Tang et al.
-2024) switches the source language's neurons off (``off=``) and, in the paper, replaces the
-target's neurons by their mean activation (``set``, ``mean``, alpha 1; its released code only
-zeroes neurons); Gurgurov et al. (2025, "Language Arithmetics") add a multiple of the target
-language's mean activation (``add``, ``mean``, alpha = their strength) and switch the source
-language off at the same time; their "replacement" baseline is ``set`` with alpha 1. All three
-intervene on the FFN activation (the SiLU output); mwork's FFN neurons are the down
-projection's input, ``act(gate) * up`` (``ffn.in``), and Q/K/V neurons are raw projection
-channels.
+the target language's activations (``set:median``, alpha 1); LAPE (Tang et al. 2024) switches
+the source language's neurons off (``off=``) and, in the paper, replaces the target's neurons by
+their mean activation (``set``, ``mean``, alpha 1; its released code only zeroes neurons);
+Gurgurov et al. (2025, "Language Arithmetics") add a multiple of the target language's mean
+activation (``add``, ``mean``, alpha = their strength) and switch the source language off at the
+same time; their "replacement" baseline is ``set`` with alpha 1. All three intervene on the FFN
+activation (the SiLU output); mwork's FFN neurons are the down projection's input,
+``act(gate) * up`` (``ffn.in``), and Q/K/V neurons are raw projection channels.
 
 **Positions.** ``positions="all"`` (default), ``"prompt"`` or ``"generated"``. The context
 reads each forward call of ``model`` (its ``input_ids``, ``attention_mask`` and cache): a call
@@ -72,6 +72,22 @@ MODES: tuple[str, ...] = ("set", "add", "scale")
 NEEDS_STATISTIC = ("set", "add")
 
 
+def split_mode(mode: str, stat: str | None = None) -> tuple[str, str]:
+    """``(mode, statistic)`` from a mode that may name its statistic (``"set:median"``, ``"add:q0.9"``;
+    ``"set"``: ``stat``, else the mean), so one argument says how each value moves. The statistic is
+    returned as given (``parse_stat`` checks it where it is read)."""
+    name, named, suffix = str(mode).partition(":")
+    if name not in MODES:
+        raise ValueError(f"unknown steering mode {mode!r}; use one of {', '.join(MODES)}")
+    if not named:
+        return name, "mean" if stat is None else stat
+    if name not in NEEDS_STATISTIC:
+        raise ValueError(f"mode {name} uses no statistic: give mode={name!r}, not {mode!r}")
+    if stat is not None:
+        raise ValueError(f"mode {mode!r} names the statistic already: drop stat={stat!r}")
+    return name, suffix
+
+
 def is_identity(mode: str, strength: float) -> bool:
     """Whether ``mode`` at ``strength`` leaves every value unchanged (no edit is registered)."""
     return float(strength) == (1.0 if mode == "scale" else 0.0)
@@ -113,7 +129,11 @@ def steered_and_off(neurons: NeuronSet, off: NeuronSet | None) -> int:
 
 
 class Steering(Intervention):
-    """Context manager returned by :func:`steer`; see there and the module docstring.
+    """Context manager returned by :func:`steer`; see there and the module docstring. It takes
+    every option: also ``stat`` (the statistic, when ``mode`` names none; default the mean) and
+    ``kinds`` ("ffn", "attn", "q,k": only those neuron kinds are steered, and switched off), and
+    ``rows`` (only these rows of each batch: several settings, each its own context on its own
+    rows, share one batched ``generate``).
 
     Attributes: ``units`` (the steered unit set, after restriction), ``neurons`` (the same as a
     NeuronSet, for neurons; else None), ``off`` (the switched-off set or None: a NeuronSet for
@@ -122,12 +142,12 @@ class Steering(Intervention):
 
     what = "steering"
 
-    def __init__(self, model: nn.Module, neurons: UnitSet | NeuronSet | str | Path, mode: str = "set",
-                 strength: float = 1.0, *, stat: str = "mean", layers: str | Iterable[int] | None = None,
+    def __init__(self, model: nn.Module, units: UnitSet | NeuronSet | str | Path, mode: str = "set",
+                 strength: float = 1.0, *, stat: str | None = None, layers: str | Iterable[int] | None = None,
                  kinds: str | Iterable[str] | None = None, positions: str = "all",
-                 off: UnitSet | NeuronSet | str | Path | None = None, keep_norm: bool = False):
-        if mode not in MODES:
-            raise ValueError(f"unknown steering mode {mode!r}; use one of {', '.join(MODES)}")
+                 off: UnitSet | NeuronSet | str | Path | None = None, keep_norm: bool = False,
+                 rows: Iterable[int] | None = None):
+        mode, stat = split_mode(mode, stat)
         strength = float(strength)
         problem = strength_problem([strength])
         if problem:
@@ -135,28 +155,28 @@ class Steering(Intervention):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         adapter = get_adapter(model)
-        full = as_units(neurons, model)
+        full = as_units(units, model)
         layer_list, kind_list = parse_layers(layers), parse_kinds(kinds)
         check_layers(adapter.num_layers, layer_list)
         restricted = layer_list is not None or kind_list is not None
-        units = full.restrict(layer_list, kind_list) if restricted else full
+        steered = full.restrict(layer_list, kind_list) if restricted else full
         off_units = None
         if off is not None:
             off_units = as_units(off, model)
             off_units = off_units.restrict(layer_list, kind_list) if restricted else off_units
-        self.units, self.mode, self.strength = units, mode, strength
-        self.neurons = units.neurons if isinstance(units, NeuronUnits) else None
+        self.units, self.mode, self.strength = steered, mode, strength
+        self.neurons = steered.neurons if isinstance(steered, NeuronUnits) else None
         self.off = off_units.neurons if isinstance(off_units, NeuronUnits) else off_units
         self.keep_norm = bool(keep_norm)
         self.stat = parse_stat(stat)
-        self.count = units.count()
+        self.count = steered.count()
         self.identity = is_identity(mode, strength)
-        if not self.identity and isinstance(units, NeuronUnits) and isinstance(off_units, NeuronUnits):
-            steered_and_off(units.neurons, off_units.neurons)
-        edits = [] if self.identity else self._steer_edits(model, full, units)
+        if not self.identity and isinstance(steered, NeuronUnits) and isinstance(off_units, NeuronUnits):
+            steered_and_off(steered.neurons, off_units.neurons)
+        edits = [] if self.identity else self._steer_edits(model, full, steered)
         if off_units is not None:
             edits += [UnitEdit(g, "zero") for g in off_units.groups(model)]
-        super().__init__(model, edits, positions=positions, keep_norm=self.keep_norm)
+        super().__init__(model, edits, positions=positions, keep_norm=self.keep_norm, rows=rows)
 
     def _steer_edits(self, model: nn.Module, full: UnitSet, units: UnitSet) -> list[UnitEdit]:
         """Per group: ``set`` keeps 1 - alpha of the value and adds alpha times the statistic,
@@ -185,22 +205,22 @@ class Steering(Intervention):
                 f"positions={self.positions}{off}, active={self.active})")
 
 
-def steer(model: nn.Module, neurons: UnitSet | NeuronSet | str | Path, mode: str = "set", strength: float = 1.0,
-          *, stat: str = "mean", layers: str | Iterable[int] | None = None,
-          kinds: str | Iterable[str] | None = None, positions: str = "all",
+def steer(model: nn.Module, units: UnitSet | NeuronSet | str | Path, mode: str = "set", strength: float = 1.0,
+          *, layers: str | Iterable[int] | None = None, positions: str = "all",
           off: UnitSet | NeuronSet | str | Path | None = None, keep_norm: bool = False) -> Steering:
-    """Context manager: inside it, ``neurons`` of ``model`` are steered (module docstring)::
+    """Context manager: inside it, ``units`` of ``model`` are steered (module docstring)::
 
         with mwork.steer(model, "neurons/zh.safetensors", mode="set", strength=1.0):
             out = model.generate(**batch, max_new_tokens=24)
 
-    ``mode``: ``set``, ``add`` or ``scale``; ``strength``: alpha; ``stat``: which stored statistic
-    of the target language (``mean``, ``median``, ``q0.9`` ...; see
-    :func:`mwork.neurons.statistics.add_statistics`); ``layers`` ("0-5") and ``kinds`` ("ffn",
-    "attn") restrict the set, and ``off``; ``positions``: ``all``, ``prompt`` or ``generated``;
-    ``off``: neurons switched off at the same time (e.g. the source language's). Works in plain
-    forward passes and in ``generate`` with or without the KV cache, batched with left padding.
-    ``neurons`` may be any unit set (directions: module docstring); ``keep_norm``: restore each
-    steered value's norm."""
-    return Steering(model, neurons, mode, strength, stat=stat, layers=layers, kinds=kinds, positions=positions, off=off,
-                    keep_norm=keep_norm)
+    ``units``: a NeuronSet, any unit set (directions: module docstring) or a path to one.
+    ``mode``: ``set``, ``add`` or ``scale``; ``set`` and ``add`` move toward a stored statistic of
+    the target language, the mean unless the mode names another (``"set:median"``,
+    ``"add:q0.9"``; see :func:`mwork.neurons.statistics.add_statistics`); ``strength``: alpha;
+    ``layers`` ("0-5") restricts the set, and ``off``; ``positions``: ``all``, ``prompt`` or
+    ``generated``; ``off``: units switched off at the same time (e.g. the source language's);
+    ``keep_norm``: restore each steered value's norm. Works in plain forward passes and in
+    ``generate`` with or without the KV cache, batched with left padding. Steering some neuron
+    kinds only (``kinds="ffn"``) or with the statistic apart from the mode (``stat=``): the
+    :class:`Steering` this returns takes every option."""
+    return Steering(model, units, mode, strength, layers=layers, positions=positions, off=off, keep_norm=keep_norm)

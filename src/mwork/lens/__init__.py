@@ -7,7 +7,7 @@ from mwork.lens.langid import (
     UNKNOWN, WORDFREQ_LATIN_LANGUAGES, LanguageIdentifier, ScriptWordfreqIdentifier, TokenLabeler,
     coverage_warnings,
 )
-from mwork.lens.logit_lens import LensResult, PromptLens, logit_lens
+from mwork.lens.logit_lens import LensOptions, LensResult, PromptLens, logit_lens
 from mwork.lens.pipeline import LensRun, lens_prompts, make_identifier, run_lens
 from mwork.lens.plot import plot_shares
 from mwork.lens.prompts import Prompt, builtin_languages, builtin_prompts, read_prompts
@@ -18,7 +18,7 @@ __all__ = [
     "LensConfig", "LensRun", "run_lens", "lens_prompts", "make_identifier",
     "UNKNOWN", "WORDFREQ_LATIN_LANGUAGES", "LanguageIdentifier", "ScriptWordfreqIdentifier", "TokenLabeler",
     "coverage_warnings",
-    "LensResult", "PromptLens", "logit_lens", "plot_shares",
+    "LensOptions", "LensResult", "PromptLens", "logit_lens", "plot_shares",
     "Prompt", "builtin_languages", "builtin_prompts", "read_prompts",
     "RegionEstimate", "estimate_regions",
     "LayerShares", "language_shares", "read_shares", "write_csv", "write_json",

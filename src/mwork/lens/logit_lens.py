@@ -281,30 +281,45 @@ def _run_batch(
     return results
 
 
+@dataclass(frozen=True)
+class LensOptions:
+    """How :func:`logit_lens` runs, beyond what it decodes: ``batch_size`` prompts per batch,
+    ``decode_chunk`` hidden states through the LM head at once (memory, never the result);
+    ``template`` wraps each prompt text (``{prompt}`` is replaced); ``include_special``: also
+    decode the positions of special tokens such as BOS; ``model_name``: the name the result
+    records (default the model's own)."""
+
+    batch_size: int = 64
+    decode_chunk: int = 256
+    template: str = "{prompt}"
+    include_special: bool = False
+    model_name: str | None = None
+
+
 def logit_lens(
     model,
     tokenizer,
     prompts: Sequence[Prompt | str],
     top_k: int = 10,
     max_new_tokens: int = 8,
-    batch_size: int = 64,
-    template: str = "{prompt}",
-    include_special: bool = False,
-    decode_chunk: int = 256,
-    progress: bool = True,
-    model_name: str | None = None,
+    *,
+    options: LensOptions | None = None,
     lens: Any = None,
+    progress: bool = True,
 ) -> LensResult:
     """Decode every layer's hidden state to its top-k tokens, over each prompt and over up to
     ``max_new_tokens`` greedily generated tokens.
 
-    ``prompts``: :class:`Prompt` objects, or plain strings (language ``"?"``). ``template``
-    wraps each prompt text (``{prompt}`` is replaced). Prompts are batched by length with left
-    padding; position ids come from the adapter, so padding never changes a result.
+    ``prompts``: :class:`Prompt` objects, or plain strings (language ``"?"``). Prompts are
+    batched by length with left padding; position ids come from the adapter, so padding never
+    changes a result. ``options``: batching, the prompt template, special tokens, the recorded
+    model name (:class:`LensOptions`).
 
     ``lens``: how each layer is decoded (a :class:`mwork.lens.lenses.Lens`: logit, tuned or
     patchscope); None is the logit lens (``Adapter.decode``).
     """
+    options = options or LensOptions()
+    batch_size, template, include_special = options.batch_size, options.template, options.include_special
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if max_new_tokens < 0:
@@ -340,7 +355,7 @@ def logit_lens(
             idx = order[b0:b0 + batch_size]
             batch = _run_batch(
                 model, adapter, [encoded[i] for i in idx], pad_id=pad_id, eos=eos, special=special,
-                top_k=top_k, max_new_tokens=max_new_tokens, chunk=decode_chunk, on_step=lambda: bar.update(1),
+                top_k=top_k, max_new_tokens=max_new_tokens, chunk=options.decode_chunk, on_step=lambda: bar.update(1),
                 lens=lens,
             )
             for i, (tokens, pos, t_ids, t_vals, t_lse) in zip(idx, batch):
@@ -350,5 +365,5 @@ def logit_lens(
     settings = {"batch_size": batch_size, "template": template, "include_special": include_special,
                 "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                 "lens": lens.settings() if lens is not None else {"lens": "logit"}}
-    name = model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+    name = options.model_name or getattr(model.config, "_name_or_path", "") or type(model).__name__
     return LensResult(name, adapter.num_layers, top_k, max_new_tokens, out, time.time() - start, settings)

@@ -34,7 +34,7 @@ from mwork.lens.langid import (
     coverage_warnings,
 )
 from mwork.lens.lenses import LENSES
-from mwork.lens.logit_lens import LensResult, logit_lens
+from mwork.lens.logit_lens import LensOptions, LensResult, logit_lens
 from mwork.lens.prompts import Prompt, builtin_languages, builtin_prompts, read_prompts
 from mwork.lens.regions import RegionEstimate, estimate_regions
 from mwork.lens.shares import LayerShares, language_shares
@@ -234,10 +234,10 @@ def run_lens(
         from mwork.lens.make import make_lens
 
         lens = make_lens(config.lens, model, tokenizer, tuned_lens=config.tuned_lens)
+    options = LensOptions(batch_size=config.batch_size, decode_chunk=config.decode_chunk, template=config.template,
+                          include_special=config.include_special, model_name=model_name)
     result = logit_lens(model, tokenizer, as_prompts, top_k=config.top_k, max_new_tokens=config.max_new_tokens,
-                        batch_size=config.batch_size, template=config.template,
-                        include_special=config.include_special, decode_chunk=config.decode_chunk,
-                        progress=config.progress, model_name=model_name, lens=lens)
+                        options=options, lens=lens, progress=config.progress)
     start = time.time()
     labeler = TokenLabeler(tokenizer, identifier)
     shares = language_shares(result, labeler, segment=config.positions)

@@ -358,23 +358,34 @@ def import_reference(path: str | Path, model: torch.nn.Module, lang: str, *,
     return ns
 
 
-def convert_files(direction: str, fmt: str, inputs: Sequence[str | Path], *, out: str | Path | None = None,
-                  out_dir: str | Path | None = None, model: torch.nn.Module | None = None,
-                  langs: Sequence[str] = (), ffn_only: bool = False, model_id: str | None = None) -> list[Path]:
-    """What ``mwork convert`` does: ``direction`` "to" (NeuronSets -> ``out``) or "from"
-    (files of format ``fmt`` -> ``out_dir/<lang>.safetensors``); the written paths."""
-    if fmt not in ("lape", "reference"):
+FORMATS = ("lape", "reference")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; formats: lape, reference")
-    if direction == "to":
-        if out is None:
-            raise ValueError("exporting needs --out FILE")
-        if fmt == "lape":
-            return [export_lape(list(inputs), out, ffn_only=ffn_only)]
-        if len(inputs) != 1:
-            raise ValueError("a reference dictionary file holds one language: export one NeuronSet per file")
-        return [export_reference(inputs[0], out)]
-    if direction != "from":
-        raise ValueError(f"direction must be 'to' or 'from', got {direction!r}")
+
+
+def export_files(fmt: str, inputs: Sequence[str | Path], out: str | Path | None, *,
+                 ffn_only: bool = False) -> list[Path]:
+    """What ``mwork convert --to FMT`` does: the NeuronSets ``inputs`` written to ``out`` in format
+    ``fmt`` (``ffn_only``: LAPE only, drop attention neurons); the written paths."""
+    _check_format(fmt)
+    if out is None:
+        raise ValueError("exporting needs --out FILE")
+    if fmt == "lape":
+        return [export_lape(list(inputs), out, ffn_only=ffn_only)]
+    if len(inputs) != 1:
+        raise ValueError("a reference dictionary file holds one language: export one NeuronSet per file")
+    return [export_reference(inputs[0], out)]
+
+
+def import_files(fmt: str, inputs: Sequence[str | Path], model: torch.nn.Module | None, langs: Sequence[str],
+                 out_dir: str | Path | None, *, model_id: str | None = None) -> list[Path]:
+    """What ``mwork convert --from FMT`` does: the files ``inputs`` of format ``fmt``, checked
+    against ``model`` (``model_id`` recorded), written to ``out_dir/<lang>.safetensors`` for each
+    language of ``langs`` (in the files' order); the written paths."""
+    _check_format(fmt)
     if model is None or out_dir is None or not langs:
         raise ValueError("importing needs --model M, --langs LANG[,LANG...] and --out-dir DIR")
     from mwork.files import child_path, parse_names
@@ -392,4 +403,3 @@ def convert_files(direction: str, fmt: str, inputs: Sequence[str | Path], *, out
             raise ValueError(f"give one language per reference file: {len(inputs)} files, {len(langs)} languages")
         sets = {lang: import_reference(p, model, lang, model_id=model_id) for p, lang in zip(inputs, langs)}
     return [ns.save(child_path(out_dir, lang, ".safetensors")) for lang, ns in sets.items()]
-

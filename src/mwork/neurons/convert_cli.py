@@ -62,9 +62,11 @@ class ConvertConfig:
             from mwork.models.loading import load_model
 
             model, _ = load_model(self.model, device="cpu")
-        paths = convert.convert_files(direction, fmt, self.inputs, out=self.out, out_dir=self.out_dir,
-                                      model=model if direction == "from" else None, langs=_langs(self.langs or ""),
-                                      ffn_only=self.ffn_only, model_id=self.model)
+        if direction == "to":
+            paths = convert.export_files(fmt, self.inputs, self.out, ffn_only=self.ffn_only)
+        else:
+            paths = convert.import_files(fmt, self.inputs, model, _langs(self.langs or ""), self.out_dir,
+                                         model_id=self.model)
         folder = paths[0].parent if direction == "to" and paths else Path(self.out_dir or ".")
         return WrittenResult(folder, {str(p): p for p in paths}, data=paths)
 

@@ -219,7 +219,7 @@ class _Run:
             k_raw = doc_heads(ad, layer, "k", cap["k"], b, n, self.dtype)  # (Hkv, n, d)
             imp = {k: torch.zeros(self.out[k].shape[-1], dtype=self.dtype) for k in want}
             if method == "generic" and coupled:
-                res = generic_group(ad, layer, q_raw, k_raw, slice(0, H), want, dctx, self.chunk_size, coupled=True)
+                res = generic_group(ad, layer, q_raw, k_raw, slice(0, H), want, dctx, self.chunk_size)
                 for k in want:
                     imp[k] = res[k].reshape(-1)
             else:
@@ -230,7 +230,7 @@ class _Run:
                     if method == "generic":
                         res = generic_group(ad, layer, q_raw[heads], k_raw[g : g + 1], heads, want, dctx, self.chunk_size)
                     elif method == "exact":
-                        res = exact_group(ad, layer, prep, heads, g, want, lay, self.backend, self.chunk_size)
+                        res = exact_group(ad, layer, prep, g, want, lay, self.backend, self.chunk_size)
                     else:
                         res = approx_group(ad, layer, prep, heads, g, want, lay)
                     if "q" in res:

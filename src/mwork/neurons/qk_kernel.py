@@ -39,6 +39,7 @@ import subprocess
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -505,53 +506,67 @@ def _torch_group(kind, s, t, p, lse, lo, hi, A, B, U, W, X, partner, cap: float,
     return out
 
 
-def prob_change(
-    kind: str,
-    s: torch.Tensor,
-    t: torch.Tensor,
-    p: torch.Tensor,
-    lse: torch.Tensor,
-    lo: torch.Tensor,
-    hi: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    X: torch.Tensor,
-    partner: torch.Tensor,
-    *,
-    cap: float | None = None,
-    backend: str = "auto",
-    chunk: int = 16,
-    force_redo: bool = False,
-    top: torch.Tensor | None = None,
-    sp2: torch.Tensor | None = None,
-    smax: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``out[h, c, i] = sum_j (P'_ij - P_ij)^2`` for every head h of a KV group, channel c of
-    ``kind`` ("q": channel c of head h; "k": KV channel c) and query row i (module docstring).
+@dataclass(frozen=True, eq=False)
+class GroupScores:
+    """One KV group's attention before any channel is zeroed, what :func:`prob_change` compares to.
 
-    ``s``, ``t``, ``p``: (G, n, n) pre-cap scores, capped scores (``t is s`` without capping)
-    and probabilities (0 outside the visible keys), or (G, n, ld) padded with zero columns to
-    ld = n rounded up to a multiple of 16 (what the native kernel uses as is); ``lse``: (G, n) log-sum-exp of ``t`` over
-    the visible keys; ``lo``/``hi``: (n,) visible key range per row; ``partner``: (d,).
-    "q": A, B, U, W (G, n, d) per query, X (n, d) keys. "k": A, B, U, W (n, d) per key, X
-    (G, n, d) queries. ``backend``: "auto" | "native" | "torch"; ``force_redo`` sends every row
-    through the exact double-precision path (tests). ``top`` (G, n) (each row's most attended
-    key), ``sp2`` (G, n) (sum_j P_ij^2) and ``smax`` (G, n) (max_j |s_ij|, over all columns)
-    may be passed when already known.
+    ``s``, ``t``, ``p``: (G, n, n) pre-cap scores, capped scores (``t is s`` without capping) and
+    probabilities (0 outside the visible keys), or (G, n, ld) padded with zero columns to ld = n
+    rounded up to a multiple of 16 (what the native kernel uses as is); ``lse``: (G, n) log-sum-exp
+    of ``t`` over the visible keys; ``lo``/``hi``: (n,) visible key range per row; ``cap``: the
+    soft-cap (None: none). ``top`` (G, n) (each row's most attended key), ``sp2`` (G, n)
+    (sum_j P_ij^2) and ``smax`` (G, n) (max_j |s_ij|, over all columns) may be given when already
+    known."""
+
+    s: torch.Tensor
+    t: torch.Tensor
+    p: torch.Tensor
+    lse: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+    cap: float | None = None
+    top: torch.Tensor | None = None
+    sp2: torch.Tensor | None = None
+    smax: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelChange:
+    """The score change of zeroing each channel of ``kind`` (module docstring): "q" (channel c of
+    head h): A, B, U, W (G, n, d) per query, X (n, d) keys; "k" (KV channel c): A, B, U, W (n, d)
+    per key, X (G, n, d) queries; ``partner`` (d,): each channel's RoPE partner."""
+
+    kind: str
+    A: torch.Tensor
+    B: torch.Tensor
+    U: torch.Tensor
+    W: torch.Tensor
+    X: torch.Tensor
+    partner: torch.Tensor
+
+
+def prob_change(scores: GroupScores, change: ChannelChange, *, backend: str = "auto", chunk: int = 16,
+                force_redo: bool = False) -> torch.Tensor:
+    """``out[h, c, i] = sum_j (P'_ij - P_ij)^2`` for every head h of a KV group, channel c of
+    ``change.kind`` ("q": channel c of head h; "k": KV channel c) and query row i (module
+    docstring), from the group's ``scores`` before the change. ``backend``: "auto" | "native" |
+    "torch"; ``chunk``: channels at once (torch); ``force_redo`` sends every row through the exact
+    double-precision path (tests).
     """
+    kind, s, lse, partner = change.kind, scores.s, scores.lse, change.partner
     if kind not in ("q", "k"):
         raise ValueError(f"kind must be 'q' or 'k', got {kind!r}")
     if backend not in ("auto", "native", "torch"):
         raise ValueError(f"backend must be 'auto', 'native' or 'torch', got {backend!r}")
-    cap_value = float(cap) if cap else 0.0
+    cap_value = float(scores.cap) if scores.cap else 0.0
     fits = s.device.type == "cpu" and s.dtype in _WMAX
     lib = native_library() if backend == "native" or (backend == "auto" and fits) else None
     if backend == "native" and (lib is None or not fits):
         raise RuntimeError(f"the native Q/K kernel is unavailable here: {native_error() or 'needs float32/64 CPU tensors'}")
     if not bool(torch.isfinite(lse).all()):  # NaN/inf scores: no meaningful answer, say so
         return torch.full((s.shape[0], partner.numel(), s.shape[1]), float("nan"), dtype=s.dtype, device=s.device)
+    inputs = (kind, s, scores.t, scores.p, lse, scores.lo, scores.hi, change.A, change.B, change.U, change.W,
+              change.X, partner, cap_value)
     if lib is not None:
-        return _native_group(lib, kind, s, t, p, lse, lo, hi, A, B, U, W, X, partner, cap_value, force_redo, top, sp2, smax)
-    return _torch_group(kind, s, t, p, lse, lo, hi, A, B, U, W, X, partner, cap_value, chunk, top)
+        return _native_group(lib, *inputs, force_redo, scores.top, scores.sp2, scores.smax)
+    return _torch_group(*inputs, chunk, scores.top)

@@ -11,14 +11,14 @@ import torch
 
 from mwork.models.adapters import Adapter, AttentionContext, attention_mask
 from mwork.neurons.attention import Layout, group_scores, norm_rope
-from mwork.neurons.qk_kernel import prob_change
+from mwork.neurons.qk_kernel import ChannelChange, GroupScores, prob_change
 
 
 SCORE_ELEMENTS = 2**24  # score matrices held at once: query heads of a group are taken in chunks
 
 
-def exact_group(ad: Adapter, layer: int, prep: dict, heads: slice, kv: int, want, lay: Layout, backend: str, chunk: int):
-    """Exact Q/K importance (squared) of one KV group (query heads ``heads`` of KV head ``kv``)
+def exact_group(ad: Adapter, layer: int, prep: dict, kv: int, want, lay: Layout, backend: str, chunk: int):
+    """Exact Q/K importance (squared) of one KV group (the query heads of KV head ``kv``)
     of one document (``prep``, see ``attention.prepare``): {'q': (G, d), 'k': (d,)}. Zeroing raw
     channel c changes post-RoPE q_i by -r_i y_ic (alpha_ic e_c + beta_ic e_pc) and rescales the
     rest of the head by r_i = rms/rms' (1 without an RMS QK-norm), so the new scores are
@@ -30,7 +30,8 @@ def exact_group(ad: Adapter, layer: int, prep: dict, heads: slice, kv: int, want
     factor: the kernel with only its U term gives it; the result then also holds 'q_cross'
     (H * d,) and 'k_cross' (Hkv * d,), what every channel of any head changes in this group's
     heads other than its own."""
-    G = heads.stop - heads.start
+    G = ad.kv_group_size
+    heads = slice(kv * G, (kv + 1) * G)
     n, d = prep["Q"].shape[1:]
     H, Hkv = prep["Q"].shape[0], prep["K"].shape[0]
     dtype = prep["Q"].dtype
@@ -42,15 +43,16 @@ def exact_group(ad: Adapter, layer: int, prep: dict, heads: slice, kv: int, want
         part = slice(heads.start + h0, heads.start + min(G, h0 + step))
         g = group_scores(ad, layer, lay, prep, part, kv, pad=backend != "torch")
         al, be, pa, scale = lay.alpha, lay.beta, lay.partner, g["scale"]
-        common = (g["s"], g["t"], g["P"], g["lse"], g["lo"], g["hi"])
-        kw = dict(cap=g["cap"], backend=backend, chunk=chunk, top=g["top"], sp2=g["sp2"], smax=g["smax"])
+        scores = GroupScores(g["s"], g["t"], g["P"], g["lse"], g["lo"], g["hi"], cap=g["cap"], top=g["top"],
+                             sp2=g["sp2"], smax=g["smax"])
+        kw = dict(backend=backend, chunk=chunk)
         if "q" in want:
             qy = scale * g["qy"]
-            rows = prob_change("q", *common, qy * al, qy * be, g["uq"], g["wq"], g["K"], pa, **kw)
+            rows = prob_change(scores, ChannelChange("q", qy * al, qy * be, g["uq"], g["wq"], g["K"], pa), **kw)
             q_out[h0 : h0 + step] = rows.sum(-1).cpu()
         if "k" in want:
             ky = scale * g["ky"]
-            rows = prob_change("k", *common, ky * al, ky * be, g["uk"], g["wk"], g["Q"], pa, **kw)
+            rows = prob_change(scores, ChannelChange("k", ky * al, ky * be, g["uk"], g["wk"], g["Q"], pa), **kw)
             k_out += rows.sum(-1).sum(0).cpu()  # every query head of the group
         if q_cross is not None:  # channels of head src rescale this chunk's query rows by r_i
             Gc = part.stop - part.start
@@ -58,7 +60,8 @@ def exact_group(ad: Adapter, layer: int, prep: dict, heads: slice, kv: int, want
             ones = torch.ones_like(zeros)
             for src in range(H):
                 U = prep["uq"][src][None].expand(Gc, n, d).contiguous()
-                rows = prob_change("q", *common, zeros, zeros, U, ones, zeros[0], _identity(d, pa), **kw).sum(-1)
+                change = ChannelChange("q", zeros, zeros, U, ones, zeros[0], _identity(d, pa))
+                rows = prob_change(scores, change, **kw).sum(-1)
                 own = src - part.start
                 if 0 <= own < Gc:
                     rows[own] = 0  # a head's own channels: the term above
@@ -70,8 +73,8 @@ def exact_group(ad: Adapter, layer: int, prep: dict, heads: slice, kv: int, want
             for src in range(Hkv):
                 if src == kv:
                     continue
-                rows = prob_change("k", *common, zeros, zeros, prep["uk"][src].contiguous(), ones, X,
-                                   _identity(d, pa), **kw)
+                change = ChannelChange("k", zeros, zeros, prep["uk"][src].contiguous(), ones, X, _identity(d, pa))
+                rows = prob_change(scores, change, **kw)
                 k_cross[src] += rows.sum(-1).sum(0).cpu()
     res = {k: v for k, v in (("q", q_out), ("k", k_out)) if k in want}
     if q_cross is not None:
@@ -88,15 +91,18 @@ def _identity(d: int, like: torch.Tensor) -> torch.Tensor:
 # ---- exact, generic: the real score function for every zeroed channel -----------------------
 
 
-def generic_group(ad: Adapter, layer: int, q_raw, k_raw, heads: slice, want, ctx: AttentionContext, chunk: int,
-                  coupled: bool = False):
+def generic_group(ad: Adapter, layer: int, q_raw, k_raw, heads: slice, want, ctx: AttentionContext, chunk: int):
     """Squared Q/K importance by recomputing the scores with each channel zeroed (chunks of
     ``chunk`` channels: memory O(chunk * heads * n^2)). ``q_raw`` (Hq, n, d): the query heads
     ``heads``; ``k_raw`` (Hk, n, d): their KV heads. Returns {'q': (Hq, d), 'k': (Hk, d)}: each
     channel's change summed over the heads it feeds -- its own head (Q), its group's query heads
-    (K), or, ``coupled`` (a QK-norm over the whole projection), every head given (pass them all)."""
+    (K), or, in a layer whose QK-norm spans the whole projection (``Adapter.qk_norm_scope``:
+    every channel feeds every head), every head: pass them all."""
     Hq, n, d = q_raw.shape
     Hk, G = k_raw.shape[0], ad.kv_group_size
+    coupled = ad.qk_norm_scope(layer) == "projection"
+    if coupled and Hq != ad.num_heads:
+        raise ValueError(f"layer {layer}'s QK-norm spans every head: give all {ad.num_heads} query heads, not {Hq}")
     kv_heads = slice(heads.start // G, heads.stop // G)
     _, Q = norm_rope(ad, layer, ctx, q_raw[None], 0, heads)  # (1, Hq, n, d)
     _, K = norm_rope(ad, layer, ctx, k_raw[None], 1, kv_heads)  # (1, Hk, n, d)

@@ -32,7 +32,7 @@ from torch import nn
 from mwork.hooks import Hooks, pack_left
 from mwork.models.adapters import KINDS, Adapter, attention_mask, get_adapter
 from mwork.neurons.attention import doc_context, doc_heads, norm_rope, softmax_stats, visible
-from mwork.neurons.qk_kernel import prob_change
+from mwork.neurons.qk_kernel import ChannelChange, GroupScores, prob_change
 
 
 def reference_importance(model: nn.Module, batch: Mapping[str, torch.Tensor], backend: str = "auto") -> dict[str, torch.Tensor]:
@@ -116,8 +116,8 @@ def _reference_qk(ad: Adapter, layer: int, cap: dict, lengths: list[int], dtype,
             P, lse, top = softmax_stats(t, mask)
             zeros = torch.zeros_like(Q[heads])
             # delta_ij = q_ic k_jc: A = q (unscaled), B = U = 0, W = 1, X = the keys
-            rows = prob_change("q", t, t, P, lse, lo, hi, Q[heads], zeros, zeros, torch.ones_like(zeros), K[g],
-                               identity, backend=backend, top=top)
+            change = ChannelChange("q", Q[heads], zeros, zeros, torch.ones_like(zeros), K[g], identity)
+            rows = prob_change(GroupScores(t, t, P, lse, lo, hi, top=top), change, backend=backend)
             scores_q[heads] = rows.sum(-1)
         out["q"][b, layer] = scores_q.reshape(-1).cpu()
         out["k"][b, layer] = scores_q.reshape(ad.num_kv_heads, G, d).sum(1).reshape(-1).cpu()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -55,13 +56,25 @@ class _Select:
         return x.index_select(-1, self.index.on(x))
 
 
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How the one pass of :func:`measure_statistics` runs: ``max_length`` tokens per document
+    (recorded: it decides which tokens count), ``batch_size`` documents per forward pass,
+    ``progress`` bars and notes on stderr."""
+
+    max_length: int = 256
+    batch_size: int = 8
+    progress: bool = True
+
+
 def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[str],
-                       neurons: NeuronSet | Sequence[NeuronSet],
-                       stats: Sequence[str] = ("mean", "median"), *, max_length: int = 256, batch_size: int = 8,
-                       progress: bool = True) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+                       neurons: NeuronSet | Sequence[NeuronSet], stats: Sequence[str] = ("mean", "median"), *,
+                       options: MeasureOptions = MeasureOptions()) -> tuple[dict[str, dict[str, torch.Tensor]],
+                                                                            dict[str, Any]]:
     """The statistics ``stats`` of the activations of the neurons of ``neurons`` (one set or several:
     their union is measured in one pass) on ``texts``. Returns ``({stat: {kind: (layers, neurons)
     tensor, NaN outside the union}}, info)`` with ``info`` the facts :func:`add_statistics` records."""
+    max_length, batch_size, progress = options.max_length, options.batch_size, options.progress
     sets = [neurons] if isinstance(neurons, NeuronSet) else list(neurons)
     if not sets:
         raise ValueError("give at least one NeuronSet to measure statistics for")
@@ -130,10 +143,8 @@ def measure_statistics(model: torch.nn.Module, tokenizer: Any, texts: Iterable[s
 
 
 def add_statistics(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet | Sequence[NeuronSet],
-                   texts: Iterable[str],
-                   stats: Sequence[str] = ("mean", "median"), *, language: str | None = None,
-                   corpus: Any = None, max_length: int = 256, batch_size: int = 8,
-                   progress: bool = True) -> NeuronSet | list[NeuronSet]:
+                   texts: Iterable[str], stats: Sequence[str] = ("mean", "median"), *, language: str | None = None,
+                   corpus: Any = None, options: MeasureOptions = MeasureOptions()) -> NeuronSet | list[NeuronSet]:
     """``neurons`` (one set or several, measured in one pass) with the target language's activation
     statistics stored in them (``NeuronSet.statistic``; save the set to keep them)::
 
@@ -141,11 +152,11 @@ def add_statistics(model: torch.nn.Module, tokenizer: Any, neurons: NeuronSet | 
         zh = add_statistics(model, tokenizer, zh, read_texts("xquad:zh[0:24]"), ("mean", "median"), language="zh")
         zh.save("neurons/zh.safetensors")          # steers without its corpus from now on
 
-    ``language``: the texts' language (recorded); ``corpus``: a description of them (recorded)."""
+    ``language``: the texts' language (recorded); ``corpus``: a description of them (recorded);
+    ``options``: tokens per document, batching, progress (:class:`MeasureOptions`)."""
     single = isinstance(neurons, NeuronSet)
     sets = [neurons] if single else list(neurons)
-    values, info = measure_statistics(model, tokenizer, texts, sets, stats, max_length=max_length,
-                                      batch_size=batch_size, progress=progress)
+    values, info = measure_statistics(model, tokenizer, texts, sets, stats, options=options)
     info = {"language": language, "corpus": corpus, **info}
     out = []
     for ns in sets:

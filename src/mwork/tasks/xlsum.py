@@ -56,6 +56,7 @@ class XLSum(ScoringOption, Task):
     asks = GENERATE
     default_max_new_tokens = 64
     default_batch_size = 4  # long prompts
+    max_article_tokens = 512  # each article is cut to this many tokens (recorded in the result)
 
     def _config(self, lang: str) -> str:
         if lang not in XLSUM_NAMES:
@@ -111,9 +112,10 @@ class XLSum(ScoringOption, Task):
 
     def ask(self, tokenizer: Any, examples: Sequence[Example], lang: str, *, max_new_tokens: int | None = None,
             few_shot: int = 0, shots: Sequence[Example] | None = None, prompts: Any = None,
-            max_article_tokens: int = 512, scoring: str = DEFAULT_SCORING) -> Generate:
-        """Greedy one-line summaries of the truncated articles, scored by ROUGE-L F1."""
+            scoring: str = DEFAULT_SCORING) -> Generate:
+        """Greedy one-line summaries of the articles (cut to ``max_article_tokens``), scored by ROUGE-L F1."""
         check_scoring(scoring)
+        max_article_tokens = self.max_article_tokens
         texts, prompt = self.build_prompts(tokenizer, examples, lang, max_article_tokens=max_article_tokens,
                                            few_shot=few_shot, shots=shots, prompts=prompts)
         return Generate(texts, max_new_tokens or self.default_max_new_tokens, prompt["stop"],

@@ -117,13 +117,13 @@ class DeactivationConfig(ModelOptions, OutputOptions, Job):
         """The evaluation of every language (an ``mwork.tasks.runtime.Evaluator``; for
         ``lm-eval:TEMPLATE`` an ``lm_eval_task.LmEvalEvaluator``) and, for perplexity, where each
         language's texts came from (for lm-eval tasks, each language's task name)."""
-        from mwork.experiments.deactivation.lm_eval_task import is_lm_eval_task, lm_eval_evaluator
+        from mwork.experiments.deactivation.lm_eval_task import LmEvalOptions, is_lm_eval_task, lm_eval_evaluator
         from mwork.tasks.registry import get_task
 
         if is_lm_eval_task(self.task):
-            return lm_eval_evaluator(model, tokenizer, self.task, self.langs, include_path=self.include_path,
-                                     limit=self.limit, num_fewshot=self.num_fewshot, metric=self.lm_eval_metric,
-                                     batch_size=self.batch_size)
+            options = LmEvalOptions(include_path=self.include_path, limit=self.limit, num_fewshot=self.num_fewshot,
+                                    metric=self.lm_eval_metric)
+            return lm_eval_evaluator(model, tokenizer, self.task, self.langs, options, batch_size=self.batch_size)
         from mwork.tasks.runtime import perplexity_evaluator, task_evaluator
         from mwork.texts import heldout_texts
 

@@ -142,8 +142,20 @@ def _evaluate(lm: Any, manager: Any, task: Any, limit: int | float | None, num_f
     return evaluate(lm=lm, task_dict=manager.load([task]), limit=limit, bootstrap_iters=0, log_samples=False)
 
 
-def lm_eval_evaluator(model: Any, tokenizer: Any, task: str, langs: Sequence[str], *, include_path: str | None = None,
-                      limit: int | float | None = None, num_fewshot: int | None = None, metric: str | None = None,
+@dataclass(frozen=True)
+class LmEvalOptions:
+    """Which lm-eval tasks and how they are scored: ``include_path`` (a folder of local task
+    definitions), ``limit`` (documents per task: a count, or a fraction below 1), ``num_fewshot``
+    (None: the task's own), ``metric`` (None: the task's first, e.g. ``acc,none``)."""
+
+    include_path: str | None = None
+    limit: int | float | None = None
+    num_fewshot: int | None = None
+    metric: str | None = None
+
+
+def lm_eval_evaluator(model: Any, tokenizer: Any, task: str, langs: Sequence[str],
+                      options: LmEvalOptions = LmEvalOptions(), *,
                       batch_size: int = 8) -> tuple[LmEvalEvaluator, dict[str, str]]:
     """The grid's evaluator for ``lm-eval:TEMPLATE`` and each language's lm-eval task name."""
     from mwork.tasks.lm_eval_backend import MworkLM
@@ -158,7 +170,7 @@ def lm_eval_evaluator(model: Any, tokenizer: Any, task: str, langs: Sequence[str
             return False
         return True
 
-    manager = task_manager(include_path, resolves)
+    manager = task_manager(options.include_path, resolves)
     names = task_names(template, langs, set(manager.all_tasks))
     lm = MworkLM(model, tokenizer=tokenizer, batch_size=batch_size)
-    return LmEvalEvaluator(lm, names, manager, limit, num_fewshot, metric), names
+    return LmEvalEvaluator(lm, names, manager, options.limit, options.num_fewshot, options.metric), names

@@ -65,8 +65,7 @@ def position_measures(logits: torch.Tensor, vocab: VocabLanguages, target: str) 
 
 
 def generate_measured(model: Any, tokenizer: Any, prompts: Sequence[str], vocab: VocabLanguages, target: str, *,
-                      max_new_tokens: int, batch_size: int = 8, progress: bool = True,
-                      desc: str = "generating") -> list[dict[str, Any]]:
+                      max_new_tokens: int, batch_size: int = 8, progress: bool = True) -> list[dict[str, Any]]:
     """For each prompt: ``ids`` (generated, to the first EOS included), ``text`` (decoded without
     special tokens), ``mass_first``, ``mass_mean``, ``rank_first``, ``lang_rank_first`` and
     ``lang_rank_mean`` (module docstring), and ``nonfinite``: True when the logits of any of its
@@ -108,7 +107,7 @@ def generate_measured(model: Any, tokenizer: Any, prompts: Sequence[str], vocab:
         return values
 
     with padding_side(tokenizer, "left"):
-        return map_batches(len(prompts), lambda i: -lengths[i], batch_size, run, desc=desc, progress=progress)
+        return map_batches(len(prompts), lambda i: -lengths[i], batch_size, run, desc="generating", progress=progress)
 
 
 def continuation_nll(model: Any, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[Sequence[int]], *,

@@ -43,9 +43,9 @@ from mwork.fingerprints import model_digest, neurons_digest
 from mwork.intervene import parse_kinds, parse_layers
 from mwork.neurons.neuronset import NeuronSet, require_neurons
 from mwork.numerics import NONFINITE
-from mwork.neurons.statistics import add_statistics, statistics_digest
+from mwork.neurons.statistics import MeasureOptions, add_statistics, statistics_digest
 from mwork.sentence_langid import default_identifier
-from mwork.steering import NEEDS_STATISTIC, is_identity, steer, steered_and_off
+from mwork.steering import NEEDS_STATISTIC, Steering, is_identity, steered_and_off
 
 if TYPE_CHECKING:
     from mwork.experiments.steering.config import SteerConfig
@@ -200,10 +200,11 @@ def prepare_sets(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, config
                 stats = sorted({stat, "mean"})
                 say(f"measuring the target language's {', '.join(stats)} activations of {', '.join(names)} on "
                     f"{len(corpus)} documents (one pass)")
+                options = MeasureOptions(max_length=config.stats_max_length, batch_size=config.batch_size,
+                                         progress=config.progress)
                 cached = dict(zip(names, add_statistics(model, tokenizer, measured, corpus, stats,
                                                         language=config.target, corpus=sets.corpus_info,
-                                                        max_length=config.stats_max_length,
-                                                        batch_size=config.batch_size, progress=config.progress)))
+                                                        options=options)))
                 _write_stats(cache_dir, key, cached)
             for name, with_stats in cached.items():
                 if name == SPECIFIC:
@@ -293,7 +294,7 @@ def run_steer_sweep(model: torch.nn.Module, tokenizer: Any, sets: SteerSets, pro
             count = 0
         else:
             ns, o = methods[name]
-            with steer(model, ns, mode, strength, stat=stat, positions=positions, off=o):
+            with Steering(model, ns, mode, strength, stat=stat, positions=positions, off=o):
                 gens = generate_measured(model, tokenizer, rendered, vocab, target, max_new_tokens=max_new_tokens,
                                          batch_size=batch_size, progress=False)
             count = ns.count()
