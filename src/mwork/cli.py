@@ -13,8 +13,10 @@ import importlib
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterator
 
+from mwork.config import add_arguments, from_args, option
 from mwork.files import WRITE_ERRNOS, OutputError, check_output_kind, os_error_message, output_lock
 from mwork.neurons.neuronset import other_models_allowed
 
@@ -38,15 +40,22 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class GlobalOptions:
+    """The options of ``mwork`` itself, given before the command."""
+
+    allow_other_model: bool = option(False, "apply NeuronSets to a model other than the one they were made for "
+                                     "(same shape: a fine-tune, another name); without it such a mix is refused",
+                                     switch=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mwork",
         description="How large language models handle languages other than English: layer-wise "
         "decoding, language-specific neurons (PLND), deactivation and enhancement.",
     )
-    parser.add_argument("--allow-other-model", action="store_true",
-                        help="apply NeuronSets to a model other than the one they were made for (same shape: "
-                        "a fine-tune, another name); without it such a mix is refused")
+    add_arguments(parser, GlobalOptions)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_plain_warnings(args.command))
-            if args.allow_other_model:
+            if from_args(GlobalOptions, args).allow_other_model:
                 stack.enter_context(other_models_allowed())
             for flag, out, kind in _outputs(args):
                 if kind is not None:

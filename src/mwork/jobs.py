@@ -171,14 +171,14 @@ def add_job_command(sub: argparse._SubParsersAction, config: type, *, descriptio
     add_arguments(p, config)
     has_out = "out" in {f.name for f in dataclasses.fields(config)}
     if not has_out:
-        p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+        add_arguments(p, OutputOptions)  # --out DIR: where result.write() puts the files
 
     def main(args: argparse.Namespace) -> int:
         from mwork import distributed
 
         job = from_args(config, args)
         job.check()  # bad input is refused before the model loads
-        out = getattr(job, "out", None) if has_out else args.out
+        out = job.out if has_out else from_args(OutputOptions, args).out
         with job.context():
             result = job.run()
             files = result.write(out) if distributed.rank() == 0 else {}

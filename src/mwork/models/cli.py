@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
+from mwork.config import add_arguments, from_args, option
 from mwork.models.adapters import get_adapter, supported_families, supported_model_types
 from mwork.models.loading import BUILTIN_ALIASES, DEFAULT_MODEL, cache_dir, load_model
 from mwork.models.tiny import tiny_model_types
@@ -25,10 +27,17 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class InfoOptions:
+    """The options of ``mwork info``: which model (loaded on the CPU, in float32)."""
+
+    model: str = option(DEFAULT_MODEL, "built-in alias, local folder or hub id")
+
+
 def _info(args: argparse.Namespace) -> int:
     from mwork.neurons.importance import qk_paths  # lazy: the neuron layer sits above models
 
-    model, _ = load_model(args.model, device="cpu")
+    model, _ = load_model(from_args(InfoOptions, args).model, device="cpu")
     adapter = get_adapter(model)
     info = dict(adapter.fingerprint(), total_neurons=adapter.total_neurons(), qk_paths=qk_paths(model))
     print(json.dumps(info))
@@ -40,5 +49,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
     p = sub.add_parser("info", help="load a model (converting and caching the default one) and print its shape "
                        "and the Q/K importance path of each layer")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    add_arguments(p, InfoOptions)
     p.set_defaults(func=_info)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -87,22 +86,6 @@ def parse_device_map(text: str | None) -> DeviceMap | None:
         raise ValueError(f"--device-map must be one of {', '.join(DEVICE_MAP_STRATEGIES)}, a JSON object "
                          f"(module name -> device) or a .json file holding one; got {text!r}")
     return value
-
-
-def add_model_arguments(parser: argparse.ArgumentParser, out_help: str = "output folder") -> None:
-    """``--model``, ``--out``, ``--dtype`` and ``--device``: the options of a command that loads a
-    model and writes a results folder (the config's own options come from ``mwork.config``)."""
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"alias, local folder or hub id (default {DEFAULT_MODEL})")
-    parser.add_argument("--out", required=True, help=out_help)
-    parser.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16, float64")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-
-
-def add_device_map_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device-map`` for a command that loads a model (see ``parse_device_map``)."""
-    parser.add_argument("--device-map", default=None,
-                        help="spread a model larger than one device over several (accelerate): auto, balanced, "
-                        "sequential, or a JSON object / .json file mapping module names to devices; not with --device")
 
 
 def _dispatch(model: torch.nn.Module, device_map: DeviceMap) -> torch.nn.Module:

@@ -49,6 +49,8 @@ def _detect(args: argparse.Namespace) -> int:
 class SpecificConfig:
     """``mwork specific``: each language's set minus the shared neurons, written under ``out_dir``."""
 
+    sets: tuple[str, ...] = option(help="NeuronSet files of several languages (same model)", positional=True,
+                                   nargs="+")
     out_dir: str = option(help="output folder (a set per input, under its file name)", required=True,
                           metavar="OUT_DIR", record=False)
     rule: str = option("shared", "shared: minus neurons in all sets (reference); english: minus the English set; "
@@ -61,7 +63,7 @@ def _specific(args: argparse.Namespace) -> int:
     from mwork.neurons.specific import save_language_specific
 
     config = from_args(SpecificConfig, args)
-    for path in save_language_specific(args.sets, config.out_dir, rule=config.rule, english=config.english):
+    for path in save_language_specific(config.sets, config.out_dir, rule=config.rule, english=config.english):
         ns = NeuronSet.load(path)
         print(f"{ns.meta['name']}: {ns.count()} neurons ({ns.fraction():.4%} of all; "
               + ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds) + f") -> {path}")
@@ -72,8 +74,12 @@ def _specific(args: argparse.Namespace) -> int:
 class StatsConfig:
     """``mwork stats``: where the tables go, and which statistics (NeuronSets', or a model's routing)."""
 
+    sets: tuple[str, ...] = option((), "NeuronSet files", positional=True, nargs="*")
     out: str = option(help="output folder", required=True, metavar="OUT", record=False)
     router: bool = option(False, "router statistics of --model on --corpus texts instead")
+    # several LANG=SPEC after one --corpus, as well as --corpus repeated
+    corpus: tuple[str, ...] = option((), "with --router: texts per language (a file, xquad:LANG[A:B], builtin:LANG "
+                                     "...)", nargs="+", metavar="LANG=SPEC")
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -83,15 +89,15 @@ def _stats(args: argparse.Namespace) -> int:
     from mwork.neurons.router_stats import RouterStatsConfig
 
     router_only = [name for name in given(args, RouterStatsConfig) if name != "progress"]
-    stray = [f"--{name.replace('_', '-')}" for name in router_only] + (["--corpus"] if args.corpus else [])
+    stray = [f"--{name.replace('_', '-')}" for name in router_only] + (["--corpus"] if config.corpus else [])
     if stray:
         raise ValueError(f"{', '.join(stray)}: only used for router statistics (--router); without it they would be "
                          "ignored")
-    if not args.sets:
+    if not config.sets:
         raise ValueError("give NeuronSet files, or --router --model M --corpus LANG=SPEC ... for router statistics")
     from mwork.neurons.overlap import named_sets, write_stats
 
-    sets, names = named_sets(args.sets)
+    sets, names = named_sets(config.sets)
     paths = write_stats(sets, config.out, names)
     for name, ns in zip(names, sets):
         print(f"{name}: {ns.count()} neurons ({ns.fraction():.4%} of all)")
@@ -102,9 +108,9 @@ def _stats(args: argparse.Namespace) -> int:
 def _router_stats(args: argparse.Namespace, stats: StatsConfig) -> int:
     from mwork.neurons.router_stats import RouterStatsConfig
 
-    if args.sets:
+    if stats.sets:
         raise ValueError("--router measures a model's routing on texts; it takes no NeuronSet files")
-    job = from_args(RouterStatsConfig, args, corpora=tuple(args.corpus or ()))
+    job = from_args(RouterStatsConfig, args, corpora=stats.corpus)
     result = job.run()
     paths = result.write(stats.out)
     for line in result.lines():
@@ -144,7 +150,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("specific", help="language-specific sets: each language's set minus the shared neurons",
                        description="Writes each input's language-specific set under DIR/<input file name>.")
-    p.add_argument("sets", nargs="+", help="NeuronSet files of several languages (same model)")
     add_arguments(p, SpecificConfig)
     p.set_defaults(func=_specific)
 
@@ -153,11 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="NeuronSet statistics, or (--router) per-language router statistics of a "
                        "mixture-of-experts model: selection frequency per language, layer and expert, and an "
                        "expert-level specificity score (see docs/moe.md).")
-    p.add_argument("sets", nargs="*", help="NeuronSet files")
     add_arguments(p, StatsConfig)
-    # several LANG=SPEC after one --corpus (as well as --corpus repeated): more than option() says
-    p.add_argument("--corpus", nargs="+", action="extend", metavar="LANG=SPEC",
-                   help="with --router: texts per language (a file, xquad:LANG[A:B], builtin:LANG ...)")
     from mwork.neurons.router_stats import RouterStatsConfig
 
     add_arguments(p.add_argument_group("router statistics (--router)"), RouterStatsConfig, exclude=("progress",))
