@@ -29,7 +29,8 @@ class ConvertConfig:
 
     to: str | None = option(None, "export NeuronSets to this format", choices=FORMATS)
     from_: str | None = option(None, "import files of this format", flag="--from", choices=FORMATS)
-    inputs: tuple[str, ...] = option((), "--to: NeuronSet files; --from: the file(s) to import", cli=False)
+    inputs: tuple[str, ...] = option((), "--to: NeuronSet files; --from: the file(s) to import", positional=True,
+                                     nargs="+", metavar="FILE")
     out: str | None = option(None, "--to: the file to write (its shape and languages go to OUT.json)",
                              record=False)
     ffn_only: bool = option(False, "--to lape: export the FFN neurons of sets that also hold attention neurons")
@@ -72,7 +73,7 @@ class ConvertConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    for p in from_args(ConvertConfig, args, inputs=tuple(args.inputs)).run().data:
+    for p in from_args(ConvertConfig, args).run().data:
         print(p)
     return 0
 
@@ -87,6 +88,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "checked against the model's shape.")
     others = [name for name in ConvertConfig.__dataclass_fields__ if name not in WAYS]
     add_arguments(p.add_mutually_exclusive_group(required=True), ConvertConfig, exclude=others)
-    p.add_argument("inputs", nargs="+", help=ConvertConfig.__dataclass_fields__["inputs"].metadata["help"])
     add_arguments(p, ConvertConfig, exclude=WAYS)
     p.set_defaults(func=_run, output_kinds={"out": "file"})
