@@ -39,6 +39,7 @@ from mwork.cli import build_parser, main
 
 SEED = 17
 M = "tiny-random-llama"
+LCB = str(Path(__file__).resolve().parent / "data" / "lcb")
 
 
 @dataclass(frozen=True)
@@ -363,6 +364,24 @@ COMMANDS: dict[str, Command] = {
         bad("--scale", "0.5"), bad("--out", "<afile>"), bad("--seed", "3"), bad("--local-limit", "2"),
         bad("--site-dir", "<folder>"), bad("--make-local-tasks", "<fresh>", names=["--make-local-tasks", "--tasks"]),
     ), valid_draws=0),
+    "confusion-run": Command(("confusion", "run"), (
+        "--model", M, "--lcb-dir", LCB, "--tasks", "monolingual", "--langs", "fr", "--limit", "1",
+        "--max-new-tokens", "2", "--out", "<fresh>", "--no-progress", "--no-perplexity"), slots(
+        [["--shots", "1"], ["--greedy"]], [["--levers", "none,prompt"]], [["--batch-size", "1"]],
+        [["--seed", "3"], ["--top-p", "0.9", "--temperature", "0.7"]], [["--tasks", "monolingual,crosslingual"]],
+    ), bad=(
+        bad("--langs", "xx"), bad("--langs", "fr,fr"), bad("--langs", "de"), bad("--tasks", "nope"),
+        bad("--shots", "2"), bad("--limit", "0"), bad("--max-new-tokens", "0"), bad("--top-p", "0"),
+        bad("--temperature", "0"), bad("--batch-size", "0"), bad("--levers", "magic"), bad("--levers", "none,none"),
+        bad("--levers", "neurons", names=["--neurons-dir"]), bad("--levers", "vectors", names=["--vectors-dir"]),
+        bad("--levers", "neurons", "--neurons-dir", "<nope>"), bad("--levers", "vectors", "--vectors-dir", "<folder>"),
+        bad("--levers", "random", "--neurons-dir", "<root>/sets", names=["--stats-corpus"]),
+        bad("--levers", "random", "--vectors-dir", "<root>/sets", "--vector-mode", "set"),
+        bad("--stats-corpus", "xx"), bad("--stats-docs", "0"), bad("--neuron-strength", "nan"),
+        bad("--vector-strength", "inf"), bad("--neuron-layers", "a"), bad("--vector-layers", "5:2"),
+        bad("--chat"), bad("--chat", "--shots", "1", names=["--shots"]), bad("--lcb-dir", "<nope>"),
+        bad("--lcb-dir", "<afile>"), bad("--lcb-dir", "<folder>"), bad("--out", "<afile>"), *COMMON_BAD, *DEVICE_BAD,
+    ), valid_draws=2),
     "demo": Command(("demo",), ("--quick", "--model", M, "--out", "<fresh>", "--langs", "en,fr"), bad=(
         bad("--langs", "fr,zh"), bad("--langs", "en,fr,fr"), bad("--langs", "en,xx", names=["xx"]), bad("--langs", ","),
         bad("--latin-langs", "xx"), bad("--latin-langs", "en,en"), bad("--corpus-dir", "<nope>"),

@@ -46,11 +46,9 @@ from outside the registry (UniDic 3.1).
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
 import importlib.util
-import io
 import math
 import string
 import warnings
@@ -62,6 +60,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from mwork.config import fingerprint, option
+from mwork.confusion.tables import (COLUMNS, REQUIRED_COLUMNS, lcb_csv, read_completions,  # noqa: F401  (here too)
+                                    write_result)
 from mwork.jobs import Job
 
 #: the languages whose completions get the word-level check (the benchmark's non-Latin ones)
@@ -70,11 +70,6 @@ THRESHOLD = 0.3
 MIN_TOKENS = 5
 UNKNOWN = "unknown"
 ALL = "all"
-#: the columns a completions file must have (the released files also have id, model and task)
-REQUIRED_COLUMNS: tuple[str, ...] = ("completion", "source", "language")
-#: the columns of lcb.csv, in order
-COLUMNS: tuple[str, ...] = ("model", "task", "source", "language", "cells", "n", "scored", "line_pass",
-                            "word_pass", "lpr", "wpr", "lcpr")
 _CUT = "\nQ:"
 _TABLE = str.maketrans({**{ch: None for ch in string.punctuation}, "\u060c": None, "\u2014": " "})
 _WORDS_RESOURCE = "english_words.txt.gz"
@@ -316,8 +311,8 @@ class LcbConfig(Job):
     command = "score"
     summary = "LPR, WPR and LCPR of a completions CSV, as the benchmark scores them"
 
-    file: str | None = option(None, "completions CSV (e.g. the benchmark's outputs/command-r.csv)", cli=False,
-                              record=False)
+    file: str | None = option(None, "completions CSV (e.g. the benchmark's outputs/command-r.csv)", positional=True,
+                              metavar="FILE.csv", record=False)
     threshold: float = option(THRESHOLD, "a line's fastText label counts only when its probability is above "
                               "this; otherwise the line is 'unknown'")
     min_tokens: int = option(MIN_TOKENS, "lines with fewer tokens are not scored")
@@ -377,6 +372,18 @@ class Scorer:
         if lines and errors == 0 and language in WPR_LANGUAGES:
             english = any(tok.strip() in self.words for toks in tokens for tok in toks)
         return CompletionScore(len(lines), errors, english)
+
+    def line_labels(self, text: str, language: str) -> list[tuple[str, str | None]]:
+        """Each line of the completion as the reader sees it (cut at ``\nQ:``, stripped, its
+        punctuation kept) with the label rule 5 gives it, or None where it is not scored (under
+        ``min_tokens`` after rules 2-3): what a page highlights as the confused lines."""
+        self.check_language(language)
+        shown = text.split(_CUT, 1)[0].strip().split("\n")
+        out = []
+        for original, line in zip(shown, normalize(text).split("\n")):
+            scored = len(self.tokenizer.tokens(line, language)) >= self.config.min_tokens
+            out.append((original, self.identifier.label(line, self.config.threshold) if scored else None))
+        return out
 
     def settings(self) -> dict:
         return {"lid_model": self.identifier.settings(), "words": self.words_record,
@@ -454,7 +461,7 @@ def summarize(cells: Mapping[tuple[str, str, str, str], dict]) -> list[dict]:
     return rows
 
 
-# ---- files ----------------------------------------------------------------------------------------
+# ---- results -------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -475,43 +482,6 @@ class LcbResult:
         several = len({r["model"] for r in tops}) > 1
         return {(f"{r['model']}/{r['task']}" if several else r["task"]):
                 {k: r[k] for k in ("lpr", "wpr", "lcpr", "n")} for r in tops}
-
-
-def read_completions(path: str | Path) -> list[dict]:
-    """The rows of a completions CSV in the released format (``id,model,completion,task,source,
-    language``; ``completion``, ``source`` and ``language`` are required). A missing completion
-    value reads as the empty string."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise FileNotFoundError(f"cannot read the completions file {path}: {err.strerror or err}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text; the completions file must be a UTF-8 CSV") from None
-    limit = csv.field_size_limit()
-    csv.field_size_limit(1 << 30)  # completions may be long; the default 128 KiB would fail them
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            found = ", ".join(header) if header else "no header"
-            raise ValueError(f"{path} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''} (found: "
-                             f"{found}); a completions file is a CSV with the columns completion, source and "
-                             "language (the released files: id,model,completion,task,source,language)")
-        reader.fieldnames = header
-        rows = []
-        for row in reader:
-            rows.append({k: ("" if v is None else v) for k, v in row.items() if k is not None})
-    except csv.Error as err:
-        raise ValueError(f"{path} is not a readable CSV (line {reader.line_num}: {err})") from None
-    finally:
-        csv.field_size_limit(limit)
-    if not rows:
-        raise ValueError(f"{path} has a header but no completions")
-    return rows
 
 
 def score_completions(records: Sequence[Mapping[str, Any]], config: LcbConfig | None = None,
@@ -578,32 +548,3 @@ def score_file(path: str | Path, config: LcbConfig | None = None, scorer: Scorer
     result = score_completions(records, config, scorer, where="data row")
     result.metadata = {"input": str(path), "input_sha256": hashlib.sha256(raw).hexdigest(), **result.metadata}
     return result
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def lcb_csv(rows: Sequence[Mapping]) -> str:
-    buf = io.StringIO(newline="")
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
-    return buf.getvalue()
-
-
-def write_result(result: LcbResult, out: str | Path) -> tuple[Path, Path]:
-    """``OUT/lcb.csv`` (the rows) and ``OUT/lcb.json`` (settings, model file, word list, overall
-    rates), each written atomically."""
-    from mwork.files import make_folder, write_json, write_text
-
-    folder = make_folder(out)
-    csv_path, json_path = folder / "lcb.csv", folder / "lcb.json"
-    write_text(csv_path, lcb_csv(result.rows))
-    write_json(json_path, {**result.metadata, "overall": result.overall()}, indent=2, ensure_ascii=False)
-    return csv_path, json_path
