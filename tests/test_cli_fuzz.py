@@ -36,6 +36,7 @@ from typing import Sequence
 import pytest
 
 from mwork.cli import build_parser, main
+from tests.conftest import TEST_DATA
 
 SEED = 17
 M = "tiny-random-llama"
@@ -364,6 +365,28 @@ COMMANDS: dict[str, Command] = {
         bad("--scale", "0.5"), bad("--out", "<afile>"), bad("--seed", "3"), bad("--local-limit", "2"),
         bad("--site-dir", "<folder>"), bad("--make-local-tasks", "<fresh>", names=["--make-local-tasks", "--tasks"]),
     ), valid_draws=0),
+    "control": Command(("experiment", "control"), (
+        "--model", M, "--levers", "prompt,neurons", "--neurons-dir", "<spec>", "--sources", "en", "--targets", "fr",
+        "--items", "mgsm-text", "--data", str(TEST_DATA), "--limit", "2", "--max-new-tokens", "1", "--strengths", "1",
+        "--modes", "set", "--stats-docs", "1", "--stats-max-length", "8", "--out", "<fresh>", "--no-progress"), slots(
+        [["--strengths", "1,2"], ["--strengths", "-1"]], [["--modes", "add"]], [["--levers", "prompt"]],
+        [["--layers", "all,0-1"], ["--layers", "1+0"]], [["--positions", "generated"]], [["--instructions", "source"]],
+        [["--batch-size", "1"]], [["--choose", "lever"]], [["--dev-fraction", "0.3"]], [["--seed", "3"]],
+        [["--stats-corpus", "fr=<fr>"]],
+    ), bad=(
+        bad("--levers", "nope"), bad("--levers", "prompt,prompt"), bad("--levers", "vectors", names=["--vectors-dir"]),
+        bad("--levers", "random", "--neurons-dir", "<nope>"), bad("--sources", "xx"), bad("--targets", "en"),
+        bad("--targets", "fr,fr"), bad("--items", "nope"), bad("--items", "xquad-text", names=["fr"]),
+        bad("--strengths", "0"), bad("--strengths", "nan"), bad("--strengths", "1,1"), bad("--strengths", "abc"),
+        bad("--vector-strengths", "0"), bad("--vector-strengths", "inf"),
+        bad("--modes", "scale"), bad("--vector-modes", "twist"), bad("--positions", "nowhere"),
+        bad("--instructions", "fr"), bad("--layers", "mid"), bad("--layers", "99"), bad("--layers", "G"),
+        bad("--limit", "1"), bad("--dev-fraction", "0"), bad("--dev-fraction", "1.5"), bad("--max-new-tokens", "0"),
+        bad("--batch-size", "0"), bad("--stats-docs", "0"), bad("--neurons-dir", "<nope>"),
+        bad("--neurons-dir", "<afile>"), bad("--neurons-dir", "<held>"), bad("--stats-corpus", "de=<fr>"),
+        bad("--stats-corpus", "fr=<nope>.txt"), bad("--stats-corpus", "fr=<empty>"), bad("--chat"),
+        bad("--choose", "best"), bad("--out", "<afile>"), *COMMON_BAD, *DEVICE_BAD,
+    ), valid_draws=2, append=frozenset({"--stats-corpus"})),
     "confusion-run": Command(("confusion", "run"), (
         "--model", M, "--lcb-dir", LCB, "--tasks", "monolingual", "--langs", "fr", "--limit", "1",
         "--max-new-tokens", "2", "--out", "<fresh>", "--no-progress", "--no-perplexity"), slots(

@@ -1,8 +1,10 @@
 """``mwork experiment deactivation``: the paper's deactivation grid for one model and task;
-``mwork experiment methods``: detection methods head to head.
+``mwork experiment methods``: detection methods head to head; ``mwork experiment control``:
+language control that keeps the meaning (levers over sources x targets, chosen on dev).
 
-The commands of ``DeactivationConfig`` and ``MethodsConfig`` (``add_job_command``); each prints
-its table's path and content (rank 0 alone under torchrun)."""
+The commands of ``DeactivationConfig``, ``MethodsConfig`` and ``ControlConfig``
+(``add_job_command``); the first two print their table's path and content (rank 0 alone under
+torchrun), the control experiment its chosen settings' file."""
 
 from __future__ import annotations
 
@@ -29,11 +31,22 @@ def _methods_report(result: Any, files: dict[str, Path]) -> None:
     _show(result, "report.md")
 
 
+def _control_report(result: Any, files: dict[str, Path]) -> None:
+    from mwork.jobs import run_files
+
+    print(run_files(files))
+    chosen = files.get("chosen.csv")
+    if chosen is not None:
+        print(Path(chosen).read_text(encoding="utf-8"), end="")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from mwork.experiments.control import ControlConfig
     from mwork.experiments.deactivation import DeactivationConfig
     from mwork.experiments.methods import MethodsConfig
 
-    p = sub.add_parser("experiment", help="run an experiment (the paper's deactivation grid; detection methods head to head)")
+    p = sub.add_parser("experiment", help="run an experiment (the paper's deactivation grid; detection methods head "
+                       "to head; language control)")
     exp = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     add_job_command(exp, DeactivationConfig, report=_deactivation_report,
                     description="Rows: layer regions x {language-specific, random}; columns Eng, n-Eng, ΔEng, "
@@ -47,3 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "methods; the cost against a forward pass. Writes selectivity.csv, summary.csv, matrix.csv, "
                     "stability.csv, agreement.csv, cost.csv, report.md, results.json and plots; finished cells and "
                     "scores are kept and reused.")
+    add_job_command(exp, ControlConfig, report=_control_report,
+                    description="For every lever (language neurons, language vectors, random units, a prompt, "
+                    "prompt and vector), source and target and every setting (layers, positions, strength): greedy "
+                    "outputs of parallel items scored on forcing (the output's language is the target) and meaning "
+                    "(kept relative to the unsteered model), with fluency beside; settings chosen per lever on the "
+                    "dev items and reported on the disjoint test items. Writes control.csv, chosen.csv, "
+                    "generations.jsonl, summary.json, control_heatmap.png, control_pareto.png; finished cells are "
+                    "kept in cells.jsonl and reused.")
