@@ -9,19 +9,28 @@ tokens each (no stop string, ``min_new_tokens``), so that every phase generates 
   ``mwork.steer`` context (a seeded random neuron set of 0.5 % of the FFN neurons with a random
   statistic; random directions of norm 1 at every layer): the cost of the edit itself;
 * ``cell``: a whole cell of the experiment with the ``vectors-add`` lever
-  (``mwork.experiments.control.measure.measure_cell``: the experiment's generation through
-  ``mwork.tasks.generation.generate``, here without stop strings, then the unsteered model's
+  (``mwork.experiments.control.measure``: the experiment's generation, ``generate_stacked`` of
+  the one cell, here without stop strings, then ``measure_cell``: the unsteered model's
   log-likelihood of each output, distinct-2 and the language of each output), against
   ``generate`` alone with no lever (``cell_plain``); an output that ends at EOS early makes the
   two generate different token counts, so read this ratio as the measures' overhead;
-* ``stacked``: plain generation of ``--settings`` copies of the items in one call, against
-  ``--settings`` separate calls: what batching the settings into the rows of one batch would
-  save, which the edit primitive does not allow today (one strength per edit, not per row).
+* ``stacked_edits``: ``--settings`` settings (``vectors-add`` at strengths 1, 2, ...) stacked
+  as the experiment stacks them (``--stack``): one call of ``--settings`` copies of the items,
+  each setting's ``Steering`` on its own rows, against the same call with no edit
+  (``stacked_plain``, the same rows and tokens): what a stacked setting costs over plain
+  batched ``generate``;
+* ``stacked_cells``: the experiment's own path, ``generate_stacked`` of those settings (one
+  batch of every row, stop strings and EOS as the experiment has them) against plain
+  ``generate`` of the same rows in one batch (``stacked_cells_plain``);
+* ``separate``: the plain rows of ``stacked_plain`` in ``--settings`` separate calls, against
+  ``stacked_plain``: what stacking saves over generating each setting alone (``--stack 1``).
 
 Each phase runs interleaved ``--repeats`` times; each time is the median over repeats and each
-ratio the median of the per-repeat ratios (robust on a shared machine). The experiment's cost is
+ratio the median of the per-repeat ratios (robust on a shared machine). The experiment runs
 ``pairs x (1 + settings)`` cells (``settings``: the levers' variants x layer ranges x positions x
-strengths, plus the prompt variants), each about ``cell`` seconds for its pair's items::
+strengths, plus the prompt variants); stacked, it costs about plain batched ``generate`` of
+``pairs x (1 + settings) x items`` rows in batches of ``--batch-size``, times ``stacked_edits``,
+plus each cell's measures::
 
     PYTHONPATH=src python benchmarks/control_speed.py --model gemma-3-270m --data tests/data [--out FILE]
 """
@@ -32,15 +41,17 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 
 import mwork
 from mwork.control import items_of_split, load_items
-from mwork.experiments.control.measure import measure_cell
+from mwork.experiments.control.measure import Stacked, generate_stacked, measure_cell
 from mwork.experiments.control.prompts import Prompt, render
 from mwork.models.adapters import get_adapter
 from mwork.neurons.neuronset import NeuronSet
+from mwork.steering import Steering
 from mwork.tasks.generation import generate
 from mwork.units.directions import Directions
 
@@ -69,7 +80,7 @@ def main() -> None:
     ap.add_argument("--data", default="tests/data", help="XQuAD folder (as the tasks read)")
     ap.add_argument("--items", type=int, default=8, help="items generated per call")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--settings", type=int, default=4, help="copies stacked in one call for 'stacked'")
+    ap.add_argument("--settings", type=int, default=4, help="settings stacked in one call (the stacked phases)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
@@ -108,32 +119,57 @@ def main() -> None:
         for _ in range(args.settings):
             gen(texts)
 
-    def stacked() -> None:
-        gen(texts * args.settings)
+    stacked_rows = texts * args.settings
+    strengths = [float(k + 1) for k in range(args.settings)]
+
+    def stacked_edits() -> None:
+        with ExitStack() as stack:
+            for k, a in enumerate(strengths):
+                rows = range(k * len(texts), (k + 1) * len(texts))
+                stack.enter_context(Steering(model, target, "add", a, rows=rows))
+            gen(stacked_rows)
 
     unstopped = [Prompt(p.text, ()) for p in prompts]
 
+    def lever(a: float):
+        return lambda rows: Steering(model, target, "add", a, rows=rows)
+
+    def stacked_cells() -> None:
+        generate_stacked(model, tok, [Stacked(unstopped, lever(a)) for a in strengths],
+                         max_new_tokens=args.max_new_tokens, batch_size=len(stacked_rows))
+
+    def stacked_cells_plain() -> None:
+        generate(model, tok, stacked_rows, max_new_tokens=args.max_new_tokens, batch_size=len(stacked_rows),
+                 progress=False)
+
     def cell() -> None:
-        measure_cell(model, tok, unstopped, mwork.steer(model, target, "add", 1.0),
-                     max_new_tokens=args.max_new_tokens, batch_size=len(unstopped))
+        outputs, = generate_stacked(model, tok, [Stacked(unstopped, lever(1.0))],
+                                    max_new_tokens=args.max_new_tokens, batch_size=len(unstopped))
+        measure_cell(model, tok, unstopped, outputs, batch_size=len(unstopped))
 
     def cell_plain() -> None:
         generate(model, tok, texts, max_new_tokens=args.max_new_tokens, batch_size=len(texts), progress=False)
 
     gen(texts)  # warm up
     times: dict[str, list[float]] = {"plain": [], **{k: [] for k in levers}, "cell_plain": [], "cell": [],
-                                     "separate": [], "stacked": []}
+                                     "stacked_plain": [], "stacked_edits": [], "separate": [],
+                                     "stacked_cells_plain": [], "stacked_cells": []}
     for _ in range(args.repeats):
         times["plain"].append(timed(lambda: gen(texts)))
         for name, make in levers.items():
             times[name].append(timed(lambda make=make: _in(make(), gen, texts)))
         times["cell_plain"].append(timed(cell_plain))
         times["cell"].append(timed(cell))
+        times["stacked_plain"].append(timed(lambda: gen(stacked_rows)))
+        times["stacked_edits"].append(timed(stacked_edits))
         times["separate"].append(timed(separate))
-        times["stacked"].append(timed(stacked))
+        times["stacked_cells_plain"].append(timed(stacked_cells_plain))
+        times["stacked_cells"].append(timed(stacked_cells))
     ratios = {k: statistics.median(t / p for t, p in zip(times[k], times["plain"])) for k in levers}
     ratios["cell_vs_cell_plain"] = statistics.median(c / p for c, p in zip(times["cell"], times["cell_plain"]))
-    ratios["stacked_vs_separate"] = statistics.median(s / p for s, p in zip(times["stacked"], times["separate"]))
+    for name, base in (("stacked_edits", "stacked_plain"), ("separate", "stacked_plain"),
+                       ("stacked_cells", "stacked_cells_plain")):
+        ratios[f"{name}_vs_{base}"] = statistics.median(t / p for t, p in zip(times[name], times[base]))
     result = {"model": args.model, "device": str(next(model.parameters()).device), "items": len(texts),
               "max_new_tokens": args.max_new_tokens, "settings": args.settings,
               "repeats": args.repeats, "threads": torch.get_num_threads(),

@@ -169,6 +169,27 @@ def test_a_killed_run_resumes_to_the_same_files(contract, inputs, monkeypatch):
     assert main(command(inputs, out)) == 0
 
 
+def test_stacked_settings_give_the_files_of_each_setting_alone(contract, inputs, monkeypatch):
+    """The contract run stacks each pair's 6 cells (--stack 8, --batch-size 4: batches mix settings
+    and the prompt lever's longer prompts); --stack 1 generates each setting alone, --stack 4 in
+    stacks of 4 and 2; every cell is generated once."""
+    real = runner_module.generate_stacked
+    stacks = []
+
+    def counted(model, tokenizer, cells, **kwargs):
+        stacks.append(len(cells))
+        return real(model, tokenizer, cells, **kwargs)
+
+    monkeypatch.setattr(runner_module, "generate_stacked", counted)
+    for stack, sizes in (("1", [1] * 12), ("4", [4, 2, 4, 2])):
+        stacks.clear()
+        out = inputs / f"stack{stack}"
+        assert main(command(inputs, out, "--stack", stack)) == 0
+        assert stacks == sizes
+        for name in ("control.csv", "generations.jsonl", "cells.jsonl"):
+            assert (out / name).read_bytes() == (contract / name).read_bytes(), (stack, name)
+
+
 @pytest.mark.parametrize("extra, names", [
     (("--levers", "neurons,teleport"), ("--levers", "teleport")),
     (("--targets", "es,de", "--levers", "vectors"), ("vectors", "de")),

@@ -110,6 +110,9 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
     chat: bool = option(False, "give every prompt as a user turn of the model's chat template")
     max_new_tokens: int = option(32, "tokens generated per item")
     batch_size: int = option(8, "prompts per generation batch")
+    stack: int = option(8, "settings (cells) of a pair generated together: their rows share batches of "
+                        "--batch-size, each setting's edit on its own rows (1: each setting alone); greedy "
+                        "outputs are the same", record=False, metavar="N")
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -154,7 +157,7 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
             raise ValueError(f"--dev-fraction must be between 0 and 1 (both splits need items), got {self.dev_fraction}")
         if self.limit < 2:
             raise ValueError(f"--limit must be at least 2 (an item for dev and one for test), got {self.limit}")
-        for name in ("max_new_tokens", "batch_size", "stats_docs", "stats_max_length"):
+        for name in ("max_new_tokens", "batch_size", "stack", "stats_docs", "stats_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.choose not in CHOOSE:

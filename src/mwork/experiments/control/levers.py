@@ -17,7 +17,8 @@ the lever acts:
 * ``prompt+vector``: both, variant ``<instruction>+<vector variant>`` (``en+add``);
 * ``unsteered`` (always run, never asked for): the model as it is, the reference of every row.
 
-Every edit goes through ``mwork.steer`` (the one intervention primitive); the registry
+Every edit goes through ``mwork.steering.Steering`` (``mwork.steer``'s context; the one intervention
+primitive), on given rows of a batch when settings are stacked; the registry
 :data:`LEVERS` finds a lever by name. A new lever is a :class:`Lever` registered there.
 """
 
@@ -101,24 +102,28 @@ class Lever:
         return None
 
     def edit(self, model: nn.Module, units: LeverUnits, setting: Setting, source: str, target: str,
-             layers: list[int] | None) -> ContextManager[Any]:
-        """The context the variant generates in (``layers``: the setting's layers, resolved)."""
+             layers: list[int] | None, rows: Sequence[int] | None = None) -> ContextManager[Any]:
+        """The context the variant generates in (``layers``: the setting's layers, resolved;
+        ``rows``: only these rows of each batch are edited, None: every row), so that settings
+        stacked into one batch each edit their own rows."""
         return contextlib.nullcontext()
 
 
-def _neuron_edit(model: nn.Module, ns: Any, mode: str, setting: Setting, layers: list[int] | None) -> ContextManager:
-    from mwork.steering import steer
+def _neuron_edit(model: nn.Module, ns: Any, mode: str, setting: Setting, layers: list[int] | None,
+                 rows: Sequence[int] | None) -> ContextManager:
+    from mwork.steering import Steering
 
-    return steer(model, ns, f"{mode}:mean", float(setting.strength), layers=layers, positions=setting.positions)
+    return Steering(model, ns, f"{mode}:mean", float(setting.strength), layers=layers,
+                    positions=str(setting.positions), rows=rows)
 
 
 def _vector_edit(model: nn.Module, add: Any, remove: Any, mode: str, setting: Setting,
-                 layers: list[int] | None) -> ContextManager:
-    from mwork.steering import steer
+                 layers: list[int] | None, rows: Sequence[int] | None) -> ContextManager:
+    from mwork.steering import Steering
 
     swap, norm = mode.startswith("swap"), mode.endswith("-norm")
-    return steer(model, add, "add", float(setting.strength), layers=layers, positions=setting.positions,
-                 off=remove if swap else None, keep_norm=norm)
+    return Steering(model, add, "add", float(setting.strength), layers=layers, positions=str(setting.positions),
+                    off=remove if swap else None, keep_norm=norm, rows=rows)
 
 
 def _vector_units(family: str, mode: str, source: str, target: str) -> list[str]:
@@ -144,8 +149,8 @@ class Neurons(Lever):
     def family(self, variant: str) -> str | None:
         return "neurons"
 
-    def edit(self, model, units, setting, source, target, layers):
-        return _neuron_edit(model, units.neurons[target], setting.variant, setting, layers)
+    def edit(self, model, units, setting, source, target, layers, rows=None):
+        return _neuron_edit(model, units.neurons[target], setting.variant, setting, layers, rows)
 
 
 class Vectors(Lever):
@@ -160,9 +165,9 @@ class Vectors(Lever):
     def family(self, variant: str) -> str | None:
         return "vectors"
 
-    def edit(self, model, units, setting, source, target, layers):
+    def edit(self, model, units, setting, source, target, layers, rows=None):
         remove = units.vectors.get(source) if setting.variant.startswith("swap") else None
-        return _vector_edit(model, units.vectors[target], remove, setting.variant, setting, layers)
+        return _vector_edit(model, units.vectors[target], remove, setting.variant, setting, layers, rows)
 
 
 class Random(Lever):
@@ -181,12 +186,12 @@ class Random(Lever):
     def family(self, variant: str) -> str | None:
         return variant.partition("-")[0]
 
-    def edit(self, model, units, setting, source, target, layers):
+    def edit(self, model, units, setting, source, target, layers, rows=None):
         family, _, mode = setting.variant.partition("-")
         if family == "neurons":
-            return _neuron_edit(model, units.random_neurons[target], mode, setting, layers)
+            return _neuron_edit(model, units.random_neurons[target], mode, setting, layers, rows)
         remove = units.random_vectors.get(source) if mode.startswith("swap") else None
-        return _vector_edit(model, units.random_vectors[target], remove, mode, setting, layers)
+        return _vector_edit(model, units.random_vectors[target], remove, mode, setting, layers, rows)
 
 
 class Prompting(Lever):
@@ -214,10 +219,10 @@ class PromptAndVector(Lever):
     def family(self, variant: str) -> str | None:
         return "vectors"
 
-    def edit(self, model, units, setting, source, target, layers):
+    def edit(self, model, units, setting, source, target, layers, rows=None):
         mode = setting.variant.partition("+")[2]
         remove = units.vectors.get(source) if mode.startswith("swap") else None
-        return _vector_edit(model, units.vectors[target], remove, mode, setting, layers)
+        return _vector_edit(model, units.vectors[target], remove, mode, setting, layers, rows)
 
 
 LEVERS: Registry[Lever] = Registry("control lever")

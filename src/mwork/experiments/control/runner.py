@@ -6,8 +6,10 @@ runs it.
    activations measured where missing, the random baselines drawn, the layer ranges resolved.
 2. Cells (``mwork.experiments.kernel``), one per (lever, variant, layers, positions, strength,
    source, target) under :class:`ControlKey`, plus the unsteered model once per pair: a cell
-   generates every item of its pair (both splits, every item set) in one batched pass inside
-   the lever's context, then measures fluency with the model unchanged (``measure``). Cells are
+   generates every item of its pair (both splits, every item set) inside the lever's context,
+   the pending cells of a pair stacked (``--stack`` at a time) into shared batches of
+   ``--batch-size`` rows, each cell's edit on its own rows (``measure.generate_stacked``); then
+   each cell measures fluency with the model unchanged (``measure``). Cells are
    kept in ``OUT/cells.jsonl``, keyed by the content they are computed from (model weights, the
    unit sets and their statistics, the rendered prompts, the resolved layers, the generation
    settings), so a killed run resumes to the same files and a changed input is recomputed.
@@ -34,7 +36,7 @@ from mwork.experiments.control.inputs import (PairItems, families, items_digest,
                                               units_digest)
 from mwork.experiments.control.layers import resolve_layers
 from mwork.experiments.control.levers import UNSTEERED, LeverUnits, Plan, Setting, lever, settings
-from mwork.experiments.control.measure import measure_cell
+from mwork.experiments.control.measure import Stacked, generate_stacked, measure_cell
 from mwork.experiments.control.prompts import Prompt, render
 from mwork.experiments.control.schema import SETTING
 from mwork.experiments.kernel import Cell, CellInputs, CellKey, CellStore, execute
@@ -232,17 +234,43 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
     store = CellStore(out / "cells.jsonl", recorded, inputs, {c.key: expected(c.key) for c in cells},
                       key_type=ControlKey, name="the control experiment", label="control")
 
+    pending: dict[tuple[str, str], list[ControlKey]] = {}
+    for c in cells:
+        if c.key not in store.done:
+            assert isinstance(c.key, ControlKey)
+            pending.setdefault((c.key.source, c.key.target), []).append(c.key)
+    generated: dict[ControlKey, list[str]] = {}
+    counts: dict[ControlKey, int] = {}
+
+    def stacked(key: ControlKey) -> Stacked:
+        layers = layer_lists[key.layers] if key.layers is not None else None
+
+        def edit(rows: list[int] | None) -> Any:
+            made = lever(key.lever).edit(model, units, key.setting(), key.source, key.target, layers, rows)
+            counts[key] = int(getattr(made, "count", 0))
+            return made
+        return Stacked(prompts.of(key.source, key.target, instruction_of(key)), edit)
+
+    def generate_stack(key: ControlKey) -> None:
+        """``key``'s outputs and those of the next pending cells of its pair (``--stack`` in all)."""
+        todo = pending[(key.source, key.target)]  # in plan order, each cell generated once
+        keys = [key] + [k for k in todo if k != key][:config.stack - 1]
+        todo[:] = [k for k in todo if k not in keys]
+        outputs = generate_stacked(model, tokenizer, [stacked(k) for k in keys], max_new_tokens=config.max_new_tokens,
+                                   batch_size=config.batch_size)
+        generated.update(zip(keys, outputs))
+
     def measure(cell: Cell) -> dict[str, Any]:
         key = cell.key
         assert isinstance(key, ControlKey)
-        setting = key.setting()
-        layers = layer_lists[key.layers] if key.layers is not None else None
-        edit = lever(key.lever).edit(model, units, setting, key.source, key.target, layers)
-        records = measure_cell(model, tokenizer, prompts.of(key.source, key.target, instruction_of(key)), edit,
-                               max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        if key not in generated:
+            generate_stack(key)
+        outputs = generated.pop(key)
+        records = measure_cell(model, tokenizer, prompts.of(key.source, key.target, instruction_of(key)), outputs,
+                               batch_size=config.batch_size)
         target = sum(r["language"] == key.target for r in records) / len(records)
         return {"score": target, "n": len(records), "metric": "forcing", "higher_is_better": True,
-                "off": int(getattr(edit, "count", 0)), "items": records}
+                "off": counts.get(key, 0), "items": records}
 
     done = execute(cells, store, measure, progress=config.progress)
     rows, generations = [], []
