@@ -50,21 +50,10 @@ from mwork.control import items_of_split, load_items
 from mwork.experiments.control.measure import Stacked, generate_stacked, measure_cell
 from mwork.experiments.control.prompts import Prompt, render
 from mwork.models.adapters import get_adapter
-from mwork.neurons.neuronset import NeuronSet
 from mwork.steering import Steering
 from mwork.tasks.generation import generate
 from mwork.units.directions import Directions
-
-
-def random_neurons(model, fraction: float = 0.005, seed: int = 0) -> NeuronSet:
-    ns = NeuronSet.empty_for(model)
-    gen = torch.Generator().manual_seed(seed)
-    values = {}
-    for k, m in ns.masks.items():
-        if k == "ffn":
-            m[:] = torch.rand(m.shape, generator=gen) < fraction
-        values[k] = torch.where(m, torch.randn(m.shape, generator=gen), torch.full(m.shape, float("nan")))
-    return ns.with_statistics({"mean": values}, {"language": "random (benchmark)"})
+from steer_bench import random_steer_set  # the same random steered set as the steering benchmark
 
 
 def random_vectors(model, seed: int) -> Directions:
@@ -93,7 +82,7 @@ def main() -> None:
     items = (items_of_split(items, "dev") + items_of_split(items, "test"))[: args.items]
     prompts = [render(it) for it in items]
     texts = [p.text for p in prompts]
-    neurons, target, source = random_neurons(model), random_vectors(model, 1), random_vectors(model, 2)
+    neurons, target, source = random_steer_set(model, 0.005), random_vectors(model, 1), random_vectors(model, 2)
     levers = {
         "neurons-set": lambda: mwork.steer(model, neurons, "set", 1.0),
         "vectors-add": lambda: mwork.steer(model, target, "add", 1.0),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -197,6 +198,16 @@ def float_cell(spec: str) -> Callable[[Any], str]:
         return format(value, spec) if isinstance(value, float) else str(value)
 
     return cell
+
+
+def number_cell(value: Any) -> Any:
+    """A :func:`csv_text` cell for result tables: None and NaN empty, a float to 6 significant
+    digits, anything else as it is."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
 
 
 def write_csv(path: str | Path, rows: Sequence[Any], columns: Sequence[str] | None = None,

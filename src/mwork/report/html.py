@@ -205,6 +205,20 @@ class Cell:
                   title=self.title or None, scope="row" if tag == "th" and self.header else None)
 
 
+def short_text(text: Any, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis; ``(empty)`` for none."""
+    words = " ".join(str(text or "").split())
+    if not words:
+        return "(empty)"
+    return words if len(words) <= limit else words[:limit - 1].rstrip() + "…"
+
+
+def generation_cell(text: Any, language: Any, limit: int) -> Cell:
+    """A generated text, cut to ``limit`` characters, with its detected language beside it."""
+    return Cell(raw=concat(short_text(text, limit), " ", el("span", f"[{language or '?'}]", class_="sub")),
+                style="overflow-wrap:anywhere")
+
+
 def _cell(value: object) -> Cell:
     return value if isinstance(value, Cell) else Cell(value)
 

@@ -5,7 +5,6 @@ unit set files) by :meth:`ControlConfig.check`, before a model is loaded."""
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +22,6 @@ DEFAULT_SOURCES: tuple[str, ...] = ("en", "zh", "ru")
 DEFAULT_TARGETS: tuple[str, ...] = ("en", "fr", "es", "de", "ru", "zh")
 CHOOSE: tuple[str, ...] = ("pair", "lever")
 
-
-def _strengths(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return values
 
 
 def _check_strengths(values: tuple[float, ...], flag: str) -> None:
@@ -84,11 +74,11 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
                                             "(default: all, and the three regions when --understanding / "
                                             "--generation or --lens is given)")
     strengths: tuple[float, ...] = option((0.5, 1.0, 2.0), "strengths to sweep, comma-separated (not 0: that is "
-                                          "the unsteered model)", parse=_strengths, metavar="A,B,...")
+                                          "the unsteered model)", metavar="A,B,...")
     vector_strengths: tuple[float, ...] | None = option(None, "strengths of the vector edits (vectors, prompt+vector, "
                                                         "random directions), on their own scale: a vector is added "
                                                         "at every layer of the range (default: --strengths)",
-                                                        parse=_strengths, metavar="A,B,...")
+                                                        metavar="A,B,...")
     modes: tuple[str, ...] = option(NEURON_MODES, "neuron modes to sweep (set: x <- (1-a) x + a s; add: x <- x + "
                                     "a s; s the target language's mean activation)")
     vector_modes: tuple[str, ...] = option(("add", "add-norm", "swap"), "vector modes to sweep: add (x <- x + a v), "

@@ -20,16 +20,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mwork.experiments.control.schema import CHOSEN, CONTROL, GENERATIONS, HEATMAP, PARETO, SETTING, SUMMARY
-from mwork.files import csv_text, write_json, write_text
+from mwork.files import csv_text, number_cell, write_json, write_text
 from mwork.plotting import plain_text, save_figure
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return value
 
 
 def _num(value: Any) -> float:
@@ -140,8 +132,8 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], chosen: Sequence[Mapping[str,
 def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
     """Every file of the folder (module docstring) from :func:`mwork.experiments.control.runner.run_control`'s result."""
     rows, chosen = result["rows"], result["chosen"]
-    write_text(out / CONTROL.name, csv_text(rows, CONTROL.columns, _cell))
-    write_text(out / CHOSEN.name, csv_text(chosen, CHOSEN.columns, _cell))
+    write_text(out / CONTROL.name, csv_text(rows, CONTROL.columns, number_cell))
+    write_text(out / CHOSEN.name, csv_text(chosen, CHOSEN.columns, number_cell))
     write_text(out / GENERATIONS.name,
                "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in result["generations"]))
     write_json(out / SUMMARY.name, result["info"], indent=2, default=str, ensure_ascii=False)

@@ -27,7 +27,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mwork.files import csv_text as _csv_text, write_json, write_text  # noqa: E402
+from mwork.files import csv_text as _csv_text, number_cell, write_json, write_text  # noqa: E402
 from mwork.experiments.steering.schema import (GENERATIONS, GENERATIONS_MD, PLOT, STEER, SUMMARY,  # noqa: E402
                                                TEXT_COLUMNS, UNSTEERED)
 from mwork.plotting import plain_text, save_figure  # noqa: E402
@@ -37,16 +37,8 @@ ROW_COLUMNS: tuple[str, ...] = STEER.columns
 UNSTEERED_COLUMNS: tuple[str, ...] = UNSTEERED.columns
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return value
-
-
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    return _csv_text(rows, columns, _cell)
+    return _csv_text(rows, columns, number_cell)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -131,16 +131,8 @@ def _findings(sec: Section, means: list[dict[str, Any]], anchor: str) -> None:
                      "the unsteered model."))
 
 
-def _short(text: Any, limit: int) -> str:
-    words = " ".join(str(text or "").split())
-    if not words:
-        return "(empty)"
-    return words if len(words) <= limit else words[:limit - 1].rstrip() + "…"
-
-
 def _text(text: Any, language: Any) -> H.Cell:
-    return H.Cell(raw=H.concat(_short(text, MAX_CHARS), " ", el("span", f"[{language or '?'}]", class_="sub")),
-                  style="overflow-wrap:anywhere")
+    return H.generation_cell(text, language, MAX_CHARS)
 
 
 def _same_setting(g: dict[str, Any], r: dict[str, Any]) -> bool:
@@ -172,7 +164,7 @@ def _generations(sec: Section, generations: list[dict[str, Any]], chosen: list[d
     if not shown:
         return
     levers = list(picks)
-    body = [[H.Cell(_short(e["prompt"], MAX_PROMPT_CHARS), style="overflow-wrap:anywhere"),
+    body = [[H.Cell(H.short_text(e["prompt"], MAX_PROMPT_CHARS), style="overflow-wrap:anywhere"),
              *(_text(*(e["outputs"].get(name) or ("", "–"))) for name in levers)] for e in shown]
     sec.table(["prompt", *levers], body, caption=Markup(
         "Test outputs of {} → {} ({}, {}) of each lever at its chosen setting, greedy, with the detected language "

@@ -196,17 +196,8 @@ def _finding(sec: Section, f: dict[str, Any], anchor: str, paper: bool) -> None:
             _strength(s), pct(rate), pct(r_rate), ": more than random." if rate > r_rate else ": no more than random."))
 
 
-def _short(text: Any, limit: int) -> str:
-    words = " ".join(str(text or "").split())
-    if not words:
-        return "(empty)"
-    return words if len(words) <= limit else words[:limit - 1].rstrip() + "…"
-
-
 def _text_cell(text: Any, language: Any) -> H.Cell:
-    lang = str(language or "?")
-    return H.Cell(raw=H.concat(_short(text, MAX_CHARS), " ", el("span", f"[{lang}]", class_="sub")),
-                  style="overflow-wrap:anywhere")
+    return H.generation_cell(text, language, MAX_CHARS)
 
 
 def _generations(sec: Section, generations: list[dict[str, Any]], facts: list[dict[str, Any]]) -> None:
@@ -230,7 +221,7 @@ def _generations(sec: Section, generations: list[dict[str, Any]], facts: list[di
         return
     body = []
     for e in shown:
-        body.append([H.Cell(_short(e["prompt"], MAX_PROMPT_CHARS), style="overflow-wrap:anywhere"),
+        body.append([H.Cell(H.short_text(e["prompt"], MAX_PROMPT_CHARS), style="overflow-wrap:anywhere"),
                      _text_cell(*e["unsteered"]), _text_cell(*e.get("specific", ("", "–"))),
                      _text_cell(*e.get("random", ("", "–")))])
     n_prompts = len({str(g.get("prompt_id") or g["prompt"]) for g in generations})
