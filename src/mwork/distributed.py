@@ -95,12 +95,19 @@ def teardown() -> None:
 @contextmanager
 def group() -> Iterator[None]:
     """``init()`` on entry and, if it created the group, ``teardown()`` on exit: wrap a CLI
-    command with it to make the command data-parallel under torchrun."""
+    command with it to make the command data-parallel under torchrun. After a run that ended
+    well the ranks meet at a barrier first: a rank that leaves the gloo group while another still
+    talks to it can abort ("terminate called without an active exception"). After an error there
+    is no barrier, since the other ranks may never reach it."""
     created = init()
+    finished = False
     try:
         yield
+        finished = True
     finally:
         if created:
+            if finished:
+                dist.barrier()
             teardown()
 
 
