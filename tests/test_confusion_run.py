@@ -217,3 +217,15 @@ def test_empty_completions_are_counted_and_said(tmp_path, llama, monkeypatch):
     assert said and "4 completions are empty (none completions 1, 2, 3, 4)" in said[0]
     top = [r for r in rows_of(result.files["lcb_csv"]) if r["source"] == "all" and r["language"] == "all"][0]
     assert (top["n"], top["scored"], top["lpr"], top["distinct2"], top["ppl"]) == ("4", "0", "", "", "")
+
+
+def test_vector_modes_are_steer_settings():
+    from mwork.confusion.levers import LeverOptions
+
+    def settings(mode):
+        return LeverOptions(vector_mode=mode, vector_strength=2.0, vector_layers="6").steer_settings("vectors")
+
+    assert settings("add") == {"mode": "add", "strength": 2.0, "layers": "6", "positions": "all", "keep_norm": False}
+    assert settings("add-norm") == {**settings("add"), "keep_norm": True}  # experiment control's add-norm
+    assert settings("set")["mode"] == "set" and not settings("set")["keep_norm"]
+    assert "keep_norm" not in LeverOptions().steer_settings("neurons")

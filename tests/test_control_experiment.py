@@ -318,3 +318,85 @@ def test_chat_prompts_go_through_the_template_once_with_one_bos(shared_tiny, tmp
     prompts = {g["lever"]: g["prompt"] for g in read_jsonl(tmp_path / "chat" / "generations.jsonl")}
     assert prompts["prompt"].startswith("<bos><user>Respond in Chinese.\n\n")
     assert prompts["unsteered"].startswith("<bos><user>") and prompts["unsteered"].endswith("</user><assistant>")
+
+
+def test_text_prompts_show_one_other_sentence_restated_and_every_item_competes_in_a_pool():
+    from mwork.experiments.control.inputs import pair_items
+    from mwork.experiments.control.prompts import TEXT_CUES, base_prompt
+
+    def pairs(limit=4, **kw):
+        config = ControlConfig(levers="prompt", sources=("en",), targets=("zh",), items=("mgsm-text",), limit=limit,
+                               data=str(TEST_DATA), out="unused", **kw)
+        return pair_items(config, config.pairs())[("en", "zh")]
+
+    shown, alone = pairs(), pairs(text_shots=0)
+    assert [it.id for it in shown.items] == [it.id for it in alone.items] and shown.splits == alone.splits
+    example_id = shown.items[0].meta["example"]
+    assert {it.meta["example"] for it in shown.items} == {example_id}
+    assert example_id not in {it.id for it in shown.items}  # neither a dev nor a test item
+    example = shown.items[0].fields["example"]
+    for it, bare in zip(shown.items, alone.items):
+        cue = TEXT_CUES["en"]
+        assert base_prompt(bare).text == f"{bare.fields['text']}\n{cue}" and "example" not in bare.fields
+        assert base_prompt(it).text == f"{example}\n{cue} {example}\n\n{it.fields['text']}\n{cue}"
+    # the pool: the dev and test items, the example, then the data's other items
+    pool = shown.pools["mgsm-text"]
+    assert pool.ids[:5] == (*(it.id for it in shown.items), example_id) and len(set(pool.ids)) == len(pool.ids)
+    assert example_id not in alone.pools["mgsm-text"].ids[:4]
+    with pytest.raises(ValueError, match="no item left for the prompts' example"):
+        pairs(limit=200)  # every problem of the subset is a dev or a test item
+    assert len(pairs(limit=200, text_shots=0).items) == 44
+    with pytest.raises(ValueError, match="--text-shots"):
+        ControlConfig(levers="prompt", sources=("en",), targets=("zh",), text_shots=2, out="unused")
+
+
+def test_a_judge_rates_each_output_from_its_three_answers(shared_tiny, tmp_path):
+    """The judge's relevance is (p1 + 2 p2) / 2 of its log-likelihoods of the three ratings,
+    normalised (a direct computation here); an empty output is 0; with --judge the rows carry
+    judge, judge_unsteered and meaning_judge, and --meaning-from judge makes it the meaning."""
+    from mwork.control import load_items
+    from mwork.experiments.control.judge import rating_prompt, relevance
+    from mwork.tasks.generation import loglikelihood
+
+    model, tok = shared_tiny(M)
+    items = load_items("xquad-text", "en", "zh", data=str(TEST_DATA))[:2]
+    outputs = [items[0].fields["text"], ""]
+    got = relevance(model, tok, items, outputs, batch_size=2)
+    prompt = rating_prompt(items[0], outputs[0], tok)
+    assert prompt.startswith("Rate whether") and outputs[0].strip() in prompt  # no chat template: plain
+    logps = [lp for lp, _ in loglikelihood(model, tok, [(prompt, f" {r}") for r in "012"], progress=False)]
+    p = [math.exp(v) for v in logps]
+    assert got[0] == pytest.approx((p[1] + 2 * p[2]) / (2 * sum(p)), rel=1e-5) and 0 < got[0] < 1
+    assert got[1] == 0.0
+
+    config = ControlConfig(levers="prompt", sources=("en",), targets=("zh",), limit=2, data=str(TEST_DATA),
+                           max_new_tokens=2, judge=M, out=str(tmp_path / "judged"), progress=False)
+    config.run(model, tok)
+    rows = read_csv(tmp_path / "judged" / "control.csv")
+    assert all(r["judge"] != "" and r["meaning_judge"] != "" and r["measure"] == "match" for r in rows)
+    generations = read_jsonl(tmp_path / "judged" / "generations.jsonl")
+    assert all(0.0 <= g["judge"] <= 1.0 for g in generations)
+    primary = replace(config, meaning_from="judge", out=str(tmp_path / "primary"))
+    (tmp_path / "primary").mkdir()
+    shutil.copy(tmp_path / "judged" / "cells.jsonl", tmp_path / "primary")  # the meaning axis is chosen from cells
+    primary.run(model, tok)
+    assert (tmp_path / "primary" / "cells.jsonl").read_bytes() == (tmp_path / "judged" / "cells.jsonl").read_bytes()
+    rows = read_csv(tmp_path / "primary" / "control.csv")
+    assert all(r["measure"] == "judge" and r["meaning"] == r["meaning_judge"] for r in rows)
+    with pytest.raises(ValueError, match="--judge MODEL"):
+        replace(config, judge=None, meaning_from="judge")
+
+
+def test_neuron_edits_may_sweep_their_own_layer_ranges():
+    config = ControlConfig(levers="neurons,vectors,random", neurons_dir="D1", vectors_dir="D2", layers="6,9",
+                           neuron_layers="all", strengths="1", out="unused")
+    assert config.layer_specs_of() == {"neurons": ("all",), "vectors": ("6", "9")}
+    assert config.layer_specs() == ("6", "9", "all")  # every range the run resolves
+    plan = Plan(("set",), ("add",), ("en",), has_neurons=True, has_vectors=True)
+    got = {(s.lever, s.variant, s.layers) for name in ("neurons", "vectors", "random")
+           for s in settings(name, plan, "en", "es", config.layer_specs_of(), ("all",), config.strengths_of())}
+    assert got == {("neurons", "set", "all"), ("vectors", "add", "6"), ("vectors", "add", "9"),
+                   ("random", "neurons-set", "all"), ("random", "vectors-add", "6"), ("random", "vectors-add", "9")}
+    assert replace(config, neuron_layers=None).layer_specs_of()["neurons"] == ("6", "9")
+    with pytest.raises(ValueError, match="--neuron-layers names a region"):
+        replace(config, neuron_layers="generation")

@@ -17,7 +17,7 @@ import sacrebleu
 from mwork.control import (
     ParallelItem, choose_settings, chosen_test_rows, chrf, chrf_signature, combine_rows, corpus_chrf, detect_languages,
     first_sentence, forcing, harmonic_score, item_languages, item_measures, items_of_split, load_items,
-    meaning_ratio, relative_meaning, score_row, split_items, split_of, split_value)
+    Fluency, Judged, ReferencePool, meaning_ratio, relative_meaning, score_row, split_items, split_of, split_value)
 from mwork.data_sources import load_articles
 from mwork.tasks.metrics import qa_f1
 from tests.conftest import DATA_ROOTS, TEST_DATA
@@ -119,7 +119,7 @@ def test_languages_are_the_sentence_identifiers():
             return "es" if text.startswith("es:") else "en"
 
     items = [_qa(0, "uno", "one"), _qa(1, "dos", "two")]
-    row = score_row(items, ["es: uno", "dos"], ["one", "two"], identifier=Fixed())
+    row = score_row(items, ["es: uno", "dos"], ["one", "two"], detect_languages(["es: uno", "dos"], Fixed()))
     assert row["forcing"] == 0.5
 
 
@@ -136,24 +136,28 @@ def _text(i: int, ref: str, src: str) -> ParallelItem:
 def test_score_row_by_hand_for_qa():
     items = [_qa(0, "Pekín", "Beijing"), _qa(1, "1870", "1870"), _qa(2, "lagos azules", "blue lakes"),
              _qa(3, "la ciudad", "the city")]
-    steered = ["Pekín", "1870", "lagos verdes", "nada"]  # F1 vs target: 1, 1, 0.5, 0
-    unsteered = ["Beijing", "1870", "blue lakes", "the city"]  # F1 vs target: 0, 1, 0, 0
+    steered = ["Pekín", "1870", "lagos verdes", "nada"]  # F1 vs target: 1, 1, 0.5, 0; vs source: 0, 1, 0, 0
+    unsteered = ["Beijing", "1870", "blue lakes", "ciudad"]  # F1 vs target: 0, 1, 0, 2/3; vs source: 1, 1, 1, 0
     languages = ["es", "unknown", "es", "es"]
-    row = score_row(items, steered, unsteered, languages, distinct_2=[0.5, None, 1.0, 0.75], perplexity=3.5)
-    assert row["n"] == 4 and row["measure"] == "f1" and row["kind"] == "qa"
-    assert row["steered"] == pytest.approx(2.5 / 4) and row["unsteered"] == pytest.approx(1 / 4)
-    assert row["meaning_ratio"] == pytest.approx(2.5) and row["meaning"] == 1.0  # capped
+    row = score_row(items, steered, unsteered, languages, fluency=Fluency([0.5, None, 1.0, 0.75], 3.5))
+    assert row["n"] == 4 and row["measure"] == "f1_any" and row["kind"] == "qa"
+    # the meaning measure is the better of the two languages' F1, per output
+    assert row["steered"] == pytest.approx(2.5 / 4) and row["unsteered"] == pytest.approx((3 + 2 / 3) / 4)
+    assert row["meaning_ratio"] == pytest.approx(2.5 / (3 + 2 / 3)) == row["meaning"]
     assert row["forcing"] == 0.75
-    assert row["score"] == pytest.approx(2 * 0.75 / 1.75)
-    # against the source gold, beside: steered 0, 1, 0, 0 = 0.25; unsteered 1, 1, 1, 1 = 1
-    assert row["f1_source"] == pytest.approx(0.25) and row["f1_source_unsteered"] == 1.0
-    assert row["meaning_source"] == pytest.approx(0.25)
+    assert row["score"] == pytest.approx(2 * 0.75 * row["meaning"] / (0.75 + row["meaning"]))
+    # each language's F1 beside it: target 2.5/4 vs (1 + 2/3)/4; source 0.25 vs 0.75
+    assert row["f1"] == pytest.approx(2.5 / 4) and row["f1_unsteered"] == pytest.approx((1 + 2 / 3) / 4)
+    assert row["f1_source"] == pytest.approx(0.25) and row["f1_source_unsteered"] == pytest.approx(0.75)
+    assert row["meaning_source"] == pytest.approx(0.25 / 0.75)
     assert row["exact"] == pytest.approx(0.5) and row["exact_unsteered"] == pytest.approx(0.25)
-    assert row["f1"] == row["steered"] and row["f1_unsteered"] == row["unsteered"]
+    assert row["f1_any"] == row["steered"] and row["f1_any_unsteered"] == row["unsteered"]
     assert row["distinct_2"] == pytest.approx(0.75) and row["fluency"] == row["distinct_2"]
     assert row["perplexity"] == 3.5
     # each number is the official scorer's
-    assert row["steered"] == pytest.approx(sum(qa_f1(o, [i.references[0]], "es") for i, o in zip(items, steered)) / 4)
+    assert row["f1"] == pytest.approx(sum(qa_f1(o, [i.references[0]], "es") for i, o in zip(items, steered)) / 4)
+    assert row["steered"] == pytest.approx(sum(max(qa_f1(o, [i.references[0]], "es"), qa_f1(o, [i.source_references[0]], "en"))
+                                               for i, o in zip(items, steered)) / 4)
 
     # half as good as the unsteered model: meaning 0.5
     half = score_row(items[:2], ["Pekín", "no"], ["Pekín", "1870"], ["es", "es"])
@@ -162,26 +166,57 @@ def test_score_row_by_hand_for_qa():
     none = score_row(items, ["no"] * 4, unsteered, ["es"] * 4)
     assert none["meaning"] == 0.0 and none["score"] == 0.0 and none["forcing"] == 1.0
     # the unsteered model scores 0: any kept meaning counts as all of it; none as none
-    zero_base = score_row(items[:1], ["Pekín"], ["Beijing"], ["en"])
-    assert zero_base["meaning"] == 1.0 and zero_base["meaning_ratio"] is None and zero_base["score"] == 0.0
-    assert score_row(items[:1], ["Beijing"], ["Beijing"], ["es"])["meaning"] == 0.0
+    zero_base = score_row(items[:1], ["Pekín"], ["nada"], ["es"])
+    assert zero_base["meaning"] == 1.0 and zero_base["meaning_ratio"] is None and zero_base["score"] == 1.0
+    assert score_row(items[:1], ["nada"], ["nada"], ["es"])["meaning"] == 0.0
+    # the right answer left in the source language keeps the meaning; forcing says it is not the target's
+    kept = score_row(items[:1], ["Beijing"], ["Beijing"], ["en"])
+    assert kept["meaning"] == 1.0 and kept["forcing"] == 0.0 and kept["score"] == 0.0
 
 
 def test_score_row_by_hand_for_text():
-    items = [_text(0, "Janet hat 16 Enten.", "Janet has 16 ducks."), _text(1, "Er kauft 3 Hüte.", "He buys 3 hats.")]
-    steered = ["Janet hat 16 Enten.", "Er kauft Hüte."]
-    unsteered = ["Janet has 16 ducks.", "He buys 3 hats."]
-    row = score_row(items, steered, unsteered, ["de", "de"])
+    items = [_text(0, "Janet hat 16 Enten.", "Janet has 16 ducks."), _text(1, "Er kauft 3 Hüte.", "He buys 3 hats."),
+             _text(2, "Die Sonne scheint heute sehr hell.", "The sun is shining very brightly today.")]
+    steered = ["Janet hat 16 Enten.", "Er kauft Hüte.", "Er kauft 3 Hüte."]
+    unsteered = ["Janet has 16 ducks.", "He buys 3 hats.", "The sun shines brightly today."]
+    row = score_row(items, steered, unsteered, ["de", "de", "de"])
+    # match: closer by chrF to its own item's sentence (either language) than to every other item's
+    def matches(out, own, side):
+        refs = [(i.references if side == "target" else i.source_references)[0] for i in items]
+        scores = [sacrebleu.sentence_chrf(out, [r]).score for r in refs]
+        return all(scores[own] > s for j, s in enumerate(scores) if j != own)
+    on = [float(matches(o, k, "target") or matches(o, k, "source")) for k, o in enumerate(steered)]
+    off = [float(matches(o, k, "target") or matches(o, k, "source")) for k, o in enumerate(unsteered)]
+    assert on == [1.0, 1.0, 0.0] and off == [1.0, 1.0, 1.0]  # the third says the second item's sentence
+    assert row["measure"] == "match" and row["steered"] == pytest.approx(2 / 3) and row["unsteered"] == 1.0
+    assert row["meaning"] == pytest.approx(2 / 3) and row["forcing"] == 1.0
+    assert row["score"] == pytest.approx(2 * (2 / 3) / (1 + 2 / 3))
+    assert row["match_target"] == pytest.approx(2 / 3)
+    # names and numbers survive translation: a German sentence may single out its English one too
+    assert row["match_source"] == pytest.approx(sum(matches(o, k, "source") for k, o in enumerate(steered)) / 3)
+    assert row["match_source_unsteered"] == 1.0
+    assert row["match_target_unsteered"] == pytest.approx(sum(matches(o, k, "target") for k, o in enumerate(unsteered)) / 3)
     s = [sacrebleu.sentence_chrf(o, [i.references[0]]).score for i, o in zip(items, steered)]
-    u = [sacrebleu.sentence_chrf(o, [i.references[0]]).score for i, o in zip(items, unsteered)]
-    assert row["measure"] == "chrf" and row["steered"] == pytest.approx(sum(s) / 2)
-    assert row["unsteered"] == pytest.approx(sum(u) / 2)
-    assert row["meaning"] == pytest.approx(min(1.0, sum(s) / sum(u))) == 1.0
-    assert row["forcing"] == 1.0 and row["score"] == 1.0
+    assert row["chrf"] == pytest.approx(sum(s) / 3)
+    u = [sacrebleu.sentence_chrf(o, [i.source_references[0]]).score for i, o in zip(items, unsteered)]
+    assert row["chrf_source_unsteered"] == pytest.approx(sum(u) / 3)
     refs = [i.references[0] for i in items]
     assert row["corpus_chrf"] == pytest.approx(sacrebleu.corpus_chrf(steered, [refs]).score)
     assert row["distinct_2"] is None and row["fluency"] is None and row["perplexity"] is None
-    assert item_measures(items[0], steered[0]) == {"chrf": pytest.approx(100.0)}
+    pool = ReferencePool.of(items)
+    assert item_measures(items[0], steered[0], pool=pool)["chrf"] == pytest.approx(100.0)
+    # an output close to no sentence matches no item (a tie is no match)
+    assert item_measures(items[0], "Zzz.", pool=pool)["match"] == 0.0
+    assert item_measures(items[0], "", pool=pool)["match"] == 0.0
+    # a pool given explicitly: the second item's sentence now has a rival closer to it
+    rival = _text(3, "Er kauft 3 Hüte und Schuhe.", "He buys 3 hats and shoes.")
+    wider = ReferencePool.of([*items, rival])
+    assert score_row(items[1:2], ["Er kauft 3 Hüte und Schuhe."], ["He buys 3 hats."], ["de"],
+                     pool=wider)["match"] == 0.0
+    with pytest.raises(ValueError, match="pool"):
+        item_measures(items[0], "x")
+    with pytest.raises(ValueError, match="not in the reference pool"):
+        item_measures(rival, "x", pool=pool)
 
 
 def test_score_row_refuses_misaligned_or_mixed_input():
@@ -404,3 +439,20 @@ def test_setting_choice_reads_csv_rows_and_can_choose_per_lever():
     assert chosen_test_rows(dev_only, strict=False) == []
     assert choose_settings([_row("x", "test", 1.0, 0.5)]) == []
     assert not math.isnan(per_lever[0]["dev_score"])
+
+
+def test_a_judges_relevance_is_beside_the_measure_or_is_the_meaning():
+    items = [_qa(0, "Pekín", "Beijing"), _qa(1, "1870", "1870")]
+    judged = Judged([0.5, 1.0], [1.0, 1.0])
+    row = score_row(items, ["Pekín", "no"], ["Beijing", "1870"], ["es", "es"], judged=judged)
+    assert row["measure"] == "f1_any" and row["meaning"] == pytest.approx(0.5)  # the measure: (1 + 0) / 2 vs 1
+    assert row["judge"] == pytest.approx(0.75) and row["judge_unsteered"] == 1.0
+    assert row["meaning_judge"] == pytest.approx(0.75)
+    primary = score_row(items, ["Pekín", "no"], ["Beijing", "1870"], ["es", "es"],
+                        judged=Judged([0.5, 1.0], [1.0, 1.0], primary=True))
+    assert primary["measure"] == "judge" and primary["meaning"] == pytest.approx(0.75)
+    assert primary["score"] == pytest.approx(2 * 1.0 * 0.75 / 1.75) and primary["f1_any"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="judged steered"):
+        score_row(items, ["a", "b"], ["a", "b"], ["es", "es"], judged=Judged([0.5], [1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        score_row(items, ["a", "b"], ["a", "b"], ["es", "es"], judged=Judged([0.5, 2.0], [1.0, 1.0]))

@@ -6,8 +6,8 @@
   ``mwork detect`` writes them), steered with ``mwork.steer`` in ``set`` (toward their mean
   activation on the language) or ``add`` mode;
 * ``vectors``: the language's residual vector (``--vectors-dir``, ``LANG.safetensors`` per
-  language, as ``mwork vectors`` writes them), steered in ``add`` (``x + alpha v``) or ``set``
-  mode;
+  language, as ``mwork vectors`` writes them), steered in ``add`` (``x + alpha v``), ``add-norm``
+  (the same with each edited hidden state's norm restored, ReCoVeR's) or ``set`` mode;
 * ``random``: the baseline of the same size: the neurons' set or the vectors drawn at random
   (``random_like``: the same count per layer and kind, or the same norm per layer), steered the
   same way. Random neurons carry no activation statistic: in ``set`` / ``add`` mode their mean on
@@ -40,6 +40,8 @@ LEVERS: tuple[str, ...] = (NONE, PROMPT, NEURONS, VECTORS, RANDOM)
 STEERING: tuple[str, ...] = (NEURONS, VECTORS, RANDOM)
 #: the statistic ``set`` / ``add`` move toward (``mwork.steer``'s default)
 STAT = "mean"
+#: how vectors are steered (``add-norm``: ``add`` with ``keep_norm``)
+VECTOR_MODES: tuple[str, ...] = ("add", "add-norm", "set")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,8 +58,9 @@ class LeverOptions:
                               choices=("set", "add"))
     neuron_strength: float = option(1.0, "the neurons' strength alpha")
     neuron_layers: str | None = option(None, "steer only the neurons of these layers (e.g. 10-17; default: all)")
-    vector_mode: str = option("add", "how vectors are steered: add (x + alpha v) or set (toward the language's "
-                              "mean coordinate)", choices=("add", "set"))
+    vector_mode: str = option("add", "how vectors are steered: add (x + alpha v), add-norm (the same, each edited "
+                              "hidden state rescaled to its norm, as experiment control's add-norm) or set (toward "
+                              "the language's mean coordinate)", choices=VECTOR_MODES)
     vector_strength: float = option(4.0, "the vectors' strength alpha")
     vector_layers: str | None = option(None, "steer only the vectors of these layers (e.g. 8; default: every "
                                        "layer the file holds)")
@@ -156,8 +159,9 @@ class LeverOptions:
         if kind == NEURONS:
             return {"mode": self.neuron_mode, "strength": self.neuron_strength, "layers": self.neuron_layers,
                     "positions": self.positions}
-        return {"mode": self.vector_mode, "strength": self.vector_strength, "layers": self.vector_layers,
-                "positions": self.positions}
+        return {"mode": self.vector_mode.removesuffix("-norm"), "strength": self.vector_strength,
+                "layers": self.vector_layers, "positions": self.positions,
+                "keep_norm": self.vector_mode.endswith("-norm")}
 
 
 @dataclass

@@ -6,9 +6,10 @@ the reasons; in short, for one row (lever, source, target, split, setting) over 
   (``mwork.sentence_langid.default_identifier``, labels compared as they are, as ``mwork steer``'s
   ``target_rate`` does) is the target; an output with no letter is ``unknown``, never the target.
 * **meaning** m = ``relative_meaning(S, U)``, where S and U are the means over the row's items of
-  the meaning measure (``mwork.control.meaning.PRIMARY_MEASURE``: QA F1 against the target gold,
-  chrF against the target reference) of the steered outputs and of the unsteered model's outputs
-  on the same items: m = min(1, S / U) when U > 0; when U = 0 (the unsteered model had nothing
+  the meaning measure (``mwork.control.meaning.PRIMARY_MEASURE``: QA F1 against the gold answer
+  of either language, ``f1_any``; for text, whether the output singles out its own item's
+  sentence of either language among the item set's, ``match``) of the steered outputs and of the
+  unsteered model's outputs on the same items: m = min(1, S / U) when U > 0; when U = 0 (the unsteered model had nothing
   to keep) m = 1 if S > 0, else 0. So m = 0 whenever nothing is kept (S = 0), m is defined for
   every U, and m lies in [0, 1] as f does. The uncapped ratio S / U is kept beside it
   (``meaning_ratio``; None when U = 0).
@@ -27,10 +28,11 @@ rows of the chosen settings (:func:`chosen_test_rows`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from mwork.control.items import ParallelItem
-from mwork.control.meaning import MEASURES, PRIMARY_MEASURE, corpus_chrf, item_measures
+from mwork.control.meaning import MEASURES, PRIMARY_MEASURE, ReferencePool, corpus_chrf, item_measures
 from mwork.sentence_langid import default_identifier
 from mwork.tasks.metrics import DEFAULT_SCORING
 
@@ -90,35 +92,64 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def measure_items(items: Sequence[ParallelItem], outputs: Sequence[str], *,
-                  scoring: str = DEFAULT_SCORING) -> list[dict[str, float]]:
-    """:func:`mwork.control.meaning.item_measures` of each output (aligned with ``items``)."""
+def measure_items(items: Sequence[ParallelItem], outputs: Sequence[str], *, scoring: str = DEFAULT_SCORING,
+                  pool: ReferencePool | None = None) -> list[dict[str, float]]:
+    """:func:`mwork.control.meaning.item_measures` of each output (aligned with ``items``); text
+    items compete in ``pool`` (None: a pool of ``items`` themselves)."""
     if len(items) != len(outputs):
         raise ValueError(f"{len(items)} items but {len(outputs)} outputs")
-    return [item_measures(item, out, scoring=scoring) for item, out in zip(items, outputs)]
+    if pool is None and items and items[0].kind == "text":
+        pool = ReferencePool.of(items)
+    return [item_measures(item, out, scoring=scoring, pool=pool) for item, out in zip(items, outputs)]
+
+
+@dataclass(frozen=True)
+class Fluency:
+    """A row's fluency, measured with the model elsewhere: ``distinct_2`` per steered output (None
+    where an output has under two tokens) and the unsteered model's ``perplexity`` of the steered
+    outputs (one number)."""
+
+    distinct_2: Sequence[float | None] | None = None
+    perplexity: float | None = None
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A judge model's relevance of each steered and each unsteered output, in [0, 1]
+    (``mwork.experiments.control.judge``); ``primary``: the judge is the meaning measure."""
+
+    steered: Sequence[float]
+    unsteered: Sequence[float]
+    primary: bool = False
 
 
 def score_row(items: Sequence[ParallelItem], steered: Sequence[str], unsteered: Sequence[str],
               languages: Sequence[str] | None = None, *, scoring: str = DEFAULT_SCORING,
-              distinct_2: Sequence[float | None] | None = None, perplexity: float | None = None,
-              identifier: Any = None) -> dict[str, Any]:
+              fluency: Fluency | None = None, pool: ReferencePool | None = None,
+              judged: Judged | None = None) -> dict[str, Any]:
     """The measures of one row: ``items`` (one item set, one source and target), the steered
     outputs, the unsteered model's outputs and the steered outputs' detected languages, each
-    aligned with ``items`` (``languages`` None: detected here with ``identifier``).
+    aligned with ``items`` (``languages`` None: detected here, :func:`detect_languages`); text
+    items' ``match`` among ``pool`` (None: among ``items``).
 
     Returns ``n``, ``item_set``, ``kind``, ``measure`` (the meaning measure's name), ``forcing``,
     ``meaning``, ``score``, ``meaning_ratio``, ``steered`` / ``unsteered`` (the two means of the
     meaning measure), every measure's mean as ``<measure>`` and ``<measure>_unsteered`` (QA:
-    ``f1``, ``exact``, ``f1_source``, ``exact_source``, with ``meaning_source``, the relative
-    rule applied to ``f1_source``; text: ``chrf`` and the corpus chrF ``corpus_chrf``), and the
-    fluency numbers computed elsewhere: ``distinct_2`` (the mean of the per-output values given,
-    None ones left out), ``perplexity`` (as given: the unsteered model's perplexity of the steered
-    outputs) and ``fluency`` (= ``distinct_2``)."""
+    ``f1_any``, ``f1``, ``exact``, ``f1_source``, ``exact_source``, with ``meaning_source``, the
+    relative rule applied to ``f1_source``; text: ``match``, ``match_target``, ``match_source``,
+    ``chrf``, ``chrf_source`` and the corpus chrF ``corpus_chrf``); with ``judged``, ``judge``
+    and ``judge_unsteered`` (the mean relevances) and ``meaning_judge`` (the relative rule on
+    them), which is the meaning when ``judged.primary`` (``measure`` is then ``judge``); and
+    the fluency numbers (``fluency``): ``distinct_2`` (the mean of the per-output values given,
+    None ones left out), ``perplexity`` (as given) and ``fluency`` (= ``distinct_2``)."""
     n = len(items)
     if n == 0:
         raise ValueError("no items: a row needs at least one")
+    fluency = fluency or Fluency()
     for what, seq in (("steered outputs", steered), ("unsteered outputs", unsteered),
-                      ("languages", languages), ("distinct_2 values", distinct_2)):
+                      ("languages", languages), ("distinct_2 values", fluency.distinct_2),
+                      ("judged steered outputs", judged and judged.steered),
+                      ("judged unsteered outputs", judged and judged.unsteered)):
         if seq is not None and len(seq) != n:
             raise ValueError(f"{n} items but {len(seq)} {what}")
     first = items[0]
@@ -128,11 +159,23 @@ def score_row(items: Sequence[ParallelItem], steered: Sequence[str], unsteered: 
                              f"{item.item_set} {item.source}->{item.target}, {first.id!r} is "
                              f"{first.item_set} {first.source}->{first.target}")
     if languages is None:
-        languages = detect_languages(steered, identifier)
+        languages = detect_languages(steered)
     kind, measure = first.kind, PRIMARY_MEASURE[first.kind]
-    on, off = measure_items(items, steered, scoring=scoring), measure_items(items, unsteered, scoring=scoring)
+    if pool is None and kind == "text":
+        pool = ReferencePool.of(items)
+    on = measure_items(items, steered, scoring=scoring, pool=pool)
+    off = measure_items(items, unsteered, scoring=scoring, pool=pool)
     means = {m: _mean([r[m] for r in on]) for m in MEASURES[kind]}
     base = {m: _mean([r[m] for r in off]) for m in MEASURES[kind]}
+    if judged is not None:
+        for values in (judged.steered, judged.unsteered):
+            for v in values:
+                if not 0.0 <= float(v) <= 1.0:
+                    raise ValueError(f"a judge's relevance must be in [0, 1], got {v!r}")
+        means["judge"], base["judge"] = _mean([float(v) for v in judged.steered]), _mean(
+            [float(v) for v in judged.unsteered])
+        if judged.primary:
+            measure = "judge"
     f = forcing(languages, first.target)
     m = relative_meaning(means[measure], base[measure])
     row: dict[str, Any] = {
@@ -141,16 +184,18 @@ def score_row(items: Sequence[ParallelItem], steered: Sequence[str], unsteered: 
         "meaning_ratio": meaning_ratio(means[measure], base[measure]),
         "steered": means[measure], "unsteered": base[measure],
     }
-    for name in MEASURES[kind]:
+    for name in (*MEASURES[kind], *(("judge",) if judged is not None else ())):
         row[name], row[f"{name}_unsteered"] = means[name], base[name]
+    if judged is not None:
+        row["meaning_judge"] = relative_meaning(means["judge"], base["judge"])
     if kind == "qa":
         row["meaning_source"] = relative_meaning(means["f1_source"], base["f1_source"])
     else:
         refs = [item.references[0] for item in items]
         row["corpus_chrf"], row["corpus_chrf_unsteered"] = corpus_chrf(steered, refs), corpus_chrf(unsteered, refs)
-    given = [float(d) for d in (distinct_2 or ()) if d is not None]
+    given = [float(d) for d in (fluency.distinct_2 or ()) if d is not None]
     row["distinct_2"] = _mean(given) if given else None
-    row["perplexity"] = perplexity
+    row["perplexity"] = fluency.perplexity
     row["fluency"] = row["distinct_2"]
     return row
 

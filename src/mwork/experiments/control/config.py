@@ -73,6 +73,10 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
                                             "task-solving (T), generation (G) or layers such as 6-12 or 3+7-9 "
                                             "(default: all, and the three regions when --understanding / "
                                             "--generation or --lens is given)")
+    neuron_layers: tuple[str, ...] | None = option(None, "layer ranges of the neuron edits (neurons, random "
+                                                   "neurons), as --layers: a language's neurons lie in few layers, "
+                                                   "so a range that holds none of them is no edit (default: "
+                                                   "--layers)")
     strengths: tuple[float, ...] = option((0.5, 1.0, 2.0), "strengths to sweep, comma-separated (not 0: that is "
                                           "the unsteered model)", metavar="A,B,...")
     vector_strengths: tuple[float, ...] | None = option(None, "strengths of the vector edits (vectors, prompt+vector, "
@@ -98,6 +102,14 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
     choose: str = option("pair", "choose a setting per lever on dev for each pair, or one per lever over every pair",
                          choices=CHOOSE)
     chat: bool = option(False, "give every prompt as a user turn of the model's chat template")
+    text_shots: int = option(1, "text items: 1 shows one other sentence of the data and the cue followed by it "
+                             "before the item's (a base model then repeats the sentence it is given); 0: the "
+                             "item's sentence and the cue alone", choices=(0, 1))
+    judge: str | None = option(None, "a causal LM (alias, local folder or hub id; the model itself too) that rates "
+                               "each output's relevance to its item 0-2, as CLaS-Bench's judge (columns judge, "
+                               "meaning_judge)", metavar="MODEL")
+    meaning_from: str = option("measure", "the meaning axis: the item's measure (match for text, F1 for QA) or the "
+                               "judge's relevance (needs --judge)", choices=("measure", "judge"))
     max_new_tokens: int = option(32, "tokens generated per item")
     batch_size: int = option(8, "prompts per generation batch")
     stack: int = option(8, "settings (cells) of a pair generated together: their rows share batches of "
@@ -120,11 +132,15 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
         for name in ("sources", "targets"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, parse_names(getattr(self, name), flag=f"--{name}"))
-        if self.layers is not None:
-            specs = self.layers.split(",") if isinstance(self.layers, str) else self.layers
-            object.__setattr__(self, "layers", tuple(layer_spec(s) for s in specs if str(s).strip()))
-            if not self.layers or len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"--layers: give each layer range once, got {list(self.layers)}")
+        for name in ("layers", "neuron_layers"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            specs = value.split(",") if isinstance(value, str) else value
+            value = tuple(layer_spec(s) for s in specs if str(s).strip())
+            object.__setattr__(self, name, value)
+            if not value or len(set(value)) != len(value):
+                raise ValueError(f"--{name.replace('_', '-')}: give each layer range once, got {list(value)}")
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         if self.vector_strengths is not None:
             object.__setattr__(self, "vector_strengths", tuple(float(s) for s in self.vector_strengths))
@@ -141,6 +157,12 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
                                     ("--positions", self.positions, POSITIONS)):
             _check_choices(values, known, flag)
         _check_strengths(self.strengths, "--strengths")
+        if self.meaning_from not in ("measure", "judge"):
+            raise ValueError(f"--meaning-from must be measure or judge, got {self.meaning_from!r}")
+        if self.meaning_from == "judge" and not self.judge:
+            raise ValueError("--meaning-from judge needs --judge MODEL: the model that rates the outputs")
+        if self.text_shots not in (0, 1):
+            raise ValueError(f"--text-shots must be 0 or 1, got {self.text_shots}")
         if self.vector_strengths is not None:
             _check_strengths(self.vector_strengths, "--vector-strengths")
         if not 0.0 < self.dev_fraction < 1.0 or not math.isfinite(self.dev_fraction):
@@ -153,9 +175,10 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
         if self.choose not in CHOOSE:
             raise ValueError(f"--choose must be one of {', '.join(CHOOSE)}, got {self.choose!r}")
         check_region_options(self.lens, self.understanding, self.generation)
-        if self.layers and any(s in REGIONS for s in self.layers) and self.lens is None and \
-                (self.understanding is None or self.generation is None):
-            raise ValueError("--layers names a region: give --understanding and --generation, or --lens")
+        for flag, specs in (("--layers", self.layers), ("--neuron-layers", self.neuron_layers)):
+            if specs and any(s in REGIONS for s in specs) and self.lens is None and \
+                    (self.understanding is None or self.generation is None):
+                raise ValueError(f"{flag} names a region: give --understanding and --generation, or --lens")
 
     # ---- what the run does, decided before any model is loaded ------------------------------
 
@@ -177,7 +200,15 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
         return {"neurons": self.strengths, "vectors": self.vector_strengths or self.strengths}
 
     def layer_specs(self) -> tuple[str, ...]:
-        """The layer ranges swept (``layers``, or ``all`` and the regions when they can be told)."""
+        """Every layer range swept (``layers``, or ``all`` and the regions when they can be told;
+        then those of ``neuron_layers`` not among them)."""
+        return tuple(dict.fromkeys((*self._layers(), *(self.neuron_layers or ()))))
+
+    def layer_specs_of(self) -> dict[str, tuple[str, ...]]:
+        """The layer ranges swept per unit family (``neurons``, ``vectors``)."""
+        return {"neurons": self.neuron_layers or self._layers(), "vectors": self._layers()}
+
+    def _layers(self) -> tuple[str, ...]:
         if self.layers is not None:
             return self.layers
         known = self.lens is not None or (self.understanding is not None and self.generation is not None)

@@ -11,8 +11,9 @@ read before the model too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -20,6 +21,7 @@ import torch
 
 from mwork.config import digest
 from mwork.control.items import ITEM_SETS, ParallelItem, load_items
+from mwork.control.meaning import POOL_SIZE, ReferencePool
 from mwork.control.split import items_of_split
 from mwork.experiments.control.levers import lever
 from mwork.experiments.control.prompts import prompt_problem
@@ -113,10 +115,11 @@ def check_inputs(config: ControlConfig) -> None:
 @dataclass(frozen=True)
 class PairItems:
     """The items of one (source, target) pair, in order (item sets as given, dev before test),
-    with each one's split."""
+    with each one's split, and per text item set the pool its items' ``match`` is measured in."""
 
     items: tuple[ParallelItem, ...]
     splits: tuple[str, ...]
+    pools: Mapping[str, ReferencePool] = field(default_factory=dict)
 
     def select(self, item_set: str, split: str) -> list[int]:
         """Positions of the items of ``item_set`` in ``split``."""
@@ -131,23 +134,63 @@ def split_sizes(limit: int, dev_fraction: float) -> tuple[int, int]:
 
 def pair_items(config: ControlConfig, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], PairItems]:
     """Every pair's items: per item set the first dev and test items (``limit`` split by
-    ``dev_fraction``), an error naming the pair when a split has none."""
+    ``dev_fraction``), an error naming the pair when a split has none; with ``--text-shots 1``
+    each text item carries its example (:func:`with_example`); per text item set the pool
+    (:func:`reference_pool`)."""
     n_dev, n_test = split_sizes(config.limit, config.dev_fraction)
     out = {}
     for source, target in pairs:
         items: list[ParallelItem] = []
         splits: list[str] = []
+        pools: dict[str, ReferencePool] = {}
         for item_set in config.items:
             loaded = load_items(item_set, source, target, data=config.data)
+            mine: list[ParallelItem] = []
             for split, n in (("dev", n_dev), ("test", n_test)):
                 chosen = items_of_split(loaded, split, config.dev_fraction, limit=n)
                 if not chosen:
                     raise ValueError(f"{item_set} has no {split} item for {source} -> {target} ({len(loaded)} items "
                                      "in all): use more data or another --dev-fraction")
-                items += chosen
+                mine += chosen
                 splits += [split] * len(chosen)
-        out[(source, target)] = PairItems(tuple(items), tuple(splits))
+            if ITEM_SETS[item_set] == "text":
+                example = None
+                if config.text_shots:
+                    example = example_item(loaded, mine, item_set, source, target)
+                    mine = [with_example(it, example) for it in mine]
+                pools[item_set] = reference_pool(loaded, mine, example)
+            items += mine
+        out[(source, target)] = PairItems(tuple(items), tuple(splits), pools)
     return out
+
+
+def example_item(loaded: Sequence[ParallelItem], chosen: Sequence[ParallelItem], item_set: str, source: str,
+                 target: str) -> ParallelItem:
+    """The example of a text item set's prompts: the last item of the data that is neither a dev
+    nor a test item (nor of their paragraphs or problems)."""
+    groups = {it.group for it in chosen}
+    spare = [it for it in loaded if it.group not in groups]
+    if not spare:
+        raise ValueError(f"{item_set} has no item left for the prompts' example for {source} -> {target} "
+                         f"({len(loaded)} items, {len(chosen)} used): use a smaller --limit or --text-shots 0")
+    return spare[-1]
+
+
+def with_example(item: ParallelItem, example: ParallelItem) -> ParallelItem:
+    """``item`` with the source sentence of ``example`` among its fields (the prompt shows it
+    restated as it is: ``mwork.experiments.control.prompts``)."""
+    return dataclasses.replace(item, fields={**item.fields, "example": example.fields["text"]},
+                               meta={**item.meta, "example": example.id})
+
+
+def reference_pool(loaded: Sequence[ParallelItem], chosen: Sequence[ParallelItem],
+                   example: ParallelItem | None) -> ReferencePool:
+    """The pool of a pair's text item set: its dev and test items, the example, then the data's
+    other items in order, :data:`~mwork.control.meaning.POOL_SIZE` in all (at least those)."""
+    first = [*chosen, *([example] if example is not None else [])]
+    ids = {it.id for it in first}
+    rest = [it for it in loaded if it.id not in ids]
+    return ReferencePool.of([*first, *rest[:max(0, POOL_SIZE - len(first))]])
 
 
 def items_digest(pair: PairItems) -> str:

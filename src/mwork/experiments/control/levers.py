@@ -238,17 +238,19 @@ def lever(name: str) -> Lever:
     return LEVERS.get(name)
 
 
-def settings(name: str, plan: Plan, source: str, target: str, layers: Sequence[str], positions: Sequence[str],
-             strengths: Mapping[str, Sequence[float]]) -> list[Setting]:
+def settings(name: str, plan: Plan, source: str, target: str, layers: Sequence[str] | Mapping[str, Sequence[str]],
+             positions: Sequence[str], strengths: Mapping[str, Sequence[float]]) -> list[Setting]:
     """Every setting of lever ``name`` for ``source`` -> ``target``: its variants, and for a lever
-    that edits the model each layer range, position choice and strength (``strengths`` per unit
-    family, :meth:`Lever.family`)."""
+    that edits the model each layer range, position choice and strength (``layers`` and
+    ``strengths`` per unit family, :meth:`Lever.family`; ``layers`` may be one list for both)."""
     lv = lever(name)
     out = []
     for variant in lv.variants(plan, source, target):
         if not lv.steers:
             out.append(Setting(name, variant))
             continue
-        out += [Setting(name, variant, spec, pos, float(s)) for spec in layers for pos in positions
-                for s in strengths[lv.family(variant) or "neurons"]]
+        family = lv.family(variant) or "neurons"
+        specs = layers[family] if isinstance(layers, Mapping) else layers
+        out += [Setting(name, variant, spec, pos, float(s)) for spec in specs for pos in positions
+                for s in strengths[family]]
     return out

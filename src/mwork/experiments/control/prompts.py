@@ -5,7 +5,11 @@
 * ``text`` items (``xquad-text``, ``mgsm-text``): the source sentence, a new line and a cue that
   asks for it again in other words (:data:`TEXT_CUES`, in the source language), cut at the end of
   the line: the unsteered model restates it in the source language, and a lever that moves the
-  language should restate it in the target's, which chrF against the target sentence measures.
+  language should restate it in the target's (``mwork.control.meaning``'s ``match`` measures
+  whether it still says the same thing). With an example (``fields["example"]``, ``--text-shots
+  1``), another sentence of the data and the cue followed by that sentence as it is come first,
+  a blank line between: a base model otherwise often answers the cue with anything (a list
+  marker, a price), and shown once it repeats the sentence it is given.
 * the prompting lever (``prompt``, ``prompt+vector``) puts an instruction naming the target
   language before the prompt (:func:`instruction`): in English or in the source language
   (:data:`INSTRUCTIONS`; a source language, or a target named in it, missing from the table has
@@ -113,7 +117,13 @@ def base_prompt(item: ParallelItem) -> Prompt:
     if item.kind == "text":
         if item.source not in TEXT_CUES:
             raise ValueError(prompt_problem("text", item.source) or "")
-        return Prompt(f"{item.fields['text']}\n{TEXT_CUES[item.source]}", TEXT_STOP)
+        cue = TEXT_CUES[item.source]
+        text = f"{item.fields['text']}\n{cue}"
+        example = item.fields.get("example")
+        if example is not None:
+            space = "" if cue.endswith("\uff1a") else " "  # a full-width colon takes no space after it
+            text = f"{example}\n{cue}{space}{example}\n\n{text}"
+        return Prompt(text, TEXT_STOP)
     raise ValueError(f"item {item.id!r} has an unknown kind {item.kind!r}")
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 
 from mwork.config import digest, fingerprint
-from mwork.control.score import choose_settings, chosen_test_rows, combine_rows, score_row
+from mwork.control.score import Fluency, Judged, choose_settings, chosen_test_rows, combine_rows, score_row
 from mwork.experiments.control.inputs import (PairItems, families, items_digest, language_seed, load_unit_sets,
                                               neuron_statistics, pair_items, statistics_texts, unit_files,
                                               units_digest)
@@ -117,7 +117,7 @@ def plan_cells(config: ControlConfig, pairs: Sequence[tuple[str, str]], plan: Pl
     for source, target in pairs:
         cells.append(Cell(ControlKey.of(Setting(UNSTEERED, ""), source, target)))
         for name in config.chosen_levers():
-            for s in settings(name, plan, source, target, config.layer_specs(), config.positions,
+            for s in settings(name, plan, source, target, config.layer_specs_of(), config.positions,
                                   config.strengths_of()):
                 cells.append(Cell(ControlKey.of(s, source, target)))
     return cells
@@ -134,8 +134,17 @@ def _setting_fields(key: ControlKey) -> dict[str, Any]:
             "strength": key.strength, "source": key.source, "target": key.target}
 
 
+def _judged(record: Mapping[str, Any], base: Mapping[str, Any], idx: Sequence[int], meaning_from: str
+            ) -> Judged | None:
+    """The judge's relevances of a row's outputs (None when the run has no judge)."""
+    if "judge" not in record["items"][0]:
+        return None
+    return Judged([record["items"][i]["judge"] for i in idx], [base["items"][i]["judge"] for i in idx],
+                  primary=meaning_from == "judge")
+
+
 def cell_rows(key: ControlKey, record: Mapping[str, Any], base: Mapping[str, Any], pair: PairItems,
-              item_sets: Sequence[str]) -> list[dict[str, Any]]:
+              item_sets: Sequence[str], meaning_from: str = "measure") -> list[dict[str, Any]]:
     """The rows of one cell: per split, each item set's and (with several) their combination's."""
     rows = []
     main = item_sets[0] if len(item_sets) == 1 else "+".join(item_sets)
@@ -146,7 +155,8 @@ def cell_rows(key: ControlKey, record: Mapping[str, Any], base: Mapping[str, Any
             mine = [record["items"][i] for i in idx]
             row = score_row([pair.items[i] for i in idx], [r["output"] for r in mine],
                             [base["items"][i]["output"] for i in idx], [r["language"] for r in mine],
-                            distinct_2=[r["distinct_2"] for r in mine], perplexity=_perplexity(mine))
+                            fluency=Fluency([r["distinct_2"] for r in mine], _perplexity(mine)),
+                            pool=pair.pools.get(item_set), judged=_judged(record, base, idx, meaning_from))
             per_set.append(row)
             rows.append({**_setting_fields(key), "split": split, **row, "units": record["off"]})
         if len(item_sets) > 1:
@@ -169,9 +179,24 @@ def generation_records(key: ControlKey, record: Mapping[str, Any], base: Mapping
         out.append({**_setting_fields(key), "split": split, "item_set": item.item_set, "id": item.id,
                     "prompt": prompts[i].text, "output": r["output"], "language": r["language"],
                     "unsteered_output": b["output"], "unsteered_language": b["language"],
-                    "references": list(item.references), **item_measures(item, r["output"]),
-                    "distinct_2": r["distinct_2"], "tokens": r["tokens"], "nll": r["nll"]})
+                    "references": list(item.references),
+                    **item_measures(item, r["output"], pool=pair.pools.get(item.item_set)),
+                    "distinct_2": r["distinct_2"], "tokens": r["tokens"], "nll": r["nll"],
+                    **({"judge": r["judge"]} if "judge" in r else {})})
     return out
+
+
+def _judge(config: ControlConfig, model: torch.nn.Module, tokenizer: Any) -> tuple[Any, Any]:
+    """The judge model and tokenizer (``--judge``; the model under test when it names the same
+    model), or (None, None)."""
+    if not config.judge:
+        return None, None
+    if config.judge == config.model:
+        return model, tokenizer
+    from mwork.models import load_model
+
+    say(f"loading the judge {config.judge}")
+    return load_model(config.judge, dtype=config.dtype, device=config.device)
 
 
 def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, tokenizer: Any = None
@@ -216,6 +241,8 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
                      ("random-vectors", random_vectors)) for lang, s in sets.items()}
     generation = {"max_new_tokens": config.max_new_tokens, "chat": config.chat}
     md = model_digest(model)
+    judge_model, judge_tokenizer = _judge(config, model, tokenizer)
+    judge_digest = {"judge": model_digest(judge_model)} if judge_model is not None else {}
     pair_digests = {f"{s}>{t}": items_digest(items[(s, t)]) for s, t in pairs}
 
     def instruction_of(key: ControlKey) -> str | None:
@@ -226,7 +253,8 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
         return digest({"model": md, "units": {n: unit_digests[n] for n in used},
                        "prompts": prompts.digest(key.source, key.target, instruction_of(key)),
                        "layers": layer_lists[key.layers] if key.layers is not None else None,
-                       "generation": generation, "seed": config.seed if key.lever == "random" else None})[:16]
+                       "generation": generation, "seed": config.seed if key.lever == "random" else None,
+                       **judge_digest})[:16]
 
     recorded = {"experiment": "control", "model": config.model, "dtype": config.dtype, "items": list(config.items),
                 "limit": config.limit, "dev_fraction": config.dev_fraction, **generation}
@@ -268,6 +296,12 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
         outputs = generated.pop(key)
         records = measure_cell(model, tokenizer, prompts.of(key.source, key.target, instruction_of(key)), outputs,
                                batch_size=config.batch_size)
+        if judge_model is not None:
+            from mwork.experiments.control.judge import relevance
+
+            rated = relevance(judge_model, judge_tokenizer, items[(key.source, key.target)].items, outputs,
+                              batch_size=config.batch_size)
+            records = [{**r, "judge": v} for r, v in zip(records, rated)]
         target = sum(r["language"] == key.target for r in records) / len(records)
         return {"score": target, "n": len(records), "metric": "forcing", "higher_is_better": True,
                 "off": counts.get(key, 0), "items": records}
@@ -279,7 +313,7 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
         assert isinstance(key, ControlKey)
         base = done[ControlKey.of(Setting(UNSTEERED, ""), key.source, key.target)]
         pair = items[(key.source, key.target)]
-        rows += cell_rows(key, done[key], base, pair, config.items)
+        rows += cell_rows(key, done[key], base, pair, config.items, config.meaning_from)
         generations += generation_records(key, done[key], base, pair,
                                           prompts.of(key.source, key.target, instruction_of(key)))
     main = config.items[0] if len(config.items) == 1 else "+".join(config.items)

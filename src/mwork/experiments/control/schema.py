@@ -13,8 +13,11 @@ ROW_KEY: tuple[str, ...] = ("lever", *SETTING, "source", "target", "split", "ite
 #: the measures of a row (``mwork.control.score_row``; empty where a kind of item has none)
 MEASURE_COLUMNS: tuple[str, ...] = (
     "n", "forcing", "meaning", "fluency", "score", "perplexity", "distinct_2", "measure", "steered", "unsteered",
-    "meaning_ratio", "meaning_source", "f1", "f1_unsteered", "exact", "exact_unsteered", "f1_source",
-    "f1_source_unsteered", "chrf", "chrf_unsteered", "corpus_chrf", "corpus_chrf_unsteered", "units")
+    "meaning_ratio", "meaning_source", "f1_any", "f1_any_unsteered", "f1", "f1_unsteered", "exact",
+    "exact_unsteered", "f1_source", "f1_source_unsteered", "match", "match_unsteered", "match_target",
+    "match_target_unsteered", "match_source", "match_source_unsteered", "chrf", "chrf_unsteered", "chrf_source",
+    "chrf_source_unsteered", "corpus_chrf", "corpus_chrf_unsteered", "judge", "judge_unsteered", "meaning_judge",
+    "units")
 
 CONTROL = CsvFile(
     "control.csv",

@@ -127,8 +127,8 @@ def _findings(sec: Section, means: list[dict[str, Any]], anchor: str) -> None:
     sec.finding(text, anchor=anchor)
     sec.paper(Markup("CLaS-Bench (Gurgurov et al., 2026) scores language steering by the harmonic mean of "
                      "language-forcing success and relevance and finds DiffMean residual vectors the strongest "
-                     "lever; here the meaning axis is measured against parallel references (chrF, QA F1) relative to "
-                     "the unsteered model."))
+                     "lever; here the meaning axis is measured against parallel references of either language (whether "
+                     "a restatement singles out its own sentence by chrF, QA F1) relative to the unsteered model."))
 
 
 def _text(text: Any, language: Any) -> H.Cell:
