@@ -81,6 +81,10 @@ def test_algebra(llama):
     assert empty.jaccard(empty) == 1.0 and (a - a) == empty
     r = a.restrict(layers=[0, 1], kinds=["ffn", "q"])
     assert r.count() == 4 and r.indices("ffn", 2).numel() == 0 and r.meta["restricted"]["layers"] == [0, 1]
+    means = {k: torch.arange(m.numel(), dtype=torch.float32).reshape(m.shape) for k, m in a.masks.items()}
+    with_stats = a.with_statistics({"mean": means}, {"corpus": "test"})
+    kept = with_stats.restrict(layers=[0, 1])  # shapes kept, so the statistics stay valid and stay
+    assert kept.statistic_names() == ["mean"] and torch.equal(kept.statistic("mean", "ffn"), means["ffn"])
     ffn_only = NeuronSet({"ffn": a.masks["ffn"]}, {"fingerprint": a.fingerprint})
     assert (a & ffn_only).count() == 4 and (a - ffn_only).count() == 3
 

@@ -201,7 +201,8 @@ class NeuronSet:
         return (self & other).count() / union if union else 1.0
 
     def restrict(self, layers: Iterable[int] | None = None, kinds: Iterable[str] | None = None) -> "NeuronSet":
-        """The subset in the given layers and kinds (others emptied, shapes kept)."""
+        """The subset in the given layers and kinds (others emptied, shapes kept, so the activation
+        statistics stay valid and are kept)."""
         if layers is not None:
             layers = sorted(set(int(i) for i in layers))
             bad = [i for i in layers if not 0 <= i < self.num_layers]
@@ -220,7 +221,8 @@ class NeuronSet:
             masks[k] = new
         meta = dict(self.meta, restricted={"layers": None if layers is None else keep_layers.tolist(),
                                             "kinds": sorted(keep_kinds)})
-        return NeuronSet(masks, meta)
+        stats = {k: v for k, v in self.extra.items() if k.startswith(STATISTIC_PREFIX)}
+        return NeuronSet(masks, meta, stats)
 
     def random_like(self, seed: int, exclude: "NeuronSet | None" = None) -> "NeuronSet":
         """Random neurons with exactly the same count per layer and kind (a baseline).
