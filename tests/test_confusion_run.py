@@ -204,6 +204,28 @@ def test_bad_input_is_refused_before_the_model_loads(tmp_path, monkeypatch, caps
         config(tmp_path / "o", levers=("neurons",), neurons_dir=str(sets)).check()
     with pytest.raises(ValueError, match="holds neurons, not directions"):
         config(tmp_path / "o", levers=("vectors",), vectors_dir=str(sets)).check()
+    # ... unless the language's texts are given to measure it on
+    config(tmp_path / "o", levers=("neurons",), neurons_dir=str(sets), stats_corpus=("zh=builtin:zh",)).check()
+
+
+def test_a_neuron_set_without_its_mean_has_it_measured_on_the_stats_corpus(tmp_path, llama):
+    from mwork.confusion.levers import Levers
+    from mwork.neurons.statistics import add_statistics
+    from mwork.texts import read_texts
+
+    model, tok = llama
+    ns = NeuronSet.empty_for(model)
+    ns.masks["ffn"][1, :4] = True
+    ns.save(tmp_path / "zh.safetensors")
+    options = config(tmp_path / "o", levers=("neurons",), neurons_dir=str(tmp_path), stats_corpus=("zh=builtin:zh",),
+                     stats_docs=2)
+    corpora = options.check_levers(("zh",))
+    prepared = Levers(options, seed=0, stats_corpora=corpora, progress=False).get("neurons", "zh", model, tok)
+    direct = add_statistics(model, tok, NeuronSet.load(tmp_path / "zh.safetensors"), read_texts("builtin:zh")[:2],
+                            ("mean",), language="zh")
+    got, want = prepared.units.neurons.statistic("mean", "ffn"), direct.statistic("mean", "ffn")
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)  # NaN where not in the set
+    assert got[1, :4].isfinite().all()
 
 
 def test_empty_completions_are_counted_and_said(tmp_path, llama, monkeypatch):

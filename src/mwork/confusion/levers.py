@@ -4,7 +4,8 @@
 * ``prompt``: an instruction naming the language (``Reply in French.``) before the test prompt;
 * ``neurons``: the language's neurons (``--neurons-dir``, ``LANG.safetensors`` per language, as
   ``mwork detect`` writes them), steered with ``mwork.steer`` in ``set`` (toward their mean
-  activation on the language) or ``add`` mode;
+  activation on the language) or ``add`` mode; a set that carries no mean activation has it
+  measured on ``--stats-corpus LANG=SPEC`` (as ``experiment control`` does);
 * ``vectors``: the language's residual vector (``--vectors-dir``, ``LANG.safetensors`` per
   language, as ``mwork vectors`` writes them), steered in ``add`` (``x + alpha v``), ``add-norm``
   (the same with each edited hidden state's norm restored, ReCoVeR's) or ``set`` mode;
@@ -116,13 +117,18 @@ class LeverOptions:
                 raise FileNotFoundError(f"{flag} {folder} has no {', '.join(f'{m}.safetensors' for m in missing)}: "
                                         f"the {lever} lever needs each language's set (write them with mwork "
                                         f"{'detect' if kind == NEURONS else 'vectors'})")
-            if lever != RANDOM:
+        corpora = self._check_random(languages)
+        for lever in self.levers:
+            kind = self.steered_kind(lever)
+            if kind is not None and lever != RANDOM:
+                folder = self.neurons_dir if kind == NEURONS else self.vectors_dir
                 for lang in languages:
-                    self._check_file(kind, child_path(folder, lang, ".safetensors"))
-        return self._check_random(languages)
+                    self._check_file(kind, child_path(str(folder), lang, ".safetensors"), lang in corpora)
+        return corpora
 
-    def _check_file(self, kind: str, path: Path) -> None:
-        """A lever's file holds units of its kind, with the statistic its mode moves toward."""
+    def _check_file(self, kind: str, path: Path, has_corpus: bool) -> None:
+        """A lever's file holds units of its kind, with the statistic its mode moves toward (for
+        neurons, measured on the language's ``--stats-corpus`` when the file has none)."""
         units = load_units(path)
         if kind == NEURONS and not isinstance(units, NeuronUnits):
             raise ValueError(f"{path} holds {units.kind}, not a neuron set: --neurons-dir is for mwork detect's sets")
@@ -131,8 +137,8 @@ class LeverOptions:
         mode = self.neuron_mode if kind == NEURONS else self.vector_mode
         needs = kind == NEURONS or mode == "set"  # a direction's add moves along the direction itself
         have = units.neurons.statistic_names() if isinstance(units, NeuronUnits) else sorted(units.stats)
-        if needs and STAT not in have:
-            how = ("mwork.neurons.statistics.add_statistics on the language's texts" if kind == NEURONS else
+        if needs and STAT not in have and not (kind == NEURONS and has_corpus):
+            how = ("give --stats-corpus LANG=SPEC to measure it on the language's texts" if kind == NEURONS else
                    "mwork vectors writes it; or use --vector-mode add")
             raise ValueError(f"{path} carries no {STAT!r} statistic, which --{kind[:-1]}-mode {mode} moves toward "
                              f"({how})")
@@ -216,6 +222,9 @@ class Levers:
         if lever == RANDOM:
             units, extra = self._random(units, language, settings["mode"], model, tokenizer)
             made.update(extra)
+        elif isinstance(units, NeuronUnits) and STAT not in units.neurons.statistic_names():
+            measured, made["stats_corpus"] = self._with_mean(units.neurons, language, model, tokenizer)
+            units = NeuronUnits(measured)
         return PreparedLever(lever, language, units, settings, digest(made)[:16])
 
     def _random(self, units: Any, language: str, mode: str, model: Any, tokenizer: Any) -> tuple[Any, dict]:
@@ -226,14 +235,18 @@ class Levers:
         drawn = ns.random_like(seed=self.seed, exclude=ns)
         extra: dict[str, Any] = {"random_seed": self.seed}
         if mode in ("set", "add"):
-            from mwork.neurons.statistics import add_statistics
-            from mwork.texts import read_texts
-
-            spec = self.stats_corpora[language]
-            texts = read_texts(spec)[:self.options.stats_docs]
-            if not any(t.strip() for t in texts):
-                raise ValueError(f"--stats-corpus {language}={spec} has no non-empty document")
-            drawn = add_statistics(model, tokenizer, drawn, texts, (STAT,), language=language,
-                                   corpus={"spec": spec, "max_docs": self.options.stats_docs})
-            extra["stats_corpus"] = fingerprint_texts(texts)
+            drawn, extra["stats_corpus"] = self._with_mean(drawn, language, model, tokenizer)
         return NeuronUnits(drawn), extra
+
+    def _with_mean(self, ns: NeuronSet, language: str, model: Any, tokenizer: Any) -> tuple[NeuronSet, str]:
+        """``ns`` with its mean activation on the language's ``--stats-corpus``, and the texts' digest."""
+        from mwork.neurons.statistics import add_statistics
+        from mwork.texts import read_texts
+
+        spec = self.stats_corpora[language]
+        texts = read_texts(spec)[:self.options.stats_docs]
+        if not any(t.strip() for t in texts):
+            raise ValueError(f"--stats-corpus {language}={spec} has no non-empty document")
+        measured = add_statistics(model, tokenizer, ns, texts, (STAT,), language=language,
+                                  corpus={"spec": spec, "max_docs": self.options.stats_docs})
+        return measured, fingerprint_texts(texts)
