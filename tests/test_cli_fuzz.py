@@ -201,6 +201,17 @@ COMMANDS: dict[str, Command] = {
         bad("--max-docs", "0"), bad("--site", "ffn.in"), bad("--corpus", "fr=<en>"), bad("--corpus", "xx"),
         bad("--corpus", "de=<nope>.txt"), bad("--out", "<afile>"), *COMMON_BAD, *DEVICE_BAD,
     ), append=frozenset({"--corpus"})),
+    "sae train": Command(("sae", "train"), ("--model", M, "--corpus", "fr=<fr>", "--corpus", "en=<en>", "--out",
+                                            "<fresh>", "--layers", "0", "--width", "8", "--k", "2", "--steps", "2",
+                                            "--tokens-per-step", "16", "--tokens", "64", "--eval-tokens", "32",
+                                            "--max-length", "16", "--heldout-every", "2", "--quiet"), slots(
+        [["--activation", "jumprelu"]], [["--site", "ffn.out"]], [["--layers", "0-1"]], [["--batch-size", "1"]],
+    ), bad=(
+        bad("--layers", "99"), bad("--layers", "x"), bad("--width", "0"), bad("--k", "9"), bad("--steps", "0"),
+        bad("--lr", "nan"), bad("--lr", "-1"), bad("--activation", "gated"), bad("--site", "ffn.in"),
+        bad("--heldout-every", "1"), bad("--tokens", "0"), bad("--corpus", "xx"), bad("--corpus", "de=<nope>.txt"),
+        bad("--out", "<afile>"), *COMMON_BAD, *DEVICE_BAD,
+    ), append=frozenset({"--corpus"})),
     "steer": Command(("steer",), ("--model", M, "--neurons", "<set_fr>", "--target", "fr", "--prompts", "builtin:en",
                                   "--out", "<fresh>", "--limit", "1", "--max-new-tokens", "2", "--strengths", "0,1",
                                   "--seeds", "0", "--corpus", "<fr>", "--no-progress"), slots(

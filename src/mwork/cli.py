@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mwork.neurons.convert_cli",
     "mwork.experiments.steering.cli",
     "mwork.vectors",
+    "mwork.sae.cli",
     "mwork.tasks.cli_eval",
     "mwork.confusion.cli",
 )

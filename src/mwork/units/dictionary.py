@@ -8,17 +8,22 @@ err``; editing features changes only the decoded part and keeps ``err``:
 ``x' = x + (f' - f)[features] W_dec[features]``, so an unedited feature leaves ``x`` exactly as it
 was. Unit ``j`` of a set is feature ``features[j]`` of the dictionary at ``layers[j]``.
 
+A **transcoder** reads one site and writes another (MLP input -> MLP output): ``read_site``
+names the site its encoder reads (default: the site it writes). Its groups then carry ``reads``,
+a read of that site to place beside the edit (the value of the current forward call, kept until
+the next), so ``f`` is computed from the read site's value and the edit still keeps ``err``.
+
 Files: safetensors (per layer ``L``: ``L.W_enc``, ``L.b_enc``, ``L.W_dec``, ``L.b_dec``, optional
 ``L.threshold``; ``layers``, ``features``, ``stat.NAME``) with the metadata in the header, like
 every unit set; nothing unpickled. Loading the published layouts (SAELens, Gemma Scope) is a
-reader that builds a :class:`Dictionary`.
+reader that builds a :class:`Dictionary` (:mod:`mwork.units.sae_layouts`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -74,17 +79,33 @@ class Codebook:
 
 
 class FeatureGroupSAE(RowGroup):
-    """Features ``ids`` of one layer's dictionary at ``site``."""
+    """Features ``ids`` of one layer's dictionary at ``site`` (written there); ``read_site``: where
+    a transcoder's encoder reads (None: ``site`` itself). ``reads``: the ``(site, fn)`` reads to
+    place beside the group's edit (a transcoder's input; none otherwise)."""
 
-    def __init__(self, site, layer: int, ids: torch.Tensor, features: torch.Tensor, book: Codebook):
-        self.site, self.book = site, book
+    def __init__(self, site: Site, layer: int, ids: torch.Tensor, features: torch.Tensor, book: Codebook,
+                 read_site: Site | None = None):
+        self.site, self.book, self.read_site = site, book, read_site
         self.parts = [("features", layer, ids)]
         device = module_device(site.module)
         self.features = features.to(device)
         self._dec = DeviceCache(book.W_dec[features].to(device=device, dtype=torch.float64), keep_dtype=False)
+        self._input: list[torch.Tensor] = []
+        self.reads: list[tuple[Site, Callable[[torch.Tensor], None]]] = (
+            [] if read_site is None else [(read_site, self._keep_input)])
+
+    def _keep_input(self, value: torch.Tensor) -> None:
+        assert self.read_site is not None
+        self._input[:] = [self.read_site.channels(value.detach())]
 
     def read(self, x: torch.Tensor) -> torch.Tensor:
-        return self.book.encode(widen(x))[..., self.features.to(x.device)]
+        source = x
+        if self.read_site is not None:
+            if not self._input:
+                raise RuntimeError(f"these transcoder features read {self.read_site!r}, and nothing was read there in "
+                                   "this forward call: place the group's reads (group.reads) beside its edit")
+            source = self._input[0]
+        return self.book.encode(widen(source))[..., self.features.to(source.device)]
 
     def write_rows(self, like: torch.Tensor) -> torch.Tensor:
         return self._dec.on(like)
@@ -92,16 +113,18 @@ class FeatureGroupSAE(RowGroup):
 
 @register_unit_kind
 class Dictionary(LayeredUnits):
-    """Features of dictionaries at ``site`` (default ``layer.out``): ``books`` maps a layer to its
-    :class:`Codebook`; unit ``j`` is feature ``features[j]`` at layer ``layers[j]`` (default: every
-    feature of every layer). ``stats``: per-unit statistics; ``meta``: free JSON."""
+    """Features of dictionaries written at ``site`` (default ``layer.out``): ``books`` maps a layer
+    to its :class:`Codebook`; unit ``j`` is feature ``features[j]`` at layer ``layers[j]`` (default:
+    every feature of every layer). ``read_site``: where the encoder reads, for a transcoder (None:
+    ``site``). ``stats``: per-unit statistics; ``meta``: free JSON."""
 
     kind = "dictionary"
     noun = "dictionary features"
 
     def __init__(self, books: Mapping[int, Codebook], *, site: str = "layer.out",
                  layers: Sequence[int] | None = None, features: Sequence[int] | None = None,
-                 stats: Mapping[str, torch.Tensor] | None = None, meta: Mapping[str, Any] | None = None):
+                 stats: Mapping[str, torch.Tensor] | None = None, meta: Mapping[str, Any] | None = None,
+                 read_site: str | None = None):
         self.books = {int(k): v for k, v in books.items()}
         if layers is None:
             layers = [layer for layer in sorted(self.books) for _ in range(self.books[layer].width)]
@@ -114,26 +137,44 @@ class Dictionary(LayeredUnits):
             if layer not in self.books or not 0 <= j < self.books[layer].width:
                 raise ValueError(f"feature {j} of layer {layer}: no such feature in these dictionaries")
         self.site = site
+        self.read_site = None if read_site in (None, site) else read_site
         self.stats = {k: torch.as_tensor(v, dtype=torch.float64).reshape(-1) for k, v in (stats or {}).items()}
         self.meta = dict(meta or {})
 
-    def group(self, site: Site, layer: int, ids: torch.Tensor) -> FeatureGroupSAE:
-        return FeatureGroupSAE(site, layer, ids, self.features[ids], self.books[layer])
+    def group(self, site: Site, layer: int, ids: torch.Tensor, read_site: Site | None = None) -> FeatureGroupSAE:
+        return FeatureGroupSAE(site, layer, ids, self.features[ids], self.books[layer], read_site)
+
+    def groups(self, model: nn.Module) -> list[FeatureGroupSAE]:
+        """One group per layer, in layer order; a transcoder's groups read at ``read_site``."""
+        from mwork.models.adapters import get_adapter
+
+        adapter = get_adapter(model)
+        return [self.group(adapter.site(self.site, layer), layer, (self.layers == layer).nonzero().flatten(),
+                           None if self.read_site is None else adapter.site(self.read_site, layer))
+                for layer in sorted(set(self.layers.tolist()))]
 
     def check_compatible(self, model: nn.Module) -> None:
-        widths = {int(b.W_enc.shape[0]) for b in self.books.values()}
-        self.check_fits(model, widths.pop() if len(widths) == 1 else -1,
-                        ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out", "final_norm.in"))
+        residual = ("layer.in", "layer.out", "attn.out", "o.out", "ffn.out", "final_norm.in")
+        reads = {int(b.W_enc.shape[0]) for b in self.books.values()}
+        writes = {int(b.W_dec.shape[1]) for b in self.books.values()}
+        self.check_fits(model, writes.pop() if len(writes) == 1 else -1, residual)
+        if self.read_site in residual:
+            from mwork.models.adapters import get_adapter
+
+            hidden = get_adapter(model).hidden_size
+            if reads != {hidden}:
+                raise ValueError(f"these {self.noun} read {sorted(reads)} features at {self.read_site} and this "
+                                 f"model's hidden size is {hidden}: they were made for another model or site")
 
     def subset(self, ids: torch.Tensor) -> "Dictionary":
         return Dictionary(self.books, site=self.site, layers=self.layers[ids].tolist(),
                           features=self.features[ids].tolist(), stats={k: v[ids] for k, v in self.stats.items()},
-                          meta=self.meta)
+                          meta=self.meta, read_site=self.read_site)
 
     def select(self, layer: int, features: Sequence[int]) -> "Dictionary":
         """The given features of one layer's dictionary (e.g. a language's features)."""
         return Dictionary(self.books, site=self.site, layers=[layer] * len(features), features=list(features),
-                          meta=self.meta)
+                          meta=self.meta, read_site=self.read_site)
 
     def save(self, path: str | Path) -> Path:
         tensors: dict[str, torch.Tensor] = {"layers": self.layers, "features": self.features}
@@ -143,7 +184,10 @@ class Dictionary(LayeredUnits):
                 if getattr(b, name) is not None:
                     tensors[f"{layer}.{name}"] = getattr(b, name).detach().float().cpu().contiguous()
             acts[str(layer)] = {"activation": b.activation, "k": b.k}
-        return self.write_file(path, tensors, {"activations": acts})
+        extra: dict[str, Any] = {"activations": acts}
+        if self.read_site is not None:
+            extra["read_site"] = self.read_site
+        return self.write_file(path, tensors, extra)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> "Dictionary":
@@ -157,14 +201,16 @@ class Dictionary(LayeredUnits):
                                          activation=a["activation"], k=a.get("k"),
                                          threshold=tensors.get(f"{layer}.threshold"))
         site = meta.pop("site", "layer.out")
+        read_site = meta.pop("read_site", None)
         for key in ("unit_kind", "count"):
             meta.pop(key, None)
         stats = {k[len("stat."):]: v for k, v in tensors.items() if k.startswith("stat.")}
         out = cls(books, site=site, layers=tensors["layers"].tolist(), features=tensors["features"].tolist(),
-                  stats=stats, meta=meta)
+                  stats=stats, meta=meta, read_site=read_site)
         if model is not None:
             out.check_compatible(model)
         return out
 
     def __repr__(self) -> str:
-        return f"Dictionary({self.count()} features at {self.site}, layers {sorted(self.books)})"
+        reads = f", reading {self.read_site}" if self.read_site is not None else ""
+        return f"Dictionary({self.count()} features at {self.site}{reads}, layers {sorted(self.books)})"

@@ -216,6 +216,8 @@ class Intervention:
             self.hooks.read(model_call_site(model), self.tracker)
         for edit in self.edits:
             placed = _Placed(edit, self.tracker, keep_norm)
+            for site, read in getattr(edit.group, "reads", ()):  # a transcoder reads its input elsewhere
+                self.hooks.read(site, read)
             self.hooks.edit(placed.site, placed)
 
     @property

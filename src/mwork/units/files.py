@@ -3,7 +3,8 @@
 Every unit set is a safetensors file whose header holds the JSON metadata under ``mwork`` (and a
 ``.json`` copy beside it). The metadata's ``unit_kind`` names the kind that reads it; a file
 without one is a NeuronSet (its format predates unit kinds and stays readable). Nothing is
-unpickled: safetensors holds tensors only.
+unpickled: safetensors holds tensors only. A folder that holds one dictionary (what ``mwork sae
+train`` writes: ``DIR/dictionary.safetensors``) stands for that file.
 """
 
 from __future__ import annotations
@@ -19,16 +20,32 @@ from mwork.units.base import UNIT_KINDS, UnitSet
 from mwork.units.neurons import NeuronUnits
 
 
+#: the file a dictionary folder (``mwork sae train --out DIR``) holds its dictionary in
+FOLDER_FILE = "dictionary.safetensors"
+
+
+def unit_path(path: str | Path) -> Path:
+    """The unit set file ``path`` names: ``x``, ``x.safetensors``, ``x.json``, or a folder holding
+    ``dictionary.safetensors``."""
+    p = Path(path)
+    if p.is_dir() and (p / FOLDER_FILE).is_file():
+        return p / FOLDER_FILE
+    return set_path(p)
+
+
 def read_unit_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the metadata of a unit set file (``x``, ``x.safetensors`` or ``x.json``)."""
+    """The tensors and the metadata of a unit set file (``x``, ``x.safetensors``, ``x.json`` or a
+    dictionary folder)."""
     from mwork.files import read_set_file
 
-    return read_set_file(set_path(path), "unit set", "write the set again (mwork detect, mwork vectors) or restore it")
+    return read_set_file(unit_path(path), "unit set",
+                         "write the set again (mwork detect, mwork vectors, mwork sae train) or restore it")
 
 
 def load_units(path: str | Path, model: nn.Module | None = None) -> UnitSet:
     """Read any unit set file: a NeuronSet (as :class:`NeuronUnits`, its ``.neurons``), directions,
     or a kind an installed package registers; checked against ``model`` when given."""
+    path = unit_path(path)
     _, meta = read_unit_file(path)
     kind = meta.get("unit_kind")
     if kind is None:
