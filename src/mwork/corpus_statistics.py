@@ -15,7 +15,7 @@ one site and layer for one language; a new statistic is one class::
             return self.value
 
 (registering is only needed to ask for it by name; ``Request(Maximum, "ffn.in")`` works too).
-Built in: ``mean``, ``doc_means``, ``firing_probability``, ``quantiles``, ``median``,
+Built in: ``mean``, ``doc_means``, ``firing_probability``, ``doc_firing``, ``quantiles``, ``median``,
 ``router_counts``. ``parse_stat`` (the names of steering's statistics: mean, median, quantiles
 ``qX``) lives here.
 """
@@ -244,6 +244,35 @@ class FiringProbability(Statistic):
 
     def result(self) -> torch.Tensor:
         return self.counts.sum(0).to(torch.float64) / int(self.tokens.sum())
+
+
+@register_statistic
+class DocFiring(Statistic):
+    """Each run document's share of counted tokens at which each value is > 0 (the rule of
+    ``firing_probability``, per document instead of per part; language identification from
+    units): ``counts`` (documents run, n) int64, ``tokens`` (documents run,) int64; ``result()``
+    (documents run, n) float64, in ``Corpus.measured`` order. A document cut into several windows
+    adds up its windows."""
+
+    name = "doc_firing"
+    takes = "rows"
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.docs = len(corpus.measured)
+        self.counts = _zeros(n, self.docs, torch.int64)
+        self.tokens = torch.zeros(self.docs, dtype=torch.int64)
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        if self.counts is None:
+            self.counts = _zeros(values.shape[-1], self.docs, torch.int64)
+        positive = ((values > 0) & batch.mask_on(values.device)[..., None]).sum(1).cpu()  # (rows, n)
+        self.counts.index_add_(0, batch.slot, positive)
+        self.tokens.index_add_(0, batch.slot, batch.counts)
+
+    def result(self) -> torch.Tensor:
+        if self.counts is None:
+            raise ValueError("no document was run: no firing probability per document")
+        return self.counts.to(torch.float64) / self.tokens.to(torch.float64)[:, None]
 
 
 @register_statistic

@@ -9,6 +9,8 @@ One module per step:
 * ``patch``: mean-patching (``MeanPatch``) beside zeroing;
 * ``tables``: selectivity, the language x language matrix, stability and agreement;
 * ``cost``: seconds per thousand tokens against a plain forward pass;
+* ``langid``: language identification of the held-out texts from which units of the sets fire,
+  beside fastText (``langid.csv``);
 * ``report``: CSV, Markdown and plots; ``runner``: ``run_methods`` end to end.
 """
 

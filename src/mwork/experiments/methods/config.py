@@ -141,7 +141,7 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
         data = run_methods(self, model=model, tokenizer=tokenizer, progress=self.progress)
         folder = Path(self.out)
         names = (schema.SELECTIVITY.name, schema.SUMMARY.name, schema.MATRIX.name, schema.STABILITY.name,
-                 schema.AGREEMENT.name, schema.COST.name, schema.REPORT_MD, schema.RESULTS.name,
+                 schema.AGREEMENT.name, schema.COST.name, schema.LANGID.name, schema.REPORT_MD, schema.RESULTS.name,
                  schema.SELECTIVITY_PLOT, schema.AGREEMENT_PLOT)
         return WrittenResult(folder, {n: folder / n for n in names if (folder / n).exists()}, data,
                              extra={"out": self.out})

@@ -51,7 +51,9 @@ class Detection:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-class _Cache:
+class ScoreCache:
+    """Files under ``<out>/scores`` keyed by the digest of their inputs (a file with another key is recomputed)."""
+
     def __init__(self, folder: Path, base: Mapping[str, Any]):
         self.folder, self.base = folder, dict(base)
 
@@ -86,7 +88,7 @@ def run_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
                   out: Path, base_key: Mapping[str, Any], *, model_id: str, progress: bool = True) -> Detection:
     """Every method's scores (module docstring) and, for ``mean`` patching, the means."""
     parts = PARTS if config.stability else ("all",)
-    cache = _Cache(out / "scores", base_key)
+    cache = ScoreCache(out / "scores", base_key)
     result = Detection({m: {} for m in config.methods})
     want_means = "mean" in config.interventions
     stats_methods = [m for m in config.methods if get_detection_method(m).statistics]
@@ -179,4 +181,4 @@ def _other_method(model: torch.nn.Module, tokenizer: Any, name: str, config: Met
     return out
 
 
-__all__ = ["Detection", "NEURON_SITES", "PARTS", "halves", "language_mean", "run_detection"]
+__all__ = ["Detection", "NEURON_SITES", "PARTS", "ScoreCache", "halves", "language_mean", "run_detection"]

@@ -1,5 +1,6 @@
 """The comparison's files: ``selectivity.csv`` (per language), ``summary.csv`` (per method and
-size), ``matrix.csv``, ``stability.csv``, ``agreement.csv``, ``cost.csv``, ``report.md`` (the
+size), ``matrix.csv``, ``stability.csv``, ``agreement.csv``, ``cost.csv``, ``langid.csv``
+(language identification from the sets' units), ``report.md`` (the
 tables in Markdown), ``results.json``, ``selectivity.png`` and ``agreement.png``; every file
 written atomically."""
 
@@ -10,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, MATRIX, REPORT_MD, RESULTS,
+from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, LANGID, MATRIX, REPORT_MD, RESULTS,
                                               SELECTIVITY, SELECTIVITY_PLOT, STABILITY, SUMMARY)
 from mwork.files import csv_text as _csv_text, float_cell, write_text
 from mwork.plotting import plain_text, save_figure
@@ -81,6 +82,15 @@ def markdown(result: Mapping[str, Any]) -> str:
              "\n## Cost (seconds per thousand tokens)\n",
              md_table(result["cost"], COST.columns),
              ]
+    if result.get("langid"):
+        parts += ["\n## Language identification from the sets' units (all held-out texts)\n",
+                  "Each held-out text gets, per language, the mean over that language's units of the share of its "
+                  "tokens at which the unit fires (> 0); the prediction is the language of highest score (a tie: "
+                  "the language named first, counted in ties). fastText labels the same texts; chance = 1 / "
+                  "languages. Per language: langid.csv.\n",
+                  md_table([r for r in result["langid"] if r["lang"] == "all"],
+                           ("method", "size", "variant", "units", "n", "accuracy", "ties", "fasttext_accuracy",
+                            "chance"))]
     return "\n".join(parts)
 
 
@@ -88,6 +98,8 @@ def write_outputs(out: Path, result: Mapping[str, Any]) -> None:
     for key, file in (("selectivity", SELECTIVITY), ("summary", SUMMARY), ("matrix", MATRIX), ("stability", STABILITY),
                       ("agreement", AGREEMENT), ("cost", COST)):
         write_text(out / file.name, csv_text(result[key], file.columns))
+    if "langid" in result:
+        write_text(out / LANGID.name, csv_text(result["langid"], LANGID.columns))
     write_text(out / REPORT_MD, markdown(result))
     write_text(out / RESULTS.name, json.dumps(result, indent=2, ensure_ascii=False, default=str) + "\n")
     plot_selectivity(out / SELECTIVITY_PLOT, result)

@@ -15,6 +15,11 @@ They are kept in ``cells.jsonl`` (``mwork.experiments.kernel``: keyed by the con
 of the model, the set, the intervention's values and the held-out texts; a torn last line is
 dropped and recomputed), so a rerun computes only what is missing, and a resumed experiment
 equals an uninterrupted one.
+
+Language identification (``langid``): one pass over the held-out texts measures each document's
+firing of every set's units (cached in ``scores/doc_firing.safetensors`` by content); each
+method, size and variant (its sets, each seed's random sets) then predicts every text's language,
+beside fastText on the same texts (``langid.csv``).
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from mwork.experiments.kernel import Cell, CellInputs, CellStore, execute
 from mwork.files import make_folder
 import mwork.experiments.methods.tables as tables  # the module, not the package (whose __init__ imports this)
 from mwork.experiments.methods.cost import measure_costs
-from mwork.experiments.methods.detection import run_detection
+from mwork.corpus_pass import PassOptions
+import mwork.experiments.methods.langid as langid
+from mwork.experiments.methods.detection import ScoreCache, run_detection
 from mwork.experiments.methods.patch import MEAN_RULE, MeanPatch
 from mwork.experiments.methods.report import write_outputs
-from mwork.fingerprints import model_digest, neurons_digest
+from mwork.fingerprints import model_digest, neurons_digest, texts_digest
 from mwork.intervene import deactivate
 from mwork.models.adapters import get_adapter
 from mwork.neurons.methods import get_detection_method
@@ -123,6 +130,8 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
     evaluator = perplexity_evaluator(model, tokenizer, heldout, config.batch_size, config.eval_max_length)
     evaluation = {lang: evaluator.inputs_digest(lang) for lang in langs}
     means_key = _means_digest(detection.means)
+    randoms = {(m, size, lang, seed): sets[m, size, lang].random_like(seed)
+               for m in config.methods for size in config.sizes for lang in langs for seed in config.seeds}
     cells: list[Cell] = [Cell(tables.MethodsKey.original(e), None) for e in langs]
     for iv in config.interventions:
         for m in config.methods:
@@ -133,7 +142,7 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
                         cells.append(Cell(tables.cell_key(iv, m, size, "set", lang, e), ns))
                     for seed in config.seeds:
                         cells.append(Cell(tables.cell_key(iv, m, size, f"random{seed}", lang, lang),
-                                          ns.random_like(seed)))
+                                          randoms[m, size, lang, seed]))
     set_digests = {}
     expected = {}
     for cell in cells:
@@ -167,6 +176,15 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
     cost_start = time.time()
     cost = measure_costs(model, tokenizer, config, texts, out, model_key)
     cost_seconds = time.time() - cost_start
+    langid_start = time.time()
+    families = langid.neuron_families(sets, randoms, methods=config.methods, sizes=config.sizes, langs=langs,
+                                      seeds=config.seeds)
+    firing = langid.cached_doc_firing(
+        model, tokenizer, heldout, families,
+        PassOptions("windows", config.eval_max_length, False, config.batch_size), ScoreCache(out / "scores", base_key),
+        texts_key={lang: texts_digest(heldout[lang]) for lang in langs}, progress=progress)
+    langid_rows = langid.langid_rows(firing, families, langs, langid.fasttext_right(heldout, firing.docs))
+    langid_seconds = time.time() - langid_start
     common = dict(interventions=config.interventions, methods=config.methods, sizes=config.sizes, langs=langs)
     selectivity = tables.selectivity_rows(results, sets, seeds=config.seeds, **common)
     adapter = get_adapter(model)
@@ -176,7 +194,10 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
             "detection_texts": corpus_info, "heldout_texts": heldout_info,
             "original_ppl": {lang: results[tables.MethodsKey.original(lang)]["score"] for lang in langs},
             "method_rules": {m: detection.scores[m]["all"].rule for m in config.methods},
+            "langid_rules": {"firing": langid.FIRING_RULE, "ties": langid.TIE_RULE, "fasttext": langid.FASTTEXT_RULE,
+                             "identifier": langid.identifier_settings()},
             "seconds": {**detection.seconds, "cells (this run)": cell_seconds, "cost (this run)": cost_seconds,
+                        "language identification (this run)": langid_seconds,
                         "total (this run)": time.time() - start}}
     result = {"info": info, "selectivity": selectivity, "summary": tables.summary_rows(selectivity),
               "matrix": tables.matrix_rows(results, **common),
@@ -184,6 +205,6 @@ def run_methods_experiment(model: torch.nn.Module, tokenizer: Any, config: Metho
               if config.stability else [],
               "agreement": tables.agreement_rows(sets, methods=config.methods, sizes=config.sizes, langs=langs)
               if len(config.methods) > 1 else [],
-              "cost": cost}
+              "cost": cost, "langid": langid_rows}
     write_outputs(Path(out), result)
     return result

@@ -38,6 +38,12 @@ COST = CsvFile(
     columns=("method", "tokens", "seconds", "s_per_1k_tokens", "relative_to_forward"),
     required=("method", "s_per_1k_tokens", "relative_to_forward"),
     numeric=("s_per_1k_tokens", "relative_to_forward"))
+LANGID = CsvFile(
+    "langid.csv",
+    columns=("method", "size", "variant", "lang", "n", "correct", "accuracy", "ties", "fasttext_accuracy", "chance",
+             "units"),
+    required=("method", "size", "variant", "lang", "n", "accuracy", "fasttext_accuracy"),
+    numeric=("accuracy", "fasttext_accuracy"))
 RESULTS = JsonFile("results.json", ("info",))
 REPORT_MD = "report.md"
 SELECTIVITY_PLOT = "selectivity.png"

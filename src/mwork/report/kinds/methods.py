@@ -9,7 +9,7 @@ import statistics
 from typing import Any
 
 import mwork.report.html as H
-from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, MATRIX, RESULTS, SELECTIVITY,
+from mwork.experiments.methods.schema import (AGREEMENT, AGREEMENT_PLOT, COST, LANGID, MATRIX, RESULTS, SELECTIVITY,
                                               SELECTIVITY_PLOT, STABILITY, SUMMARY)
 from mwork.report.format import as_float, count, language_name, sig, times
 from mwork.report.html import Markup, el
@@ -126,6 +126,7 @@ def render_methods(sec: Section) -> None:
     stability = sec.csv(STABILITY.name, required=STABILITY.required, numeric=STABILITY.numeric)
     agreement = sec.csv(AGREEMENT.name, required=AGREEMENT.required, numeric=AGREEMENT.numeric)
     cost = sec.csv(COST.name, required=COST.required, numeric=COST.numeric)
+    identification = sec.csv(LANGID.name, required=LANGID.required, numeric=LANGID.numeric)  # newer folders
     sec.csv(MATRIX.name, required=MATRIX.required, numeric=MATRIX.numeric)  # linked; a damaged one is said
     _settings(sec, info)
     sec.image(SELECTIVITY_PLOT, "selectivity (own minus others) and own minus random per method and size",
@@ -143,6 +144,8 @@ def render_methods(sec: Section) -> None:
                      "over the languages)."))
     if agreement:
         _agreement(sec, agreement)
+    if identification:
+        _langid(sec, identification)
     if cost:
         _cost(sec, cost)
 
@@ -280,6 +283,31 @@ def _agreement(sec: Section, rows: list[dict[str, str]]) -> None:
                    H.Cell("range over the languages", num=True)], body,
                   caption=Markup("Agreement: Jaccard overlap of two methods' sets of the same language and size "
                                  "(all layers)"))
+
+
+def _langid(sec: Section, rows: list[dict[str, str]]) -> None:
+    """Accuracy over all held-out texts: each method and size's own sets, the mean over the random
+    seeds, fastText on the same texts."""
+    pooled = [r for r in rows if r["lang"] == "all"]
+    fasttext = next((_num(r["accuracy"]) for r in pooled if r["method"] == "fasttext"), None)
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in pooled:
+        if r["method"] != "fasttext" and _num(r["accuracy"]) is not None:
+            kind = "specific" if r["variant"] == "specific" else "random"
+            groups.setdefault((r["method"], r["size"]), {}).setdefault(kind, []).append(_num(r["accuracy"]) or 0.0)
+    body = [[_method(m), H.Cell(size, num=True),
+             H.Cell(sig(statistics.fmean(g["specific"])) if g.get("specific") else "–", num=True),
+             H.Cell(sig(statistics.fmean(g["random"])) if g.get("random") else "–", num=True),
+             H.Cell(sig(fasttext) if fasttext is not None else "–", num=True)]
+            for (m, size), g in groups.items()]
+    if body:
+        chance = _num(pooled[0].get("chance")) if pooled else None
+        sec.table(["method", H.Cell("size", num=True), H.Cell("its sets", num=True),
+                   H.Cell("random sets", num=True), H.Cell("fastText", num=True)], body,
+                  caption=Markup("Language identification of the held-out texts from the units that fire (accuracy "
+                                 "over all texts): a text's language is the one whose set fires most (mean firing "
+                                 "probability of its units){}; random sets: mean over the seeds; fastText on the "
+                                 "same texts").format(f"; chance {sig(chance)}" if chance is not None else ""))
 
 
 def _cost(sec: Section, rows: list[dict[str, str]]) -> None:
