@@ -41,7 +41,10 @@ keep parts (means, firing counts) give disjoint halves of a corpus from the same
 transform, a callable ``(..., width) -> (..., n)`` (or one per layer: ``{layer: callable}``)
 applied to the site's channels before the statistic sees them -- to read directions or
 dictionary features instead of raw neurons. Results (:class:`PassResult`) are kept per request,
-language and layer.
+language and layer. :func:`unit_request` asks for a statistic of a unit set's values (dictionary
+features: the encoder's activations at the site it reads, a transcoder's read site), so every
+registered statistic (mean, firing_probability, quantiles, doc_means ...) works on features as
+on neurons, in the same pass.
 
 **A new statistic** is one class (:mod:`mwork.corpus_statistics`: what a statistic sees, the
 registry and the built-in ones).
@@ -119,6 +122,22 @@ class Request:
 
     def make(self) -> Statistic:
         return self.statistic_class()(**dict(self.options))
+
+
+def unit_request(statistic: str | type[Statistic], units: Any, options: Mapping[str, Any] | None = None, *,
+                 key: str | None = None) -> Request:
+    """A :class:`Request` for ``statistic`` of the values of ``units`` (a unit set with
+    ``reads()``, e.g. a ``mwork.units.Dictionary``: its features' activations, encoded from the
+    value of the site it reads) at every layer it has units in. Results per layer hold that
+    layer's units in the set's order (``units.positions(layer)`` places them in the set). Requests
+    made from one set share its encoders, so the pass encodes once per call."""
+    reads = getattr(units, "reads", None)
+    if reads is None:
+        raise TypeError(f"{type(units).__name__} does not say how its values are read (no reads()); the corpus pass "
+                        "reads sites, directions and dictionary features")
+    site, read, width = reads()
+    return Request(statistic, site, sorted(read), dict(options or {}), read=read, width=width,
+                   key=key or f"{Request(statistic, site).key}:{getattr(units, 'kind', 'units')}")
 
 
 @dataclass

@@ -129,7 +129,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="--method plnd (default): per document, the neurons important by a rule (default: top 20% per "
         "layer and kind); kept if important in all documents (or a fraction q of them); writes OUT.safetensors + "
         "OUT.json for --lang. --method lape / ap: every language at once from --corpus LANG=FILE (repeat it), by the "
-        "method's own rule; writes OUT_DIR/LANG.safetensors + .json. Methods: "
+        "method's own rule; writes OUT_DIR/LANG.safetensors + .json. --units sae:DIR scores the features of a "
+        "dictionary (mwork sae train / load) instead of neurons (lape, ap, monolinguality); each set is then a "
+        "dictionary of that language's features. Methods: "
         + "; ".join(f"{m}: {get_detection_method(m).description}" for m in methods) + ". --no-progress (formerly "
         "--quiet, still accepted) hides the progress bars.",
     )

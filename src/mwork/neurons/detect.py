@@ -77,6 +77,9 @@ def detect(model: torch.nn.Module, tokenizer: Any, documents: Iterable[str], con
     the model's name, the corpus's ``describe()``).
     """
     options, overrides = DetectOptions.split(options, overrides)
+    if options.units is not None:
+        raise ValueError("detect (PLND) scores neurons only: dictionary features go through detect_languages with "
+                         "lape, ap or monolinguality")
     config = DetectConfig.make(config, **overrides)
     if out is not None:  # a path that cannot hold the result is refused before any document is scored
         check_output_path(out, "NeuronSet")

@@ -143,7 +143,7 @@ class DetectConfig:
 @dataclass(frozen=True, kw_only=True)
 class DetectOptions:
     """How a detection runs, not what it finds: one object instead of a keyword each, for
-    ``detect`` (all of them) and ``detect_languages`` (``progress``, ``model_id``). Their
+    ``detect`` (all but ``units``) and ``detect_languages`` (``progress``, ``model_id``, ``units``). Their
     keywords are still accepted one by one (``detect(..., progress=False)``)."""
 
     progress: bool = True
@@ -157,6 +157,8 @@ class DetectOptions:
     model_id: str | None = None
     #: detect: recorded as the corpus (default: the documents' ``describe()``)
     corpus_info: Mapping[str, Any] | None = None
+    #: detect_languages: a dictionary whose features are scored instead of the neurons
+    units: Any = None
 
     @classmethod
     def split(cls, options: "DetectOptions | None", overrides: Mapping[str, Any], *,

@@ -11,6 +11,12 @@ wrote, or saves the sets elsewhere::
 
     DetectJob(lang="fr", corpus=("fr.txt",), out="sets/fr", settings={"top_k": 50}).run()
     DetectJob(method="lape", corpus=("en=en.txt", "fr=fr.txt"), out_dir="lape").run().sets["fr"]
+
+``units``: what is scored -- ``neurons`` (the default), or ``sae:DIR``, the features of the
+dictionary in DIR (what ``mwork sae train`` / ``mwork sae load`` wrote, or a dictionary file);
+each language's set is then a Dictionary of its features (``mwork.load_units`` reads it). The
+dictionary is read and the method asked whether it scores features before the model loads, and
+checked against the model's width before any pass.
 """
 
 from __future__ import annotations
@@ -28,6 +34,34 @@ from mwork.jobs import Job, ModelOptions, RunOptions
 from mwork.neurons.detect_config import DetectOptions
 from mwork.neurons.neuronset import NeuronSet, set_path
 from mwork.texts import DETECTION_ARTICLES, FORMATS, TextSource, parse_corpus_specs, parse_range
+
+
+SAE_PREFIX = "sae:"
+
+
+def _units_spec(text: str) -> str:
+    """``neurons`` or ``sae:DIR`` (``--units``), refused at once otherwise."""
+    if text != "neurons" and not (text.startswith(SAE_PREFIX) and text[len(SAE_PREFIX):]):
+        raise argparse.ArgumentTypeError(f"--units takes neurons or sae:DIR (a dictionary folder or file), not {text!r}")
+    return text
+
+
+def read_dictionary_units(spec: str) -> Any:
+    """The dictionary ``sae:DIR`` names (None for ``neurons``), read without a model; a clear
+    error for a missing folder or a unit set of another kind."""
+    if spec == "neurons":
+        return None
+    from mwork.units.files import load_units, unit_path
+
+    where = spec[len(SAE_PREFIX):] if spec.startswith(SAE_PREFIX) else spec
+    if not unit_path(where).is_file():
+        raise ValueError(f"--units {spec}: no dictionary at {where} (a folder written by mwork sae train / mwork sae "
+                         "load, or its dictionary.safetensors)")
+    units = load_units(where)
+    if getattr(units, "kind", None) != "dictionary":
+        raise ValueError(f"--units {spec}: {where} holds {getattr(units, 'kind', 'other')} units, not a dictionary; "
+                         "give a folder written by mwork sae train / mwork sae load")
+    return units
 
 
 def _method_name(name: str) -> str:
@@ -89,6 +123,9 @@ class DetectJob(ModelOptions, DocumentOptions, RunOptions, Job):
     summary = "detect language-specific neurons (PLND, LAPE, activation AP) and save NeuronSets"
 
     method: str = option("plnd", "detection method (see above)", parse=_method_name)
+    units: str = option("neurons", "what is scored: neurons, or sae:DIR (the features of the dictionary in DIR, "
+                        "written by mwork sae train / load; --method lape, ap, monolinguality)", parse=_units_spec,
+                        metavar="UNITS")
     lang: str | None = option(None, "plnd: language code recorded in the set (e.g. fr)", flag="--lang",
                               metavar="LANG")
     out: str | None = option(None, "plnd: output NeuronSet path (.safetensors added if missing)", record=False)
@@ -102,6 +139,7 @@ class DetectJob(ModelOptions, DocumentOptions, RunOptions, Job):
         method = self._method()
         if self.settings is None or isinstance(self.settings, Mapping):
             self._refuse_others()
+        method.check_units(read_dictionary_units(_units_spec(self.units)), self.method_config())
         if method.one_language:
             self._check_one_language()
         else:
@@ -211,9 +249,10 @@ class DetectJob(ModelOptions, DocumentOptions, RunOptions, Job):
         from mwork.neurons.methods import detect_languages
 
         start = time.time()
+        units = None if self.units == "neurons" else read_dictionary_units(self.units)
         sets = detect_languages(model, tokenizer, parse_corpus_specs(self.corpus), self.method, config,
                                 out_dir=self.out_dir, corpus_options=self.corpus_options(),
-                                options=DetectOptions(progress=self.progress, model_id=self.model))
+                                options=DetectOptions(progress=self.progress, model_id=self.model, units=units))
         return LanguageSetsResult(sets, self.method, self.out_dir, time.time() - start)
 
 
@@ -282,6 +321,11 @@ class LanguageSetsResult:
         """What ``mwork detect`` prints: each language's set, then the time."""
         out = []
         for lang, ns in self.sets.items():
+            if getattr(ns, "kind", None) == "dictionary":
+                total = sum(book.width for book in ns.books.values())
+                out.append(f"{lang}: {ns.count()} features ({ns.count() / total:.4%} of the dictionary's {total}) by "
+                           f"{self.method} -> {Path(self.out_dir) / (lang + '.safetensors')}")
+                continue
             per_kind = ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds if ns.count(k))
             out.append(f"{lang}: {ns.count()} neurons ({ns.fraction():.4%} of all; {per_kind or 'none'}) by "
                        f"{self.method} -> {Path(self.out_dir) / (lang + '.safetensors')}")

@@ -78,6 +78,18 @@ class Codebook:
         return f @ self.W_dec.to(f) + self.b_dec.to(f)
 
 
+class _Encoder:
+    """A codebook's encoder keeping the features ``ids`` (None: all), on widened values."""
+
+    def __init__(self, book: Codebook, ids: torch.Tensor | None):
+        self.book, self.ids = book, ids
+        self.count = book.width if ids is None else int(ids.numel())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.book.encode(widen(x))
+        return f if self.ids is None else f[..., self.ids.to(f.device)]
+
+
 class FeatureGroupSAE(RowGroup):
     """Features ``ids`` of one layer's dictionary at ``site`` (written there); ``read_site``: where
     a transcoder's encoder reads (None: ``site`` itself). ``reads``: the ``(site, fn)`` reads to
@@ -165,6 +177,27 @@ class Dictionary(LayeredUnits):
             if reads != {hidden}:
                 raise ValueError(f"these {self.noun} read {sorted(reads)} features at {self.read_site} and this "
                                  f"model's hidden size is {hidden}: they were made for another model or site")
+
+    def reads(self) -> tuple[str, dict[int, Callable[[torch.Tensor], torch.Tensor]], dict[int, int]]:
+        """Where and how this set's feature activations are read, for statistics over a corpus
+        (``mwork.corpus_pass.unit_request``): the site the encoder reads (a transcoder's
+        ``read_site``), per layer the function from that site's value (..., d) to the activations
+        (..., units at that layer, in this set's order), and per layer how many units that is. The
+        functions are made once per set (the corpus pass encodes once per call whatever the number
+        of statistics read through them); values are widened to float32 first, as in the edits."""
+        if getattr(self, "_reads", None) is None:
+            reads = {}
+            for layer in sorted(set(self.layers.tolist())):
+                ids = self.features[self.layers == layer]
+                every = torch.equal(ids, torch.arange(self.books[layer].width))
+                reads[layer] = _Encoder(self.books[layer], None if every else ids)
+            self._reads = reads
+        return (self.read_site or self.site, dict(self._reads),
+                {layer: fn.count for layer, fn in self._reads.items()})
+
+    def positions(self, layer: int) -> torch.Tensor:
+        """The positions in this set of its units at ``layer`` (the order :meth:`reads` gives them in)."""
+        return (self.layers == layer).nonzero().flatten()
 
     def subset(self, ids: torch.Tensor) -> "Dictionary":
         return Dictionary(self.books, site=self.site, layers=self.layers[ids].tolist(),

@@ -1,5 +1,7 @@
 """Detection methods behind one interface: ``plnd`` (the paper; the default), ``lape`` (Tang et
-al. 2024) and ``ap`` (activation average precision, Kojima et al. 2024).
+al. 2024), ``ap`` (activation average precision, Kojima et al. 2024) and ``monolinguality``
+(Deng et al. 2025, dictionary features only); LAPE and AP score dictionary features too
+(``units=``, ``mwork detect --units sae:DIR``).
 
 Each method turns the documents of several languages into a score per neuron and language
 (:class:`LanguageScores`), from which sets of any size are drawn (``scores.top(lang, n)``), and
@@ -29,8 +31,10 @@ from mwork.neurons.methods.registry import (
 from mwork.neurons.methods.plnd import Plnd, PlndCounts
 from mwork.neurons.methods.lape import Lape, LapeConfig
 from mwork.neurons.methods.ap import ActivationAP, ApConfig
+from mwork.neurons.methods.monolinguality import Monolinguality, MonolingualityConfig
 from mwork.neurons.methods.run import detect_languages, language_scores, read_corpora
 
-__all__ = ["ENTRY_POINT_GROUP", "ActivationAP", "ApConfig", "DetectionMethod", "LanguageScores", "Lape", "LapeConfig", "Plnd", "PlndCounts",
+__all__ = ["ENTRY_POINT_GROUP", "ActivationAP", "ApConfig", "DetectionMethod", "LanguageScores", "Lape", "LapeConfig",
+           "Monolinguality", "MonolingualityConfig", "Plnd", "PlndCounts",
            "detect_languages", "detection_methods", "get_detection_method", "language_scores", "read_corpora",
            "register_detection_method"]

@@ -25,11 +25,21 @@ Score per neuron and language (sets of any size, "top and bottom" as the authors
 scored neuron (all layers and kinds), rank r_top by AP descending and r_bottom by AP ascending
 (ties: lower flat index first); score = M - 2 * min(r_top, r_bottom) - [r_bottom < r_top], so the
 n highest scores are the ceil(n/2) top and floor(n/2) bottom neurons. Every neuron is eligible.
+
+**On dictionary features** (``units``: a ``mwork.units.Dictionary``): each document's mean
+activation of each feature (read in the same pass through the dictionary's encoder,
+``stats.FEATURES``) instead of a neuron's; the same AP, the same two-sided score over every feature
+of the dictionary, the same native rule (``top`` of highest and ``bottom`` of lowest AP: the
+defaults, 1000 each, were set for a model's ~10^5 neurons; a dictionary of a few thousand
+features wants smaller ones). ``kinds`` and ``ffn_site`` do not apply. Sets carry each feature's
+``ap`` and ``mean`` activation for that language.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from mwork.config import fingerprint, option
@@ -37,8 +47,7 @@ from mwork.models.adapters import KINDS
 from mwork.neurons.methods.base import DetectionMethod, LanguageScores, check_languages
 from mwork.neurons.methods.registry import register_detection_method
 from mwork.neurons.methods.lape import StatsSettings
-from mwork.neurons.methods.stats import CorpusStats, StatsRequest
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.methods.stats import FEATURES, CorpusStats, StatsRequest
 
 FFN_SITES = ("ffn.up.out", "ffn.act", "ffn.in")
 ATTN_SITES = {"q": "q.out", "k": "k.out", "v": "v.out"}
@@ -127,22 +136,34 @@ class ActivationAP(DetectionMethod):
                    "(Kojima et al., NAACL 2024)")
     config_class = ApConfig
     statistics = True
+    unit_kinds = ("neurons", "dictionary")
 
     def kinds(self, config: ApConfig) -> tuple[str, ...]:
         return tuple(k for k in KINDS if k in config.kinds)
 
-    def request(self, config: ApConfig) -> StatsRequest:
+    def check_units(self, units: Any = None, config: Any = None) -> None:
+        super().check_units(units, config)
+        if units is not None and config is not None and config.top + config.bottom > units.count():
+            raise ValueError(f"AP top {config.top} + bottom {config.bottom} is more than the {units.count()} features "
+                             "of the dictionary; lower --ap-top / --ap-bottom")
+
+    def request(self, config: ApConfig, units: Any = None) -> StatsRequest:
+        if units is not None:
+            return StatsRequest(doc_means=(FEATURES,), site_means=(FEATURES,))
         return StatsRequest(doc_means=tuple(config.site(k) for k in self.kinds(config)))
 
-    def ap_values(self, stats: CorpusStats, config: ApConfig) -> dict[str, dict[str, torch.Tensor]]:
-        """Per language and kind, each neuron's AP (layers, n)."""
+    def ap_values(self, stats: CorpusStats, config: ApConfig,
+                  sites: dict[str, str] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """Per language and kind, each neuron's AP (layers, n); ``sites``: {kind: site} read
+        (default: the config's neuron sites; ``{"features": FEATURES}`` for a dictionary)."""
         langs = check_languages(stats.langs, "activation AP")
         few = [lang for lang in langs if len(stats.doc_index[lang]) == 0]
         if few:
             raise ValueError(f"activation AP: the corpus of {', '.join(few)} has no non-empty document")
         out: dict[str, dict[str, torch.Tensor]] = {lang: {} for lang in langs}
-        for kind in self.kinds(config):
-            means = stats.doc_means(config.site(kind))
+        sites = sites or {kind: config.site(kind) for kind in self.kinds(config)}
+        for kind, site in sites.items():
+            means = stats.doc_means(site)
             docs = torch.cat([means[lang] for lang in langs])  # (D, layers, n)
             owner = torch.cat([torch.full((len(means[lang]),), j) for j, lang in enumerate(langs)])
             labels = torch.stack([owner == j for j in range(len(langs))])  # one detector per language
@@ -151,7 +172,9 @@ class ActivationAP(DetectionMethod):
                 out[lang][kind] = torch.stack([ap[j] for ap in per_layer])
         return out
 
-    def from_stats(self, stats: CorpusStats, config: ApConfig) -> LanguageScores:
+    def from_stats(self, stats: CorpusStats, config: ApConfig, units: Any = None) -> LanguageScores:
+        if units is not None:
+            return self._feature_scores(stats, config, units)
         aps = self.ap_values(stats, config)
         kinds = self.kinds(config)
         scores, eligible, extra = {}, {}, {}
@@ -174,8 +197,29 @@ class ActivationAP(DetectionMethod):
                 "highest: the ceil(n/2) of highest AP and the floor(n/2) of lowest AP over every layer and kind)")
         return LanguageScores(self.name, stats.langs, stats.fingerprint, scores, eligible, rule, meta, extra)
 
-    def native_sets(self, scores: LanguageScores, config: ApConfig) -> dict[str, NeuronSet]:
-        """The authors' sets: the ``top`` neurons of highest AP and the ``bottom`` of lowest."""
+    def _feature_scores(self, stats: CorpusStats, config: ApConfig, units: Any) -> LanguageScores:
+        """AP of each feature's per-document mean activation (module docstring)."""
+        aps = self.ap_values(stats, config, {FEATURES: FEATURES})
+        means = stats.language_means(FEATURES)
+        scores, eligible, extra = {}, {}, {}
+        for lang in stats.langs:
+            ap = aps[lang][FEATURES]
+            scores[lang] = {FEATURES: two_sided_scores(ap.flatten()).view(ap.shape)}
+            eligible[lang] = {FEATURES: torch.ones_like(ap, dtype=torch.bool)}
+            extra[lang] = {"ap": ap.clone(), "mean": means[lang].clone()}
+        meta = {"settings": fingerprint(config), "site": units.read_site or units.site, "units": "dictionary features",
+                "documents": {lang: int(len(stats.doc_index[lang])) for lang in stats.langs}, "statistics": stats.info}
+        rule = ("activation AP on dictionary features: each feature's mean activation over a document's tokens scored "
+                "by average precision as a detector of the language among all the languages' documents; score = "
+                "two-sided rank (the n highest: the ceil(n/2) of highest AP and the floor(n/2) of lowest AP over every "
+                "feature)")
+        return LanguageScores(self.name, stats.langs, stats.fingerprint, scores, eligible, rule, meta, extra, units)
+
+    def native_sets(self, scores: LanguageScores, config: ApConfig) -> dict[str, Any]:
+        """The authors' sets: the ``top`` neurons of highest AP and the ``bottom`` of lowest (of
+        features: the same over the dictionary's features)."""
+        if scores.units is not None:
+            return self._feature_sets(scores, config)
         kinds = scores.kinds
         out = {}
         for lang in scores.langs:
@@ -198,3 +242,18 @@ class ActivationAP(DetectionMethod):
             out[lang] = ns
         return out
 
+
+    def _feature_sets(self, scores: LanguageScores, config: ApConfig) -> dict[str, Any]:
+        out = {}
+        for lang in scores.langs:
+            flat = scores.extra[lang]["ap"].flatten()
+            if config.top + config.bottom > len(flat):
+                raise ValueError(f"AP top {config.top} + bottom {config.bottom} is more than the {len(flat)} features "
+                                 "of the dictionary; lower --ap-top / --ap-bottom")
+            pick = torch.zeros(len(flat), dtype=torch.bool)
+            pick[torch.sort(flat, descending=True, stable=True).indices[:config.top]] = True
+            pick[torch.sort(flat, stable=True).indices[:config.bottom]] = True
+            out[lang] = scores.pick(lang, pick.nonzero().flatten(), {
+                "rule": f"activation AP (the authors' rule) on dictionary features: the {config.top} features of "
+                        f"highest and the {config.bottom} of lowest AP for {lang}"})
+        return out

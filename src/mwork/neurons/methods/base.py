@@ -8,6 +8,12 @@ language at all. Sets of any size are drawn from it with :meth:`LanguageScores.t
 ``n`` highest-scoring neurons over every layer and kind, eligible ones first, so that sets of
 equal size can be compared between methods. Each method's own rule (its published
 thresholds) gives its *native* sets (``DetectionMethod.native_sets``).
+
+**Dictionary features.** Scores of a unit set's units (``units``: a ``mwork.units.Dictionary``)
+have one kind, ``"features"``, of shape (1, units): every unit of the set in its order. Sets drawn
+from them are that set's subsets (a Dictionary holding the chosen features, with the per-language
+tensors of ``extra`` as its per-unit statistics), saved and read back like neuron sets
+(``mwork.load_units``). A method that scores features says so (``DetectionMethod.unit_kinds``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,11 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from mwork.models.adapters import KINDS
+from mwork.neurons.methods.stats import FEATURES
 from mwork.neurons.neuronset import NeuronSet
+
+#: what ``mwork detect --units`` can score: neurons, or the features of a dictionary
+UNIT_KINDS = ("neurons", "dictionary")
 
 
 @dataclass
@@ -36,16 +46,21 @@ class LanguageScores:
     rule: str
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    units: Any = None
 
     def __post_init__(self) -> None:
         self.langs = tuple(self.langs)
-        shape_of = {k: (self.fingerprint["num_layers"], self.fingerprint["neurons_per_layer"][k]) for k in KINDS}
+        if self.units is not None:
+            shape_of = {FEATURES: (1, self.units.count())}
+        else:
+            shape_of = {k: (self.fingerprint["num_layers"], self.fingerprint["neurons_per_layer"][k]) for k in KINDS}
         for lang in self.langs:
             if lang not in self.scores or lang not in self.eligible:
                 raise ValueError(f"{self.method}: no scores for language {lang!r}")
             for kind, s in self.scores[lang].items():
-                if kind not in KINDS:
-                    raise ValueError(f"{self.method}: unknown neuron kind {kind!r}")
+                if kind not in shape_of:
+                    raise ValueError(f"{self.method}: unknown {'unit' if self.units is not None else 'neuron'} kind "
+                                     f"{kind!r}")
                 if tuple(s.shape) != shape_of[kind] or tuple(self.eligible[lang][kind].shape) != shape_of[kind]:
                     raise ValueError(f"{self.method}: {lang} {kind} scores have shape {tuple(s.shape)}, the model "
                                      f"needs {shape_of[kind]}")
@@ -56,7 +71,7 @@ class LanguageScores:
     def kinds(self) -> list[str]:
         """The kinds this method scores (in KINDS order)."""
         first = self.scores[self.langs[0]]
-        return [k for k in KINDS if k in first]
+        return [k for k in (KINDS if self.units is None else (FEATURES,)) if k in first]
 
     def total(self) -> int:
         """Neurons this method can draw from (its kinds, every layer)."""
@@ -86,6 +101,10 @@ class LanguageScores:
                              "larger than that")
         order, eligible = self.ranking(lang)
         chosen, ok = order[:n], eligible[:n]
+        if self.units is not None:
+            return self.pick(lang, torch.sort(chosen).values, {
+                "rule": f"the {n} highest {self.method} scores of {lang} over every feature of the dictionary, "
+                        "eligible features first", "size": n, "beyond_rule": int((~ok).sum()), **dict(meta or {})})
         layers = self.fingerprint["num_layers"]
         masks = {k: torch.zeros(layers, c, dtype=torch.bool) for k, c in self.fingerprint["neurons_per_layer"].items()}
         start = 0
@@ -103,6 +122,21 @@ class LanguageScores:
         extra = {name: t.clone() for name, t in self.extra.get(lang, {}).items()}
         return NeuronSet(masks, info, extra)
 
+    def pick(self, lang: str, ids: torch.Tensor, meta: Mapping[str, Any] | None = None) -> Any:
+        """The units ``ids`` (positions in ``units``) as ``lang``'s set: a subset of the scored
+        unit set, the per-language ``extra`` tensors as its per-unit statistics, the method and
+        its rule in its metadata (``meta`` added)."""
+        if self.units is None:
+            raise ValueError(f"{self.method}: these scores are of neurons; draw sets with top()")
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        out = self.units.subset(ids)
+        out.stats = {name: t.reshape(-1)[ids].to(torch.float64).clone() for name, t in self.extra.get(lang, {}).items()}
+        out.meta.update({"fingerprint": self.fingerprint, "method": self.method, "language": lang, "name": lang,
+                         "score_rule": self.rule, "size": int(ids.numel()), "beyond_rule": 0,
+                         "eligible": int(self.eligible[lang][FEATURES].sum()),
+                         "method_settings": self.meta.get("settings", {}), **dict(meta or {})})
+        return out
+
     # ---- as tensors (for caches) -------------------------------------------------------------
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Tensors and JSON header that :meth:`from_tensors` reads back exactly."""
@@ -115,10 +149,19 @@ class LanguageScores:
                 tensors[f"extra/{lang}/{name}"] = t.contiguous()
         header = {"method": self.method, "langs": list(self.langs), "fingerprint": self.fingerprint,
                   "rule": self.rule, "meta": self.meta}
+        if self.units is not None:
+            header["units"] = {"kind": self.units.kind, "count": self.units.count()}
         return tensors, header
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> "LanguageScores":
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], header: Mapping[str, Any],
+                     units: Any = None) -> "LanguageScores":
+        """Scores saved by :meth:`to_tensors`; scores of features need the unit set they score (``units``)."""
+        saved = header.get("units")
+        if saved is not None and (units is None or units.count() != saved["count"]):
+            raise ValueError(f"these scores are of {saved['count']} {saved['kind']} units: give that unit set (units=)")
+        if saved is None and units is not None:
+            raise ValueError("these scores are of neurons; they take no unit set")
         scores: dict[str, dict[str, torch.Tensor]] = {}
         eligible: dict[str, dict[str, torch.Tensor]] = {}
         extra: dict[str, dict[str, torch.Tensor]] = {}
@@ -127,7 +170,7 @@ class LanguageScores:
             target = {"score": scores, "eligible": eligible, "extra": extra}[what]
             target.setdefault(lang, {})[name] = t.bool() if what == "eligible" else t
         return cls(header["method"], tuple(header["langs"]), dict(header["fingerprint"]), scores, eligible,
-                   header["rule"], dict(header["meta"]), extra)
+                   header["rule"], dict(header["meta"]), extra, units)
 
 
 class DetectionMethod:
@@ -145,6 +188,11 @@ class DetectionMethod:
     description: ClassVar[str] = ""
     config_class: ClassVar[type] = object
     statistics: ClassVar[bool] = False
+    unit_kinds: ClassVar[tuple[str, ...]] = ("neurons",)
+    """What it scores (:data:`UNIT_KINDS`): ``"dictionary"`` -- the features of a dictionary
+    given as ``units`` to :meth:`scores`, :meth:`request` and :meth:`from_stats`."""
+    units_refusal: ClassVar[str] = ""
+    """Why it does not score some unit kind (said when it is asked to)."""
     one_language: ClassVar[bool] = False
     """How ``mwork detect`` runs it. False: every language at once (``--corpus LANG=SPEC`` each,
     ``--out-dir``: ``detect_languages``). True (PLND): one language's corpus per run (``--lang``,
@@ -162,22 +210,34 @@ class DetectionMethod:
             raise TypeError(f"method {self.name!r} takes a {self.config_class.__name__}, got {type(config).__name__}")
         return dataclasses.replace(config, **overrides) if overrides else config
 
+    def check_units(self, units: Any = None, config: Any = None) -> None:
+        """A clear error when this method does not score ``units`` (None: neurons), or when its
+        settings ``config`` cannot draw sets from that many units -- before any pass."""
+        kind = "neurons" if units is None else getattr(units, "kind", type(units).__name__)
+        if kind not in self.unit_kinds:
+            what = "neurons" if units is None else f"{kind} units"
+            raise ValueError(f"--method {self.name} does not score {what} (it scores {', '.join(self.unit_kinds)})"
+                             + (f": {self.units_refusal}" if self.units_refusal else ""))
+
     def scores(self, model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Sequence[str]], config: Any, *,
-               progress: bool = True) -> LanguageScores:
-        """Scores of every neuron for every language of ``corpora`` (``{lang: documents}``)."""
+               progress: bool = True, units: Any = None) -> LanguageScores:
+        """Scores of every neuron (or of every unit of ``units``, a dictionary's features) for
+        every language of ``corpora`` (``{lang: documents}``)."""
+        self.check_units(units, config)
         if self.statistics:
             from mwork.neurons.methods.stats import PassOptions, collect_statistics
 
-            stats = collect_statistics(model, tokenizer, corpora, self.request(config),
+            on = {} if units is None else {"units": units}
+            stats = collect_statistics(model, tokenizer, corpora, self.request(config, **on),
                                        PassOptions("windows", config.max_length, config.truncate, config.batch_size),
-                                       progress=progress)
-            return self.from_stats(stats, config)
+                                       progress=progress, **on)
+            return self.from_stats(stats, config, **on)
         raise NotImplementedError(f"method {self.name!r} does not implement scores()")
 
-    def request(self, config: Any) -> Any:
+    def request(self, config: Any, units: Any = None) -> Any:
         raise NotImplementedError
 
-    def from_stats(self, stats: Any, config: Any) -> LanguageScores:
+    def from_stats(self, stats: Any, config: Any, units: Any = None) -> LanguageScores:
         raise NotImplementedError
 
     def native_sets(self, scores: LanguageScores, config: Any) -> dict[str, NeuronSet]:

@@ -24,6 +24,13 @@ Score per neuron and language (for sets of equal size): -H, eligible where the n
 the filter and p_l > bar. The n highest-scoring eligible neurons of l are the n lowest-entropy
 neurons the authors' step 3 would give l; at n = the size of the authors' set for l they are
 that set.
+
+**On dictionary features** (``units``: a ``mwork.units.Dictionary``; SAE-LAPE, Andrylie et al.
+2025): the same rule and thresholds on the features' firing probabilities -- the share of a
+language's counted tokens at which a feature's activation is > 0, read in the same pass through
+the dictionary's encoder (``stats.FEATURES``). N is then every feature of the dictionary (all its
+layers); sets are subsets of the dictionary, carrying each feature's ``activation_probability``,
+``entropy`` and ``mean`` activation for that language.
 """
 
 from __future__ import annotations
@@ -37,8 +44,7 @@ import torch
 from mwork.config import fingerprint, option
 from mwork.neurons.methods.base import DetectionMethod, LanguageScores, check_languages
 from mwork.neurons.methods.registry import register_detection_method
-from mwork.neurons.methods.stats import CorpusStats, StatsRequest
-from mwork.neurons.neuronset import NeuronSet
+from mwork.neurons.methods.stats import FEATURES, CorpusStats, StatsRequest
 
 SITE = "ffn.act"
 
@@ -124,21 +130,33 @@ class Lape(DetectionMethod):
     description = "language activation probability entropy of FFN neurons (Tang et al., ACL 2024)"
     config_class = LapeConfig
     statistics = True
+    unit_kinds = ("neurons", "dictionary")
 
     def kinds(self, config: Any) -> tuple[str, ...]:
         return ("ffn",)
 
-    def request(self, config: LapeConfig) -> StatsRequest:
+    def check_units(self, units: Any = None, config: Any = None) -> None:
+        super().check_units(units, config)
+        if units is not None and config is not None and round(units.count() * config.top_rate) < 1:
+            raise ValueError(f"LAPE top_rate {config.top_rate} keeps round({units.count()} * {config.top_rate}) = 0 "
+                             "features of this dictionary; raise --lape-top-rate")
+
+    def request(self, config: LapeConfig, units: Any = None) -> StatsRequest:
+        if units is not None:
+            return StatsRequest(positive=(FEATURES,), site_means=(FEATURES,))
         return StatsRequest(positive=(SITE,))
 
-    def probabilities(self, stats: CorpusStats) -> torch.Tensor:
-        """(layers, ffn, languages): the share of each language's counted tokens with ffn.act > 0."""
+    def probabilities(self, stats: CorpusStats, site: str = SITE) -> torch.Tensor:
+        """(layers, ffn, languages): the share of each language's counted tokens with ffn.act > 0
+        (``site``: ``stats.FEATURES`` for a dictionary's features, (1, features, languages))."""
         check_languages(stats.langs, "LAPE")
         stats.check_tokens("LAPE")
-        return torch.stack([stats.positive[lang][SITE].sum(0).to(torch.float64) / stats.n_tokens(lang)
+        return torch.stack([stats.positive[lang][site].sum(0).to(torch.float64) / stats.n_tokens(lang)
                             for lang in stats.langs], dim=-1)
 
-    def from_stats(self, stats: CorpusStats, config: LapeConfig) -> LanguageScores:
+    def from_stats(self, stats: CorpusStats, config: LapeConfig, units: Any = None) -> LanguageScores:
+        if units is not None:
+            return self._feature_scores(stats, config, units)
         lape = lape_statistics(self.probabilities(stats), config)
         passes = torch.isfinite(lape.entropy)
         scores, eligible, extra = {}, {}, {}
@@ -157,9 +175,35 @@ class Lape(DetectionMethod):
                 f"exceeds the {config.activation_bar_ratio} quantile ({lape.activation_bar:.6g})")
         return LanguageScores(self.name, stats.langs, stats.fingerprint, scores, eligible, rule, meta, extra)
 
-    def native_sets(self, scores: LanguageScores, config: LapeConfig) -> dict[str, NeuronSet]:
+    def _feature_scores(self, stats: CorpusStats, config: LapeConfig, units: Any) -> LanguageScores:
+        """The rule on a dictionary's features (module docstring)."""
+        lape = lape_statistics(self.probabilities(stats, FEATURES), config)
+        means = stats.language_means(FEATURES)
+        passes = torch.isfinite(lape.entropy)
+        scores, eligible, extra = {}, {}, {}
+        for j, lang in enumerate(stats.langs):
+            p = lape.probs[..., j]
+            scores[lang] = {FEATURES: -lape.entropy}
+            eligible[lang] = {FEATURES: passes & (p > lape.activation_bar)}
+            extra[lang] = {"activation_probability": p.clone(), "entropy": lape.entropy.clone(),
+                           "mean": means[lang].clone()}
+        meta = {"settings": fingerprint(config), "filter_threshold": lape.filter_threshold,
+                "activation_bar": lape.activation_bar, "kept": int(len(lape.kept)),
+                "tokens": {lang: stats.n_tokens(lang) for lang in stats.langs}, "site": units.read_site or units.site,
+                "units": "dictionary features", "statistics": stats.info}
+        rule = ("LAPE on dictionary features: score = -entropy of the feature's firing probabilities (share of tokens "
+                "with activation > 0) normalised over the languages; eligible for language l where some language's "
+                f"probability exceeds the {config.filter_rate} quantile of all probabilities "
+                f"({lape.filter_threshold:.6g}) and l's exceeds the {config.activation_bar_ratio} quantile "
+                f"({lape.activation_bar:.6g})")
+        return LanguageScores(self.name, stats.langs, stats.fingerprint, scores, eligible, rule, meta, extra, units)
+
+    def native_sets(self, scores: LanguageScores, config: LapeConfig) -> dict[str, Any]:
         """The authors' sets: the round(N * top_rate) lowest-entropy neurons (after the filter),
-        each given to every language whose probability exceeds the bar."""
+        each given to every language whose probability exceeds the bar (of features: the same,
+        over the dictionary's features)."""
+        if scores.units is not None:
+            return self._feature_sets(scores, config)
         entropy = -scores.scores[scores.langs[0]]["ffn"]
         count = round(entropy.numel() * config.top_rate)
         if count < 1:
@@ -177,4 +221,21 @@ class Lape(DetectionMethod):
                                 f"exceeds the bar {scores.meta['activation_bar']:.6g}",
                            size=int(ns.masks["ffn"].sum()), beyond_rule=0)
             out[lang] = ns
+        return out
+
+    def _feature_sets(self, scores: LanguageScores, config: LapeConfig) -> dict[str, Any]:
+        entropy = -scores.scores[scores.langs[0]][FEATURES].flatten()
+        count = round(entropy.numel() * config.top_rate)
+        if count < 1:
+            raise ValueError(f"LAPE top_rate {config.top_rate} keeps no feature of {entropy.numel()}; raise it")
+        kept = torch.zeros(entropy.numel(), dtype=torch.bool)
+        kept[torch.sort(entropy, stable=True).indices[:count]] = True
+        bar = scores.meta["activation_bar"]
+        out = {}
+        for lang in scores.langs:
+            ids = (kept & (scores.extra[lang]["activation_probability"].flatten() > bar)).nonzero().flatten()
+            out[lang] = scores.pick(lang, ids, {
+                "rule": f"LAPE (the authors' rule) on dictionary features: the {count} lowest-entropy features "
+                        f"(top_rate {config.top_rate} of {entropy.numel()}) whose firing probability for {lang} "
+                        f"exceeds the bar {bar:.6g}"})
         return out

@@ -254,6 +254,10 @@ class Plnd(DetectionMethod):
     description = "parallel language-specific neuron detection (Zhao et al., NeurIPS 2024): mwork detect"
     config_class = DetectConfig
     one_language = True
+    units_refusal = ("PLND's importance is the exact change of a layer's output (or attention) when one neuron is "
+                     "zeroed, computed for every neuron at once from the model's own weights (Eq. 1, 8); a "
+                     "dictionary feature has no such closed form (it would take one ablation per feature and "
+                     "token); use --method lape, ap or monolinguality on features")
 
     def make_config(self, config: DetectConfig | None = None, **overrides: Any) -> DetectConfig:
         if config is None:

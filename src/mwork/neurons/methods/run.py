@@ -17,15 +17,20 @@ from mwork.texts import parse_corpus_specs, read_corpora  # noqa: F401  (their h
 
 def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
                     config: Any = None, *, progress: bool = True, corpus_options: Mapping[str, Any] | None = None,
-                    **overrides: Any) -> LanguageScores:
+                    units: Any = None, **overrides: Any) -> LanguageScores:
     """The scores of ``method`` (a registered name) for every language of ``corpora`` (see
     :func:`read_corpora`; ``corpus_options``: its options, e.g. ``{"max_docs": 100}``);
-    ``config`` / ``overrides``: the method's settings."""
+    ``units``: a dictionary whose features are scored (None: neurons; checked against the model
+    before the pass); ``config`` / ``overrides``: the method's settings."""
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
+    m.check_units(units, cfg)
     check_languages(list(corpora), method)
+    if units is not None:
+        units.check_compatible(model)
     texts, info = read_corpora(corpora, **(corpus_options or {}))
-    scores = m.scores(model, tokenizer, texts, cfg, progress=progress)
+    on = {} if units is None else {"units": units}
+    scores = m.scores(model, tokenizer, texts, cfg, progress=progress, **on)
     scores.meta["corpora"] = info
     return scores
 
@@ -35,15 +40,16 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
                      corpus_options: Mapping[str, Any] | None = None, options: DetectOptions | None = None,
                      **overrides: Any) -> dict[str, NeuronSet]:
     """Each language's set by the method's own rule (LAPE: the authors' thresholds; AP: top and
-    bottom N; PLND: the language-specific sets). With ``out_dir``, each is saved as
+    bottom N; PLND: the language-specific sets; ``units`` (of ``options``, or as a keyword): a
+    dictionary whose features are scored, each set then a Dictionary of that language's features). With ``out_dir``, each is saved as
     ``<out_dir>/<lang>.safetensors`` (+ ``.json``); its metadata records ``method``, the rule,
     the settings, the model (``options.model_id``, default the model's name) and every
     language's corpus (``corpus_options``: how :func:`read_corpora` reads them, e.g.
-    ``{"max_docs": 100}``). ``options``: ``progress`` and ``model_id`` of :class:`DetectOptions`
+    ``{"max_docs": 100}``). ``options``: ``progress``, ``model_id`` and ``units`` of :class:`DetectOptions`
     (also as keywords); ``config`` / the other keywords: the method's settings."""
-    options, overrides = DetectOptions.split(options, overrides, allowed=("progress", "model_id"),
+    options, overrides = DetectOptions.split(options, overrides, allowed=("progress", "model_id", "units"),
                                              where="detect_languages")
-    progress, model_id = options.progress, options.model_id
+    progress, model_id, units = options.progress, options.model_id, options.units
     m = get_detection_method(method)
     cfg = m.make_config(config, **overrides)
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -51,7 +57,8 @@ def detect_languages(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[st
     if out_dir is not None:
         for lang in corpora:  # each names a file in out_dir: a bad one fails before the scores, not after
             child_path(out_dir, lang, ".safetensors")
-    scores = language_scores(model, tokenizer, corpora, method, cfg, progress=progress, corpus_options=corpus_options)
+    scores = language_scores(model, tokenizer, corpora, method, cfg, progress=progress, corpus_options=corpus_options,
+                             units=units)
     sets = m.native_sets(scores, cfg)
     name = model_id or getattr(model.config, "_name_or_path", None) or "unknown"
     for lang, ns in sets.items():

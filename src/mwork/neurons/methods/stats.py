@@ -11,6 +11,12 @@ What is read (``StatsRequest``), at the named sites, in one pass over every lang
   ``mean`` with row sums);
 * ``statistics``: any other ``mwork.corpus_pass.Request`` (results in ``CorpusStats.extra``).
 
+Dictionary features. The name :data:`FEATURES` stands, in ``positive`` / ``doc_means`` /
+``site_means``, for the features of the unit set given to :func:`collect_statistics` (``units``,
+e.g. a ``mwork.units.Dictionary``): their activations, encoded from the site the dictionary reads
+(``mwork.corpus_pass.unit_request``), in the same pass as any neuron site. Their tensors have one
+row holding every unit of the set in its order: (parts, 1, units) instead of (parts, layers, n).
+
 Tokens: the pass's ``"windows"`` rule (documents cut into windows of ``max_length`` tokens as in
 PLND detection, the tokenizer's special tokens added to every window and never counted; with
 ``truncate`` the first window only; packed padding; windows sorted longest first), so a run
@@ -29,12 +35,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mwork.corpus_pass import PassOptions, TOKEN_RULES, Request, corpus_pass
+from mwork.corpus_pass import PassOptions, TOKEN_RULES, Request, corpus_pass, unit_request
 from mwork.models.adapters import get_adapter
 
 #: which neuron kind's channels each readable site holds
 SITE_KIND = {"ffn.act": "ffn", "ffn.up.out": "ffn", "ffn.in": "ffn", "q.out": "q", "k.out": "k", "v.out": "v"}
 TOKEN_RULE = TOKEN_RULES["windows"]
+#: the name that stands for the features of the unit set a pass is given (module docstring)
+FEATURES = "features"
 
 
 @dataclass(frozen=True)
@@ -50,9 +58,10 @@ class StatsRequest:
     def __post_init__(self) -> None:
         for name in ("positive", "doc_means", "site_means"):
             sites = tuple(dict.fromkeys(getattr(self, name)))
-            bad = [s for s in sites if s not in SITE_KIND]
+            bad = [s for s in sites if s not in SITE_KIND and s != FEATURES]
             if bad:
-                raise ValueError(f"cannot collect statistics at {bad[0]!r}; sites: {', '.join(SITE_KIND)}")
+                raise ValueError(f"cannot collect statistics at {bad[0]!r}; sites: {', '.join(SITE_KIND)} (and "
+                                 f"{FEATURES!r}: a dictionary's features)")
             object.__setattr__(self, name, sites)
         object.__setattr__(self, "statistics", tuple({r.key: r for r in self.statistics}.values()))
 
@@ -65,9 +74,21 @@ class StatsRequest:
         return tuple(dict.fromkeys(self.positive + self.doc_means + self.site_means
                                    + tuple(r.site for r in self.statistics)))
 
-    def requests(self, width: Mapping[str, int], layers: Sequence[int] | None = None) -> list[Request]:
-        """The corpus-pass requests (``width``: channels per neuron kind)."""
+    @property
+    def features(self) -> bool:
+        """Whether a unit set's features are asked for (:data:`FEATURES`)."""
+        return FEATURES in self.positive + self.doc_means + self.site_means
+
+    def requests(self, width: Mapping[str, int], layers: Sequence[int] | None = None,
+                 units: Any = None) -> list[Request]:
+        """The corpus-pass requests (``width``: channels per neuron kind; ``units``: the set whose
+        features :data:`FEATURES` names)."""
+        if self.features and units is None:
+            raise ValueError(f"the statistics ask for {FEATURES!r}: give the unit set (a dictionary) they are of")
+
         def ask(statistic: str, site: str, key: str, **options: Any) -> Request:
+            if site == FEATURES:
+                return unit_request(statistic, units, options, key=f"{key}@{site}")
             return Request(statistic, site, layers, options, width=width[SITE_KIND[site]], key=f"{key}@{site}")
 
         return ([ask("firing_probability", s, "positive") for s in self.positive]
@@ -149,11 +170,13 @@ def collect_statistics(
     *,
     progress: bool = True,
     layers: Sequence[int] | None = None,
+    units: Any = None,
 ) -> CorpusStats:
     """The statistics ``request`` asks for over ``corpora`` (``{lang: documents}``), in one
     forward pass per batch (module docstring), with the windows and batching of ``options``
-    (``parts``: per-part counts, e.g. even and odd documents). An empty request runs the plain
-    forward passes (the baseline of the cost measurement)."""
+    (``parts``: per-part counts, e.g. even and odd documents); ``units``: the dictionary whose
+    features :data:`FEATURES` names (checked against the model first). An empty request runs the
+    plain forward passes (the baseline of the cost measurement)."""
     parts = options.parts
     if options.tokens != "windows":
         raise ValueError(f"the detection statistics count every token of every window (tokens='windows'), not "
@@ -166,10 +189,17 @@ def collect_statistics(
     width = adapter.neuron_counts()
     L = adapter.num_layers
     layer_list = None if layers is None else sorted(set(layers))
-    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list), options, progress=progress,
-                      desc="statistics {lang}")
+    if request.features and units is not None:
+        units.check_compatible(model)
+    run = corpus_pass(model, tokenizer, corpora, request.requests(width, layer_list, units), options,
+                      progress=progress, desc="statistics {lang}")
 
     def gather(key: str, site: str, lang: str, rows: int, dtype: torch.dtype, attr: str) -> torch.Tensor:
+        if site == FEATURES:  # one row: every unit of the set, in its order
+            t = torch.zeros(rows, 1, units.count(), dtype=dtype)
+            for layer, stat in run.statistics[f"{key}@{site}"][lang].items():
+                t[:, 0, units.positions(layer)] = getattr(stat, attr)
+            return t
         t = torch.zeros(rows, L, width[SITE_KIND[site]], dtype=dtype)
         for layer, stat in run.statistics[f"{key}@{site}"][lang].items():
             t[:, layer] = getattr(stat, attr)
