@@ -400,3 +400,55 @@ def test_neuron_edits_may_sweep_their_own_layer_ranges():
     assert replace(config, neuron_layers=None).layer_specs_of()["neurons"] == ("6", "9")
     with pytest.raises(ValueError, match="--neuron-layers names a region"):
         replace(config, neuron_layers="generation")
+
+
+def test_dictionary_features_are_a_lever_with_their_random_baseline(inputs, shared_tiny, tmp_path):
+    """--features-dir (mwork detect --units sae:DIR's sets): the features lever steers a language's
+    features toward their mean on the language (measured here where a set carries none), the
+    random lever as many other features of the same dictionary per layer; the lever's outputs are
+    mwork.steer's with the measured set."""
+    import mwork
+    from mwork.experiments.control.inputs import random_features
+    from mwork.tasks.generation import generate
+    from mwork.units.dictionary import Codebook, Dictionary
+
+    model, tok = shared_tiny(M)
+    d = model.config.hidden_size
+    gen = torch.Generator().manual_seed(3)
+    books = {layer: Codebook(torch.randn(d, 32, generator=gen), torch.zeros(32), torch.randn(32, d, generator=gen),
+                             torch.zeros(d), activation="topk", k=8) for layer in (0, 1)}
+    folder = tmp_path / "D3"
+    folder.mkdir()
+    Dictionary(books, layers=[0, 0, 1], features=[1, 5, 7], meta={"language": "es"}).save(folder / "es")
+    Dictionary(books, layers=[1, 1], features=[2, 3], meta={"language": "zh"},
+               stats={"mean": torch.tensor([3.0, -2.0])}).save(folder / "zh")
+    config = ControlConfig(levers="features,random", features_dir=str(folder), sources=("en",), targets=("es", "zh"),
+                           limit=2, data=str(TEST_DATA), max_new_tokens=3, strengths=(4.0,), modes=("set",),
+                           stats_docs=2, stats_max_length=16, out=str(tmp_path / "OUT"), progress=False)
+    config.run(model, tok)
+    rows = read_csv(tmp_path / "OUT" / "control.csv")
+    assert {(r["lever"], r["variant"]) for r in rows} == {("unsteered", ""), ("features", "set"),
+                                                         ("random", "features-set")}
+    assert {r["units"] for r in rows if r["lever"] == "features" and r["target"] == "es"} == {"3"}
+    measured = list((tmp_path / "OUT" / "statistics").glob("es-*-features-set.safetensors"))
+    assert len(measured) == 1  # es carried no mean: measured once on its texts; zh's own was used
+    es = mwork.load_units(measured[0])
+    assert es.features.tolist() == [1, 5, 7] and es.stats["mean"].isfinite().all()
+    assert not list((tmp_path / "OUT" / "statistics").glob("zh-*-features-set.safetensors"))
+    mine = [g for g in read_jsonl(tmp_path / "OUT" / "generations.jsonl") if g["lever"] == "features"
+            and g["target"] == "es"]
+    with mwork.steer(model, es, "set", 4.0):
+        outputs = generate(model, tok, [g["prompt"] for g in mine], max_new_tokens=3, stop=("\n",), progress=False)
+    assert outputs == [g["output"] for g in mine]
+    drawn = random_features(Dictionary.load(folder / "es.safetensors"), seed=5)
+    assert drawn.layers.tolist() == [0, 0, 1] and not set(drawn.features[:2].tolist()) & {1, 5}
+    assert drawn.features[2].item() != 7
+    assert random_features(Dictionary.load(folder / "es.safetensors"), seed=5).features.tolist() == \
+        drawn.features.tolist()  # seeded
+    lacking = tmp_path / "D4"
+    lacking.mkdir()
+    shutil.copy(folder / "es.safetensors", lacking)
+    with pytest.raises(FileNotFoundError, match="no language features for zh"):
+        replace(config, features_dir=str(lacking)).check()
+    with pytest.raises(ValueError, match="not dictionary features"):
+        replace(config, features_dir=str(inputs / "D1"), out=str(tmp_path / "OUT2")).run(model, tok)

@@ -57,6 +57,8 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
                                             "lever whose --neurons-dir / --vectors-dir is given, and prompt)")
     neurons_dir: str | None = option(None, "folder of LANG.safetensors language neuron sets (any detection method)",
                                      metavar="DIR")
+    features_dir: str | None = option(None, "folder of LANG.safetensors language dictionary features (mwork detect "
+                                       "--units sae:DIR)", metavar="DIR")
     vectors_dir: str | None = option(None, "folder of LANG.safetensors language vectors (mwork vectors)",
                                      metavar="DIR")
     sources: tuple[str, ...] | None = option(None, "source languages (default: those of en,zh,ru the item sets "
@@ -73,8 +75,9 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
                                             "task-solving (T), generation (G) or layers such as 6-12 or 3+7-9 "
                                             "(default: all, and the three regions when --understanding / "
                                             "--generation or --lens is given)")
-    neuron_layers: tuple[str, ...] | None = option(None, "layer ranges of the neuron edits (neurons, random "
-                                                   "neurons), as --layers: a language's neurons lie in few layers, "
+    neuron_layers: tuple[str, ...] | None = option(None, "layer ranges of the neuron and feature edits "
+                                                   "(neurons, features, their random baselines), as --layers: a "
+                                                   "language's neurons lie in few layers, "
                                                    "so a range that holds none of them is no edit (default: "
                                                    "--layers)")
     strengths: tuple[float, ...] = option((0.5, 1.0, 2.0), "strengths to sweep, comma-separated (not 0: that is "
@@ -187,17 +190,22 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
         if self.levers is not None:
             return self.levers
         out = [name for name in CHOICES if all(self.has_folder(need) for need in lever(name).needs)]
-        if "random" in out and not (self.neurons_dir or self.vectors_dir):
+        if "random" in out and not (self.neurons_dir or self.features_dir or self.vectors_dir):
             out.remove("random")
         return tuple(out)
 
     def has_folder(self, need: str) -> bool:
-        """Whether the folder of a unit family (``neurons``, ``vectors``) is given."""
-        return (self.neurons_dir if need == "neurons" else self.vectors_dir) is not None
+        """Whether the folder of a unit family (``neurons``, ``features``, ``vectors``) is given."""
+        return self.folder(need) is not None
+
+    def folder(self, family: str) -> str | None:
+        """The folder of a unit family's LANG.safetensors files."""
+        return {"neurons": self.neurons_dir, "features": self.features_dir, "vectors": self.vectors_dir}[family]
 
     def strengths_of(self) -> dict[str, tuple[float, ...]]:
-        """The strengths swept per unit family (``neurons``, ``vectors``)."""
-        return {"neurons": self.strengths, "vectors": self.vector_strengths or self.strengths}
+        """The strengths swept per unit family (``neurons``, ``features``: ``strengths``; ``vectors``)."""
+        return {"neurons": self.strengths, "features": self.strengths,
+                "vectors": self.vector_strengths or self.strengths}
 
     def layer_specs(self) -> tuple[str, ...]:
         """Every layer range swept (``layers``, or ``all`` and the regions when they can be told;
@@ -205,8 +213,10 @@ class ControlConfig(ModelOptions, RunOptions, OutputOptions, Job):
         return tuple(dict.fromkeys((*self._layers(), *(self.neuron_layers or ()))))
 
     def layer_specs_of(self) -> dict[str, tuple[str, ...]]:
-        """The layer ranges swept per unit family (``neurons``, ``vectors``)."""
-        return {"neurons": self.neuron_layers or self._layers(), "vectors": self._layers()}
+        """The layer ranges swept per unit family (``neurons``, ``features``: ``neuron_layers``;
+        ``vectors``)."""
+        return {"neurons": self.neuron_layers or self._layers(), "features": self.neuron_layers or self._layers(),
+                "vectors": self._layers()}
 
     def _layers(self) -> tuple[str, ...]:
         if self.layers is not None:

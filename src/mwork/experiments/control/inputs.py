@@ -26,8 +26,15 @@ from mwork.control.split import items_of_split
 from mwork.experiments.control.levers import lever
 from mwork.experiments.control.prompts import prompt_problem
 
+#: the unit families levers steer with, each from its folder of LANG.safetensors files
+FAMILIES: tuple[str, ...] = ("neurons", "features", "vectors")
+#: what writes each family's files
+MADE_BY: dict[str, str] = {"neurons": "mwork detect", "features": "mwork detect --units sae:DIR",
+                           "vectors": "mwork vectors"}
+
 if TYPE_CHECKING:
     from mwork.experiments.control.config import ControlConfig
+    from mwork.units.dictionary import Dictionary
     from mwork.neurons.neuronset import NeuronSet
     from mwork.units.directions import Directions
 
@@ -37,22 +44,23 @@ def families(config: ControlConfig) -> dict[str, bool]:
     levers = config.chosen_levers()
     need = {need for name in levers for need in lever(name).needs}
     if "random" in levers:
-        need |= {f for f in ("neurons", "vectors") if config.has_folder(f)}
-    return {"neurons": "neurons" in need, "vectors": "vectors" in need}
+        need |= {f for f in FAMILIES if config.has_folder(f)}
+    return {f: f in need for f in FAMILIES}
 
 
 def unit_files(config: ControlConfig, pairs: Sequence[tuple[str, str]]) -> dict[str, dict[str, Path]]:
-    """``{"neurons": {lang: path}, "vectors": {lang: path}}``: every target's set of each family
-    the levers use, and every source's vectors when a ``swap`` mode removes them."""
+    """``{family: {lang: path}}`` (:data:`FAMILIES`): every target's set of each family the levers
+    use, and every source's vectors when a ``swap`` mode removes them."""
     from mwork.files import child_path
 
     need = families(config)
     targets = list(dict.fromkeys(t for _, t in pairs))
     sources = list(dict.fromkeys(s for s, _ in pairs))
     swap = any(m.startswith("swap") for m in config.vector_modes)
-    out: dict[str, dict[str, Path]] = {"neurons": {}, "vectors": {}}
-    if need["neurons"]:
-        out["neurons"] = {t: child_path(config.neurons_dir, t, ".safetensors") for t in targets}
+    out: dict[str, dict[str, Path]] = {f: {} for f in FAMILIES}
+    for family in ("neurons", "features"):
+        if need[family]:
+            out[family] = {t: child_path(config.folder(family), t, ".safetensors") for t in targets}
     if need["vectors"]:
         langs = targets + ([s for s in sources if s not in targets] if swap else [])
         out["vectors"] = {lang: child_path(config.vectors_dir, lang, ".safetensors") for lang in langs}
@@ -69,20 +77,19 @@ def check_inputs(config: ControlConfig) -> None:
         for need in lever(name).needs:
             if not config.has_folder(need):
                 raise ValueError(f"--levers {name} steers with language {need}: give --{need}-dir (a folder of "
-                                 "LANG.safetensors" + (", from mwork vectors)" if need == "vectors" else
-                                                       ", from mwork detect)"))
-    if "random" in levers and not (config.neurons_dir or config.vectors_dir):
-        raise ValueError("--levers random draws random neurons and directions like the language's own: give "
-                         "--neurons-dir and / or --vectors-dir")
-    for flag, folder in (("--neurons-dir", config.neurons_dir), ("--vectors-dir", config.vectors_dir)):
+                                 f"LANG.safetensors, from {MADE_BY[need]})")
+    if "random" in levers and not any(config.has_folder(f) for f in FAMILIES):
+        raise ValueError("--levers random draws random neurons, features and directions like the language's own: "
+                         "give --neurons-dir, --features-dir and / or --vectors-dir")
+    for family in FAMILIES:
+        flag, folder = f"--{family}-dir", config.folder(family)
         if folder is not None and not Path(folder).is_dir():
             raise FileNotFoundError(f"{flag} {folder} is not a folder (of LANG.safetensors files)")
     pairs = config.pairs()
     for family, files in unit_files(config, pairs).items():
         missing = [lang for lang, path in files.items() if not path.is_file()]
         if missing:
-            folder = config.neurons_dir if family == "neurons" else config.vectors_dir
-            made = "mwork vectors" if family == "vectors" else "mwork detect"
+            folder, made = config.folder(family), MADE_BY[family]
             raise FileNotFoundError(
                 f"no language {family} for {', '.join(missing)} in {folder} (expected "
                 f"{', '.join(str(files[m]) for m in missing)}): make them with {made}, or leave those languages "
@@ -94,7 +101,7 @@ def check_inputs(config: ControlConfig) -> None:
             problem = prompt_problem(ITEM_SETS[item_set], source)
             if problem:
                 raise ValueError(f"--items {item_set} with source {source}: {problem}")
-    if families(config)["neurons"]:
+    if families(config)["neurons"] or families(config)["features"]:
         given = parse_corpus_specs(config.stats_corpus, "--stats-corpus") if config.stats_corpus else {}
         targets = list(dict.fromkeys(t for _, t in pairs))
         stray = [lang for lang in given if lang not in targets]
@@ -106,7 +113,8 @@ def check_inputs(config: ControlConfig) -> None:
             raise ValueError(f"no built-in texts in {', '.join(lacking)} for the neurons' mean activations: give "
                              "--stats-corpus LANG=SPEC for " + ", ".join(lacking))
     elif config.stats_corpus:
-        raise ValueError("--stats-corpus is read for the neuron levers only (neurons, random with --neurons-dir)")
+        raise ValueError("--stats-corpus is read for the neuron and feature levers only (neurons, features, random "
+                         "with --neurons-dir or --features-dir)")
 
 
 # ---- items ------------------------------------------------------------------------------------
@@ -205,21 +213,33 @@ def load_unit_sets(files: Mapping[str, Mapping[str, Path]]) -> tuple[dict[str, N
     """The neuron sets and language vectors of :func:`unit_files` (no model needed)."""
     from mwork.neurons.neuronset import NeuronSet
     from mwork.units.directions import Directions
-    from mwork.units.files import load_units
 
     neurons = {lang: NeuronSet.load(path) for lang, path in files["neurons"].items()}
-    vectors = {}
-    for lang, path in files["vectors"].items():
-        units = load_units(path)
-        if not isinstance(units, Directions):
-            raise ValueError(f"{path} holds {type(units).__name__}, not language vectors: give --vectors-dir the "
-                             "folder mwork vectors wrote")
-        vectors[lang] = units
+    vectors = {lang: _load_kind(path, Directions, "language vectors", "--vectors-dir", "mwork vectors")
+               for lang, path in files["vectors"].items()}
     return neurons, vectors
 
 
+def load_feature_sets(files: Mapping[str, Mapping[str, Path]]) -> dict[str, Dictionary]:
+    """The language feature sets of :func:`unit_files` (no model needed)."""
+    from mwork.units.dictionary import Dictionary
+
+    return {lang: _load_kind(path, Dictionary, "dictionary features", "--features-dir", MADE_BY["features"])
+            for lang, path in files.get("features", {}).items()}
+
+
+def _load_kind(path: Path, kind: type, noun: str, flag: str, made_by: str) -> Any:
+    from mwork.units.files import load_units
+
+    units = load_units(path)
+    if not isinstance(units, kind):
+        raise ValueError(f"{path} holds {type(units).__name__}, not {noun}: give {flag} the folder {made_by} wrote")
+    return units
+
+
 def units_digest(units: Any) -> str:
-    """Content digest of a unit set: a NeuronSet's masks and statistics, directions' tensors."""
+    """Content digest of a unit set: a NeuronSet's masks and statistics, directions' tensors, a
+    dictionary subset's features, codebooks and statistics."""
     from mwork.fingerprints import neurons_digest
     from mwork.neurons.neuronset import NeuronSet
     from mwork.neurons.statistics import statistics_digest
@@ -227,9 +247,20 @@ def units_digest(units: Any) -> str:
     if isinstance(units, NeuronSet):
         return digest({"neurons": neurons_digest(units), "statistics": statistics_digest(units)})[:16]
     h = hashlib.sha256(f"{units.site}|{units.layers.tolist()}".encode())
-    for t in (units.write, units.read):
+    if hasattr(units, "books"):  # dictionary features: which features, their codebooks, their statistics
+        h.update(f"{getattr(units, 'read_site', None)}|{units.features.tolist()}".encode())
+        tensors = [t for layer in sorted(units.books) for t in _book_tensors(units.books[layer])]
+        tensors += [units.stats[k] for k in sorted(units.stats)]
+    else:
+        tensors = [units.write, units.read]
+    for t in tensors:
         h.update(t.to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _book_tensors(book: Any) -> list[torch.Tensor]:
+    extra = [book.threshold] if book.threshold is not None else []
+    return [book.W_enc, book.b_enc, book.W_dec, book.b_dec, *extra, torch.tensor([book.k or 0])]
 
 
 def language_seed(seed: int, lang: str) -> int:
@@ -298,3 +329,74 @@ def neuron_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlCon
         if random:
             randoms[lang] = measured["random"]
     return steered, randoms
+
+
+def feature_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlConfig, features: Mapping[str, Dictionary],
+                       texts: Mapping[str, tuple[list[str], dict[str, Any]]], *, cache: Path, random: bool
+                       ) -> tuple[dict[str, Dictionary], dict[str, Dictionary]]:
+    """As :func:`neuron_statistics` for dictionary features: each target's set with its mean
+    activation on the target's ``texts`` (measured here when it carries none) and, with
+    ``random``, as many other features of the same dictionaries per layer (seeded) with theirs
+    (the one corpus pass, ``mwork.corpus_pass.unit_request``; cached under ``cache``)."""
+    from mwork.files import child_path, make_folder
+    from mwork.fingerprints import model_digest
+
+    steered: dict[str, Dictionary] = {}
+    randoms: dict[str, Dictionary] = {}
+    for lang, units in features.items():
+        units.check_compatible(model)
+        todo = {} if "mean" in units.stats else {"set": units}
+        if random:
+            todo["random"] = random_features(units, language_seed(config.seed, lang))
+        measured: dict[str, Dictionary] = {}
+        if todo:
+            docs, info = texts[lang]
+            key = digest({"model": model_digest(model), "sets": {k: units_digest(v) for k, v in todo.items()},
+                          "texts": info["sha256"], "max_length": config.stats_max_length})[:16]
+            paths = {k: child_path(make_folder(cache), f"{lang}-{key}-features-{k}", ".safetensors") for k in todo}
+            if all(p.is_file() for p in paths.values()):
+                from mwork.units.dictionary import Dictionary
+
+                measured = {k: Dictionary.load(p) for k, p in paths.items()}
+            else:
+                measured = {k: with_feature_means(model, tokenizer, v, docs, config) for k, v in todo.items()}
+                for k, p in paths.items():
+                    measured[k].save(p)
+        steered[lang] = measured.get("set", units)
+        if random:
+            randoms[lang] = measured["random"]
+    return steered, randoms
+
+
+def random_features(units: Dictionary, seed: int) -> Dictionary:
+    """As many features per layer as ``units`` has, drawn from the same dictionaries (seeded),
+    none of ``units``' own where enough others remain."""
+    from mwork.units.dictionary import Dictionary
+
+    gen = torch.Generator().manual_seed(seed)
+    layers, feats = [], []
+    for layer in sorted(set(units.layers.tolist())):
+        own = set(units.features[units.layers == layer].tolist())
+        width = units.books[layer].width
+        pool = torch.tensor([j for j in range(width) if j not in own] if width - len(own) >= len(own)
+                            else list(range(width)))
+        pick = pool[torch.randperm(len(pool), generator=gen)[:len(own)]].sort().values
+        layers += [layer] * len(pick)
+        feats += pick.tolist()
+    return Dictionary(units.books, site=units.site, layers=layers, features=feats, read_site=units.read_site,
+                      meta={**units.meta, "random_like": units.meta.get("language"), "seed": seed})
+
+
+def with_feature_means(model: torch.nn.Module, tokenizer: Any, units: Dictionary, docs: Sequence[str],
+                       config: ControlConfig) -> Dictionary:
+    """``units`` with each feature's mean activation over ``docs``' tokens as its ``mean``."""
+    from mwork.corpus_pass import PassOptions
+    from mwork.neurons.methods.stats import FEATURES, StatsRequest, collect_statistics
+    from mwork.units.dictionary import Dictionary
+
+    stats = collect_statistics(model, tokenizer, {"texts": list(docs)}, StatsRequest(site_means=(FEATURES,)),
+                               PassOptions(max_length=config.stats_max_length, batch_size=config.batch_size),
+                               progress=config.progress, units=units)
+    mean = stats.language_means(FEATURES)["texts"].reshape(-1)
+    return Dictionary(units.books, site=units.site, layers=units.layers.tolist(), features=units.features.tolist(),
+                      read_site=units.read_site, stats={**units.stats, "mean": mean}, meta=units.meta)

@@ -6,12 +6,17 @@ the lever acts:
 
 * ``neurons``: the target language's neurons (any detection method's set) steered by
   ``mwork.steer`` with the target language's mean activation: variants ``set`` and ``add``;
+* ``features``: the target language's dictionary features (``mwork detect --units sae:DIR``: a
+  Dictionary of the language's features, each with its mean activation on the language)
+  steered like neurons, toward that mean: variants ``set`` and ``add`` (the reconstruction error
+  kept: only the decoded change is added);
 * ``vectors``: the target language's residual vector added (``add``: ``x <- x + a v``), with
   each edited hidden state's norm restored (``add-norm``, ReCoVeR's), or with the source
   language's direction removed first (``swap``, ``swap-norm``);
 * ``random``: the same edits with random units: neurons of the same count per layer and kind
   (``neurons-set``, ``neurons-add``; steered with their own mean activations on the target's
-  texts), directions of the same norm per layer (``vectors-add`` ...), seeded;
+  texts), features of the same dictionaries, the same count per layer (``features-set`` ...,
+  likewise), directions of the same norm per layer (``vectors-add`` ...), seeded;
 * ``prompt``: no edit; an instruction naming the target language before the prompt, in the
   source language (``source``) or in English (``en``);
 * ``prompt+vector``: both, variant ``<instruction>+<vector variant>`` (``en+add``);
@@ -51,13 +56,16 @@ class Setting:
 
 @dataclass(frozen=True)
 class LeverUnits:
-    """The unit sets the levers steer with, by language: the language neurons (with the target
-    language's mean activation), the language vectors, and their random baselines."""
+    """The unit sets the levers steer with, by language: the language neurons and dictionary
+    features (with the target language's mean activation), the language vectors, and their
+    random baselines."""
 
     neurons: Mapping[str, Any] = field(default_factory=dict)
     vectors: Mapping[str, Any] = field(default_factory=dict)
     random_neurons: Mapping[str, Any] = field(default_factory=dict)
     random_vectors: Mapping[str, Any] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)
+    random_features: Mapping[str, Any] = field(default_factory=dict)
 
     def get(self, name: str) -> Any:
         """A set by its name, ``<family>:<lang>`` (``neurons:es``, ``random-vectors:en``)."""
@@ -75,6 +83,7 @@ class Plan:
     instructions: Sequence[str] = ("source", "en")
     has_neurons: bool = False
     has_vectors: bool = False
+    has_features: bool = False
 
 
 class Lever:
@@ -153,6 +162,22 @@ class Neurons(Lever):
         return _neuron_edit(model, units.neurons[target], setting.variant, setting, layers, rows)
 
 
+class Features(Lever):
+    name, needs = "features", ("features",)
+
+    def variants(self, plan: Plan, source: str, target: str) -> list[str]:
+        return list(plan.modes)
+
+    def units(self, variant: str, source: str, target: str) -> list[str]:
+        return [f"features:{target}"]
+
+    def family(self, variant: str) -> str | None:
+        return "features"
+
+    def edit(self, model, units, setting, source, target, layers, rows=None):
+        return _neuron_edit(model, units.features[target], setting.variant, setting, layers, rows)
+
+
 class Vectors(Lever):
     name, needs = "vectors", ("vectors",)
 
@@ -175,12 +200,13 @@ class Random(Lever):
 
     def variants(self, plan: Plan, source: str, target: str) -> list[str]:
         return ([f"neurons-{m}" for m in plan.modes] if plan.has_neurons else []) + \
+               ([f"features-{m}" for m in plan.modes] if plan.has_features else []) + \
                ([f"vectors-{m}" for m in plan.vector_modes] if plan.has_vectors else [])
 
     def units(self, variant: str, source: str, target: str) -> list[str]:
         family, _, mode = variant.partition("-")
-        if family == "neurons":
-            return [f"random-neurons:{target}"]
+        if family in ("neurons", "features"):
+            return [f"random-{family}:{target}"]
         return _vector_units("random-vectors", mode, source, target)
 
     def family(self, variant: str) -> str | None:
@@ -188,8 +214,8 @@ class Random(Lever):
 
     def edit(self, model, units, setting, source, target, layers, rows=None):
         family, _, mode = setting.variant.partition("-")
-        if family == "neurons":
-            return _neuron_edit(model, units.random_neurons[target], mode, setting, layers, rows)
+        if family in ("neurons", "features"):
+            return _neuron_edit(model, units.get(f"random-{family}:{target}"), mode, setting, layers, rows)
         remove = units.random_vectors.get(source) if mode.startswith("swap") else None
         return _vector_edit(model, units.random_vectors[target], remove, mode, setting, layers, rows)
 
@@ -226,11 +252,11 @@ class PromptAndVector(Lever):
 
 
 LEVERS: Registry[Lever] = Registry("control lever")
-for _lever in (Unsteered(), Neurons(), Vectors(), Random(), Prompting(), PromptAndVector()):
+for _lever in (Unsteered(), Neurons(), Features(), Vectors(), Random(), Prompting(), PromptAndVector()):
     LEVERS.register(_lever.name, _lever)
 
 #: the levers a user may ask for (``--levers``), in the order rows are written
-CHOICES: tuple[str, ...] = ("neurons", "vectors", "random", "prompt", "prompt+vector")
+CHOICES: tuple[str, ...] = ("neurons", "features", "vectors", "random", "prompt", "prompt+vector")
 
 
 def lever(name: str) -> Lever:

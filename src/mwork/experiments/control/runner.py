@@ -31,9 +31,9 @@ import torch
 
 from mwork.config import digest, fingerprint
 from mwork.control.score import Fluency, Judged, choose_settings, chosen_test_rows, combine_rows, score_row
-from mwork.experiments.control.inputs import (PairItems, families, items_digest, language_seed, load_unit_sets,
-                                              neuron_statistics, pair_items, statistics_texts, unit_files,
-                                              units_digest)
+from mwork.experiments.control.inputs import (PairItems, families, feature_statistics, items_digest, language_seed,
+                                              load_feature_sets, load_unit_sets, neuron_statistics, pair_items,
+                                              statistics_texts, unit_files, units_digest)
 from mwork.experiments.control.layers import resolve_layers
 from mwork.experiments.control.levers import UNSTEERED, LeverUnits, Plan, Setting, lever, settings
 from mwork.experiments.control.measure import Stacked, generate_stacked, measure_cell
@@ -211,7 +211,9 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
     items = pair_items(config, pairs)
     files = unit_files(config, pairs)
     neurons, vectors = load_unit_sets(files)
-    stats_texts = statistics_texts(config, list(neurons)) if neurons else {}
+    features = load_feature_sets(files)
+    measured_langs = list(dict.fromkeys([*neurons, *features]))
+    stats_texts = statistics_texts(config, measured_langs) if measured_langs else {}
     if model is None:
         model, tokenizer = config.load()
     elif tokenizer is None:
@@ -228,17 +230,21 @@ def run_control(config: ControlConfig, *, model: torch.nn.Module | None = None, 
     use_random = "random" in levers
     neurons, random_neurons = neuron_statistics(model, tokenizer, config, neurons, stats_texts,
                                                 cache=out / "statistics", random=use_random) if neurons else ({}, {})
+    features, random_features = feature_statistics(model, tokenizer, config, features, stats_texts,
+                                                   cache=out / "statistics", random=use_random) \
+        if features else ({}, {})
     random_vectors = {lang: v.random_like(language_seed(config.seed, lang)) for lang, v in vectors.items()} \
         if use_random else {}
-    units = LeverUnits(neurons, vectors, random_neurons, random_vectors)
+    units = LeverUnits(neurons, vectors, random_neurons, random_vectors, features, random_features)
     have = families(config)
     plan = Plan(config.modes, config.vector_modes, config.instructions, have["neurons"] and bool(neurons),
-                have["vectors"] and bool(vectors))
+                have["vectors"] and bool(vectors), have["features"] and bool(features))
     cells = plan_cells(config, pairs, plan)
     prompts = Prompts(items, tokenizer if config.chat else None)
     unit_digests = {f"{family}:{lang}": units_digest(s) for family, sets in
                     (("neurons", neurons), ("vectors", vectors), ("random-neurons", random_neurons),
-                     ("random-vectors", random_vectors)) for lang, s in sets.items()}
+                     ("random-vectors", random_vectors), ("features", features),
+                     ("random-features", random_features)) for lang, s in sets.items()}
     generation = {"max_new_tokens": config.max_new_tokens, "chat": config.chat}
     md = model_digest(model)
     judge_model, judge_tokenizer = _judge(config, model, tokenizer)

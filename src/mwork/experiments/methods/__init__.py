@@ -6,6 +6,8 @@ One module per step:
 * ``config``: ``MethodsConfig`` (the options; sizes, seeds, interventions);
 * ``detection``: every method's scores on the corpora and their halves, one shared streaming
   pass for the statistics methods, cached under ``<out>/scores`` by content;
+* ``units``: the unit kinds compared (``--units neurons,sae:DIR``), their random baselines,
+  digests and overlaps;
 * ``patch``: mean-patching (``MeanPatch``) beside zeroing;
 * ``tables``: selectivity, the language x language matrix, stability and agreement;
 * ``cost``: seconds per thousand tokens against a plain forward pass;

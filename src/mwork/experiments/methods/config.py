@@ -13,6 +13,7 @@ from typing import Any
 from mwork.config import option
 from mwork.jobs import Job, ModelOptions, OutputOptions, RunOptions, WrittenResult
 from mwork.models.adapters import KINDS
+from mwork.experiments.methods.units import NEURONS, UNITS_HELP, arms_of, parse_units, read_unit_kinds
 
 INTERVENTIONS = ("zero", "mean")
 
@@ -58,6 +59,7 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
     summary = "detection methods head to head (PLND, LAPE, activation AP) at equal set sizes"
 
     methods: tuple[str, ...] = option(("plnd", "lape", "ap"), "detection methods, comma-separated", parse=_list)
+    units: tuple[str, ...] = option(("neurons",), UNITS_HELP, parse=_list, metavar="KIND[,KIND]")
     corpus: tuple[str, ...] = option((), "detection texts of one language (repeat: one per language); SPEC: a file, "
                                      "FILE[A:B], xquad:LANG[A:B] (default articles 0:24) ...", repeat=True,
                                      required=True, metavar="LANG=SPEC")
@@ -89,7 +91,7 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
         from mwork.neurons.methods import get_detection_method
         from mwork.neurons.methods.run import parse_corpus_specs
 
-        for name in ("methods", "sizes", "interventions", "corpus", "heldout"):
+        for name in ("methods", "sizes", "interventions", "corpus", "heldout", "units"):
             value = getattr(self, name)
             object.__setattr__(self, name, _list(value) if isinstance(value, str) else tuple(value))
         if self.kinds is not None:
@@ -102,6 +104,8 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
             raise ValueError(f"--methods must name each method once, got {','.join(self.methods) or 'none'}")
         for m in self.methods:
             get_detection_method(m)
+        object.__setattr__(self, "units", parse_units(self.units))
+        arms_of(self.unit_kinds(), self.methods)  # dictionaries read now: a bad one is refused before the model loads
         if "lape" in self.methods and self.kinds is not None and "ffn" not in self.kinds:
             raise ValueError("LAPE scores FFN neurons only: --kinds must include ffn when lape is compared")
         corpus = parse_corpus_specs(self.corpus, "--corpus")
@@ -114,7 +118,11 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
         if not self.sizes:
             raise ValueError("give at least one set size (--sizes 0.5%,1%)")
         for s in self.sizes:
-            parse_size(s)
+            kind, value = parse_size(s)
+            for k in self.unit_kinds():  # a count is known now; a percentage once the model is (runner)
+                if kind == "count" and not k.is_neurons and value > k.dictionary.count():
+                    raise ValueError(f"--sizes {s}: every unit kind gets {value} units, and the dictionary of --units "
+                                     f"{k.label} has {k.dictionary.count()} features; choose smaller sizes")
         if len(set(self.sizes)) != len(self.sizes):
             raise ValueError(f"--sizes repeats a size: {','.join(self.sizes)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -145,6 +153,19 @@ class MethodsConfig(ModelOptions, RunOptions, OutputOptions, Job):
                  schema.SELECTIVITY_PLOT, schema.AGREEMENT_PLOT)
         return WrittenResult(folder, {n: folder / n for n in names if (folder / n).exists()}, data,
                              extra={"out": self.out})
+
+    def unit_kinds(self) -> list:
+        """The kinds of ``units`` (``units.UnitKind``), dictionaries read once per config."""
+        kinds = self.__dict__.get("_unit_kinds")
+        if kinds is None:
+            kinds = read_unit_kinds(self.units)
+            object.__setattr__(self, "_unit_kinds", kinds)
+        return kinds
+
+    @property
+    def shows_units(self) -> bool:
+        """Whether the tables name each row's unit kind (anything but neurons alone)."""
+        return self.units != (NEURONS,)
 
     def size_counts(self, total: int) -> dict[str, int]:
         """Each of ``sizes`` as a number of neurons of a model with ``total`` (``size_count``)."""

@@ -37,11 +37,13 @@ def _fastest(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def measure_costs(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig, texts: Mapping[str, Sequence[str]],
-                  out: Path, model_key: str) -> list[dict[str, Any]]:
-    """The rows of ``cost.csv`` (module docstring)."""
+                  out: Path, model_key: str, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of ``cost.csv`` (module docstring): ``methods`` (default: the config's) on neurons;
+    a dictionary's features are not timed here."""
+    methods = tuple(config.methods if methods is None else methods)
     docs = {lang: list(d[:config.cost_docs]) for lang, d in texts.items()}
     key = digest({"model": model_key, "docs": {lang: texts_digest(d) for lang, d in docs.items()},
-                  "methods": {m: fingerprint(config.method_config(m)) for m in config.methods},
+                  "methods": {m: fingerprint(config.method_config(m)) for m in methods},
                   "repeats": config.cost_repeats, "max_length": config.max_length, "truncate": config.truncate,
                   "batch_size": config.batch_size})
     path = out / "cost.json"
@@ -58,7 +60,7 @@ def measure_costs(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
     tokens = sum(int(t.sum()) for t in stats(StatsRequest()).tokens.values())
     forward = _fastest(lambda: stats(StatsRequest()), config.cost_repeats)
     rows = [_row("forward", tokens, forward, forward)]
-    for name in config.methods:
+    for name in methods:
         method, cfg = get_detection_method(name), config.method_config(name)
         if method.statistics:
             run = lambda: method.from_stats(stats(method.request(cfg)), cfg)  # noqa: E731

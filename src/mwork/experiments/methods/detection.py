@@ -7,6 +7,8 @@ halves, and the mean activations for mean-patching; cached under ``<out>/scores`
 * PLND runs ``mwork.neurons.detect`` on each half of each language; its document counts add up
   to the whole corpus's (``PlndCounts``). Without ``stability`` it runs once on every document.
 * Another registered method is run on each part it is needed for.
+* A dictionary's features (``--units sae:DIR``): ``run_feature_detection``, one more pass of the
+  same kind per dictionary, for the methods that score features, and the features' means.
 
 Each result is saved as ``scores/<method>.<part>.safetensors`` (``means.safetensors`` for the
 means) with a key: the digest of the model's weights, every language's texts and the method's
@@ -28,7 +30,7 @@ import torch
 from mwork.config import digest, fingerprint
 from mwork.files import read_safetensors, save_safetensors
 from mwork.neurons.methods import LanguageScores, get_detection_method
-from mwork.neurons.methods.stats import CorpusStats, PassOptions, StatsRequest, collect_statistics
+from mwork.neurons.methods.stats import FEATURES, CorpusStats, PassOptions, StatsRequest, collect_statistics
 
 if TYPE_CHECKING:
     from mwork.experiments.methods.config import MethodsConfig
@@ -85,15 +87,19 @@ def halves(docs: Sequence[str]) -> dict[str, list[str]]:
 
 
 def run_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig, texts: Mapping[str, Sequence[str]],
-                  out: Path, base_key: Mapping[str, Any], *, model_id: str, progress: bool = True) -> Detection:
-    """Every method's scores (module docstring) and, for ``mean`` patching, the means."""
+                  out: Path, base_key: Mapping[str, Any], *, progress: bool = True,
+                  methods: Sequence[str] | None = None) -> Detection:
+    """Every method's scores on neurons (module docstring; ``methods``: these of the config's)
+    and, for ``mean`` patching, the means; recorded as made on ``config.model``."""
+    model_id = config.model
+    methods = tuple(config.methods if methods is None else methods)
     parts = PARTS if config.stability else ("all",)
     cache = ScoreCache(out / "scores", base_key)
-    result = Detection({m: {} for m in config.methods})
+    result = Detection({m: {} for m in methods})
     want_means = "mean" in config.interventions
-    stats_methods = [m for m in config.methods if get_detection_method(m).statistics]
+    stats_methods = [m for m in methods if get_detection_method(m).statistics]
     keys = {(m, p): cache.key("scores", method=m, part=p, settings=fingerprint(config.method_config(m)))
-            for m in config.methods for p in parts}
+            for m in methods for p in parts}
     means_key = cache.key("means", settings={"max_length": config.max_length, "truncate": config.truncate})
     todo_stats = []
     for m in stats_methods:
@@ -127,7 +133,7 @@ def run_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
             result.means = language_mean(stats)
             cache.save("means", means_key, {k: v.contiguous() for k, v in result.means.items()},
                        {"rule": "mean over the languages of each language's token mean"})
-    for m in config.methods:
+    for m in methods:
         if m in stats_methods:
             continue
         missing = [p for p in parts if cache.load(f"{m}.{p}", keys[m, p]) is None]
@@ -142,6 +148,62 @@ def run_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
         for p in missing:
             result.scores[m][p] = computed[p]
             cache.save(f"{m}.{p}", keys[m, p], *computed[p].to_tensors())
+    return result
+
+
+def run_feature_detection(model: torch.nn.Module, tokenizer: Any, config: MethodsConfig,
+                          texts: Mapping[str, Sequence[str]], cache: ScoreCache, kind: Any, methods: Sequence[str], *,
+                          progress: bool = True) -> Detection:
+    """The scores of ``methods`` (statistics methods that score features) on the features of
+    ``kind`` (a ``units.UnitKind`` with a dictionary), per part, and with ``mean`` patching the
+    features' means ({"features": (units,)}: the mean over the languages of each language's token
+    mean); cached as ``scores/<method>.<tag>.<part>`` under the dictionary's digest."""
+    from mwork.experiments.methods.units import dictionary_digest, feature_settings
+
+    units = kind.dictionary
+    parts = PARTS if config.stability else ("all",)
+    result = Detection({m: {} for m in methods})
+    settings = {m: feature_settings(m, config.method_config(m), units) for m in methods}
+    for m in methods:
+        get_detection_method(m).check_units(units, settings[m])
+    where = dictionary_digest(units)
+    keys = {(m, p): cache.key("scores", method=m, part=p, settings=fingerprint(settings[m]), units=where)
+            for m in methods for p in parts}
+    want_means = "mean" in config.interventions
+    means_key = cache.key("means", units=where,
+                          settings={"max_length": config.max_length, "truncate": config.truncate})
+    todo = []
+    for m in methods:
+        for p in parts:
+            loaded = cache.load(f"{m}.{kind.tag}.{p}", keys[m, p])
+            if loaded is None:
+                todo.append((m, p))
+            else:
+                result.scores[m][p] = LanguageScores.from_tensors(*loaded, units=units)
+    if want_means:
+        loaded = cache.load(f"means.{kind.tag}", means_key)
+        if loaded is not None:
+            result.means = dict(loaded[0])
+    if not todo and (result.means is not None or not want_means):
+        return result
+    request = StatsRequest(site_means=(FEATURES,) if want_means else ())
+    for m in dict.fromkeys(m for m, _ in todo):
+        request = request.merge(get_detection_method(m).request(settings[m], units=units))
+    start = time.perf_counter()
+    stats = collect_statistics(model, tokenizer, texts, request,
+                               PassOptions("windows", config.max_length, config.truncate, config.batch_size,
+                                           parts=2 if config.stability else 1), progress=progress, units=units)
+    result.seconds[f"statistics pass ({kind.label})"] = time.perf_counter() - start
+    for m, p in todo:
+        part = stats.part(None if p == "all" else PARTS.index(p) - 1)
+        scores = get_detection_method(m).from_stats(part, settings[m], units=units)
+        result.scores[m][p] = scores
+        cache.save(f"{m}.{kind.tag}.{p}", keys[m, p], *scores.to_tensors())
+    if want_means and result.means is None:
+        means = stats.language_means(FEATURES)
+        result.means = {FEATURES: torch.stack([means[lang] for lang in stats.langs]).mean(0).reshape(-1).contiguous()}
+        cache.save(f"means.{kind.tag}", means_key, result.means,
+                   {"rule": "mean over the languages of each language's token mean", "units": kind.label})
     return result
 
 
@@ -181,4 +243,5 @@ def _other_method(model: torch.nn.Module, tokenizer: Any, name: str, config: Met
     return out
 
 
-__all__ = ["Detection", "NEURON_SITES", "PARTS", "ScoreCache", "halves", "language_mean", "run_detection"]
+__all__ = ["Detection", "NEURON_SITES", "PARTS", "ScoreCache", "halves", "language_mean", "run_detection",
+           "run_feature_detection"]

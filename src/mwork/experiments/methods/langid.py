@@ -11,8 +11,10 @@ is 1 / the number of languages.
 Where a unit is read (``UnitSource``): FFN neurons at ``ffn.act`` (the output of the FFN's
 non-linearity, LAPE's site: in gated MLPs channel j of ``ffn.in`` fires when its gate does),
 Q/K/V neurons at their projections' outputs. Another unit kind (dictionary features) plugs in
-as another ``UnitSource``: its site and a read transform per layer (its encoder); everything
-after the per-document firing (scores, predictions, the table) is the same.
+as another ``UnitSource`` (``feature_source``): the site its encoder reads and, per layer, the
+encoder; everything after the per-document firing (scores, predictions, the table) is the same.
+With several unit kinds every row names its kind (``unit_kind``: ``units`` already holds the
+count of units).
 
 One pass over the held-out texts reads the union of every set's units (``measure_doc_firing``),
 with the detection's token rule (text tokens only, windows of ``eval_max_length`` tokens, the
@@ -28,10 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 
+from mwork.fingerprints import texts_digest
 from mwork.config import digest
 from mwork.corpus_pass import PassOptions, Request, corpus_pass
 from mwork.experiments.methods.detection import ScoreCache
+from mwork.experiments.methods.units import NEURONS, Arm, feature_parts
 from mwork.sentence_langid import default_identifier
+from mwork.units.base import widen
 
 if TYPE_CHECKING:
     from mwork.neurons.neuronset import NeuronSet
@@ -48,15 +53,27 @@ Parts = dict[tuple[str, int], torch.Tensor]
 @dataclass(frozen=True)
 class UnitSource:
     """Where the units of one kind are read: a hook site, and per layer a transform of the
-    site's channels into unit values (None: the channels are the units, as for neurons)."""
+    site's channels into unit values (None: the channels are the units, as for neurons);
+    ``digest``: what the transform is made of (a dictionary's weights), part of a cache key."""
 
     site: str
     read: Callable[[int], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    digest: str | None = None
 
 
 #: neurons: FFN at LAPE's site (the activation's output), Q/K/V at their projections' outputs
 NEURON_SOURCES: dict[str, UnitSource] = {"ffn": UnitSource("ffn.act"), "q": UnitSource("q.out"),
                                          "k": UnitSource("k.out"), "v": UnitSource("v.out")}
+
+
+def feature_source(dictionary: Any, digest: str | None = None) -> UnitSource:
+    """Where a dictionary's features are read: the site its encoder reads, through each layer's
+    encoder (values widened to float32 first, as in its edits); ``digest``: the dictionary's."""
+    def read(layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        book = dictionary.books[layer]
+        return lambda x: book.encode(widen(x))
+
+    return UnitSource(dictionary.read_site or dictionary.site, read, digest)
 
 
 def neuron_parts(ns: NeuronSet) -> Parts:
@@ -233,6 +250,7 @@ class SetFamily:
     size: str
     variant: str
     sets: Mapping[str, Parts]
+    units: str = NEURONS
 
 
 def langid_rows(firing: DocFiring, families: Sequence[SetFamily], langs: Sequence[str],
@@ -243,47 +261,59 @@ def langid_rows(firing: DocFiring, families: Sequence[SetFamily], langs: Sequenc
     for lang in [*langs, "all"]:
         right = [x for e in langs for x in fasttext[e]] if lang == "all" else list(fasttext[lang])
         n, correct = len(right), sum(map(bool, right))
-        rows.append({"method": "fasttext", "size": "", "variant": "", **_row(lang, n, correct, 0, correct),
+        rows.append({"unit_kind": "", "method": "fasttext", "size": "", "variant": "",
+                     **_row(lang, n, correct, 0, correct),
                      "units": "", "chance": chance})
     for fam in families:
         scores = {e: torch.stack([firing.set_score(e, fam.sets[lang]) for lang in langs], 1) for e in langs}
         units = {lang: sum(int(ids.numel()) for ids in fam.sets[lang].values()) for lang in langs}
         for r in accuracy_rows(scores, langs, fasttext):
             n_units = units.get(r["lang"], statistics.fmean(units.values()))
-            rows.append({"method": fam.method, "size": fam.size, "variant": fam.variant, **r,
+            rows.append({"unit_kind": fam.units, "method": fam.method, "size": fam.size, "variant": fam.variant, **r,
                          "units": int(n_units) if float(n_units).is_integer() else n_units, "chance": chance})
     return rows
 
 
-def neuron_families(sets: Mapping[tuple[str, str, str], NeuronSet],
-                    randoms: Mapping[tuple[str, str, str, int], NeuronSet], *, methods: Sequence[str],
-                    sizes: Sequence[str], langs: Sequence[str], seeds: Sequence[int]) -> list[SetFamily]:
-    """The comparison's sets as families: per method and size, the specific sets and each seed's
-    random sets (``sets[method, size, lang]``, ``randoms[method, size, lang, seed]``)."""
+def set_families(sets: Mapping[tuple[Arm, str, str], Any], randoms: Mapping[tuple[Arm, str, str, int], Any], *,
+                 arms: Sequence[Arm], tags: Mapping[str, str], sizes: Sequence[str], langs: Sequence[str],
+                 seeds: Sequence[int]) -> list[SetFamily]:
+    """The comparison's sets as families: per arm (a method on a unit kind) and size, the specific
+    sets and each seed's random sets (``sets[arm, size, lang]``, ``randoms[arm, size, lang, seed]``);
+    a dictionary's features are parts of the kind ``tags[arm.units]``."""
+    def parts(units: Any, arm: Arm) -> Parts:
+        return neuron_parts(units) if arm.units == NEURONS else feature_parts(units, tags[arm.units])
+
     families = []
-    for m in methods:
+    for arm in arms:
         for size in sizes:
-            families.append(SetFamily(m, size, "specific", {lang: neuron_parts(sets[m, size, lang]) for lang in langs}))
-            families += [SetFamily(m, size, f"random{seed}",
-                                   {lang: neuron_parts(randoms[m, size, lang, seed]) for lang in langs})
+            families.append(SetFamily(arm.method, size, "specific",
+                                      {lang: parts(sets[arm, size, lang], arm) for lang in langs}, arm.units))
+            families += [SetFamily(arm.method, size, f"random{seed}",
+                                   {lang: parts(randoms[arm, size, lang, seed], arm) for lang in langs}, arm.units)
                          for seed in seeds]
     return families
 
 
 def cached_doc_firing(model: torch.nn.Module, tokenizer: Any, texts: Mapping[str, Sequence[str]],
                       families: Sequence[SetFamily], options: PassOptions, cache: ScoreCache, *,
-                      texts_key: Mapping[str, str], progress: bool = False) -> DocFiring:
+                      progress: bool = False,
+                      sources: Mapping[str, UnitSource] = NEURON_SOURCES) -> DocFiring:
     """``measure_doc_firing`` of the union of every family's units, kept in ``cache`` as
-    ``doc_firing`` under the digest of the model, the texts (``texts_key``), the units and the
-    pass settings: a rerun with the same inputs reads the file instead of running the pass."""
+    ``doc_firing`` under the digest of the model, the texts, the units and the
+    pass settings: a rerun with the same inputs reads the file instead of running the pass.
+    ``sources``: where each kind is read (the ``digest`` of what reads a kind that is not neurons,
+    a dictionary's weights, is part of the key)."""
     parts = union_parts([p for fam in families for p in fam.sets.values()])
-    key = cache.key("doc_firing", heldout=dict(texts_key), options=asdict(options), rule=FIRING_RULE,
-                    units=digest({f"{kind}.{layer}": ids.tolist() for (kind, layer), ids in parts.items()}))
+    sources_key = {k: src.digest for k, src in sources.items() if src.digest is not None}
+    extra = {"sources": sources_key} if sources_key else {}
+    key = cache.key("doc_firing", heldout={lang: texts_digest(docs) for lang, docs in texts.items()},
+                    options=asdict(options), rule=FIRING_RULE,
+                    units=digest({f"{kind}.{layer}": ids.tolist() for (kind, layer), ids in parts.items()}), **extra)
     loaded = cache.load("doc_firing", key)
     if loaded is not None:
         firing = DocFiring.from_tensors(loaded[0], list(texts))
         if firing.parts.keys() == parts.keys() and all(torch.equal(firing.parts[k], parts[k]) for k in parts):
             return firing
-    firing = measure_doc_firing(model, tokenizer, texts, parts, options, progress=progress)
+    firing = measure_doc_firing(model, tokenizer, texts, parts, options, sources=sources, progress=progress)
     cache.save("doc_firing", key, firing.to_tensors(), {"rule": FIRING_RULE})
     return firing

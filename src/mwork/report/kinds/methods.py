@@ -42,7 +42,8 @@ def _range(values: list[float]) -> str:
 
 
 def _method(name: str) -> str:
-    return METHOD_NAMES.get(name, name)
+    method, bracket, kind = name.partition(" [")  # "lape [sae:DIR]": a method on a dictionary's features
+    return METHOD_NAMES.get(method, method) + (f" [{kind}" if bracket else "")
 
 
 def summarise(selectivity: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -115,18 +116,37 @@ def _size_sentence(fact: dict[str, Any]) -> str:
             + _verdict(best))
 
 
+def with_unit_kind(rows: Any, column: str = "units", names: tuple[str, ...] = ("method",)) -> Any:
+    """Rows of a comparison of unit kinds (``--units``) with each method named with its kind when
+    that is not neurons (``lape [sae:DIR]``), so every table and sentence tells the kinds apart;
+    rows without the column (neurons alone) unchanged."""
+    if not rows:
+        return rows
+    out = []
+    for r in rows:
+        kind = r.get(column)
+        if kind not in (None, "", "neurons"):
+            r = {**r, **{n: f"{r[n]} [{kind}]" for n in names if r.get(n)}}
+        out.append(r)
+    return out
+
+
 def render_methods(sec: Section) -> None:
     results = sec.json(RESULTS.name, required=RESULTS.required)
     info = results.get("info") if isinstance(results, dict) and isinstance(results.get("info"), dict) else {}
-    selectivity = sec.csv(SELECTIVITY.name, required=SELECTIVITY.required, numeric=SELECTIVITY.numeric)
-    summary: list[dict[str, Any]] | None = sec.csv(SUMMARY.name, required=SUMMARY.required, numeric=SUMMARY.numeric)
+    selectivity = with_unit_kind(sec.csv(SELECTIVITY.name, required=SELECTIVITY.required,
+                                         numeric=SELECTIVITY.numeric))
+    summary: list[dict[str, Any]] | None = with_unit_kind(sec.csv(SUMMARY.name, required=SUMMARY.required,
+                                                                  numeric=SUMMARY.numeric))
     computed = False
     if not summary and selectivity:
         summary, computed = summarise(selectivity), True
-    stability = sec.csv(STABILITY.name, required=STABILITY.required, numeric=STABILITY.numeric)
-    agreement = sec.csv(AGREEMENT.name, required=AGREEMENT.required, numeric=AGREEMENT.numeric)
+    stability = with_unit_kind(sec.csv(STABILITY.name, required=STABILITY.required, numeric=STABILITY.numeric))
+    agreement = with_unit_kind(sec.csv(AGREEMENT.name, required=AGREEMENT.required, numeric=AGREEMENT.numeric),
+                               names=("method_a", "method_b"))
     cost = sec.csv(COST.name, required=COST.required, numeric=COST.numeric)
-    identification = sec.csv(LANGID.name, required=LANGID.required, numeric=LANGID.numeric)  # newer folders
+    identification = with_unit_kind(sec.csv(LANGID.name, required=LANGID.required, numeric=LANGID.numeric),
+                                     column="unit_kind")  # newer folders
     sec.csv(MATRIX.name, required=MATRIX.required, numeric=MATRIX.numeric)  # linked; a damaged one is said
     _settings(sec, info)
     sec.image(SELECTIVITY_PLOT, "selectivity (own minus others) and own minus random per method and size",
