@@ -390,7 +390,7 @@ def test_a_judge_rates_each_output_from_its_three_answers(shared_tiny, tmp_path)
 def test_neuron_edits_may_sweep_their_own_layer_ranges():
     config = ControlConfig(levers="neurons,vectors,random", neurons_dir="D1", vectors_dir="D2", layers="6,9",
                            neuron_layers="all", strengths="1", out="unused")
-    assert config.layer_specs_of() == {"neurons": ("all",), "vectors": ("6", "9")}
+    assert config.layer_specs_of() == {"neurons": ("all",), "features": ("all",), "vectors": ("6", "9")}
     assert config.layer_specs() == ("6", "9", "all")  # every range the run resolves
     plan = Plan(("set",), ("add",), ("en",), has_neurons=True, has_vectors=True)
     got = {(s.lever, s.variant, s.layers) for name in ("neurons", "vectors", "random")
@@ -408,7 +408,6 @@ def test_dictionary_features_are_a_lever_with_their_random_baseline(inputs, shar
     random lever as many other features of the same dictionary per layer; the lever's outputs are
     mwork.steer's with the measured set."""
     import mwork
-    from mwork.experiments.control.inputs import random_features
     from mwork.tasks.generation import generate
     from mwork.units.dictionary import Codebook, Dictionary
 
@@ -440,11 +439,11 @@ def test_dictionary_features_are_a_lever_with_their_random_baseline(inputs, shar
     with mwork.steer(model, es, "set", 4.0):
         outputs = generate(model, tok, [g["prompt"] for g in mine], max_new_tokens=3, stop=("\n",), progress=False)
     assert outputs == [g["output"] for g in mine]
-    drawn = random_features(Dictionary.load(folder / "es.safetensors"), seed=5)
+    own = Dictionary.load(folder / "es.safetensors")
+    drawn = own.random_like(5, exclude=own)
     assert drawn.layers.tolist() == [0, 0, 1] and not set(drawn.features[:2].tolist()) & {1, 5}
     assert drawn.features[2].item() != 7
-    assert random_features(Dictionary.load(folder / "es.safetensors"), seed=5).features.tolist() == \
-        drawn.features.tolist()  # seeded
+    assert own.random_like(5, exclude=own).features.tolist() == drawn.features.tolist()  # seeded
     lacking = tmp_path / "D4"
     lacking.mkdir()
     shutil.copy(folder / "es.safetensors", lacking)

@@ -21,6 +21,7 @@ reader that builds a :class:`Dictionary` (:mod:`mwork.units.sae_layouts`).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -123,6 +124,24 @@ class FeatureGroupSAE(RowGroup):
         return self._dec.on(like)
 
 
+_BOOK_DIGESTS: dict[int, tuple[Codebook, str]] = {}
+
+
+def _book_digest(book: Codebook) -> str:
+    """sha256 of one layer's dictionary (memoised per object: a language's sets share their books)."""
+    cached = _BOOK_DIGESTS.get(id(book))
+    if cached is not None and cached[0] is book:
+        return cached[1]
+    h = hashlib.sha256(f"{book.activation}|{book.k}".encode())
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+        t = getattr(book, name)
+        if t is not None:
+            h.update(name.encode())
+            h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    _BOOK_DIGESTS[id(book)] = (book, h.hexdigest())
+    return h.hexdigest()
+
+
 @register_unit_kind
 class Dictionary(LayeredUnits):
     """Features of dictionaries written at ``site`` (default ``layer.out``): ``books`` maps a layer
@@ -203,6 +222,37 @@ class Dictionary(LayeredUnits):
         return Dictionary(self.books, site=self.site, layers=self.layers[ids].tolist(),
                           features=self.features[ids].tolist(), stats={k: v[ids] for k, v in self.stats.items()},
                           meta=self.meta, read_site=self.read_site)
+
+    def digest(self) -> str:
+        """sha256 of the dictionaries' weights (every layer), the sites and which features are
+        chosen (not the statistics)."""
+        h = hashlib.sha256(f"{self.site}|{self.read_site}".encode())
+        for layer in sorted(self.books):
+            h.update(f"{layer}:{_book_digest(self.books[layer])}".encode())
+        h.update(self.layers.contiguous().numpy().tobytes())
+        h.update(self.features.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def random_like(self, seed: int, exclude: "Dictionary | None" = None) -> "Dictionary":
+        """As many features per layer as this set has, drawn from the same dictionaries without
+        replacement (seeded), none of ``exclude``'s where enough others remain (the rule of
+        ``NeuronSet.random_like``): a random baseline of the same size."""
+        gen = torch.Generator().manual_seed(seed)
+        layers: list[int] = []
+        features: list[int] = []
+        for layer in sorted(set(self.layers.tolist())):
+            n, width = int((self.layers == layer).sum()), self.books[layer].width
+            banned = set(exclude.features[exclude.layers == layer].tolist()) if exclude is not None else set()
+            if banned and width - len(banned) >= n:
+                pool = torch.tensor([j for j in range(width) if j not in banned])
+                pick = pool[torch.randperm(len(pool), generator=gen)[:n]]
+            else:
+                pick = torch.randperm(width, generator=gen)[:n]
+            layers += [layer] * n
+            features += pick.sort().values.tolist()
+        return Dictionary(self.books, site=self.site, layers=layers, features=features, read_site=self.read_site,
+                          meta={"random_like": self.meta.get("name") or self.meta.get("language"), "seed": seed,
+                                "rule": "random features, same count per layer"})
 
     def select(self, layer: int, features: Sequence[int]) -> "Dictionary":
         """The given features of one layer's dictionary (e.g. a language's features)."""

@@ -247,20 +247,14 @@ def units_digest(units: Any) -> str:
     if isinstance(units, NeuronSet):
         return digest({"neurons": neurons_digest(units), "statistics": statistics_digest(units)})[:16]
     h = hashlib.sha256(f"{units.site}|{units.layers.tolist()}".encode())
-    if hasattr(units, "books"):  # dictionary features: which features, their codebooks, their statistics
-        h.update(f"{getattr(units, 'read_site', None)}|{units.features.tolist()}".encode())
-        tensors = [t for layer in sorted(units.books) for t in _book_tensors(units.books[layer])]
-        tensors += [units.stats[k] for k in sorted(units.stats)]
+    if hasattr(units, "books"):  # dictionary features: which, their codebooks, and their statistics
+        h.update(f"{units.digest()}|{sorted(units.stats)}".encode())
+        tensors = [units.stats[k] for k in sorted(units.stats)]
     else:
         tensors = [units.write, units.read]
     for t in tensors:
         h.update(t.to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _book_tensors(book: Any) -> list[torch.Tensor]:
-    extra = [book.threshold] if book.threshold is not None else []
-    return [book.W_enc, book.b_enc, book.W_dec, book.b_dec, *extra, torch.tensor([book.k or 0])]
 
 
 def language_seed(seed: int, lang: str) -> int:
@@ -297,8 +291,6 @@ def neuron_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlCon
     """Each target's set with its mean activation on the target's ``texts`` (measured here when it
     carries none) and, with ``random``, a random set of the same count per layer and kind with
     its own (one pass per target; cached under ``cache``)."""
-    from mwork.files import child_path, make_folder
-    from mwork.fingerprints import model_digest
     from mwork.neurons.neuronset import NeuronSet
     from mwork.neurons.statistics import MeasureOptions, add_statistics
 
@@ -309,26 +301,40 @@ def neuron_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlCon
         todo = {} if _has_mean(ns) else {"set": ns}
         if random:
             todo["random"] = ns.random_like(seed=language_seed(config.seed, lang), exclude=ns)
-        measured: dict[str, NeuronSet] = {}
-        if todo:
+
+        def measure(sets: dict[str, NeuronSet], lang: str = lang) -> dict[str, NeuronSet]:
             docs, info = texts[lang]
-            key = digest({"model": model_digest(model), "sets": {k: units_digest(v) for k, v in todo.items()},
-                          "texts": info["sha256"], "max_length": config.stats_max_length})[:16]
-            paths = {k: child_path(make_folder(cache), f"{lang}-{key}-{k}", ".safetensors") for k in todo}
-            if all(p.is_file() for p in paths.values()):
-                measured = {k: NeuronSet.load(p) for k, p in paths.items()}
-            else:
-                options = MeasureOptions(config.stats_max_length, config.batch_size, config.progress)
-                sets = add_statistics(model, tokenizer, list(todo.values()), docs, ("mean",), language=lang,
-                                      corpus={"spec": info.get("spec"), "max_docs": config.stats_docs},
-                                      options=options)
-                measured = dict(zip(todo, sets))
-                for k, p in paths.items():
-                    measured[k].save(p)
+            options = MeasureOptions(config.stats_max_length, config.batch_size, config.progress)
+            made = add_statistics(model, tokenizer, list(sets.values()), docs, ("mean",), language=lang,
+                                  corpus={"spec": info.get("spec"), "max_docs": config.stats_docs}, options=options)
+            return dict(zip(sets, made))
+
+        measured = _cached_means(model, config, lang, texts[lang][1], todo, measure, NeuronSet.load,
+                                 cache=cache, tag="")
         steered[lang] = measured.get("set", ns)
         if random:
             randoms[lang] = measured["random"]
     return steered, randoms
+
+
+def _cached_means(model: torch.nn.Module, config: ControlConfig, lang: str, info: Mapping[str, Any],
+                  todo: Mapping[str, Any], measure: Any, load: Any, *, cache: Path, tag: str) -> dict[str, Any]:
+    """``measure(todo)`` (the sets with their mean on ``lang``'s texts), kept under ``cache`` by
+    the content of the model, the sets, the texts and the window length; read back on a rerun."""
+    from mwork.files import child_path, make_folder
+    from mwork.fingerprints import model_digest
+
+    if not todo:
+        return {}
+    key = digest({"model": model_digest(model), "sets": {k: units_digest(v) for k, v in todo.items()},
+                  "texts": info["sha256"], "max_length": config.stats_max_length})[:16]
+    paths = {k: child_path(make_folder(cache), f"{lang}-{key}-{tag}{k}", ".safetensors") for k in todo}
+    if all(p.is_file() for p in paths.values()):
+        return {k: load(p) for k, p in paths.items()}
+    measured = measure(dict(todo))
+    for k, p in paths.items():
+        measured[k].save(p)
+    return measured
 
 
 def feature_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlConfig, features: Mapping[str, Dictionary],
@@ -338,8 +344,7 @@ def feature_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlCo
     activation on the target's ``texts`` (measured here when it carries none) and, with
     ``random``, as many other features of the same dictionaries per layer (seeded) with theirs
     (the one corpus pass, ``mwork.corpus_pass.unit_request``; cached under ``cache``)."""
-    from mwork.files import child_path, make_folder
-    from mwork.fingerprints import model_digest
+    from mwork.units.dictionary import Dictionary
 
     steered: dict[str, Dictionary] = {}
     randoms: dict[str, Dictionary] = {}
@@ -347,44 +352,17 @@ def feature_statistics(model: torch.nn.Module, tokenizer: Any, config: ControlCo
         units.check_compatible(model)
         todo = {} if "mean" in units.stats else {"set": units}
         if random:
-            todo["random"] = random_features(units, language_seed(config.seed, lang))
-        measured: dict[str, Dictionary] = {}
-        if todo:
-            docs, info = texts[lang]
-            key = digest({"model": model_digest(model), "sets": {k: units_digest(v) for k, v in todo.items()},
-                          "texts": info["sha256"], "max_length": config.stats_max_length})[:16]
-            paths = {k: child_path(make_folder(cache), f"{lang}-{key}-features-{k}", ".safetensors") for k in todo}
-            if all(p.is_file() for p in paths.values()):
-                from mwork.units.dictionary import Dictionary
+            todo["random"] = units.random_like(language_seed(config.seed, lang), exclude=units)
 
-                measured = {k: Dictionary.load(p) for k, p in paths.items()}
-            else:
-                measured = {k: with_feature_means(model, tokenizer, v, docs, config) for k, v in todo.items()}
-                for k, p in paths.items():
-                    measured[k].save(p)
+        def measure(sets: dict[str, Dictionary], lang: str = lang) -> dict[str, Dictionary]:
+            return {k: with_feature_means(model, tokenizer, v, texts[lang][0], config) for k, v in sets.items()}
+
+        measured = _cached_means(model, config, lang, texts[lang][1], todo, measure, Dictionary.load,
+                                 cache=cache, tag="features-")
         steered[lang] = measured.get("set", units)
         if random:
             randoms[lang] = measured["random"]
     return steered, randoms
-
-
-def random_features(units: Dictionary, seed: int) -> Dictionary:
-    """As many features per layer as ``units`` has, drawn from the same dictionaries (seeded),
-    none of ``units``' own where enough others remain."""
-    from mwork.units.dictionary import Dictionary
-
-    gen = torch.Generator().manual_seed(seed)
-    layers, feats = [], []
-    for layer in sorted(set(units.layers.tolist())):
-        own = set(units.features[units.layers == layer].tolist())
-        width = units.books[layer].width
-        pool = torch.tensor([j for j in range(width) if j not in own] if width - len(own) >= len(own)
-                            else list(range(width)))
-        pick = pool[torch.randperm(len(pool), generator=gen)[:len(own)]].sort().values
-        layers += [layer] * len(pick)
-        feats += pick.tolist()
-    return Dictionary(units.books, site=units.site, layers=layers, features=feats, read_site=units.read_site,
-                      meta={**units.meta, "random_like": units.meta.get("language"), "seed": seed})
 
 
 def with_feature_means(model: torch.nn.Module, tokenizer: Any, units: Dictionary, docs: Sequence[str],

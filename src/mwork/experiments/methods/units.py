@@ -125,50 +125,16 @@ def feature_settings(method: str, config: Any, dictionary: Any) -> Any:
 
 def random_like(units: Any, seed: int) -> Any:
     """Random units of ``units``' kind with the same count per layer (and neuron kind), seeded:
-    ``NeuronSet.random_like`` for neurons; for a dictionary subset, in each of its layers (in
-    layer order) that many features of the layer's dictionary, drawn without replacement."""
-    if isinstance(units, NeuronSet):
-        return units.random_like(seed)
-    gen = torch.Generator().manual_seed(seed)
-    layers, features = [], []
-    for layer in sorted(set(units.layers.tolist())):
-        n = int((units.layers == layer).sum())
-        pick = torch.sort(torch.randperm(units.books[layer].width, generator=gen)[:n]).values
-        layers += [layer] * n
-        features += pick.tolist()
-    out = type(units)(units.books, site=units.site, layers=layers, features=features, read_site=units.read_site,
-                      meta={"random_like": units.meta.get("name") or units.meta.get("language"), "seed": seed,
-                            "rule": "random features, same count per layer"})
-    return out
+    ``NeuronSet.random_like`` / ``Dictionary.random_like``."""
+    return units.random_like(seed)
 
 
 # ---- digests ---------------------------------------------------------------------------------
 
-_BOOK_DIGESTS: dict[int, tuple[Any, str]] = {}
-
-
-def _book_digest(book: Any) -> str:
-    cached = _BOOK_DIGESTS.get(id(book))
-    if cached is not None and cached[0] is book:
-        return cached[1]
-    h = hashlib.sha256(f"{book.activation}|{book.k}".encode())
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-        t = getattr(book, name)
-        if t is not None:
-            h.update(name.encode())
-            h.update(t.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-    _BOOK_DIGESTS[id(book)] = (book, h.hexdigest())
-    return h.hexdigest()
-
-
 def dictionary_digest(units: Any) -> str:
-    """sha256 of a dictionary's weights (every layer), its sites and which features are chosen."""
-    h = hashlib.sha256(f"{units.site}|{units.read_site}".encode())
-    for layer in sorted(units.books):
-        h.update(f"{layer}:{_book_digest(units.books[layer])}".encode())
-    h.update(units.layers.contiguous().numpy().tobytes())
-    h.update(units.features.contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of a dictionary's weights (every layer), its sites and which features are chosen
+    (``Dictionary.digest``)."""
+    return units.digest()
 
 
 def units_digest(units: Any) -> str:
