@@ -65,8 +65,12 @@ def write_methods(out: Path) -> dict:
             {"method": "lape", "tokens": 84, "seconds": 0.11, "s_per_1k_tokens": 1.31, "relative_to_forward": 1.1}]
     info = {"model": "tiny-random-llama", "langs": ["en", "fr"], "methods": ["plnd", "lape"], "sizes": SIZES,
             "total_neurons": 2000, "seeds": [0, 1], "interventions": ["zero"]}
+    langid = [{"method": m, "size": size, "variant": variant, "lang": lang, "n": 4, "correct": c, "accuracy": c / 4,
+               "ties": 0, "fasttext_accuracy": 1.0, "chance": 0.5, "units": SIZES[size]}
+              for (m, size) in METHOD_CELLS for variant, c in (("specific", 3), ("random0", 2))
+              for lang in ("en", "fr", "all")]
     result = {"info": info, "selectivity": selectivity, "summary": tables.summary_rows(selectivity),
-              "matrix": matrix, "stability": stability, "agreement": agreement, "cost": cost}
+              "matrix": matrix, "stability": stability, "agreement": agreement, "cost": cost, "langid": langid}
     out.mkdir(parents=True)
     write_outputs(out, result)
     return result
