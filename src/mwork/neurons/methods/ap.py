@@ -224,12 +224,7 @@ class ActivationAP(DetectionMethod):
         out = {}
         for lang in scores.langs:
             flat = torch.cat([scores.extra[lang][f"ap.{k}"].flatten() for k in kinds])
-            if config.top + config.bottom > len(flat):
-                raise ValueError(f"AP top {config.top} + bottom {config.bottom} is more than the {len(flat)} "
-                                 "scored neurons")
-            pick = torch.zeros(len(flat), dtype=torch.bool)
-            pick[torch.sort(flat, descending=True, stable=True).indices[:config.top]] = True
-            pick[torch.sort(flat, stable=True).indices[:config.bottom]] = True
+            pick = _top_and_bottom(flat, config, "scored neurons")
             ns = scores.top(lang, 0)
             start = 0
             for k in kinds:
@@ -247,13 +242,19 @@ class ActivationAP(DetectionMethod):
         out = {}
         for lang in scores.langs:
             flat = scores.extra[lang]["ap"].flatten()
-            if config.top + config.bottom > len(flat):
-                raise ValueError(f"AP top {config.top} + bottom {config.bottom} is more than the {len(flat)} features "
-                                 "of the dictionary; lower --ap-top / --ap-bottom")
-            pick = torch.zeros(len(flat), dtype=torch.bool)
-            pick[torch.sort(flat, descending=True, stable=True).indices[:config.top]] = True
-            pick[torch.sort(flat, stable=True).indices[:config.bottom]] = True
+            pick = _top_and_bottom(flat, config, "features of the dictionary; lower --ap-top / --ap-bottom")
             out[lang] = scores.pick(lang, pick.nonzero().flatten(), {
                 "rule": f"activation AP (the authors' rule) on dictionary features: the {config.top} features of "
                         f"highest and the {config.bottom} of lowest AP for {lang}"})
         return out
+
+
+def _top_and_bottom(flat: torch.Tensor, config: ApConfig, what: str) -> torch.Tensor:
+    """The mask of the ``config.top`` highest and ``config.bottom`` lowest of ``flat`` (stable
+    order: ties go to the earlier unit)."""
+    if config.top + config.bottom > len(flat):
+        raise ValueError(f"AP top {config.top} + bottom {config.bottom} is more than the {len(flat)} {what}")
+    pick = torch.zeros(len(flat), dtype=torch.bool)
+    pick[torch.sort(flat, descending=True, stable=True).indices[:config.top]] = True
+    pick[torch.sort(flat, stable=True).indices[:config.bottom]] = True
+    return pick
