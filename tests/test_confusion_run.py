@@ -133,10 +133,37 @@ def test_chat_models_are_asked_through_their_template(tmp_path, llama, monkeypat
     tok.chat_template = TEMPLATE
     result = config(tmp_path / "chat", chat=True, limit=1, levers=("none", "prompt")).run(model, tok)
     prompts = LcbFolder(LCB).prompts("monolingual", "zh", 1)
-    assert [t[0] for t in seen] == [[f"<|user|>{p.prompt}<|end|>\n<|assistant|>"] for p in prompts] + [
-        [f"<|user|>Reply in Chinese. {p.prompt}<|end|>\n<|assistant|>"] for p in prompts]
+    # one batch per lever: the language's prompts of both test sets together
+    assert [t[0] for t in seen] == [[f"<|user|>{p.prompt}<|end|>\n<|assistant|>" for p in prompts],
+                                    [f"<|user|>Reply in Chinese. {p.prompt}<|end|>\n<|assistant|>" for p in prompts]]
     assert seen[0][1:] == (False, ())  # the template writes its own special tokens; no "\nQ:" stop
     assert len(read_completions(result.files["completions"])) == 4
+
+
+def test_a_batch_pools_a_language_s_test_sets_and_tasks(tmp_path, llama, monkeypatch):
+    """The zh prompts of both tasks (5 test sets, 1 prompt each) go in batches of 4 with their own
+    task's shots; the file keeps the released order; the batches are the same for every lever."""
+    model, tok = llama
+    seen = []
+
+    def spy(model_, tok_, texts, sampling, **kwargs):
+        seen.append((list(texts), kwargs["seed"]))
+        return generate_batch(model_, tok_, texts, sampling, **kwargs)
+
+    monkeypatch.setattr(run_module, "generate_batch", spy)
+    result = config(tmp_path / "o", tasks=("monolingual", "crosslingual"), limit=1, batch_size=4, shots=1,
+                    levers=("none", "prompt")).run(model, tok)
+    folder = LcbFolder(LCB)
+    prompts = folder.prompts("monolingual", "zh", 1) + folder.prompts("crosslingual", "zh", 1)
+    shots = {task: folder.few_shot(task, "zh", 1) for task in ("monolingual", "crosslingual")}
+    from mwork.confusion.prompts import few_shot_prompt
+
+    texts = [few_shot_prompt(shots[p.task], p.prompt) for p in prompts]
+    assert [t for t, _ in seen[:2]] == [texts[:4], texts[4:]]
+    assert [len(t) for t, _ in seen[2:]] == [4, 1] and [s for _, s in seen[2:]] == [s for _, s in seen[:2]]
+    rows = read_completions(result.files["completions"])
+    assert [(r["task"], r["source"]) for r in rows[:5]] == [(p.task, p.source) for p in prompts]
+    assert [r["lever"] for r in rows] == ["none"] * 5 + ["prompt"] * 5
 
 
 def test_levers_steer_toward_the_expected_language(tmp_path, llama):

@@ -7,13 +7,16 @@ format (:mod:`mwork.confusion.prompts`: the few-shot text for base models, the c
 (:mod:`mwork.confusion.levers`), and scores the completions (:mod:`mwork.confusion.results`).
 
 Resumable through the experiment kernel (``mwork.experiments.kernel``): a cell is one batch of
-prompts of one (lever, task, source, language), keyed by the index of its first prompt; finished
-cells are appended to ``OUT/cells.jsonl`` as they are made, with the digest of what they were
-computed from (the model's weights, the lever's units, the exact model inputs and the sampling
-settings); a rerun of the same command computes only what is missing, and a run that was killed
-ends with the same files as one that was not. Each batch is sampled under its own seed, drawn from
-``seed`` and the batch's (task, source, language, first prompt), the same for every lever: the
-levers are compared on the same random numbers.
+``batch_size`` prompts of one (lever, language), its prompts pooled over the tasks and test sets
+of that language in a fixed order (a lever's edit is the same for every prompt of a language, so a
+batch is as full as the data allows: with ``--limit 3`` a test set alone would make batches of
+three), keyed by the index of its first prompt in that order; finished cells are appended to
+``OUT/cells.jsonl`` as they are made, with the digest of what they were computed from (the model's
+weights, the lever's units, the exact model inputs and the sampling settings); a rerun of the same
+command computes only what is missing, and a run that was killed ends with the same files as one
+that was not (a batch always holds the same prompts). Each batch is sampled under its own seed,
+drawn from ``seed`` and the batch's (language, first prompt), the same for every lever: the levers
+are compared on the same prompts in the same batches with the same random numbers.
 
 Files: ``completions.csv`` (the released format, ``id,model,completion,task,source,language``,
 then ``lever``, ``prompt_number``, ``new_tokens``, ``distinct2``, ``nll``; the ``model`` column
@@ -46,17 +49,15 @@ STOP = "\nQ:"
 
 @dataclass(frozen=True)
 class ConfusionKey(CellKey):
-    """One batch of prompts: the lever, the test set (task, source, language) and the index of
-    the batch's first prompt in it."""
+    """One batch of prompts: the lever, the expected language and the index of the batch's first
+    prompt among that language's prompts (every task and test set, in plan order)."""
 
     lever: str
-    task: str
-    source: str
     language: str
     first: int
 
     def evaluation(self) -> str:
-        return f"{self.lever}|{self.task}|{self.source}|{self.language}|{self.first}"
+        return f"{self.lever}|{self.language}|{self.first}"
 
     def inputs_of(self) -> tuple[str | None, str]:
         return (f"{self.lever}/{self.language}" if self.lever in STEERING else None), self.evaluation()
@@ -131,8 +132,7 @@ def say(message: str) -> None:
 
 def cell_seed(seed: int, key: ConfusionKey) -> int:
     """A batch's sampling seed: from ``seed`` and the batch, not the lever."""
-    return int(digest({"seed": seed, "task": key.task, "source": key.source, "language": key.language,
-                       "first": key.first})[:8], 16)
+    return int(digest({"seed": seed, "language": key.language, "first": key.first})[:8], 16)
 
 
 @dataclass(frozen=True)
@@ -143,24 +143,38 @@ class Batch:
     texts: Sequence[str]
 
 
+def grouped_prompts(folder: LcbFolder, task: str, lang: str, limit: int | None) -> list[LcbPrompt]:
+    """One (task, language)'s prompts, test set by test set (sources in order of appearance)."""
+    by_source: dict[str, list[LcbPrompt]] = {}
+    for p in folder.prompts(task, lang, limit):
+        by_source.setdefault(p.source, []).append(p)
+    return [p for prompts in by_source.values() for p in prompts]
+
+
+def language_prompts(config: ConfusionRunConfig, folder: LcbFolder,
+                     plan: dict[str, tuple[str, ...]]) -> dict[str, list[LcbPrompt]]:
+    """Each expected language's prompts, pooled in plan order: task, test set, prompt."""
+    pooled: dict[str, list[LcbPrompt]] = {}
+    for task, langs in plan.items():
+        for lang in langs:
+            pooled.setdefault(lang, []).extend(grouped_prompts(folder, task, lang, config.limit))
+    return pooled
+
+
 def plan_cells(config: ConfusionRunConfig, tokenizer: Any, folder: LcbFolder,
                plan: dict[str, tuple[str, ...]]) -> list[Cell]:
-    """Every cell in run order: lever, task, language, source, batch."""
+    """Every cell in run order: lever, language, batch (module docstring)."""
     fmt = config.prompt_format()
+    pooled = language_prompts(config, folder, plan)
+    shots = {(task, lang): folder.few_shot(task, lang, fmt.shots) for task, langs in plan.items() for lang in langs}
     cells = []
     for lever in config.levers:
-        for task, langs in plan.items():
-            for lang in langs:
-                shots = folder.few_shot(task, lang, fmt.shots)
-                by_source: dict[str, list[LcbPrompt]] = {}
-                for p in folder.prompts(task, lang, config.limit):
-                    by_source.setdefault(p.source, []).append(p)
-                for source, prompts in by_source.items():
-                    for first in range(0, len(prompts), config.batch_size):
-                        batch = prompts[first:first + config.batch_size]
-                        messages = [with_instruction(p.prompt, lang) if lever == PROMPT else p.prompt for p in batch]
-                        texts = [fmt.text(tokenizer, m, shots) for m in messages]
-                        cells.append(Cell(ConfusionKey(lever, task, source, lang, first), lever=Batch(batch, texts)))
+        for lang, prompts in pooled.items():
+            for first in range(0, len(prompts), config.batch_size):
+                batch = prompts[first:first + config.batch_size]
+                messages = [with_instruction(p.prompt, lang) if lever == PROMPT else p.prompt for p in batch]
+                texts = [fmt.text(tokenizer, m, shots[(p.task, lang)]) for p, m in zip(batch, messages)]
+                cells.append(Cell(ConfusionKey(lever, lang, first), lever=Batch(batch, texts)))
     return cells
 
 
@@ -228,14 +242,18 @@ def run_confusion(config: ConfusionRunConfig, model: Any, tokenizer: Any) -> Wri
                                 for p, g, v in zip(batch.prompts, gens, nll)]}
 
     records = execute(cells, store, measure, progress=config.progress)
+    made = {(cell.key.lever, p.task, p.source, p.language, p.number): c
+            for cell in cells for p, c in zip(cell.lever.prompts, records[cell.key]["completions"])}
     rows = []
-    for cell in cells:
-        key = cell.key
-        for c in records[key]["completions"]:
-            rows.append({"id": len(rows), "model": name if key.lever == NONE else f"{name}+{key.lever}",
-                         "completion": c["completion"], "task": key.task, "source": key.source,
-                         "language": key.language, "lever": key.lever, "prompt_number": c["number"],
-                         "new_tokens": c["new_tokens"], "distinct2": c["distinct2"], "nll": c["nll"]})
+    for lever in config.levers:  # the released order: lever, task, language, test set, prompt
+        for task, langs in plan.items():
+            for lang in langs:
+                for p in grouped_prompts(folder, task, lang, config.limit):
+                    c = made[(lever, task, p.source, lang, p.number)]
+                    rows.append({"id": len(rows), "model": name if lever == NONE else f"{name}+{lever}",
+                                 "completion": c["completion"], "task": task, "source": p.source, "language": lang,
+                                 "lever": lever, "prompt_number": c["number"], "new_tokens": c["new_tokens"],
+                                 "distinct2": c["distinct2"], "nll": c["nll"]})
     files = {"completions": out / COMPLETIONS_CSV}
     write_text(files["completions"], completions_csv(rows, EXTRA_COLUMNS))
     scores = score_run(rows, config.levers, scorer, name)
