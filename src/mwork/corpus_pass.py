@@ -33,7 +33,11 @@ passes this module replaced, kept bit for bit):
   special tokens; every document with a token is run, in corpus order.
 
 Empty documents (``mwork.texts.is_empty``, or no token at all) are never run; their corpus
-positions are reported. ``parts``: document ``i`` belongs to part ``i % parts``; statistics that
+positions are reported. A statistic sees where each counted token is: its document (corpus
+position) and its position in the document (``Batch.positions``: for ``"windows"`` among the
+document's text tokens, a window starting where the previous one ended; for the truncate rules
+among the tokens after the leading special tokens), e.g. ``top_activations``, each unit's largest
+values and where they happened. ``parts``: document ``i`` belongs to part ``i % parts``; statistics that
 keep parts (means, firing counts) give disjoint halves of a corpus from the same pass.
 
 **Requests.** A :class:`Request` names a statistic (a name in :data:`STATISTICS` or a
@@ -177,6 +181,7 @@ class _Unit:
     ids: list[int]
     start: int  # counted positions: ids[start:stop]
     stop: int
+    offset: int = 0  # the position in its document of ids[start] (a window's first text token)
 
 
 def _units(rule: str, tokenizer: Any, documents: Sequence[str], max_length: int, windowing: Windowing | None,
@@ -203,7 +208,8 @@ def _units(rule: str, tokenizer: Any, documents: Sequence[str], max_length: int,
             tqdm.write(f"[mwork] {line}", file=sys.stderr)
         windows.sort(key=lambda w: (-len(w.ids), w.doc, w.part))
         start, tail = len(windowing.prefix), len(windowing.suffix)
-        return [_Unit(w.doc, w.ids, start, len(w.ids) - tail) for w in windows], measured, empty
+        step = windowing.max_length - start - tail  # text tokens per window
+        return [_Unit(w.doc, w.ids, start, len(w.ids) - tail, w.part * step) for w in windows], measured, empty
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     for i, text in enumerate(documents):
         if is_empty(text):
@@ -387,7 +393,7 @@ def corpus_pass(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, It
                         mask[row, u.start:u.stop] = True
                     doc = torch.tensor([u.doc for u in group], dtype=torch.long)
                     batch = Batch(corpus, mask, doc, torch.tensor([slots[u.doc] for u in group], dtype=torch.long),
-                                  doc % parts)
+                                  doc % parts, torch.tensor([u.offset for u in group], dtype=torch.long))
                     result.tokens[lang].index_add_(0, batch.part, batch.counts)
                     result.doc_tokens[lang].index_add_(0, batch.slot, batch.counts)
                     for reader in readers.values():

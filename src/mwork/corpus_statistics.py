@@ -16,7 +16,7 @@ one site and layer for one language; a new statistic is one class::
 
 (registering is only needed to ask for it by name; ``Request(Maximum, "ffn.in")`` works too).
 Built in: ``mean``, ``doc_means``, ``firing_probability``, ``doc_firing``, ``quantiles``, ``median``,
-``router_counts``. ``parse_stat`` (the names of steering's statistics: mean, median, quantiles
+``router_counts``, ``top_activations`` (each unit's largest values and where they happened). ``parse_stat`` (the names of steering's statistics: mean, median, quantiles
 ``qX``) lives here.
 """
 
@@ -85,17 +85,21 @@ class Corpus:
 
 
 class Batch:
-    """The batch being run: ``mask`` (rows, positions) bool on the CPU, the counted positions;
-    per row ``doc`` (corpus position), ``slot`` (index in ``Corpus.measured``) and ``part``
-    (``doc % parts``), long tensors on the CPU; ``language`` and ``corpus``."""
+    """The batch being run: ``mask`` (rows, positions) bool on the CPU, the counted positions
+    (one run of them per row); per row ``doc`` (corpus position), ``slot`` (index in
+    ``Corpus.measured``), ``part`` (``doc % parts``) and ``offset`` (the position in its document
+    of the row's first counted token: a window's start; default 0), long tensors on the CPU;
+    ``language`` and ``corpus``."""
 
     def __init__(self, corpus: Corpus, mask: torch.Tensor, doc: torch.Tensor, slot: torch.Tensor,
-                 part: torch.Tensor):
+                 part: torch.Tensor, offset: torch.Tensor | None = None):
         self.corpus, self.language = corpus, corpus.language
         self.mask, self.doc, self.slot, self.part = mask, doc, slot, part
+        self.offset = torch.zeros_like(doc) if offset is None else offset
         self.counts = mask.sum(1)  # (rows,) counted tokens per row
         self._masks: dict[torch.device, torch.Tensor] = {}
         self._token_part: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
 
     def mask_on(self, device: torch.device) -> torch.Tensor:
         """``mask`` on ``device`` (made once per device)."""
@@ -103,6 +107,16 @@ class Batch:
         if m is None:
             m = self._masks[device] = self.mask.to(device)
         return m
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """(rows, positions) long: each token's position in its document, counted from the
+        document's first counted token (meaningful where ``mask`` is set)."""
+        if self._positions is None:
+            first = self.mask.to(torch.uint8).argmax(1)  # the row's first counted column
+            columns = torch.arange(self.mask.shape[1])[None]
+            self._positions = columns - first[:, None] + self.offset[:, None]
+        return self._positions
 
     @property
     def token_part(self) -> torch.Tensor:
@@ -342,3 +356,95 @@ class RouterCounts(Statistic):
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.selections, self.weight_sums
+
+
+@dataclass(frozen=True)
+class TopValues:
+    """Each unit's largest values over a corpus and where they happened (``top_activations``):
+    ``values`` (n, units) float64, largest first, NaN in the rows past the tokens that counted;
+    ``doc`` (n, units) long, the document's corpus position, and ``position`` (n, units) long, the
+    token's position in it (``Batch.positions``), both -1 where ``values`` is NaN."""
+
+    values: torch.Tensor
+    doc: torch.Tensor
+    position: torch.Tensor
+
+    def unit(self, j: int) -> list[tuple[float, int, int]]:
+        """Unit ``j``'s entries, largest first: (value, document, position)."""
+        keep = self.doc[:, j] >= 0
+        return list(zip(self.values[keep, j].tolist(), self.doc[keep, j].tolist(), self.position[keep, j].tolist()))
+
+
+def _lexicographic(values: torch.Tensor, doc: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Per column, the order: larger value first, then lower document, then lower position."""
+    order = torch.argsort(position, dim=0, stable=True)
+    order = order.gather(0, torch.argsort(doc.gather(0, order), dim=0, stable=True))
+    return order.gather(0, torch.argsort(values.gather(0, order), dim=0, descending=True, stable=True))
+
+
+@register_statistic
+class TopActivations(Statistic):
+    """Each unit's ``n`` largest values over the counted tokens and where each happened
+    (document, position in it); ``result()`` a :class:`TopValues`. Ties go to the earlier
+    document, then the earlier position, whatever the batch order. ``above``: only values above it
+    count (0 for dictionary features: a token where the feature does not fire is never listed, so
+    a feature that fires on fewer than ``n`` tokens lists fewer). Per batch: one ``topk`` over the
+    batch's counted tokens (the site's dtype, at least float32, on the model's device), merged with
+    the running ``n`` on the CPU; nothing else is kept."""
+
+    name = "top_activations"
+    takes = "rows"
+
+    def __init__(self, n: int = 8, above: float | None = None):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"TopActivations: n must be a positive integer, got {n!r}")
+        self.n, self.above = n, above
+
+    def start(self, n: int | None, corpus: Corpus) -> None:
+        self.width = n
+        self.top: TopValues | None = None
+
+    def update(self, values: torch.Tensor, batch: Batch) -> None:
+        x = values if values.dtype in (torch.float32, torch.float64) else values.float()
+        rows = torch.argsort(batch.doc * (int(batch.positions.max()) + 1) + batch.offset, stable=True)
+        counted = batch.mask[rows]
+        flat = x[rows.to(x.device)][counted.to(x.device)]  # (tokens, units), in (document, position) order
+        if flat.shape[0] == 0:
+            return
+        doc = batch.doc[rows].repeat_interleave(counted.sum(1)).to(x.device)
+        position = batch.positions[rows][counted].to(x.device)
+        keep = ~flat.isnan() if self.above is None else flat > self.above
+        flat = torch.where(keep, flat, torch.full_like(flat, -math.inf))
+        k = min(self.n, flat.shape[0])
+        top = flat.topk(k, dim=0)
+        at, kth = top.indices, top.values[-1]  # (k, units), (units,)
+        places = k - (top.values > kth).sum(0)  # what the tokens tied at the cut share
+        cut = ((flat == kth).sum(0) > places) & (kth > -math.inf)  # more tied tokens than places: the earliest
+        if cut.any():
+            cols = cut.nonzero()[:, 0]
+            sub, tied = flat[:, cols], flat[:, cols] == kth[cols]
+            take = (sub > kth[cols]) | (tied & (tied.cumsum(0) <= places[cols]))  # exactly k per unit
+            first = torch.arange(flat.shape[0], 0, -1, device=x.device, dtype=torch.int32)[:, None]
+            at[:, cols] = (take.to(torch.int32) * first).topk(k, dim=0).indices
+        self._merge(flat.gather(0, at).to("cpu", torch.float64), doc[at].cpu(), position[at].cpu())
+
+    def _merge(self, values: torch.Tensor, doc: torch.Tensor, position: torch.Tensor) -> None:
+        if self.top is not None:
+            values = torch.cat([self.top.values, values])
+            doc, position = torch.cat([self.top.doc, doc]), torch.cat([self.top.position, position])
+        order = _lexicographic(values, doc, position)[:self.n]
+        self.top = TopValues(values.gather(0, order), doc.gather(0, order), position.gather(0, order))
+
+    def result(self) -> TopValues:
+        if self.top is None and self.width is None:
+            raise ValueError("no counted token: no top activations")
+        width = self.top.values.shape[1] if self.top is not None else self.width
+        values = torch.full((self.n, width), math.nan, dtype=torch.float64)
+        doc = torch.full((self.n, width), -1, dtype=torch.long)
+        position = doc.clone()
+        if self.top is not None:  # fewer rows than n where the corpus has fewer tokens
+            found = self.top.values > -math.inf
+            rows = len(self.top.values)
+            values[:rows] = self.top.values.masked_fill(~found, math.nan)
+            doc[:rows], position[:rows] = self.top.doc.masked_fill(~found, -1), self.top.position.masked_fill(~found, -1)
+        return TopValues(values, doc, position)

@@ -222,6 +222,10 @@ class DetectJob(ModelOptions, DocumentOptions, RunOptions, Job):
         self.check_text_field({lang: TextSource.parse(spec, articles=DETECTION_ARTICLES, **self.corpus_options())
                                for lang, spec in specs.items()})
         check_languages(list(specs), name)
+        if self.units != "neurons":
+            from mwork.neurons.methods.top_tokens import check_language_names
+
+            check_language_names(list(specs))
         if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
             raise ValueError(f"the output folder {self.out_dir} is a file; choose another (--out-dir)")
         for lang in specs:
@@ -246,14 +250,14 @@ class DetectJob(ModelOptions, DocumentOptions, RunOptions, Job):
                         options=DetectOptions(resume=self.resume, progress=self.progress, model_id=self.model,
                                               corpus_info=source.describe()))
             return DetectResult(ns, config, self.out, time.time() - start, distributed.world_size())
-        from mwork.neurons.methods import detect_languages
+        from mwork.neurons.methods import language_sets
 
         start = time.time()
         units = None if self.units == "neurons" else read_dictionary_units(self.units)
-        sets = detect_languages(model, tokenizer, parse_corpus_specs(self.corpus), self.method, config,
-                                out_dir=self.out_dir, corpus_options=self.corpus_options(),
-                                options=DetectOptions(progress=self.progress, model_id=self.model, units=units))
-        return LanguageSetsResult(sets, self.method, self.out_dir, time.time() - start)
+        found = language_sets(model, tokenizer, parse_corpus_specs(self.corpus), self.method, config,
+                              out_dir=self.out_dir, corpus_options=self.corpus_options(),
+                              options=DetectOptions(progress=self.progress, model_id=self.model, units=units))
+        return LanguageSetsResult(found.sets, self.method, self.out_dir, time.time() - start, found.top_tokens)
 
 
 @dataclass
@@ -296,16 +300,20 @@ class DetectResult:
 @dataclass
 class LanguageSetsResult:
     """One set per language (a method that detects every language at once), saved in
-    ``out_dir`` by the run."""
+    ``out_dir`` by the run; ``top_tokens``: on a dictionary's features, the content of
+    ``top_tokens.json`` (each chosen feature's top activating tokens per language)."""
 
     sets: dict[str, NeuronSet]
     method: str
     out_dir: str | Path | None = None
     seconds: float = 0.0
+    top_tokens: dict[str, Any] | None = None
 
     def write(self, out_dir: str | Path | None = None) -> dict[str, Path]:
-        """``LANG.safetensors`` (+ ``.json``) per language: where the run saved them, or saved again in ``out_dir``."""
+        """``LANG.safetensors`` (+ ``.json``) per language and, on features, ``top_tokens.json``:
+        where the run saved them, or saved again in ``out_dir``."""
         from mwork.files import child_path
+        from mwork.neurons.methods.top_tokens import FILE, write_top_tokens
 
         target = out_dir if out_dir is not None else self.out_dir
         if target is None:
@@ -315,6 +323,8 @@ class LanguageSetsResult:
         for lang, ns in self.sets.items():
             path = child_path(target, lang, ".safetensors")
             files[lang] = path if same else ns.save(path)
+        if self.top_tokens is not None:
+            files[FILE] = Path(target) / FILE if same else write_top_tokens(target, self.top_tokens)
         return files
 
     def lines(self) -> list[str]:
@@ -329,4 +339,7 @@ class LanguageSetsResult:
             per_kind = ", ".join(f"{k}={ns.count(k)}" for k in ns.kinds if ns.count(k))
             out.append(f"{lang}: {ns.count()} neurons ({ns.fraction():.4%} of all; {per_kind or 'none'}) by "
                        f"{self.method} -> {Path(self.out_dir) / (lang + '.safetensors')}")
+        if self.top_tokens is not None:
+            out.append(f"top activating tokens of the {len(self.top_tokens['features'])} chosen features per language "
+                       f"-> {Path(self.out_dir) / 'top_tokens.json'}")
         return out + [f"({self.seconds:.0f} s)"]

@@ -1,4 +1,5 @@
-/* mwork report: the layer explorer and the neuron explorer. Ours, small, no dependencies.
+/* mwork report: the layer explorer and the neuron explorer (of neurons, or of dictionary features with their
+   top activating tokens). Ours, small, no dependencies.
    The explorers' data is read from results files that researchers share: every value reaches the DOM
    as text (textContent, createTextNode) or as an attribute value (setAttribute, a property); no value is
    ever parsed as HTML (no innerHTML, outerHTML, insertAdjacentHTML or document.write). */
@@ -344,52 +345,66 @@
     draw();
   }
 
-  /* ---- neuron explorer -------------------------------------------------------------------- */
+  /* ---- neuron explorer (and the feature explorer: d.unit === "feature") ------------------------ */
+  function flat(text) {  /* a context's text on one line */
+    return String(text === null || text === undefined ? "" : text).replace(/\r/g, "").replace(/\n/g, "↵")
+      .replace(/\t/g, "⇥");
+  }
+  function number(x) {
+    if (typeof x !== "number" || !isFinite(x)) return String(x);
+    var a = Math.abs(x);
+    return a !== 0 && (a >= 1e4 || a < 1e-3) ? x.toExponential(2) : String(Number(x.toPrecision(3)));
+  }
   function NeuronExplorer(root) {
     var d = readData(root.getAttribute("data-source"));
     var sel = root.querySelector(".nx-lang"), box = root.querySelector(".nx-table"), detail = root.querySelector(".nx-detail");
     if (!d || !d.langs || !d.langs.length) { detail.textContent = "The explorer's data is missing from this page."; return; }
+    var features = d.unit === "feature", noun = features ? "feature" : "neuron";
+    var rows = d.rows || [];  /* the layers shown: a dictionary's layers, or every layer of the model */
+    if (!d.rows) for (var r = 0; r < d.layers; r++) rows.push(r);
+    function nameOf(code) { var name = own(d.names, code); return name && name !== code ? name + " (" + code + ")" : String(code); }
     d.langs.forEach(function (code) {
-      var name = own(d.names, code);
-      var o = el("option", null, (name && name !== code ? name + " (" + code + ")" : String(code)));
+      var o = el("option", null, nameOf(code));
       o.value = code;
       sel.appendChild(o);
     });
     function draw() {
-      var lang = sel.value, counts = d.counts[lang] || {};
+      var lang = sel.value, counts = own(d.counts, lang) || {};
       box.textContent = "";
-      detail.textContent = "Choose a layer to list its neurons.";
-      var t = el("table", "heat"), cap = el("caption", null, "Language-specific neurons of " + lang +
-        " per layer and kind (darker = more, relative to the kind's busiest layer)");
+      detail.textContent = "Choose a layer to list its " + noun + "s.";
+      var t = el("table", "heat"), cap = el("caption", null, features ?
+        "Features of " + lang + " per layer (darker = more, relative to the busiest layer)" :
+        "Language-specific neurons of " + lang + " per layer and kind (darker = more, relative to the kind's busiest layer)");
       t.appendChild(cap);
       var hr = el("tr");
       hr.appendChild(el("th", null, "layer"));
-      d.kinds.forEach(function (k) { var th = el("th", "n", k.toUpperCase()); th.title = d.size[k] + " per layer"; hr.appendChild(th); });
-      hr.appendChild(el("th", "n", "all"));
+      d.kinds.forEach(function (k) { var th = el("th", "n", k.toUpperCase()); th.title = own(d.size, k) + " per layer"; hr.appendChild(th); });
+      if (!features) hr.appendChild(el("th", "n", "all"));
       t.appendChild(el("thead")).appendChild(hr);
       var tb = el("tbody"), max = {};
-      d.kinds.forEach(function (k) { max[k] = Math.max.apply(null, (counts[k] || [0]).concat([1])); });
-      for (var l = 0; l < d.layers; l++) {
+      d.kinds.forEach(function (k) { max[k] = Math.max.apply(null, (own(counts, k) || [0]).concat([1])); });
+      rows.forEach(function (l, i) {
         var tr = el("tr"), th = el("th"), b = el("button", null, String(l));
         th.setAttribute("scope", "row");
         b.type = "button";
         b.setAttribute("aria-pressed", "false");
         b.setAttribute("data-layer", String(l));
-        b.setAttribute("aria-label", "layer " + l + ": list its neurons");
+        b.setAttribute("aria-label", "layer " + l + ": list its " + noun + "s");
         th.appendChild(b);
         tr.appendChild(th);
         var all = 0;
         d.kinds.forEach(function (k) {
-          var n = (counts[k] || [])[l] || 0, s = shade(n / max[k]), td = el("td", "n", String(n));
+          var n = (own(counts, k) || [])[i] || 0, s = shade(n / max[k]), td = el("td", "n", String(n));
           all += n;
           td.style.background = s.bg;
           td.style.color = s.fg;
-          td.title = n + " of " + d.size[k] + " " + k.toUpperCase() + " neurons in layer " + l;
+          td.title = features ? n + " of the " + own(d.size, k) + " features of layer " + l :
+            n + " of " + own(d.size, k) + " " + k.toUpperCase() + " neurons in layer " + l;
           tr.appendChild(td);
         });
-        tr.appendChild(el("td", "n", String(all)));
+        if (!features) tr.appendChild(el("td", "n", String(all)));
         tb.appendChild(tr);
-      }
+      });
       t.appendChild(tb);
       box.appendChild(t);
     }
@@ -400,11 +415,12 @@
       });
       detail.textContent = "";
       detail.appendChild(el("h4", null, lang + ", layer " + l));
-      var sets = d.neurons[lang];
-      if (!sets) { detail.appendChild(el("p", "note", "Neurons not listed: " + (d.missing[lang] || "no NeuronSet file") + ".")); return; }
+      if (features) { showFeatures(lang, l); return; }
+      var sets = own(d.neurons, lang);
+      if (!sets) { detail.appendChild(el("p", "note", "Neurons not listed: " + (own(d.missing, lang) || "no NeuronSet file") + ".")); return; }
       d.kinds.forEach(function (k) {
-        var list = (sets[k] || {})[String(l)] || [], total = ((d.counts[lang] || {})[k] || [])[l] || list.length;
-        var docs = (d.n_docs[lang] || {})[k];
+        var list = own(own(sets, k) || {}, String(l)) || [], total = (own(own(d.counts, lang) || {}, k) || [])[rows.indexOf(l)] || list.length;
+        var docs = own(own(d.n_docs, lang) || {}, k);
         detail.appendChild(el("p", null, k.toUpperCase() + ": " + total + " neuron" + (total === 1 ? "" : "s") +
           (list.length < total ? " (the " + list.length + " important in most documents listed)" : "") +
           (list.length ? " — index (documents in which it was important" + (docs ? ", of " + docs : "") + ")" : "")));
@@ -412,6 +428,55 @@
         var ul = el("ul");
         list.forEach(function (e) { ul.appendChild(el("li", null, "#" + e[0] + (e[1] >= 0 ? " (" + e[1] + ")" : ""))); });
         detail.appendChild(ul);
+      });
+    }
+    /* a feature's top activating tokens in one language: the token marked inside its context */
+    function entries(list) {
+      var ol = el("ol", "fx-top");
+      list.forEach(function (e) {
+        var li = el("li");
+        li.appendChild(el("span", "fx-ctx", flat(e[1])));
+        var tok = String(e[0]);  /* as it stands in the text (its leading space kept), or a sign for blank */
+        li.appendChild(el("mark", "fx-tok", tok.trim() === "" ? visible(tok) : flat(tok)));
+        li.appendChild(el("span", "fx-ctx", flat(e[2])));
+        if (typeof e[3] === "number") {
+          var v = el("span", "fx-val", number(e[3]));
+          v.title = "activation";
+          li.appendChild(v);
+        }
+        ol.appendChild(li);
+      });
+      return ol;
+    }
+    function showFeatures(lang, l) {
+      var list = own(own(d.features, lang) || {}, String(l));
+      if (!list) { detail.appendChild(el("p", "note", "Features not listed: " + (own(d.missing, lang) || "no set file") + ".")); return; }
+      var total = (own(own(d.counts, lang) || {}, "features") || [])[rows.indexOf(l)] || list.length;
+      detail.appendChild(el("p", null, total + " feature" + (total === 1 ? "" : "s") +
+        (list.length < total ? " (the first " + list.length + " listed)" : "") +
+        (d.stat ? ", by " + d.stat + (d.stat_order === "ascending" ? " (lowest first)" : " (highest first)") : "") +
+        (d.top ? "; each with its top activating tokens in every language's detection texts (the token marked, " +
+          "the activation after it)" : "") + "."));
+      if (!d.top) detail.appendChild(el("p", "note", d.no_top || "No top activating tokens in this folder."));
+      list.forEach(function (e, i) {
+        var item = el("details", "fx-feature");
+        item.open = i < 3;  /* the first few open; each opens and closes with its summary */
+        item.appendChild(el("summary", null, "#" + e[0] + (e[1] !== null && e[1] !== undefined && d.stat ?
+          " (" + d.stat + " " + number(e[1]) + ")" : "")));
+        var tops = d.top ? own(d.top, l + ":" + e[0]) : null;
+        if (d.top && !tops) item.appendChild(el("p", "sub", "No top activating tokens recorded for this feature."));
+        if (tops) {
+          var dl = el("dl", "fx-langs");
+          (d.top_langs || []).forEach(function (code) {
+            var got = own(tops, code) || [];
+            dl.appendChild(el("dt", null, nameOf(code)));
+            var dd = el("dd");
+            if (got.length) dd.appendChild(entries(got)); else dd.appendChild(el("span", "sub", "does not fire"));
+            dl.appendChild(dd);
+          });
+          item.appendChild(dl);
+        }
+        detail.appendChild(item);
       });
     }
     box.addEventListener("click", function (e) {

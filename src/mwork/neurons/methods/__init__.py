@@ -32,9 +32,9 @@ from mwork.neurons.methods.plnd import Plnd, PlndCounts
 from mwork.neurons.methods.lape import Lape, LapeConfig
 from mwork.neurons.methods.ap import ActivationAP, ApConfig
 from mwork.neurons.methods.monolinguality import Monolinguality, MonolingualityConfig
-from mwork.neurons.methods.run import detect_languages, language_scores, read_corpora
+from mwork.neurons.methods.run import LanguageSets, detect_languages, language_scores, language_sets, read_corpora
 
-__all__ = ["ENTRY_POINT_GROUP", "ActivationAP", "ApConfig", "DetectionMethod", "LanguageScores", "Lape", "LapeConfig",
-           "Monolinguality", "MonolingualityConfig", "Plnd", "PlndCounts",
-           "detect_languages", "detection_methods", "get_detection_method", "language_scores", "read_corpora",
-           "register_detection_method"]
+__all__ = ["ENTRY_POINT_GROUP", "ActivationAP", "ApConfig", "DetectionMethod", "LanguageScores", "LanguageSets", "Lape",
+           "LapeConfig", "Monolinguality", "MonolingualityConfig", "Plnd", "PlndCounts",
+           "detect_languages", "detection_methods", "get_detection_method", "language_scores", "language_sets",
+           "read_corpora", "register_detection_method"]

@@ -23,8 +23,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
+from mwork.corpus_statistics import TopValues
 from mwork.models.adapters import KINDS
-from mwork.neurons.methods.stats import FEATURES
+from mwork.neurons.methods.stats import FEATURES, StatsRequest
+from mwork.neurons.methods.top_tokens import STATISTIC_KEY, joined, top_request
 from mwork.neurons.neuronset import NeuronSet
 
 #: what ``mwork detect --units`` can score: neurons, or the features of a dictionary
@@ -36,7 +38,9 @@ class LanguageScores:
     """Per language and kind, a score per neuron (higher: more specific) and where the method's
     own rule admits it (``eligible``). ``rule`` says what the score is; ``meta`` how it was made
     (settings, corpora); ``extra`` per-language tensors recorded in the drawn sets (e.g. the
-    activation probabilities, the AP values)."""
+    activation probabilities, the AP values); ``top_values``: per language, every unit's largest
+    activations and where they happened (asked for with ``scores(..., top_tokens=N)``; not kept
+    by :meth:`to_tensors`)."""
 
     method: str
     langs: tuple[str, ...]
@@ -47,6 +51,7 @@ class LanguageScores:
     meta: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     units: Any = None
+    top_values: dict[str, TopValues] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.langs = tuple(self.langs)
@@ -220,18 +225,29 @@ class DetectionMethod:
                              + (f": {self.units_refusal}" if self.units_refusal else ""))
 
     def scores(self, model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Sequence[str]], config: Any, *,
-               progress: bool = True, units: Any = None) -> LanguageScores:
+               progress: bool = True, units: Any = None, top_tokens: int = 0) -> LanguageScores:
         """Scores of every neuron (or of every unit of ``units``, a dictionary's features) for
-        every language of ``corpora`` (``{lang: documents}``)."""
+        every language of ``corpora`` (``{lang: documents}``); ``top_tokens``: also each feature's
+        that many largest activations per language, in the same pass (``LanguageScores.top_values``;
+        dictionary features of a statistics method only)."""
         self.check_units(units, config)
+        if top_tokens and (units is None or not self.statistics):
+            raise ValueError("top tokens are measured for a dictionary's features in the pass of a statistics method "
+                             "(--method lape, ap, monolinguality with --units sae:DIR)")
         if self.statistics:
             from mwork.neurons.methods.stats import PassOptions, collect_statistics
 
             on = {} if units is None else {"units": units}
-            stats = collect_statistics(model, tokenizer, corpora, self.request(config, **on),
+            request = self.request(config, **on)
+            if top_tokens:
+                request = request.merge(StatsRequest(statistics=(top_request(units, top_tokens),)))
+            stats = collect_statistics(model, tokenizer, corpora, request,
                                        PassOptions("windows", config.max_length, config.truncate, config.batch_size),
                                        progress=progress, **on)
-            return self.from_stats(stats, config, **on)
+            scores = self.from_stats(stats, config, **on)
+            if top_tokens:
+                scores.top_values = {lang: joined(stats.extra[STATISTIC_KEY][lang], units) for lang in scores.langs}
+            return scores
         raise NotImplementedError(f"method {self.name!r} does not implement scores()")
 
     def request(self, config: Any, units: Any = None) -> Any:

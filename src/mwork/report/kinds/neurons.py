@@ -180,18 +180,25 @@ def _explorer(sec: Section, names: list[str], layer_rows: list[dict[str, str]]) 
     value = {"langs": names, "names": {n: language_name(n) for n in names}, "kinds": kinds, "layers": n_layers,
              "size": size, "counts": counts, "neurons": neurons, "n_docs": n_docs, "missing": missing,
              "max_listed": MAX_LISTED}
-    data_id = sec.page.add_data(f"{sec.id}-neuron-data", value)
-    sid = sec.page.unique_id("neuron-explorer")
-    # drawn by the page's script with textContent and setAttribute only: no value is parsed as HTML
-    sec.add(el("section", el("h3", "Neuron explorer"),
-               el("p", Markup("Choose a language to see its language-specific neurons per layer and kind (darker = "
-                              "more); choose a layer (its button) to list that layer's neurons, each with the number "
-                              "of detection documents in which it was important.")),
+    add_explorer(sec, "neuron", value, "Neuron explorer", Markup(
+        "Choose a language to see its language-specific neurons per layer and kind (darker = more); choose a layer "
+        "(its button) to list that layer's neurons, each with the number of detection documents in which it was "
+        "important."))
+
+
+def add_explorer(sec: Section, unit: str, value: dict[str, Any], title: str, intro: Markup) -> None:
+    """The explorer of a section's units (``unit``: ``neuron`` or ``feature``): ``value`` embedded
+    in the page, drawn by the page's script (``NeuronExplorer`` in report.js) with textContent and
+    setAttribute only: no value is parsed as HTML."""
+    data_id = sec.page.add_data(f"{sec.id}-{unit}-data", dict(value, unit=unit))
+    sid = sec.page.unique_id(f"{unit}-explorer")
+    sec.add(el("section", el("h3", title), el("p", intro),
                el("div", el("label", "Language", for_=f"{sid}-lang"), " ",
                   el("select", id=f"{sid}-lang", class_="nx-lang"), class_="nx-controls"),
                el("div", el("div", class_="tbl nx-table"), el("div", class_="nx-detail", aria_live="polite"),
                   class_="nx-body"),
-               el("noscript", el("p", Markup("The neuron explorer is drawn by the page's script."), class_="note")),
+               el("noscript", el("p", Markup("The {} explorer is drawn by the page's script.").format(unit),
+                                 class_="note")),
                id=sid, class_="nx", data_source=data_id))
 
 

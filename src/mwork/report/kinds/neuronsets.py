@@ -8,7 +8,7 @@ from mwork.report.format import count, pct
 from mwork.report.registry import FolderView, ResultsKind, register_results_kind
 from mwork.report.section import Section
 
-NOT_SETS = frozenset({"delta", "checkpoint", "lens_topk"})
+NOT_SETS = frozenset({"delta", "checkpoint", "lens_topk", "dictionary"})  # dictionary: mwork sae train / load
 
 
 def _stems(folder: FolderView) -> list[str]:
