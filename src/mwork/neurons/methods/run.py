@@ -21,14 +21,14 @@ from mwork.texts import parse_corpus_specs, read_corpora  # noqa: F401  (their h
 
 def language_scores(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str = "lape",
                     config: Any = None, *, progress: bool = True, corpus_options: Mapping[str, Any] | None = None,
-                    units: Any = None, top_tokens: int = 0, **overrides: Any) -> LanguageScores:
+                    units: Any = None, **overrides: Any) -> LanguageScores:
     """The scores of ``method`` (a registered name) for every language of ``corpora`` (see
     :func:`read_corpora`; ``corpus_options``: its options, e.g. ``{"max_docs": 100}``);
     ``units``: a dictionary whose features are scored (None: neurons; checked against the model
-    before the pass); ``top_tokens``: also each feature's that many largest activations per
-    language (``scores.top_values``); ``config`` / ``overrides``: the method's settings."""
+    before the pass); ``config`` / ``overrides``: the method's settings. (:func:`language_sets`
+    also asks for the features' top activations.)"""
     return _scores_and_texts(model, tokenizer, corpora, method, config, progress=progress,
-                             corpus_options=corpus_options, units=units, top_tokens=top_tokens, **overrides)[0]
+                             corpus_options=corpus_options, units=units, top_tokens=0, **overrides)[0]
 
 
 def _scores_and_texts(model: torch.nn.Module, tokenizer: Any, corpora: Mapping[str, Any], method: str, config: Any, *,
