@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,27 @@ def _open(p, width: int = 1280, height: int = 900):
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
     return browser, page, errors, requests
+
+
+@contextlib.contextmanager
+def loaded_page(path: Path):
+    """``path`` loaded in a fresh browser: yields the page and the lists that collect its dialogs
+    (dismissed) and page errors; the browser is closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            tab = browser.new_page()
+            dialogs: list[str] = []
+            errors: list[str] = []
+            tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            tab.goto(path.resolve().as_uri())
+            tab.wait_for_load_state("load")
+            yield tab, dialogs, errors
+        finally:
+            browser.close()
 
 
 def _images(page) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from mwork.corpus_statistics import TopActivations
 from mwork.neurons.methods.top_tokens import COLUMNS, TOP, read_top_tokens, token_in_context
 from mwork.report import render_report
 from mwork.units import Dictionary
-from tests.browser import CHROMIUM_ARGS, chromium_path
+from tests.browser import loaded_page
 from tests.test_report import _data, _visible_text, needs_browser
 from tests.test_sae_detect import CORPORA, MAX_LENGTH, _book
 
@@ -146,26 +146,14 @@ def test_markup_in_a_token_is_text(run, tmp_path):
 
 @needs_browser
 def test_markup_in_a_token_shows_as_text_in_a_real_browser(run, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _, out, _ = run
     page = render_report(_evil_folder(out, tmp_path))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page()
-            dialogs, errors = [], []
-            tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.goto(page.resolve().as_uri())
-            tab.wait_for_load_state("load")
-            tab.click(".nx button[data-layer='2']")
-            marks = tab.evaluate("() => [...document.querySelectorAll('.nx-detail mark.fx-tok')].map(m => m.textContent)")
-            found = tab.evaluate("() => document.querySelectorAll('.nx-detail script, .nx-detail img, .nx-detail b')"
-                                 ".length")
-            pressed = tab.get_attribute(".nx button[data-layer='2']", "aria-pressed")
-        finally:
-            browser.close()
+    with loaded_page(page) as (tab, dialogs, errors):
+        tab.click(".nx button[data-layer='2']")
+        marks = tab.evaluate("() => [...document.querySelectorAll('.nx-detail mark.fx-tok')].map(m => m.textContent)")
+        found = tab.evaluate("() => document.querySelectorAll('.nx-detail script, .nx-detail img, .nx-detail b')"
+                             ".length")
+        pressed = tab.get_attribute(".nx button[data-layer='2']", "aria-pressed")
     assert dialogs == [] and errors == [] and found == 0 and pressed == "true"
     assert marks and set(marks) == {EVIL}
 

@@ -27,7 +27,7 @@ from mwork.report import html as H
 from mwork.report import render_report
 from mwork.report.html import Cell, Markup, el
 from mwork.report.section import Page
-from tests.browser import CHROMIUM_ARGS, chromium_path
+from tests.browser import loaded_page
 from tests.test_report import needs_browser
 from tests.test_report_kinds import MGSM, STEER, XQUAD, write_evals, write_methods, write_steer
 
@@ -513,27 +513,15 @@ def test_the_pages_script_never_parses_data_as_html():
 @needs_browser
 def test_the_evil_page_runs_nothing_in_a_real_browser(pages, tmp_path):
     """Loaded, its explorers drawn and a cell's tooltip shown: no dialog, no error, no handler."""
-    from playwright.sync_api import sync_playwright
-
     page_file = tmp_path / "evil.html"
     page_file.write_text(pages["evil"][0], encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        try:
-            tab = browser.new_page()
-            dialogs, errors = [], []
-            tab.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            tab.goto(page_file.resolve().as_uri())
-            tab.wait_for_load_state("load")
-            tab.hover(".lx-cell")
-            tip = tab.evaluate("() => document.querySelector('.lx-tip').textContent")
-            tab.click(".nx button[data-layer]")
-            handlers = tab.evaluate("() => [...document.querySelectorAll('*')].filter(e => [...e.attributes]"
-                                    ".some(a => a.name.startsWith('on'))).length")
-            images = tab.evaluate("() => [...document.images].filter(i => !i.src.startsWith('data:')).length")
-        finally:
-            browser.close()
+    with loaded_page(page_file) as (tab, dialogs, errors):
+        tab.hover(".lx-cell")
+        tip = tab.evaluate("() => document.querySelector('.lx-tip').textContent")
+        tab.click(".nx button[data-layer]")
+        handlers = tab.evaluate("() => [...document.querySelectorAll('*')].filter(e => [...e.attributes]"
+                                ".some(a => a.name.startsWith('on'))).length")
+        images = tab.evaluate("() => [...document.images].filter(i => !i.src.startsWith('data:')).length")
     assert dialogs == [] and errors == [] and handlers == 0 and images == 0
     assert "onerror=alert(1)" in tip  # the token's text, shown as text
 
